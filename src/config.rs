@@ -1,0 +1,682 @@
+//! The configuration file (TOML): interfaces, workers, tunnels, policies and static SAs.
+//!
+//! Parsed into raw serde structs (unknown keys are errors), then validated into typed values
+//! before anything starts. Every error names the file, the key and the reason, e.g.
+//! `gw.toml: sas[1].key: expected 40 hex digits (AES-128 key + salt) or 72 (AES-256 + salt), got 39`.
+//! Key material is zeroized when the config is dropped and never printed.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::datapath::pipeline::{Dataplane, L2, PipelineConfig};
+use crate::esp::aead::Backend;
+use crate::sa::policy::{Policy, PolicyAction, PortRange, Prefix, Selector, Spd};
+use crate::sa::{Direction, Endpoints, Limits, Mode, Sa, SaParams, SaTable, UdpEncap};
+use crate::wire::ethernet::Mac;
+
+/// A configuration error: file, key path and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------- raw file format ----------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    dataplane: RawDataplane,
+    interfaces: Option<RawInterfaces>,
+    #[serde(default)]
+    tunnels: Vec<RawTunnel>,
+    #[serde(default)]
+    policies: Vec<RawPolicy>,
+    #[serde(default)]
+    sas: Vec<RawSa>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    workers: Option<usize>,
+    cores: Option<Vec<usize>>,
+    sa_capacity: Option<u32>,
+    backend: Option<String>,
+    replay_window: Option<u32>,
+    default_policy: Option<String>,
+    complete_checksums: Option<bool>,
+    icmp_too_big: Option<bool>,
+    icmp_rate: Option<u32>,
+    xdp_mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterfaces {
+    plain: RawIface,
+    cipher: RawIface,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIface {
+    name: String,
+    #[serde(default)]
+    addresses: Vec<String>,
+    mac: Option<String>,
+    next_hop_mac: Option<String>,
+    queues: Option<Vec<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    name: String,
+    local: String,
+    remote: String,
+    mode: Option<String>,
+    encap: Option<String>,
+    udp_src_port: Option<u16>,
+    udp_dst_port: Option<u16>,
+    mtu: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    src: String,
+    dst: String,
+    protocol: Option<toml::Value>,
+    src_ports: Option<String>,
+    dst_ports: Option<String>,
+    action: String,
+    tunnel: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSa {
+    tunnel: String,
+    direction: String,
+    spi: i64,
+    key: Zeroizing<String>,
+    esn: Option<bool>,
+    backend: Option<String>,
+    replay_window: Option<u32>,
+    lifetime: Option<Limits>,
+}
+
+// ---------- typed config ----------
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Driver (native) mode.
+    Native,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
+    pub mac: Option<Mac>,
+    pub next_hop_mac: Option<Mac>,
+    pub queues: Vec<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    pub name: String,
+    pub index: u32,
+    pub endpoints: Endpoints,
+    pub mode: Mode,
+    pub encap: Option<UdpEncap>,
+    pub mtu: u16,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub workers: usize,
+    pub cores: Vec<usize>,
+    pub sa_capacity: u32,
+    pub backend: Backend,
+    pub replay_window: u32,
+    pub default_policy: PolicyAction,
+    pub complete_checksums: bool,
+    pub icmp_too_big: bool,
+    pub icmp_rate: u32,
+    pub xdp_mode: XdpMode,
+    pub plain: Interface,
+    pub cipher: Interface,
+    pub tunnels: Vec<Tunnel>,
+    pub policies: Vec<Policy>,
+    /// Static SAs with the index of their tunnel.
+    pub sas: Vec<(u32, SaParams)>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn parse_mac(s: &str) -> Result<Mac, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!(
+            "`{s}` is not a MAC address (six hex pairs separated by colons)"
+        ));
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).map_err(|_| format!("`{s}` is not a MAC address"))?;
+    }
+    Ok(m)
+}
+
+/// Decodes hex (optionally `0x`-prefixed) into zeroizing bytes; never echoes the input.
+fn parse_hex_key(s: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    let s = s.trim();
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if s.len() != 40 && s.len() != 72 {
+        return Err(format!(
+            "expected 40 hex digits (AES-128 key + 4-byte salt) or 72 (AES-256 key + salt), got {}",
+            s.len()
+        ));
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(s.len() / 2));
+    for i in (0..s.len()).step_by(2) {
+        let b = u8::from_str_radix(s.get(i..i + 2).unwrap_or("zz"), 16)
+            .map_err(|_| format!("not hexadecimal at digit {}", i + 1))?;
+        out.push(b);
+    }
+    Ok(out)
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    match s {
+        "aws-lc" | "aws-lc-rs" => Ok(Backend::AwsLc),
+        "rust-crypto" | "rustcrypto" => {
+            if Backend::available().contains(&Backend::RustCrypto) {
+                Ok(Backend::RustCrypto)
+            } else {
+                Err("rust-crypto is not built into this binary (cargo feature `rustcrypto`)".into())
+            }
+        }
+        _ => Err(format!("`{s}` is not a backend (aws-lc, rust-crypto)")),
+    }
+}
+
+fn check_window(w: u32) -> Result<u32, String> {
+    if (64..=4096).contains(&w) && w.is_power_of_two() {
+        Ok(w)
+    } else {
+        Err(format!("{w} is not a power of two between 64 and 4096"))
+    }
+}
+
+fn parse_protocol(v: &toml::Value) -> Result<Option<u8>, String> {
+    match v {
+        toml::Value::String(s) => match s.as_str() {
+            "any" => Ok(None),
+            "tcp" => Ok(Some(6)),
+            "udp" => Ok(Some(17)),
+            "icmp" => Ok(Some(1)),
+            "icmpv6" => Ok(Some(58)),
+            _ => Err(format!(
+                "`{s}` is not a protocol (any, tcp, udp, icmp, icmpv6 or a number)"
+            )),
+        },
+        toml::Value::Integer(n) if (0..=255).contains(n) => Ok(Some(*n as u8)),
+        _ => Err("expected a protocol name or a number 0-255".into()),
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates the TOML `text` (named `path` in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cx = Ctx { file: path };
+        let raw: RawFile = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map_or((0, 0), |sp| {
+                let before = &text[..sp.start.min(text.len())];
+                (
+                    before.matches('\n').count() + 1,
+                    sp.start - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                )
+            });
+            cx.err(
+                format!("line {line} column {col}"),
+                e.message().trim().to_string(),
+            )
+        })?;
+        let d = raw.dataplane;
+        let workers = d.workers.unwrap_or(1);
+        if workers == 0 || workers > 256 {
+            return Err(cx.err(
+                "dataplane.workers",
+                format!("{workers} is not between 1 and 256"),
+            ));
+        }
+        let cores = d.cores.unwrap_or_else(|| (0..workers).collect());
+        if cores.len() != workers {
+            return Err(cx.err(
+                "dataplane.cores",
+                format!("lists {} cores for {workers} workers", cores.len()),
+            ));
+        }
+        let sa_capacity = d.sa_capacity.unwrap_or(65536);
+        if !(256..=1 << 24).contains(&sa_capacity) {
+            return Err(cx.err(
+                "dataplane.sa_capacity",
+                format!("{sa_capacity} is not between 256 and 16777216"),
+            ));
+        }
+        let backend = match &d.backend {
+            Some(b) => parse_backend(b).map_err(|r| cx.err("dataplane.backend", r))?,
+            None => Backend::AwsLc,
+        };
+        let replay_window = check_window(
+            d.replay_window
+                .unwrap_or(crate::esp::replay::DEFAULT_WINDOW),
+        )
+        .map_err(|r| cx.err("dataplane.replay_window", r))?;
+        let default_policy = match d.default_policy.as_deref().unwrap_or("discard") {
+            "discard" => PolicyAction::Discard,
+            "bypass" => PolicyAction::Bypass,
+            o => {
+                return Err(cx.err(
+                    "dataplane.default_policy",
+                    format!("`{o}` is not discard or bypass"),
+                ));
+            }
+        };
+        let xdp_mode = match d.xdp_mode.as_deref().unwrap_or("native") {
+            "native" | "drv" => XdpMode::Native,
+            "generic" | "skb" => XdpMode::Generic,
+            o => {
+                return Err(cx.err(
+                    "dataplane.xdp_mode",
+                    format!("`{o}` is not native or generic"),
+                ));
+            }
+        };
+        let icmp_rate = d.icmp_rate.unwrap_or(1000);
+
+        let ifs = raw.interfaces.ok_or_else(|| {
+            cx.err(
+                "interfaces",
+                "missing: [interfaces.plain] and [interfaces.cipher] are required",
+            )
+        })?;
+        let iface = |name: &str, r: RawIface| -> Result<Interface, ConfigError> {
+            let k = |f: &str| format!("interfaces.{name}.{f}");
+            if r.name.is_empty() || r.name.len() > 15 {
+                return Err(cx.err(k("name"), "must be 1 to 15 characters (IFNAMSIZ)"));
+            }
+            let mut addresses = Vec::new();
+            for (i, a) in r.addresses.iter().enumerate() {
+                addresses.push(a.parse::<IpAddr>().map_err(|_| {
+                    cx.err(
+                        format!("{}[{i}]", k("addresses")),
+                        format!("`{a}` is not an IP address"),
+                    )
+                })?);
+            }
+            let mac = r
+                .mac
+                .as_deref()
+                .map(parse_mac)
+                .transpose()
+                .map_err(|e| cx.err(k("mac"), e))?;
+            let next_hop_mac = r
+                .next_hop_mac
+                .as_deref()
+                .map(parse_mac)
+                .transpose()
+                .map_err(|e| cx.err(k("next_hop_mac"), e))?;
+            let queues = r.queues.unwrap_or_else(|| (0..workers as u32).collect());
+            if queues.len() != workers {
+                return Err(cx.err(
+                    k("queues"),
+                    format!(
+                        "lists {} queues for {workers} workers (one per worker)",
+                        queues.len()
+                    ),
+                ));
+            }
+            Ok(Interface {
+                name: r.name,
+                addresses,
+                mac,
+                next_hop_mac,
+                queues,
+            })
+        };
+        let plain = iface("plain", ifs.plain)?;
+        let cipher = iface("cipher", ifs.cipher)?;
+        if plain.name == cipher.name {
+            return Err(cx.err(
+                "interfaces.cipher.name",
+                "must differ from interfaces.plain.name",
+            ));
+        }
+
+        let mut tunnels = Vec::new();
+        let mut by_name = HashMap::new();
+        for (i, t) in raw.tunnels.into_iter().enumerate() {
+            let k = |f: &str| format!("tunnels[{i}].{f}");
+            if by_name.insert(t.name.clone(), i as u32).is_some() {
+                return Err(cx.err(k("name"), format!("`{}` is defined twice", t.name)));
+            }
+            let local: IpAddr = t
+                .local
+                .parse()
+                .map_err(|_| cx.err(k("local"), format!("`{}` is not an IP address", t.local)))?;
+            let remote: IpAddr = t
+                .remote
+                .parse()
+                .map_err(|_| cx.err(k("remote"), format!("`{}` is not an IP address", t.remote)))?;
+            if local.is_ipv4() != remote.is_ipv4() {
+                return Err(cx.err(k("remote"), "must be the same address family as local"));
+            }
+            if !cipher.addresses.contains(&local) {
+                return Err(cx.err(
+                    k("local"),
+                    format!("{local} is not one of interfaces.cipher.addresses"),
+                ));
+            }
+            let mode = match t.mode.as_deref().unwrap_or("tunnel") {
+                "tunnel" => Mode::Tunnel,
+                "transport" => Mode::Transport,
+                o => return Err(cx.err(k("mode"), format!("`{o}` is not tunnel or transport"))),
+            };
+            let encap = match t.encap.as_deref().unwrap_or("none") {
+                "none" => None,
+                "udp" => Some(UdpEncap {
+                    src_port: t.udp_src_port.unwrap_or(4500),
+                    dst_port: t.udp_dst_port.unwrap_or(4500),
+                }),
+                o => return Err(cx.err(k("encap"), format!("`{o}` is not none or udp"))),
+            };
+            if mode == Mode::Transport && encap.is_some() {
+                return Err(cx.err(
+                    k("encap"),
+                    "UDP encapsulation is only supported in tunnel mode",
+                ));
+            }
+            let mtu = t.mtu.unwrap_or(1500);
+            if !(576..=9216).contains(&mtu) {
+                return Err(cx.err(k("mtu"), format!("{mtu} is not between 576 and 9216")));
+            }
+            tunnels.push(Tunnel {
+                name: t.name,
+                index: i as u32,
+                endpoints: Endpoints { local, remote },
+                mode,
+                encap,
+                mtu: mtu as u16,
+            });
+        }
+
+        let mut policies = Vec::new();
+        for (i, p) in raw.policies.into_iter().enumerate() {
+            let k = |f: &str| format!("policies[{i}].{f}");
+            let src: Prefix = p.src.parse().map_err(|e| cx.err(k("src"), e))?;
+            let dst: Prefix = p.dst.parse().map_err(|e| cx.err(k("dst"), e))?;
+            if src.is_ipv6() != dst.is_ipv6() {
+                return Err(cx.err(k("dst"), "must be the same address family as src"));
+            }
+            let protocol = match &p.protocol {
+                Some(v) => parse_protocol(v).map_err(|e| cx.err(k("protocol"), e))?,
+                None => None,
+            };
+            let ports = |v: &Option<String>, f: &str| -> Result<PortRange, ConfigError> {
+                v.as_deref().map_or(Ok(PortRange::ANY), |s| {
+                    s.parse().map_err(|e| cx.err(k(f), e))
+                })
+            };
+            let src_ports = ports(&p.src_ports, "src_ports")?;
+            let dst_ports = ports(&p.dst_ports, "dst_ports")?;
+            if (src_ports != PortRange::ANY || dst_ports != PortRange::ANY)
+                && !matches!(protocol, Some(6) | Some(17))
+            {
+                return Err(cx.err(k("protocol"), "port ranges need protocol tcp or udp"));
+            }
+            let action =
+                match p.action.as_str() {
+                    "protect" => {
+                        let name = p.tunnel.as_deref().ok_or_else(|| {
+                            cx.err(k("tunnel"), "missing: protect needs a tunnel")
+                        })?;
+                        PolicyAction::Protect(*by_name.get(name).ok_or_else(|| {
+                            cx.err(k("tunnel"), format!("no tunnel named `{name}`"))
+                        })?)
+                    }
+                    "bypass" => PolicyAction::Bypass,
+                    "discard" => PolicyAction::Discard,
+                    o => {
+                        return Err(cx.err(
+                            k("action"),
+                            format!("`{o}` is not protect, bypass or discard"),
+                        ));
+                    }
+                };
+            policies.push(Policy {
+                selector: Selector {
+                    src,
+                    dst,
+                    protocol,
+                    src_ports,
+                    dst_ports,
+                },
+                action,
+            });
+        }
+
+        let mut sas = Vec::new();
+        let mut spis = HashMap::new();
+        for (i, s) in raw.sas.into_iter().enumerate() {
+            let k = |f: &str| format!("sas[{i}].{f}");
+            let t = *by_name
+                .get(&s.tunnel)
+                .ok_or_else(|| cx.err(k("tunnel"), format!("no tunnel named `{}`", s.tunnel)))?;
+            let tun = &tunnels[t as usize];
+            let direction = match s.direction.as_str() {
+                "in" | "inbound" => Direction::Inbound,
+                "out" | "outbound" => Direction::Outbound,
+                o => return Err(cx.err(k("direction"), format!("`{o}` is not in or out"))),
+            };
+            if !(256..=u32::MAX as i64).contains(&s.spi) {
+                return Err(cx.err(
+                    k("spi"),
+                    format!(
+                        "{} is not between 256 and 4294967295 (0-255 are reserved, RFC 4303 §2.1)",
+                        s.spi
+                    ),
+                ));
+            }
+            let spi = s.spi as u32;
+            if let Some(prev) = spis.insert((spi, direction), i) {
+                return Err(cx.err(k("spi"), format!("{spi:#x} is also used by sas[{prev}]")));
+            }
+            let keymat = parse_hex_key(&s.key).map_err(|e| cx.err(k("key"), e))?;
+            let backend = match &s.backend {
+                Some(b) => parse_backend(b).map_err(|e| cx.err(k("backend"), e))?,
+                None => backend,
+            };
+            let replay_window = check_window(s.replay_window.unwrap_or(replay_window))
+                .map_err(|e| cx.err(k("replay_window"), e))?;
+            let limits = s.lifetime.unwrap_or_default();
+            limits.validate().map_err(|e| {
+                cx.err(
+                    format!("{}.{}", k("lifetime"), e.split(' ').next().unwrap_or("")),
+                    e,
+                )
+            })?;
+            // Inbound selectors: the reverse of the tunnel's protect policies.
+            let inner = if direction == Direction::Inbound && tun.mode == Mode::Tunnel {
+                policies
+                    .iter()
+                    .filter(|p| p.action == PolicyAction::Protect(t))
+                    .map(|p| (p.selector.dst, p.selector.src))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let (local, remote) = (tun.endpoints.local, tun.endpoints.remote);
+            sas.push((
+                t,
+                SaParams {
+                    spi,
+                    direction,
+                    mode: tun.mode,
+                    endpoints: Some(if direction == Direction::Outbound {
+                        tun.endpoints
+                    } else {
+                        Endpoints {
+                            local: remote,
+                            remote: local,
+                        }
+                    }),
+                    encap: tun.encap,
+                    esn: s.esn.unwrap_or(false),
+                    keymat,
+                    backend,
+                    limits,
+                    replay_window,
+                    inner,
+                    mtu: tun.mtu,
+                },
+            ));
+        }
+        for t in &tunnels {
+            let n = sas
+                .iter()
+                .filter(|(ti, p)| *ti == t.index && p.direction == Direction::Outbound)
+                .count();
+            if n > 1 {
+                return Err(cx.err(
+                    "sas",
+                    format!("tunnel `{}` has {n} outbound SAs; at most one", t.name),
+                ));
+            }
+        }
+        Ok(Config {
+            file: path.to_path_buf(),
+            workers,
+            cores,
+            sa_capacity,
+            backend,
+            replay_window,
+            default_policy,
+            complete_checksums: d.complete_checksums.unwrap_or(false),
+            icmp_too_big: d.icmp_too_big.unwrap_or(true),
+            icmp_rate,
+            xdp_mode,
+            plain,
+            cipher,
+            tunnels,
+            policies,
+            sas,
+        })
+    }
+
+    /// Builds the SA table, SPD and local addresses. SAs are installed at `now` (ns).
+    pub fn build_dataplane(&self, now: u64) -> Result<Dataplane, ConfigError> {
+        let table = SaTable::new(
+            self.sa_capacity,
+            self.tunnels.len().max(1) as u32,
+            self.workers,
+        );
+        for (i, (t, p)) in self.sas.iter().enumerate() {
+            let err = |r: String| ConfigError {
+                file: self.file.clone(),
+                key: format!("sas[{i}]"),
+                reason: r,
+            };
+            let sa = Sa::new(p, self.workers, now).map_err(|e| err(e.to_string()))?;
+            match p.direction {
+                Direction::Inbound => table.install_inbound(sa).map_err(|e| err(e.to_string()))?,
+                Direction::Outbound => {
+                    table
+                        .set_outbound(*t, Some(sa))
+                        .map_err(|e| err(e.to_string()))?;
+                }
+            }
+        }
+        let spd = Spd::new(self.policies.clone(), self.default_policy);
+        let local: Vec<IpAddr> = self
+            .plain
+            .addresses
+            .iter()
+            .chain(self.cipher.addresses.iter())
+            .copied()
+            .collect();
+        Ok(Dataplane::new(table, spd, &local))
+    }
+
+    /// Pipeline settings (MACs from the config, if given; the daemon overrides them).
+    pub fn pipeline_config(&self) -> PipelineConfig {
+        let l2 = |i: &Interface| L2 {
+            mac: i.mac.unwrap_or([2, 0, 0, 0, 0, 1]),
+            next_hop: i.next_hop_mac.unwrap_or([2, 0, 0, 0, 0, 2]),
+        };
+        PipelineConfig {
+            complete_checksums: self.complete_checksums,
+            icmp_too_big: self.icmp_too_big,
+            icmp_rate: self.icmp_rate,
+            plain: l2(&self.plain),
+            cipher: l2(&self.cipher),
+            plain_v4: self.plain.addresses.iter().find_map(|a| match a {
+                IpAddr::V4(a) => Some(*a),
+                _ => None,
+            }),
+            plain_v6: self.plain.addresses.iter().find_map(|a| match a {
+                IpAddr::V6(a) => Some(*a),
+                _ => None,
+            }),
+        }
+    }
+}

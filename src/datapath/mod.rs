@@ -1,0 +1,174 @@
+//! The packet path: drop reasons, per-core counters, frames and the pipeline.
+
+pub mod mem;
+pub mod pipeline;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::codes::{self, Code};
+
+pub use pipeline::{Action, Dataplane, FrameMut, Pipeline, PipelineConfig, SaEvent, SaEventKind};
+
+/// Why the pipeline dropped a frame. `Copy`, counted per core, never formatted on the hot path.
+/// Each maps to one Windows IPsec code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Inbound SPI matches no SA (13910).
+    BadSpi,
+    /// Outbound policy names a tunnel that has no SA (13910).
+    NoSa,
+    /// SA past a hard lifetime limit (13911).
+    LifetimeExpired,
+    /// Sequence number space exhausted: the SA must be replaced (13911).
+    SeqExhausted,
+    /// Inner packet does not match the SA's selectors (13912).
+    WrongSa,
+    /// Replayed or too old (13913).
+    Replay,
+    /// Truncated or malformed header (13914).
+    Malformed,
+    /// Bad padding or pad length (13914).
+    BadPadding,
+    /// Next header not allowed for the SA, or inner packet does not parse (13914).
+    BadNextHeader,
+    /// ESP ciphertext not a multiple of 4 bytes (13914).
+    BadAlignment,
+    /// Fragmented ESP (espd does not reassemble) (13914).
+    Fragment,
+    /// TFC dummy packet, dropped silently as RFC 4303 §2.6 says (13914).
+    Dummy,
+    /// Too big to encapsulate within the MTU; ICMP sent when possible (13914).
+    TooBig,
+    /// ICV verification failed (13915).
+    Integrity,
+    /// Cleartext that no policy allows, or cleartext aimed at a protected prefix (13916).
+    ClearText,
+    /// An explicit discard policy matched (13916).
+    PolicyDiscard,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 16] = [
+        DropReason::BadSpi,
+        DropReason::NoSa,
+        DropReason::LifetimeExpired,
+        DropReason::SeqExhausted,
+        DropReason::WrongSa,
+        DropReason::Replay,
+        DropReason::Malformed,
+        DropReason::BadPadding,
+        DropReason::BadNextHeader,
+        DropReason::BadAlignment,
+        DropReason::Fragment,
+        DropReason::Dummy,
+        DropReason::TooBig,
+        DropReason::Integrity,
+        DropReason::ClearText,
+        DropReason::PolicyDiscard,
+    ];
+
+    pub fn code(self) -> Code {
+        use DropReason::*;
+        match self {
+            BadSpi | NoSa => codes::BAD_SPI,
+            LifetimeExpired | SeqExhausted => codes::SA_LIFETIME_EXPIRED,
+            WrongSa => codes::WRONG_SA,
+            Replay => codes::REPLAY_CHECK_FAILED,
+            Malformed | BadPadding | BadNextHeader | BadAlignment | Fragment | Dummy | TooBig => {
+                codes::INVALID_PACKET
+            }
+            Integrity => codes::INTEGRITY_CHECK_FAILED,
+            ClearText | PolicyDiscard => codes::CLEAR_TEXT_DROP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        use DropReason::*;
+        match self {
+            BadSpi => "bad_spi",
+            NoSa => "no_sa",
+            LifetimeExpired => "lifetime_expired",
+            SeqExhausted => "seq_exhausted",
+            WrongSa => "wrong_sa",
+            Replay => "replay",
+            Malformed => "malformed",
+            BadPadding => "bad_padding",
+            BadNextHeader => "bad_next_header",
+            BadAlignment => "bad_alignment",
+            Fragment => "fragment",
+            Dummy => "dummy",
+            TooBig => "too_big",
+            Integrity => "integrity",
+            ClearText => "clear_text",
+            PolicyDiscard => "policy_discard",
+        }
+    }
+}
+
+/// A counter with one writer (its core): increments are a load and a store, no atomic RMW.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one core. Written by its worker only; read by anyone.
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    pub punted: Counter,
+    pub icmp_sent: Counter,
+    pub events_dropped: Counter,
+    pub checksums_completed: Counter,
+    pub drops: [Counter; DropReason::ALL.len()],
+}
+
+impl CoreStats {
+    #[inline]
+    pub fn drop(&self, r: DropReason) {
+        self.drops[r as usize].add(1);
+    }
+    pub fn drops_of(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].get()
+    }
+    /// Drops summed by Windows code.
+    pub fn drops_by_code(&self) -> std::collections::BTreeMap<u32, u64> {
+        let mut m = std::collections::BTreeMap::new();
+        for r in DropReason::ALL {
+            let n = self.drops_of(r);
+            if n > 0 {
+                *m.entry(r.code().code).or_insert(0) += n;
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_indexed_in_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        assert_eq!(DropReason::Replay.code().code, 13913);
+        assert_eq!(DropReason::ClearText.code().code, 13916);
+    }
+}

@@ -1,0 +1,675 @@
+//! THE hot path: a batch of frames in, one action per frame out.
+//!
+//! Outbound (plain side → cipher side):
+//!   Ethernet → inner IP → SPD lookup → tunnel's current SA → MTU check → lifetime check
+//!   (inline, clock read once per batch by the caller) → sequence number → ESP encap/seal in
+//!   place → outer Ethernet → `Tx`.
+//! Inbound (cipher side → plain side):
+//!   Ethernet → outer IP → ESP (raw or UDP/4500) → SA by SPI → replay pre-check → open →
+//!   replay commit → trailer checks → lifetime count (after authentication) → selector check
+//!   → inner Ethernet → `Tx`.
+//!
+//! Pure: no syscalls, no locks, no allocation, no clock reads, no `dyn`. Drops are counted per
+//! core under a [`DropReason`]; lifetime notifications go to a bounded lock-free queue (a full
+//! queue is counted, never waited on).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::Ordering;
+
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned};
+use crossbeam_queue::ArrayQueue;
+
+use super::{CoreStats, DropReason};
+use crate::esp::{self, EspError};
+use crate::sa::policy::{FlowKey, Lookup, PolicyAction, raw};
+use crate::sa::{Admit, Direction, Mode, Sa, SaTable, Spd};
+use crate::wire::esp::{ICV_LEN, TRAILER_LEN};
+use crate::wire::ethernet::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Mac};
+use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
+use crate::wire::ipv6::{self, Ipv6Packet, Ipv6Repr};
+use crate::wire::{be16, checksum, proto, put16, udp};
+
+/// What to do with a frame after the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send out of the other interface (the frame was rewritten).
+    Tx,
+    /// Send back out of the interface it came from (an ICMP error was written into it).
+    TxBack,
+    /// Drop and count.
+    Drop(DropReason),
+    /// Hand to the kernel unchanged (ARP, ND, IKE, traffic for the gateway itself).
+    Punt,
+}
+
+/// A frame buffer with the packet at `offset..offset + len`; the rest is headroom/tailroom.
+pub trait FrameMut {
+    fn buf_mut(&mut self) -> &mut [u8];
+    fn offset(&self) -> usize;
+    fn len(&self) -> usize;
+    fn set(&mut self, offset: usize, len: usize);
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A lifetime notification from a worker to the control thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaEvent {
+    pub spi: u32,
+    pub direction: Direction,
+    pub kind: SaEventKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaEventKind {
+    /// A soft limit was crossed: rekey.
+    Soft,
+    /// A hard limit was reached: the SA refuses traffic.
+    Hard,
+}
+
+/// Everything the workers share: SAs, the SPD and the gateway's own addresses.
+pub struct Dataplane {
+    pub sas: SaTable,
+    spd: Atomic<Spd>,
+    local: Vec<(bool, u128)>,
+}
+
+impl Dataplane {
+    pub fn new(sas: SaTable, spd: Spd, local: &[IpAddr]) -> Self {
+        Self {
+            sas,
+            spd: Atomic::new(spd),
+            local: local.iter().map(|a| raw(*a)).collect(),
+        }
+    }
+
+    /// Publishes a new SPD; the old one is freed when no worker holds it.
+    pub fn set_spd(&self, spd: Spd) {
+        let g = epoch::pin();
+        let old = self.spd.swap(Owned::new(spd), Ordering::AcqRel, &g);
+        crate::sys::epoch_retire(old, &g);
+    }
+
+    /// The current SPD (cloned, for the control side).
+    pub fn spd_snapshot(&self) -> Spd {
+        let g = epoch::pin();
+        self.spd(&g).clone()
+    }
+
+    #[inline]
+    fn spd<'g>(&self, g: &'g Guard) -> &'g Spd {
+        crate::sys::epoch_deref(self.spd.load(Ordering::Acquire, g)).expect("SPD is never null")
+    }
+
+    #[inline]
+    fn is_local(&self, v6: bool, a: u128) -> bool {
+        self.local.iter().any(|&(l6, l)| l6 == v6 && l == a)
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        let g = epoch::pin();
+        let old = self.spd.swap(epoch::Shared::null(), Ordering::AcqRel, &g);
+        crate::sys::epoch_retire(old, &g);
+    }
+}
+
+/// MAC addresses for frames leaving one interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct L2 {
+    pub mac: Mac,
+    pub next_hop: Mac,
+}
+
+/// Per-worker settings, validated before start.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PipelineConfig {
+    /// Complete TCP/UDP checksums that arrive partial (veth checksum offload, FACTS.md).
+    pub complete_checksums: bool,
+    /// Answer too-big packets with ICMP "fragmentation needed" / ICMPv6 "packet too big".
+    pub icmp_too_big: bool,
+    /// ICMP errors per second per core (RFC 1812 §4.3.2.8 rate limit).
+    pub icmp_rate: u32,
+    pub plain: L2,
+    pub cipher: L2,
+    /// Source addresses for ICMP errors sent to the plain side.
+    pub plain_v4: Option<Ipv4Addr>,
+    pub plain_v6: Option<Ipv6Addr>,
+}
+
+/// One worker's view of the pipeline.
+pub struct Pipeline<'a> {
+    dp: &'a Dataplane,
+    core: usize,
+    pub stats: &'a CoreStats,
+    events: &'a ArrayQueue<SaEvent>,
+    cfg: PipelineConfig,
+    icmp_tokens: u32,
+    icmp_second: u64,
+}
+
+/// Parsed L3 facts about a frame's IP packet.
+struct L3 {
+    /// Offset of the IP header in the buffer.
+    at: usize,
+    /// IP total length (Ethernet padding excluded).
+    len: usize,
+    v6: bool,
+    /// Header length up to the upper layer (IPv4 options, IPv6 extension headers).
+    hdr_len: usize,
+    /// Offset (from `at`) of the Next Header byte naming the upper layer.
+    nh_field: usize,
+    fragment: bool,
+    key: FlowKey,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(
+        dp: &'a Dataplane,
+        core: usize,
+        stats: &'a CoreStats,
+        events: &'a ArrayQueue<SaEvent>,
+        cfg: PipelineConfig,
+    ) -> Self {
+        Self {
+            dp,
+            core,
+            stats,
+            events,
+            cfg,
+            icmp_tokens: cfg.icmp_rate,
+            icmp_second: 0,
+        }
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.cfg
+    }
+
+    /// Updates the MAC addresses (the worker refreshes them from the neighbour table).
+    pub fn set_l2(&mut self, plain: L2, cipher: L2) {
+        self.cfg.plain = plain;
+        self.cfg.cipher = cipher;
+    }
+
+    /// Processes a batch of frames from the plain side. `now`: monotonic ns, read once.
+    pub fn outbound<F: FrameMut>(&mut self, frames: &mut [F], now: u64, actions: &mut [Action]) {
+        let guard = epoch::pin();
+        let spd = self.dp.spd(&guard);
+        self.refill_icmp(now);
+        for (f, a) in frames.iter_mut().zip(actions.iter_mut()) {
+            self.stats.rx_packets.add(1);
+            self.stats.rx_bytes.add(f.len() as u64);
+            *a = self.outbound_one(f, now, spd, &guard);
+            self.account(f, *a);
+        }
+    }
+
+    /// Processes a batch of frames from the cipher side.
+    pub fn inbound<F: FrameMut>(&mut self, frames: &mut [F], now: u64, actions: &mut [Action]) {
+        let guard = epoch::pin();
+        let spd = self.dp.spd(&guard);
+        for (f, a) in frames.iter_mut().zip(actions.iter_mut()) {
+            self.stats.rx_packets.add(1);
+            self.stats.rx_bytes.add(f.len() as u64);
+            *a = self.inbound_one(f, now, spd, &guard);
+            self.account(f, *a);
+        }
+    }
+
+    #[inline]
+    fn account<F: FrameMut>(&self, f: &F, a: Action) {
+        match a {
+            Action::Tx | Action::TxBack => {
+                self.stats.tx_packets.add(1);
+                self.stats.tx_bytes.add(f.len() as u64);
+            }
+            Action::Drop(r) => self.stats.drop(r),
+            Action::Punt => self.stats.punted.add(1),
+        }
+    }
+
+    #[inline]
+    fn notify(&self, sa: &Sa, kind: SaEventKind) {
+        if self
+            .events
+            .push(SaEvent {
+                spi: sa.spi,
+                direction: sa.direction,
+                kind,
+            })
+            .is_err()
+        {
+            self.stats.events_dropped.add(1);
+        }
+    }
+
+    /// Applies a lifetime verdict; `Some(drop)` when refused.
+    #[inline]
+    fn lifetime(&self, sa: &Sa, verdict: Admit) -> Option<DropReason> {
+        match verdict {
+            Admit::Pass => None,
+            Admit::PassSoft => {
+                self.notify(sa, SaEventKind::Soft);
+                None
+            }
+            Admit::Refuse => Some(DropReason::LifetimeExpired),
+            Admit::RefuseHard => {
+                self.notify(sa, SaEventKind::Hard);
+                Some(DropReason::LifetimeExpired)
+            }
+        }
+    }
+
+    fn outbound_one<F: FrameMut>(
+        &mut self,
+        f: &mut F,
+        now: u64,
+        spd: &Spd,
+        guard: &Guard,
+    ) -> Action {
+        let (off, flen) = (f.offset(), f.len());
+        let buf = f.buf_mut();
+        let Some(frame) = buf.get(off..off + flen) else {
+            return Action::Drop(DropReason::Malformed);
+        };
+        let l3 = match parse_l3(frame, off) {
+            Ok(Some(l3)) => l3,
+            Ok(None) => return Action::Punt,
+            Err(r) => return Action::Drop(r),
+        };
+        if self.dp.is_local(l3.v6, l3.key.dst) {
+            return Action::Punt;
+        }
+        let tunnel = match spd.lookup(&l3.key) {
+            Lookup::Matched(PolicyAction::Protect(t))
+            | Lookup::Default(PolicyAction::Protect(t)) => t,
+            Lookup::Matched(PolicyAction::Bypass) | Lookup::Default(PolicyAction::Bypass) => {
+                return Action::Punt;
+            }
+            Lookup::Matched(PolicyAction::Discard) => {
+                return Action::Drop(DropReason::PolicyDiscard);
+            }
+            Lookup::Default(PolicyAction::Discard) => return Action::Drop(DropReason::ClearText),
+        };
+        let Some(sa) = self.dp.sas.outbound(tunnel, guard) else {
+            return Action::Drop(DropReason::NoSa);
+        };
+        // MTU: the outer packet must fit (RFC 4301 §8: PMTU handling by the gateway).
+        let (head, _) = esp::overhead(sa, l3.v6);
+        let ct = (l3.len + TRAILER_LEN).div_ceil(4) * 4;
+        if head + ct + ICV_LEN > sa.mtu as usize {
+            return match self.too_big(buf, off, &l3, sa, head) {
+                Some((start, len)) => {
+                    // The packet itself is dropped (counted); the ICMP error goes back.
+                    self.stats.drop(DropReason::TooBig);
+                    f.set(start, len);
+                    Action::TxBack
+                }
+                None => Action::Drop(DropReason::TooBig),
+            };
+        }
+        if self.cfg.complete_checksums && !l3.fragment && complete_checksum(buf, &l3) {
+            self.stats.checksums_completed.add(1);
+        }
+        if let Some(r) = self.lifetime(sa, sa.lifetime.admit(self.core, l3.len as u64, now)) {
+            return Action::Drop(r);
+        }
+        let Some(seq) = sa.next_seq() else {
+            // RFC 4303 §3.3.3: the counter must not cycle; the SA is dead.
+            if sa.lifetime.expire() {
+                self.notify(sa, SaEventKind::Hard);
+            }
+            return Action::Drop(DropReason::SeqExhausted);
+        };
+        let (start, len) = match esp::encap(sa, seq, buf, l3.at, l3.len) {
+            Ok(r) => r,
+            Err(EspError::NoRoom | EspError::TooLong) => return Action::Drop(DropReason::TooBig),
+            Err(_) => return Action::Drop(DropReason::Malformed),
+        };
+        sa.count(self.core, l3.len as u64);
+        let outer_v6 = buf[start] >> 4 == 6;
+        let eth = start - ethernet::HEADER_LEN;
+        let l2 = self.cfg.cipher;
+        ethernet::emit(
+            &mut buf[eth..],
+            &l2.next_hop,
+            &l2.mac,
+            if outer_v6 {
+                ETHERTYPE_IPV6
+            } else {
+                ETHERTYPE_IPV4
+            },
+        );
+        f.set(eth, len + ethernet::HEADER_LEN);
+        Action::Tx
+    }
+
+    fn inbound_one<F: FrameMut>(
+        &mut self,
+        f: &mut F,
+        now: u64,
+        spd: &Spd,
+        guard: &Guard,
+    ) -> Action {
+        let (off, flen) = (f.offset(), f.len());
+        let buf = f.buf_mut();
+        let Some(frame) = buf.get(off..off + flen) else {
+            return Action::Drop(DropReason::Malformed);
+        };
+        let l3 = match parse_l3(frame, off) {
+            Ok(Some(l3)) => l3,
+            Ok(None) => return Action::Punt,
+            Err(r) => return Action::Drop(r),
+        };
+        let to_us = self.dp.is_local(l3.v6, l3.key.dst);
+        let ul = l3.at + l3.hdr_len;
+        let ul_len = l3.len - l3.hdr_len;
+        let esp_at = match l3.key.protocol {
+            proto::ESP if to_us => ul,
+            proto::UDP if to_us && l3.key.dst_port == udp::NAT_T_PORT && !l3.fragment => {
+                let Ok((_, _, ulen)) = udp::parse(&buf[ul..ul + ul_len]) else {
+                    return Action::Drop(DropReason::Malformed);
+                };
+                let payload = &buf[ul + udp::HEADER_LEN..ul + ulen];
+                // RFC 3948 §2.2: a zero non-ESP marker means IKE; §2.3: 0xFF is a keepalive.
+                if payload.len() < 4 || payload[..4] == [0, 0, 0, 0] {
+                    return Action::Punt;
+                }
+                ul + udp::HEADER_LEN
+            }
+            _ if to_us => return Action::Punt,
+            _ => {
+                // Cleartext crossing the gateway from the cipher side.
+                return match spd.lookup(&l3.key.reversed()) {
+                    Lookup::Matched(PolicyAction::Protect(_))
+                    | Lookup::Default(PolicyAction::Protect(_)) => {
+                        Action::Drop(DropReason::ClearText)
+                    }
+                    Lookup::Matched(PolicyAction::Discard) => {
+                        Action::Drop(DropReason::PolicyDiscard)
+                    }
+                    Lookup::Default(PolicyAction::Discard) => Action::Drop(DropReason::ClearText),
+                    Lookup::Matched(PolicyAction::Bypass)
+                    | Lookup::Default(PolicyAction::Bypass) => Action::Punt,
+                };
+            }
+        };
+        if l3.fragment {
+            return Action::Drop(DropReason::Fragment);
+        }
+        let esp_len = l3.at + l3.len - esp_at;
+        let Some(spi) = crate::wire::esp::peek_spi(&buf[esp_at..esp_at + esp_len]) else {
+            return Action::Drop(DropReason::Malformed);
+        };
+        let Some(sa) = self.dp.sas.inbound(spi, guard) else {
+            return Action::Drop(DropReason::BadSpi);
+        };
+        if let Some(r) = self.lifetime(sa, sa.lifetime.check_time(now)) {
+            return Action::Drop(r);
+        }
+        let d = match esp::decap(sa, buf, l3.at, l3.hdr_len, l3.nh_field, esp_at, esp_len) {
+            Ok(d) => d,
+            Err(e) => return Action::Drop(esp_drop(e)),
+        };
+        // Counted only now: after authentication and the replay check.
+        if let Some(r) = self.lifetime(sa, sa.lifetime.admit(self.core, d.len as u64, now)) {
+            return Action::Drop(r);
+        }
+        if sa.mode == Mode::Tunnel && !inner_matches(sa, &buf[d.start..d.start + d.len], d.v6) {
+            return Action::Drop(DropReason::WrongSa);
+        }
+        sa.count(self.core, d.len as u64);
+        let eth = d.start - ethernet::HEADER_LEN;
+        let l2 = self.cfg.plain;
+        ethernet::emit(
+            &mut buf[eth..],
+            &l2.next_hop,
+            &l2.mac,
+            if d.v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 },
+        );
+        f.set(eth, d.len + ethernet::HEADER_LEN);
+        Action::Tx
+    }
+
+    /// Rewrites the frame into an ICMP error for a packet too big to encapsulate (RFC 1191,
+    /// RFC 8201), rate-limited. Returns the new frame bounds, or `None` to just drop.
+    fn too_big(
+        &mut self,
+        buf: &mut [u8],
+        off: usize,
+        l3: &L3,
+        sa: &Sa,
+        head: usize,
+    ) -> Option<(usize, usize)> {
+        if !self.cfg.icmp_too_big || self.icmp_tokens == 0 {
+            return None;
+        }
+        // Largest inner packet that fits: ciphertext is a multiple of 4 and holds 2 trailer bytes.
+        let mtu =
+            ((sa.mtu as usize).saturating_sub(head + ICV_LEN) & !3).saturating_sub(TRAILER_LEN);
+        let (dst_mac, src_mac) = ethernet::addrs(&buf[off..]);
+        let (start, len) = if l3.v6 {
+            icmp6_too_big(buf, l3, self.cfg.plain_v6?, mtu as u32)?
+        } else {
+            icmp4_too_big(buf, l3, self.cfg.plain_v4?, mtu as u16)?
+        };
+        self.icmp_tokens -= 1;
+        self.stats.icmp_sent.add(1);
+        let eth = start - ethernet::HEADER_LEN;
+        // Back to the sender: swap the MAC addresses.
+        ethernet::emit(
+            &mut buf[eth..],
+            &src_mac,
+            &dst_mac,
+            if l3.v6 {
+                ETHERTYPE_IPV6
+            } else {
+                ETHERTYPE_IPV4
+            },
+        );
+        Some((eth, len + ethernet::HEADER_LEN))
+    }
+
+    #[inline]
+    fn refill_icmp(&mut self, now: u64) {
+        let sec = now / 1_000_000_000;
+        if sec != self.icmp_second {
+            self.icmp_second = sec;
+            self.icmp_tokens = self.cfg.icmp_rate;
+        }
+    }
+}
+
+#[inline]
+fn esp_drop(e: EspError) -> DropReason {
+    match e {
+        EspError::Replay => DropReason::Replay,
+        EspError::Integrity => DropReason::Integrity,
+        EspError::BadPadding => DropReason::BadPadding,
+        EspError::BadNextHeader => DropReason::BadNextHeader,
+        EspError::BadAlignment => DropReason::BadAlignment,
+        EspError::Dummy => DropReason::Dummy,
+        EspError::NoRoom | EspError::TooLong => DropReason::TooBig,
+        EspError::Malformed | EspError::Seal => DropReason::Malformed,
+    }
+}
+
+/// Parses Ethernet and IP. `Ok(None)`: not IP (punt). `frame` starts at buffer offset `off`.
+#[inline]
+fn parse_l3(frame: &[u8], off: usize) -> Result<Option<L3>, DropReason> {
+    let et = ethernet::ethertype(frame).map_err(|_| DropReason::Malformed)?;
+    let at = off + ethernet::HEADER_LEN;
+    let ip = &frame[ethernet::HEADER_LEN..];
+    let mut l3 = match et {
+        ETHERTYPE_IPV4 => {
+            let p = Ipv4Packet::new_checked(ip).map_err(|_| DropReason::Malformed)?;
+            L3 {
+                at,
+                len: p.total_len(),
+                v6: false,
+                hdr_len: p.header_len(),
+                nh_field: ipv4::field::PROTOCOL,
+                fragment: p.is_fragment(),
+                key: FlowKey {
+                    v6: false,
+                    src: u32::from(p.src()) as u128,
+                    dst: u32::from(p.dst()) as u128,
+                    protocol: p.protocol(),
+                    src_port: 0,
+                    dst_port: 0,
+                },
+            }
+        }
+        ETHERTYPE_IPV6 => {
+            let p = Ipv6Packet::new_checked(ip).map_err(|_| DropReason::Malformed)?;
+            let u = ipv6::upper_layer(ip, p.total_len()).map_err(|_| DropReason::Malformed)?;
+            L3 {
+                at,
+                len: p.total_len(),
+                v6: true,
+                hdr_len: u.offset,
+                nh_field: u.nh_field,
+                fragment: u.fragment,
+                key: FlowKey {
+                    v6: true,
+                    src: u128::from(p.src()),
+                    dst: u128::from(p.dst()),
+                    protocol: u.protocol,
+                    src_port: 0,
+                    dst_port: 0,
+                },
+            }
+        }
+        _ => return Ok(None),
+    };
+    let l4 = &ip[l3.hdr_len..l3.len];
+    if matches!(l3.key.protocol, proto::TCP | proto::UDP) && l4.len() >= 4 && !l3.fragment {
+        l3.key.src_port = be16(l4, 0);
+        l3.key.dst_port = be16(l4, 2);
+    }
+    Ok(Some(l3))
+}
+
+/// Completes a TCP/UDP checksum left partial by checksum offload: the field then holds the
+/// folded pseudo-header sum. Returns true when it completed one.
+#[inline]
+fn complete_checksum(buf: &mut [u8], l3: &L3) -> bool {
+    let csum_off = match l3.key.protocol {
+        proto::TCP => 16,
+        proto::UDP => 6,
+        _ => return false,
+    };
+    let l4_at = l3.at + l3.hdr_len;
+    let l4_len = l3.len - l3.hdr_len;
+    if l4_len < csum_off + 2 {
+        return false;
+    }
+    let ip = &buf[l3.at..];
+    let psum = if l3.v6 {
+        let (s, d) = (Ipv6Addr::from(l3.key.src), Ipv6Addr::from(l3.key.dst));
+        checksum::pseudo_v6(&s, &d, l3.key.protocol, l4_len as u32)
+    } else {
+        let s = Ipv4Addr::from(l3.key.src as u32);
+        let d = Ipv4Addr::from(l3.key.dst as u32);
+        checksum::pseudo_v4(s, d, l3.key.protocol, l4_len as u16)
+    };
+    let _ = ip;
+    let field = be16(buf, l4_at + csum_off);
+    if field != checksum::fold(psum) {
+        return false;
+    }
+    let l4 = &mut buf[l4_at..l4_at + l4_len];
+    if checksum::fold(checksum::sum(psum, l4)) == 0xffff {
+        return false; // already complete (and happens to equal the partial sum)
+    }
+    put16(l4, csum_off, 0);
+    let c = !checksum::fold(checksum::sum(psum, l4));
+    put16(
+        l4,
+        csum_off,
+        if c == 0 && l3.key.protocol == proto::UDP {
+            0xffff
+        } else {
+            c
+        },
+    );
+    true
+}
+
+/// RFC 4301 §5.2: the inner addresses must match the SA's selectors.
+#[inline]
+fn inner_matches(sa: &Sa, inner: &[u8], v6: bool) -> bool {
+    if sa.inner.is_empty() {
+        return true;
+    }
+    let (s, d) = if v6 {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&inner[8..24]);
+        let s = u128::from_be_bytes(a);
+        a.copy_from_slice(&inner[24..40]);
+        (s, u128::from_be_bytes(a))
+    } else {
+        (
+            crate::wire::be32(inner, 12) as u128,
+            crate::wire::be32(inner, 16) as u128,
+        )
+    };
+    sa.inner
+        .iter()
+        .any(|(ps, pd)| ps.contains_raw(v6, s) && pd.contains_raw(v6, d))
+}
+
+/// Writes an ICMPv4 "fragmentation needed" (type 3 code 4, RFC 1191) in front of the packet.
+fn icmp4_too_big(buf: &mut [u8], l3: &L3, src: Ipv4Addr, mtu: u16) -> Option<(usize, usize)> {
+    const HDR: usize = ipv4::MIN_HEADER_LEN + 8;
+    // RFC 1812 §4.3.2.3: include as much of the original as fits in 576 bytes.
+    let quoted = l3.len.min(576 - HDR);
+    let start = l3.at.checked_sub(HDR + ethernet::HEADER_LEN)? + ethernet::HEADER_LEN;
+    let dst = Ipv4Addr::from(l3.key.src as u32);
+    let icmp_at = start + ipv4::MIN_HEADER_LEN;
+    let m = &mut buf[icmp_at..icmp_at + 8];
+    m.copy_from_slice(&[3, 4, 0, 0, 0, 0, 0, 0]);
+    put16(m, 6, mtu);
+    let c = checksum::checksum(&buf[icmp_at..icmp_at + 8 + quoted]);
+    put16(buf, icmp_at + 2, c);
+    Ipv4Repr {
+        src,
+        dst,
+        protocol: proto::ICMP,
+        payload_len: 8 + quoted,
+        tos: 0,
+        ttl: 64,
+        dont_frag: false,
+    }
+    .emit(&mut buf[start..]);
+    Some((start, HDR + quoted))
+}
+
+/// Writes an ICMPv6 "packet too big" (type 2, RFC 4443 §3.2) in front of the packet.
+fn icmp6_too_big(buf: &mut [u8], l3: &L3, src: Ipv6Addr, mtu: u32) -> Option<(usize, usize)> {
+    const HDR: usize = ipv6::HEADER_LEN + 8;
+    let quoted = l3.len.min(1280 - HDR);
+    let start = l3.at.checked_sub(HDR + ethernet::HEADER_LEN)? + ethernet::HEADER_LEN;
+    let dst = Ipv6Addr::from(l3.key.src);
+    let icmp_at = start + ipv6::HEADER_LEN;
+    let m = &mut buf[icmp_at..icmp_at + 8];
+    m.copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
+    m[4..8].copy_from_slice(&mtu.to_be_bytes());
+    let psum = checksum::pseudo_v6(&src, &dst, proto::ICMPV6, (8 + quoted) as u32);
+    let c = !checksum::fold(checksum::sum(psum, &buf[icmp_at..icmp_at + 8 + quoted]));
+    put16(buf, icmp_at + 2, c);
+    Ipv6Repr {
+        src,
+        dst,
+        next_header: proto::ICMPV6,
+        payload_len: 8 + quoted,
+        traffic_class: 0,
+        hop_limit: 64,
+    }
+    .emit(&mut buf[start..]);
+    Some((start, HDR + quoted))
+}

@@ -1,0 +1,137 @@
+//! Inbound ESP processing (RFC 4303 §3.4), in place.
+//!
+//! Order: replay pre-check, ICV verification and decryption, replay commit (only after
+//! authentication, so forged packets never move the window), then trailer checks.
+
+use super::{EspError, PAYLOAD_OFFSET, aad};
+use crate::sa::{Mode, Sa};
+use crate::wire::esp::{EspPacket, HEADER_LEN, ICV_LEN};
+use crate::wire::{ipv4, ipv6, proto, put16};
+
+/// Where the decapsulated packet lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decapped {
+    /// Start and length of the inner IP packet (tunnel) or the rebuilt packet (transport).
+    pub start: usize,
+    pub len: usize,
+    /// The full 64-bit sequence number.
+    pub seq: u64,
+    /// True when the packet is IPv6.
+    pub v6: bool,
+}
+
+/// Opens the ESP packet `buf[esp_at..esp_at + esp_len]` of `sa` (SPI already matched).
+/// Returns the decrypted payload range (payload without padding and trailer) and the next
+/// header value.
+#[inline]
+pub fn open_at(
+    sa: &Sa,
+    buf: &mut [u8],
+    esp_at: usize,
+    esp_len: usize,
+) -> Result<(usize, usize, u8, u64), EspError> {
+    let esp = &mut buf[esp_at..esp_at + esp_len];
+    let p = EspPacket::new_checked(&*esp).map_err(|_| EspError::Malformed)?;
+    let ct_len = p.ciphertext_len();
+    if ct_len % 4 != 0 {
+        return Err(EspError::BadAlignment);
+    }
+    let replay = sa.replay.as_ref().ok_or(EspError::BadNextHeader)?;
+    let seq = if sa.esn {
+        replay.infer_esn(p.seq())
+    } else {
+        p.seq() as u64
+    };
+    // RFC 4303 §3.4.3: the replay check comes before the ICV check.
+    replay.check(seq).map_err(|_| EspError::Replay)?;
+    let nonce = sa.nonce(&p.iv());
+    let mut a = [0u8; 12];
+    let alen = aad(sa.spi, seq, sa.esn, &mut a);
+    let (body, tag) = esp[PAYLOAD_OFFSET..].split_at_mut(ct_len);
+    let tag: &[u8; ICV_LEN] = (&*tag).try_into().map_err(|_| EspError::Malformed)?;
+    sa.open(&nonce, &a[..alen], body, tag)
+        .map_err(|_| EspError::Integrity)?;
+    // §3.4.3: the window is updated only after the ICV verified.
+    replay.commit(seq).map_err(|_| EspError::Replay)?;
+    let next_header = body[ct_len - 1];
+    let pad_len = body[ct_len - 2] as usize;
+    if pad_len + 2 > ct_len {
+        return Err(EspError::BadPadding);
+    }
+    let data_len = ct_len - 2 - pad_len;
+    // §2.4: default padding is 1, 2, 3, ...
+    if body[data_len..data_len + pad_len]
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b as usize != i + 1)
+    {
+        return Err(EspError::BadPadding);
+    }
+    Ok((esp_at + PAYLOAD_OFFSET, data_len, next_header, seq))
+}
+
+/// Decapsulates an ESP packet. `ip_start` is the outer IP header, `ip_hdr_len` its length
+/// (including IPv6 extension headers in front of ESP), `esp_at`/`esp_len` the ESP packet,
+/// `nh_field` the offset (from `ip_start`) of the byte that names ESP (transport mode).
+pub fn decap(
+    sa: &Sa,
+    buf: &mut [u8],
+    ip_start: usize,
+    ip_hdr_len: usize,
+    nh_field: usize,
+    esp_at: usize,
+    esp_len: usize,
+) -> Result<Decapped, EspError> {
+    let (data, data_len, next_header, seq) = open_at(sa, buf, esp_at, esp_len)?;
+    if next_header == proto::IPV6_NONXT {
+        return Err(EspError::Dummy);
+    }
+    match sa.mode {
+        Mode::Tunnel => {
+            let v6 = match next_header {
+                proto::IPV4 => false,
+                proto::IPV6 => true,
+                _ => return Err(EspError::BadNextHeader),
+            };
+            let inner = &buf[data..data + data_len];
+            // The inner length comes from the inner header: anything after it is TFC padding.
+            let len = if v6 {
+                ipv6::Ipv6Packet::new_checked(inner)
+                    .map_err(|_| EspError::BadNextHeader)?
+                    .total_len()
+            } else {
+                ipv4::Ipv4Packet::new_checked(inner)
+                    .map_err(|_| EspError::BadNextHeader)?
+                    .total_len()
+            };
+            Ok(Decapped {
+                start: data,
+                len,
+                seq,
+                v6,
+            })
+        }
+        Mode::Transport => {
+            let _ = HEADER_LEN;
+            let v6 = buf[ip_start] >> 4 == 6;
+            // Move the IP header up against the payload and fix it.
+            let new_start = data - ip_hdr_len;
+            buf.copy_within(ip_start..ip_start + ip_hdr_len, new_start);
+            let len = ip_hdr_len + data_len;
+            let h = &mut buf[new_start..];
+            h[nh_field] = next_header;
+            if v6 {
+                put16(h, ipv6::field::PAYLOAD_LEN, (len - ipv6::HEADER_LEN) as u16);
+            } else {
+                put16(h, ipv4::field::TOTAL_LEN, len as u16);
+                ipv4::fill_checksum(h);
+            }
+            Ok(Decapped {
+                start: new_start,
+                len,
+                seq,
+                v6,
+            })
+        }
+    }
+}

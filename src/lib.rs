@@ -1,0 +1,29 @@
+//! espd: a userspace IPsec ESP (AES-GCM) dataplane.
+//!
+//! Module map and contracts:
+//! * [`wire`], [`esp`], [`sa`], [`datapath::pipeline`]: the pure packet path. No syscalls, no
+//!   locks on the worker side, no allocation per packet, no clock reads: callers pass `now`
+//!   and buffers. Nothing in them panics on any input.
+//! * [`sa::table`]: lock-free for readers (crossbeam-epoch); writers (the control side)
+//!   serialize on a mutex no worker ever takes.
+//! * [`config`], [`pcap`]: setup and offline I/O; errors name the file, key and reason.
+//! * `unsafe` is denied everywhere except [`sys`] (epoch-protected pointers).
+#![deny(unsafe_code)]
+
+pub mod codes;
+pub mod config;
+pub mod datapath;
+pub mod esp;
+pub mod offline;
+pub mod pcap;
+pub mod sa;
+pub mod sys;
+pub mod wire;
+
+/// Monotonic nanoseconds since the first call (the pipeline's clock; read once per batch).
+pub fn now_ns() -> u64 {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}

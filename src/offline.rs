@@ -1,0 +1,131 @@
+//! `espd pcap`: the exact pipeline over a pcap file, for debugging and black-box tests.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
+
+use crossbeam_queue::ArrayQueue;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::datapath::mem::Frame;
+use crate::datapath::{Action, CoreStats, DropReason, Pipeline};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+/// JSON summary of an offline run.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub direction: &'static str,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub icmp_errors: u64,
+    pub punted: u64,
+    pub dropped: u64,
+    /// Drops by Windows code, e.g. `"13913": 2`.
+    pub drops_by_code: BTreeMap<String, u64>,
+    /// Drops by espd reason, e.g. `"replay": 2`.
+    pub drops_by_reason: BTreeMap<&'static str, u64>,
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error("{path}: {source}")]
+    Pcap {
+        path: String,
+        source: crate::pcap::PcapError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+const BATCH: usize = 64;
+
+/// Runs every frame of `input` through the pipeline in batches of 64 and writes the frames it
+/// transmits (`Tx` and `TxBack`) to `output`.
+pub fn run_pcap(
+    cfg: &Config,
+    dir: Direction,
+    input: &Path,
+    output: &Path,
+) -> Result<Summary, OfflineError> {
+    fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> OfflineError + '_ {
+        move |e| OfflineError::Io {
+            path: p.display().to_string(),
+            source: e,
+        }
+    }
+    let f = File::open(input).map_err(io_err(input))?;
+    let records = crate::pcap::read(BufReader::new(f)).map_err(|e| OfflineError::Pcap {
+        path: input.display().to_string(),
+        source: e,
+    })?;
+    let now = crate::now_ns();
+    let dp = cfg.build_dataplane(now)?;
+    let stats = CoreStats::default();
+    let events = ArrayQueue::new(1024);
+    let mut pipe = Pipeline::new(&dp, 0, &stats, &events, cfg.pipeline_config());
+    let mut out: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+    let mut frames: Vec<Frame> = Vec::with_capacity(BATCH);
+    let mut actions = [Action::Punt; BATCH];
+    for chunk in records.chunks(BATCH) {
+        frames.clear();
+        frames.extend(chunk.iter().map(|r| Frame::from_packet(&r.data)));
+        let acts = &mut actions[..frames.len()];
+        match dir {
+            Direction::Outbound => pipe.outbound(&mut frames, now, acts),
+            Direction::Inbound => pipe.inbound(&mut frames, now, acts),
+        }
+        for ((f, a), r) in frames.iter().zip(acts.iter()).zip(chunk) {
+            if matches!(a, Action::Tx | Action::TxBack) {
+                out.push((r.ts_sec, r.ts_frac, f.bytes().to_vec()));
+            }
+        }
+    }
+    let of = File::create(output).map_err(io_err(output))?;
+    crate::pcap::write(
+        BufWriter::new(of),
+        out.iter().map(|(s, u, d)| (*s, *u, d.as_slice())),
+    )
+    .map_err(io_err(output))?;
+    let mut ev = Vec::new();
+    while let Some(e) = events.pop() {
+        ev.push(format!("{:?} {:?} spi={:#x}", e.kind, e.direction, e.spi));
+    }
+    let mut by_reason = BTreeMap::new();
+    for r in DropReason::ALL {
+        let n = stats.drops_of(r);
+        if n > 0 {
+            by_reason.insert(r.name(), n);
+        }
+    }
+    Ok(Summary {
+        direction: match dir {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        },
+        frames_in: records.len() as u64,
+        frames_out: out.len() as u64,
+        icmp_errors: stats.icmp_sent.get(),
+        punted: stats.punted.get(),
+        dropped: by_reason.values().sum(),
+        drops_by_code: stats
+            .drops_by_code()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+        drops_by_reason: by_reason,
+        events: ev,
+    })
+}

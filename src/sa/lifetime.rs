@@ -1,0 +1,549 @@
+//! SA lifetimes (RFC 4301 §4.4.2.1): soft and hard limits on bytes, packets and time since
+//! install, and optionally time since first use. Checked inline on every packet.
+//!
+//! Byte and packet limits hold **exactly** across cores. Each limit is a [`Budget`]: a global
+//! remainder plus one lease per core. A core spends its lease with a compare-and-swap on its own
+//! cache line; when the lease runs dry it takes a new one from the remainder with one atomic
+//! operation. A core that cannot get enough first steals every other core's unused lease back
+//! into the remainder, so the admitted total never exceeds the limit and reaches it (to within
+//! one packet's size for bytes; exactly for packets) when demand exceeds it. Leases shrink as the
+//! remainder shrinks (at most 1/64 of the limit per core), which also bounds how early a soft
+//! limit can fire.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+use serde::{Deserialize, Serialize};
+
+/// Lifetime limits of one SA. `None`: no limit. Times are in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub soft_bytes: Option<u64>,
+    pub hard_bytes: Option<u64>,
+    pub soft_packets: Option<u64>,
+    pub hard_packets: Option<u64>,
+    pub soft_seconds: Option<u64>,
+    pub hard_seconds: Option<u64>,
+    /// Soft limit counted from the first packet instead of install.
+    pub soft_use_seconds: Option<u64>,
+    pub hard_use_seconds: Option<u64>,
+}
+
+impl Limits {
+    /// Checks that every soft limit is below its hard limit and no limit is zero.
+    pub fn validate(&self) -> Result<(), String> {
+        let pairs = [
+            ("bytes", self.soft_bytes, self.hard_bytes),
+            ("packets", self.soft_packets, self.hard_packets),
+            ("seconds", self.soft_seconds, self.hard_seconds),
+            ("use_seconds", self.soft_use_seconds, self.hard_use_seconds),
+        ];
+        for (name, soft, hard) in pairs {
+            if soft == Some(0) {
+                return Err(format!("soft_{name} must be greater than 0"));
+            }
+            if hard == Some(0) {
+                return Err(format!("hard_{name} must be greater than 0"));
+            }
+            if let (Some(s), Some(h)) = (soft, hard)
+                && s >= h
+            {
+                return Err(format!("soft_{name} ({s}) must be below hard_{name} ({h})"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the lifetime check decided for one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    Pass,
+    /// Passed, and a soft limit was crossed for the first time: notify (exactly once).
+    PassSoft,
+    /// Refused: the SA is past a hard limit.
+    Refuse,
+    /// Refused, and this is the first refusal: notify hard expiry (exactly once).
+    RefuseHard,
+}
+
+const NS: u64 = 1_000_000_000;
+const FIRED_SOFT: u8 = 1;
+const FIRED_HARD: u8 = 2;
+
+/// Outcome of taking from a [`Budget`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Taken. `true` when the amount leased so far has reached the soft limit.
+    Ok(bool),
+    /// Not enough left. `true` when the budget is certainly exhausted (no lease in flight).
+    Short(bool),
+}
+
+/// An exact, lock-free budget shared by cores (see the module docs).
+#[derive(Debug)]
+pub struct Budget {
+    limit: u64,
+    soft: u64,
+    left: CachePadded<AtomicU64>,
+    inflight: AtomicU32,
+    leases: Box<[CachePadded<AtomicU64>]>,
+}
+
+impl Budget {
+    pub fn new(limit: u64, soft: Option<u64>, cores: usize) -> Self {
+        Self {
+            limit,
+            soft: soft.unwrap_or(u64::MAX),
+            left: CachePadded::new(AtomicU64::new(limit)),
+            inflight: AtomicU32::new(0),
+            leases: (0..cores.max(1))
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
+        }
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Amount not yet handed out to any core.
+    pub fn unleased(&self) -> u64 {
+        self.left.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn chunk(&self, left: u64) -> u64 {
+        let n = self.leases.len() as u64;
+        (left / (64 * n)).min(self.limit / (64 * n)).min(1 << 20)
+    }
+
+    /// Takes `need` units for `core`.
+    #[inline]
+    pub fn take(&self, core: usize, need: u64) -> Take {
+        let lease = &self.leases[core % self.leases.len()];
+        let mut cur = lease.load(Ordering::Acquire);
+        while cur >= need {
+            match lease.compare_exchange_weak(cur, cur - need, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Take::Ok(false),
+                Err(a) => cur = a,
+            }
+        }
+        self.refill(core % self.leases.len(), need)
+    }
+
+    #[cold]
+    fn refill(&self, core: usize, need: u64) -> Take {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let lease = &self.leases[core];
+        let local = lease.swap(0, Ordering::AcqRel);
+        let want = need.saturating_sub(local);
+        let taken = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                (left >= want).then(|| left - (want + self.chunk(left - want)).min(left))
+            });
+        let result = match taken {
+            Ok(prev) => {
+                let grant = (want + self.chunk(prev - want)).min(prev);
+                let rest = local + grant - need;
+                if rest > 0 {
+                    lease.fetch_add(rest, Ordering::AcqRel);
+                }
+                Take::Ok(self.limit - (prev - grant) >= self.soft)
+            }
+            Err(_) => {
+                // Steal every other core's unused lease back, then try once more.
+                let mut pool = local;
+                for (i, l) in self.leases.iter().enumerate() {
+                    if i != core {
+                        pool += l.swap(0, Ordering::AcqRel);
+                    }
+                }
+                let r = self
+                    .left
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                        (left + pool >= need).then(|| left + pool - need)
+                    });
+                match r {
+                    Ok(prev) => Take::Ok(self.limit - (prev + pool - need) >= self.soft),
+                    Err(_) => {
+                        self.left.fetch_add(pool, Ordering::AcqRel);
+                        let quiet = self.inflight.load(Ordering::Acquire) == 1;
+                        Take::Short(quiet)
+                    }
+                }
+            }
+        };
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    /// Gives `n` units back to `core`'s lease (a packet refused by another limit).
+    #[inline]
+    pub fn give_back(&self, core: usize, n: u64) {
+        self.leases[core % self.leases.len()].fetch_add(n, Ordering::AcqRel);
+    }
+}
+
+/// The lifetime state of one SA.
+#[derive(Debug)]
+pub struct Lifetime {
+    limits: Limits,
+    installed_ns: u64,
+    soft_deadline: u64,
+    hard_deadline: u64,
+    /// First use time + 1 (0: not used yet).
+    first_use: AtomicU64,
+    expired: AtomicBool,
+    fired: AtomicU8,
+    packets: Option<Budget>,
+    bytes: Option<Budget>,
+}
+
+impl Lifetime {
+    pub fn new(limits: Limits, installed_ns: u64, cores: usize) -> Self {
+        let at = |s: Option<u64>| s.map_or(u64::MAX, |s| installed_ns.saturating_add(s * NS));
+        Self {
+            limits,
+            installed_ns,
+            soft_deadline: at(limits.soft_seconds),
+            hard_deadline: at(limits.hard_seconds),
+            first_use: AtomicU64::new(0),
+            expired: AtomicBool::new(false),
+            fired: AtomicU8::new(0),
+            packets: limits
+                .hard_packets
+                .map(|h| Budget::new(h, limits.soft_packets, cores))
+                .or_else(|| {
+                    limits
+                        .soft_packets
+                        .map(|s| Budget::new(u64::MAX, Some(s), cores))
+                }),
+            bytes: limits
+                .hard_bytes
+                .map(|h| Budget::new(h, limits.soft_bytes, cores))
+                .or_else(|| {
+                    limits
+                        .soft_bytes
+                        .map(|s| Budget::new(u64::MAX, Some(s), cores))
+                }),
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    pub fn installed_ns(&self) -> u64 {
+        self.installed_ns
+    }
+    pub fn is_expired(&self) -> bool {
+        self.expired.load(Ordering::Acquire)
+    }
+    pub fn soft_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire) & FIRED_SOFT != 0
+    }
+
+    /// Marks the SA hard-expired (time, sequence exhaustion, control request).
+    /// Returns true the first time (the caller notifies).
+    pub fn expire(&self) -> bool {
+        self.expired.store(true, Ordering::Release);
+        self.fired.fetch_or(FIRED_HARD, Ordering::AcqRel) & FIRED_HARD == 0
+    }
+
+    #[inline]
+    fn fire_soft(&self) -> bool {
+        self.fired.load(Ordering::Relaxed) & FIRED_SOFT == 0
+            && self.fired.fetch_or(FIRED_SOFT, Ordering::AcqRel) & FIRED_SOFT == 0
+    }
+
+    #[inline]
+    fn refuse(&self) -> Admit {
+        if self.expire() {
+            Admit::RefuseHard
+        } else {
+            Admit::Refuse
+        }
+    }
+
+    /// Time-only check, for packets refused before any budget is spent.
+    #[inline]
+    pub fn check_time(&self, now: u64) -> Admit {
+        if self.expired.load(Ordering::Acquire) {
+            return Admit::Refuse;
+        }
+        if now >= self.hard_deadline {
+            return self.refuse();
+        }
+        Admit::Pass
+    }
+
+    /// Admits one packet of `bytes` on `core` at `now` (ns, read once per batch).
+    #[inline]
+    pub fn admit(&self, core: usize, bytes: u64, now: u64) -> Admit {
+        if self.expired.load(Ordering::Acquire) {
+            return Admit::Refuse;
+        }
+        let mut soft = false;
+        if now >= self.soft_deadline {
+            if now >= self.hard_deadline {
+                return self.refuse();
+            }
+            soft = true;
+        }
+        if self.limits.soft_use_seconds.is_some() || self.limits.hard_use_seconds.is_some() {
+            let first = self.first_use.load(Ordering::Acquire);
+            if first == 0 {
+                let _ = self.first_use.compare_exchange(
+                    0,
+                    now + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            } else {
+                let used = now.saturating_sub(first - 1);
+                if self.limits.hard_use_seconds.is_some_and(|h| used >= h * NS) {
+                    return self.refuse();
+                }
+                soft |= self.limits.soft_use_seconds.is_some_and(|s| used >= s * NS);
+            }
+        }
+        if let Some(p) = &self.packets {
+            match p.take(core, 1) {
+                Take::Ok(s) => soft |= s,
+                Take::Short(certain) => return self.short(certain),
+            }
+        }
+        if let Some(b) = &self.bytes {
+            match b.take(core, bytes) {
+                Take::Ok(s) => soft |= s,
+                Take::Short(certain) => {
+                    if let Some(p) = &self.packets {
+                        p.give_back(core, 1);
+                    }
+                    return self.short(certain);
+                }
+            }
+        }
+        if soft && self.fire_soft() {
+            Admit::PassSoft
+        } else {
+            Admit::Pass
+        }
+    }
+
+    #[inline]
+    fn short(&self, certain: bool) -> Admit {
+        if certain {
+            self.refuse()
+        } else {
+            Admit::Refuse
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn lim() -> Limits {
+        Limits::default()
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let l = Limits {
+            soft_bytes: Some(10),
+            hard_bytes: Some(5),
+            ..lim()
+        };
+        assert!(l.validate().unwrap_err().contains("soft_bytes"));
+        let l = Limits {
+            hard_packets: Some(0),
+            ..lim()
+        };
+        assert!(l.validate().unwrap_err().contains("hard_packets"));
+        assert!(
+            Limits {
+                soft_seconds: Some(1),
+                hard_seconds: Some(2),
+                ..lim()
+            }
+            .validate()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn packet_limits_single_core() {
+        let l = Lifetime::new(
+            Limits {
+                soft_packets: Some(5),
+                hard_packets: Some(10),
+                ..lim()
+            },
+            0,
+            1,
+        );
+        let got: Vec<Admit> = (0..12).map(|_| l.admit(0, 100, 0)).collect();
+        assert_eq!(got.iter().filter(|a| **a == Admit::PassSoft).count(), 1);
+        assert_eq!(
+            got[..10]
+                .iter()
+                .filter(|a| matches!(a, Admit::Pass | Admit::PassSoft))
+                .count(),
+            10
+        );
+        assert_eq!(got[10], Admit::RefuseHard);
+        assert_eq!(got[11], Admit::Refuse);
+        assert!(l.is_expired());
+    }
+
+    #[test]
+    fn soft_fires_at_the_limit_when_leases_are_small() {
+        // limit/64 < 1: leases are exact, so soft fires exactly at packet 5.
+        let l = Lifetime::new(
+            Limits {
+                soft_packets: Some(5),
+                hard_packets: Some(10),
+                ..lim()
+            },
+            0,
+            1,
+        );
+        for i in 1..=10 {
+            let a = l.admit(0, 1, 0);
+            assert_eq!(a == Admit::PassSoft, i == 5, "packet {i}: {a:?}");
+        }
+    }
+
+    #[test]
+    fn byte_limit_refuses_the_packet_that_would_cross() {
+        let l = Lifetime::new(
+            Limits {
+                hard_bytes: Some(1000),
+                ..lim()
+            },
+            0,
+            1,
+        );
+        for _ in 0..9 {
+            assert_eq!(l.admit(0, 100, 0), Admit::Pass);
+        }
+        assert_eq!(l.admit(0, 150, 0), Admit::RefuseHard);
+        assert_eq!(l.admit(0, 10, 0), Admit::Refuse, "hard expiry is sticky");
+    }
+
+    #[test]
+    fn time_limits() {
+        let s = NS;
+        let l = Lifetime::new(
+            Limits {
+                soft_seconds: Some(10),
+                hard_seconds: Some(20),
+                ..lim()
+            },
+            5 * s,
+            1,
+        );
+        assert_eq!(l.admit(0, 1, 14 * s), Admit::Pass);
+        assert_eq!(l.admit(0, 1, 15 * s), Admit::PassSoft);
+        assert_eq!(l.admit(0, 1, 16 * s), Admit::Pass);
+        assert_eq!(l.admit(0, 1, 25 * s), Admit::RefuseHard);
+        assert_eq!(l.admit(0, 1, 26 * s), Admit::Refuse);
+    }
+
+    #[test]
+    fn use_time_counts_from_first_packet() {
+        let s = NS;
+        let l = Lifetime::new(
+            Limits {
+                soft_use_seconds: Some(2),
+                hard_use_seconds: Some(4),
+                ..lim()
+            },
+            0,
+            1,
+        );
+        assert_eq!(l.admit(0, 1, 100 * s), Admit::Pass);
+        assert_eq!(l.admit(0, 1, 101 * s), Admit::Pass);
+        assert_eq!(l.admit(0, 1, 102 * s), Admit::PassSoft);
+        assert_eq!(l.admit(0, 1, 104 * s), Admit::RefuseHard);
+    }
+
+    /// Several threads push one SA past its hard limits: the admitted total never exceeds the
+    /// limit, and reaches it (exactly for packets, within one packet for bytes).
+    #[test]
+    fn hard_limits_exact_across_threads() {
+        for (limits, size) in [
+            (
+                Limits {
+                    hard_packets: Some(1_000_003),
+                    ..lim()
+                },
+                1u64,
+            ),
+            (
+                Limits {
+                    hard_bytes: Some(50_000_017),
+                    ..lim()
+                },
+                1400,
+            ),
+            (
+                Limits {
+                    hard_packets: Some(200_000),
+                    hard_bytes: Some(3_000_000_000),
+                    ..lim()
+                },
+                64,
+            ),
+        ] {
+            let threads = 4;
+            let l = Arc::new(Lifetime::new(limits, 0, threads));
+            let handles: Vec<_> = (0..threads)
+                .map(|core| {
+                    let l = l.clone();
+                    std::thread::spawn(move || {
+                        let (mut pkts, mut bytes, mut hard) = (0u64, 0u64, 0u32);
+                        // Demand exceeds the limit: push until the SA is expired.
+                        while !l.is_expired() {
+                            match l.admit(core, size, 0) {
+                                Admit::Pass | Admit::PassSoft => {
+                                    pkts += 1;
+                                    bytes += size;
+                                }
+                                Admit::RefuseHard => hard += 1,
+                                Admit::Refuse => {}
+                            }
+                        }
+                        (pkts, bytes, hard)
+                    })
+                })
+                .collect();
+            let res: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let pkts: u64 = res.iter().map(|r| r.0).sum();
+            let bytes: u64 = res.iter().map(|r| r.1).sum();
+            let hard: u32 = res.iter().map(|r| r.2).sum();
+            assert_eq!(hard, 1, "hard expiry notified exactly once");
+            if let Some(hp) = limits.hard_packets {
+                assert!(pkts <= hp);
+                if limits.hard_bytes.is_none() || hp * size < limits.hard_bytes.unwrap() {
+                    assert_eq!(pkts, hp, "packet limit reached exactly");
+                }
+            }
+            if let Some(hb) = limits.hard_bytes {
+                assert!(bytes <= hb);
+                if limits.hard_packets.is_none() {
+                    assert!(
+                        bytes > hb - size,
+                        "byte limit reached within one packet: {bytes}"
+                    );
+                }
+            }
+        }
+    }
+}

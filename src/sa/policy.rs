@@ -1,0 +1,367 @@
+//! Security policy database (RFC 4301 §4.4.1): ordered selectors → protect / bypass / discard.
+//!
+//! Lookup is a first-match scan over the policies of the packet's address family. The SPD is
+//! immutable once built; the control side publishes a new one to change it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// An address prefix, stored as a 128-bit value (IPv4 in the low 32 bits) and a mask.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    v6: bool,
+    addr: u128,
+    mask: u128,
+    len: u8,
+}
+
+impl Prefix {
+    pub fn new(addr: IpAddr, len: u8) -> Result<Self, String> {
+        let (v6, bits, a) = match addr {
+            IpAddr::V4(a) => (false, 32, u32::from(a) as u128),
+            IpAddr::V6(a) => (true, 128, u128::from(a)),
+        };
+        if len > bits {
+            return Err(format!("prefix length {len} is longer than {bits}"));
+        }
+        let mask = if len == 0 {
+            0
+        } else {
+            (!0u128 << (bits - len)) & (!0u128 >> (128 - bits))
+        };
+        Ok(Self {
+            v6,
+            addr: a & mask,
+            mask,
+            len,
+        })
+    }
+    /// `0.0.0.0/0` or `::/0`.
+    pub fn any(v6: bool) -> Self {
+        Self {
+            v6,
+            addr: 0,
+            mask: 0,
+            len: 0,
+        }
+    }
+    pub fn is_ipv6(&self) -> bool {
+        self.v6
+    }
+    #[inline]
+    pub fn contains_raw(&self, v6: bool, a: u128) -> bool {
+        self.v6 == v6 && a & self.mask == self.addr
+    }
+    pub fn contains(&self, a: IpAddr) -> bool {
+        let (v6, raw) = raw(a);
+        self.contains_raw(v6, raw)
+    }
+    pub fn network(&self) -> IpAddr {
+        if self.v6 {
+            IpAddr::V6(self.addr.into())
+        } else {
+            IpAddr::V4((self.addr as u32).into())
+        }
+    }
+}
+
+/// Address as (is IPv6, 128-bit value).
+#[inline]
+pub fn raw(a: IpAddr) -> (bool, u128) {
+    match a {
+        IpAddr::V4(a) => (false, u32::from(a) as u128),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network(), self.len)
+    }
+}
+impl fmt::Debug for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Prefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IP address"))?;
+        let len = match l {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .map_err(|_| format!("`{l}` is not a prefix length"))?,
+            None => {
+                if addr.is_ipv4() {
+                    32
+                } else {
+                    128
+                }
+            }
+        };
+        Prefix::new(addr, len)
+    }
+}
+
+impl Serialize for Prefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An inclusive port range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub const ANY: PortRange = PortRange { lo: 0, hi: 65535 };
+    #[inline]
+    pub fn contains(&self, p: u16) -> bool {
+        self.lo <= p && p <= self.hi
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let p = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("`{x}` is not a port number"))
+        };
+        let r = match s.split_once('-') {
+            Some((a, b)) => PortRange {
+                lo: p(a)?,
+                hi: p(b)?,
+            },
+            None => {
+                let v = p(s)?;
+                PortRange { lo: v, hi: v }
+            }
+        };
+        if r.lo > r.hi {
+            return Err(format!("port range `{s}` is empty"));
+        }
+        Ok(r)
+    }
+}
+
+/// What the SPD matches on (RFC 4301 §4.4.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Selector {
+    pub src: Prefix,
+    pub dst: Prefix,
+    pub protocol: Option<u8>,
+    pub src_ports: PortRange,
+    pub dst_ports: PortRange,
+}
+
+/// The packet fields a selector looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowKey {
+    pub v6: bool,
+    pub src: u128,
+    pub dst: u128,
+    pub protocol: u8,
+    /// 0 when the packet has no ports (or is a non-first fragment).
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl FlowKey {
+    /// The same flow seen in the other direction.
+    pub fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ..*self
+        }
+    }
+}
+
+impl Selector {
+    #[inline]
+    pub fn matches(&self, k: &FlowKey) -> bool {
+        self.src.contains_raw(k.v6, k.src)
+            && self.dst.contains_raw(k.v6, k.dst)
+            && self.protocol.is_none_or(|p| p == k.protocol)
+            && self.src_ports.contains(k.src_port)
+            && self.dst_ports.contains(k.dst_port)
+    }
+}
+
+/// What to do with a matching packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyAction {
+    /// Encrypt into the tunnel with this index.
+    Protect(u32),
+    /// Leave it to the kernel (not encrypted).
+    Bypass,
+    /// Drop it.
+    Discard,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub selector: Selector,
+    pub action: PolicyAction,
+}
+
+/// The security policy database.
+#[derive(Clone, Debug)]
+pub struct Spd {
+    v4: Vec<Policy>,
+    v6: Vec<Policy>,
+    /// Action for packets no policy matches (Discard is counted as 13916).
+    pub default: PolicyAction,
+}
+
+/// Result of an SPD lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Matched(PolicyAction),
+    Default(PolicyAction),
+}
+
+impl Spd {
+    /// Policies in priority order (first match wins).
+    pub fn new(policies: Vec<Policy>, default: PolicyAction) -> Self {
+        let (v6, v4) = policies.into_iter().partition(|p| p.selector.src.is_ipv6());
+        Self { v4, v6, default }
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.v4.iter().chain(self.v6.iter())
+    }
+
+    #[inline]
+    pub fn lookup(&self, k: &FlowKey) -> Lookup {
+        let list = if k.v6 { &self.v6 } else { &self.v4 };
+        for p in list {
+            if p.selector.matches(k) {
+                return Lookup::Matched(p.action);
+            }
+        }
+        Lookup::Default(self.default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(src: &str, dst: &str, proto: Option<u8>, dports: &str) -> Selector {
+        Selector {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: proto,
+            src_ports: PortRange::ANY,
+            dst_ports: dports.parse().unwrap(),
+        }
+    }
+
+    fn key(src: &str, dst: &str, proto: u8, dport: u16) -> FlowKey {
+        let (v6, s) = raw(src.parse().unwrap());
+        let (_, d) = raw(dst.parse().unwrap());
+        FlowKey {
+            v6,
+            src: s,
+            dst: d,
+            protocol: proto,
+            src_port: 1234,
+            dst_port: dport,
+        }
+    }
+
+    #[test]
+    fn prefixes() {
+        let p: Prefix = "192.0.2.77/24".parse().unwrap();
+        assert_eq!(p.to_string(), "192.0.2.0/24");
+        assert!(p.contains("192.0.2.1".parse().unwrap()));
+        assert!(!p.contains("192.0.3.1".parse().unwrap()));
+        assert!(!p.contains("::ffff:192.0.2.1".parse().unwrap()));
+        let p6: Prefix = "fd00:1::/32".parse().unwrap();
+        assert!(p6.contains("fd00:1::5".parse().unwrap()));
+        assert!(
+            "10.0.0.0/33"
+                .parse::<Prefix>()
+                .unwrap_err()
+                .contains("longer")
+        );
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Prefix>()
+                .unwrap()
+                .contains("203.0.113.9".parse().unwrap())
+        );
+        assert!("bogus/8".parse::<Prefix>().is_err());
+    }
+
+    #[test]
+    fn first_match_wins_and_default_applies() {
+        let spd = Spd::new(
+            vec![
+                Policy {
+                    selector: sel("192.0.2.0/24", "198.51.100.0/24", Some(17), "53"),
+                    action: PolicyAction::Bypass,
+                },
+                Policy {
+                    selector: sel("192.0.2.0/24", "198.51.100.0/24", None, "0-65535"),
+                    action: PolicyAction::Protect(3),
+                },
+                Policy {
+                    selector: sel("fd00:a::/64", "fd00:b::/64", None, "0-65535"),
+                    action: PolicyAction::Protect(4),
+                },
+            ],
+            PolicyAction::Discard,
+        );
+        assert_eq!(
+            spd.lookup(&key("192.0.2.5", "198.51.100.9", 17, 53)),
+            Lookup::Matched(PolicyAction::Bypass)
+        );
+        assert_eq!(
+            spd.lookup(&key("192.0.2.5", "198.51.100.9", 17, 54)),
+            Lookup::Matched(PolicyAction::Protect(3))
+        );
+        assert_eq!(
+            spd.lookup(&key("fd00:a::1", "fd00:b::2", 6, 80)),
+            Lookup::Matched(PolicyAction::Protect(4))
+        );
+        assert_eq!(
+            spd.lookup(&key("203.0.113.1", "198.51.100.9", 6, 80)),
+            Lookup::Default(PolicyAction::Discard)
+        );
+        assert!("9-3".parse::<PortRange>().is_err());
+    }
+}

@@ -1,0 +1,420 @@
+//! The lock-free SA table.
+//!
+//! Workers look SAs up without locks or allocation: they pin an epoch once per batch
+//! (crossbeam-epoch) and load pointers. The control side installs, replaces and retires SAs
+//! under its own mutex (never taken by a worker); a retired SA is freed only when no pinned
+//! worker can still hold it.
+//!
+//! * Inbound: SA by SPI in O(1). SPIs that espd allocates encode the slot in their low bits
+//!   (`spi & mask`) and a generation in the high bits, so an SPI is not reused right away.
+//!   SPIs chosen by an operator work too as long as their slots differ.
+//! * Outbound: one atomic pointer per tunnel to its current SA. Swapping it is the rekey.
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+
+use super::sa::Sa;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TableError {
+    #[error("spi: {spi:#x} is already installed")]
+    DuplicateSpi { spi: u32 },
+    #[error(
+        "spi: {spi:#x} needs slot {slot}, which SPI {holder:#x} holds; allocate SPIs with `allocate-spi`"
+    )]
+    SlotTaken { spi: u32, slot: u32, holder: u32 },
+    #[error("spi: {spi:#x} is not installed")]
+    UnknownSpi { spi: u32 },
+    #[error("tunnel: index {0} is outside the table (capacity {1})")]
+    TunnelIndex(u32, u32),
+    #[error("spi: no free inbound slot left (capacity {0})")]
+    Full(u32),
+    #[error("direction: SA {spi:#x} is {got:?}, expected {want:?}")]
+    Direction {
+        spi: u32,
+        got: super::Direction,
+        want: super::Direction,
+    },
+}
+
+struct Alloc {
+    /// Slot reserved by `allocate_spi` and not yet installed, or installed.
+    used: Vec<bool>,
+    next: u32,
+    generation: u32,
+}
+
+pub struct SaTable {
+    inbound: Box<[Atomic<Sa>]>,
+    mask: u32,
+    slot_bits: u32,
+    tunnels: Box<[Atomic<Sa>]>,
+    cores: usize,
+    alloc: Mutex<Alloc>,
+}
+
+impl SaTable {
+    /// `capacity` inbound slots (rounded up to a power of two, at least 256), `tunnels` outbound
+    /// tunnel slots, per-core state for `cores` workers.
+    pub fn new(capacity: u32, tunnels: u32, cores: usize) -> Self {
+        let cap = capacity.max(256).next_power_of_two();
+        Self {
+            inbound: (0..cap).map(|_| Atomic::null()).collect(),
+            mask: cap - 1,
+            slot_bits: cap.trailing_zeros(),
+            tunnels: (0..tunnels).map(|_| Atomic::null()).collect(),
+            cores: cores.max(1),
+            alloc: Mutex::new(Alloc {
+                used: vec![false; cap as usize],
+                next: 0,
+                generation: 1,
+            }),
+        }
+    }
+
+    pub fn cores(&self) -> usize {
+        self.cores
+    }
+    pub fn capacity(&self) -> u32 {
+        self.mask + 1
+    }
+    pub fn tunnel_capacity(&self) -> u32 {
+        self.tunnels.len() as u32
+    }
+
+    // ---- worker side: no locks, no allocation ----
+
+    /// Inbound SA for `spi`, valid while `guard` is pinned.
+    #[inline]
+    pub fn inbound<'g>(&self, spi: u32, guard: &'g Guard) -> Option<&'g Sa> {
+        let p = self.inbound[(spi & self.mask) as usize].load(Ordering::Acquire, guard);
+        deref(p).filter(|sa| sa.spi == spi)
+    }
+
+    /// Current outbound SA of tunnel `t`.
+    #[inline]
+    pub fn outbound<'g>(&self, t: u32, guard: &'g Guard) -> Option<&'g Sa> {
+        self.tunnels
+            .get(t as usize)
+            .and_then(|a| deref(a.load(Ordering::Acquire, guard)))
+    }
+
+    // ---- control side ----
+
+    /// Reserves a fresh inbound SPI (slot in the low bits, generation above, never < 256).
+    pub fn allocate_spi(&self) -> Result<u32, TableError> {
+        let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let cap = self.mask + 1;
+        for _ in 0..cap {
+            let slot = a.next;
+            a.next = (a.next + 1) & self.mask;
+            if !a.used[slot as usize] {
+                a.used[slot as usize] = true;
+                let max_gen = if self.slot_bits >= 32 {
+                    1
+                } else {
+                    (u32::MAX >> self.slot_bits).max(1)
+                };
+                a.generation = a.generation % max_gen + 1;
+                let spi = (a.generation << self.slot_bits) | slot;
+                return Ok(if spi < 256 {
+                    spi | (1 << self.slot_bits)
+                } else {
+                    spi
+                });
+            }
+        }
+        Err(TableError::Full(cap))
+    }
+
+    /// Installs an inbound SA in its slot. Fails if the slot holds another SA.
+    pub fn install_inbound(&self, sa: Sa) -> Result<(), TableError> {
+        if sa.direction != super::Direction::Inbound {
+            return Err(TableError::Direction {
+                spi: sa.spi,
+                got: sa.direction,
+                want: super::Direction::Inbound,
+            });
+        }
+        let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = sa.spi & self.mask;
+        let guard = epoch::pin();
+        let cur = self.inbound[slot as usize].load(Ordering::Acquire, &guard);
+        if let Some(holder) = deref(cur) {
+            return Err(if holder.spi == sa.spi {
+                TableError::DuplicateSpi { spi: sa.spi }
+            } else {
+                TableError::SlotTaken {
+                    spi: sa.spi,
+                    slot,
+                    holder: holder.spi,
+                }
+            });
+        }
+        a.used[slot as usize] = true;
+        self.inbound[slot as usize].store(Owned::new(sa), Ordering::Release);
+        Ok(())
+    }
+
+    /// Removes the inbound SA `spi`; it is freed once no worker can hold it.
+    pub fn remove_inbound(&self, spi: u32) -> Result<(), TableError> {
+        let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (spi & self.mask) as usize;
+        let guard = epoch::pin();
+        let cur = self.inbound[slot].load(Ordering::Acquire, &guard);
+        match deref(cur) {
+            Some(sa) if sa.spi == spi => {}
+            _ => return Err(TableError::UnknownSpi { spi }),
+        }
+        self.inbound[slot].store(Shared::null(), Ordering::Release);
+        a.used[slot] = false;
+        retire(cur, &guard);
+        Ok(())
+    }
+
+    /// Releases an SPI reserved by `allocate_spi` that was never installed.
+    pub fn release_spi(&self, spi: u32) {
+        let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = (spi & self.mask) as usize;
+        let guard = epoch::pin();
+        if self.inbound[slot].load(Ordering::Acquire, &guard).is_null() {
+            a.used[slot] = false;
+        }
+    }
+
+    /// Makes `sa` the outbound SA of tunnel `t` (the rekey primitive); the previous SA is
+    /// retired. Returns the SPI of the previous SA.
+    pub fn set_outbound(&self, t: u32, sa: Option<Sa>) -> Result<Option<u32>, TableError> {
+        if let Some(sa) = &sa
+            && sa.direction != super::Direction::Outbound
+        {
+            return Err(TableError::Direction {
+                spi: sa.spi,
+                got: sa.direction,
+                want: super::Direction::Outbound,
+            });
+        }
+        let cell = self
+            .tunnels
+            .get(t as usize)
+            .ok_or(TableError::TunnelIndex(t, self.tunnels.len() as u32))?;
+        let _a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = epoch::pin();
+        let new = sa.map_or(Shared::null(), |s| Owned::new(s).into_shared(&guard));
+        let old = cell.swap(new, Ordering::AcqRel, &guard);
+        let old_spi = deref(old).map(|s| s.spi);
+        retire(old, &guard);
+        Ok(old_spi)
+    }
+
+    /// Visits every installed SA (inbound first, then outbound with its tunnel index).
+    pub fn for_each(&self, mut f: impl FnMut(Option<u32>, &Sa)) {
+        let guard = epoch::pin();
+        for a in self.inbound.iter() {
+            if let Some(sa) = deref(a.load(Ordering::Acquire, &guard)) {
+                f(None, sa);
+            }
+        }
+        for (i, a) in self.tunnels.iter().enumerate() {
+            if let Some(sa) = deref(a.load(Ordering::Acquire, &guard)) {
+                f(Some(i as u32), sa);
+            }
+        }
+    }
+}
+
+impl Drop for SaTable {
+    fn drop(&mut self) {
+        // No worker can hold a reference any more: we have `&mut self`.
+        let guard = epoch::pin();
+        for a in self.inbound.iter().chain(self.tunnels.iter()) {
+            let p = a.swap(Shared::null(), Ordering::AcqRel, &guard);
+            retire(p, &guard);
+        }
+    }
+}
+
+#[inline]
+fn deref<'g>(p: Shared<'g, Sa>) -> Option<&'g Sa> {
+    crate::sys::epoch_deref(p)
+}
+
+fn retire(p: Shared<'_, Sa>, guard: &Guard) {
+    crate::sys::epoch_retire(p, guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sa::sa::{Direction, Endpoints, Mode, SaParams};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use zeroize::Zeroizing;
+
+    pub(crate) fn params(spi: u32, dir: Direction) -> SaParams {
+        SaParams {
+            spi,
+            direction: dir,
+            mode: Mode::Tunnel,
+            endpoints: Some(Endpoints {
+                local: "203.0.113.1".parse().unwrap(),
+                remote: "203.0.113.2".parse().unwrap(),
+            }),
+            encap: None,
+            esn: false,
+            keymat: Zeroizing::new(vec![7u8; 20]),
+            backend: Default::default(),
+            limits: Default::default(),
+            replay_window: 64,
+            inner: Vec::new(),
+            mtu: 1500,
+        }
+    }
+
+    #[test]
+    fn install_lookup_remove() {
+        let t = SaTable::new(1024, 4, 1);
+        let spi = t.allocate_spi().unwrap();
+        assert!(spi >= 256);
+        t.install_inbound(Sa::new(&params(spi, Direction::Inbound), 1, 0).unwrap())
+            .unwrap();
+        let g = epoch::pin();
+        assert_eq!(t.inbound(spi, &g).unwrap().spi, spi);
+        assert!(
+            t.inbound(spi ^ (1 << 20), &g).is_none(),
+            "same slot, other generation"
+        );
+        assert_eq!(
+            t.install_inbound(Sa::new(&params(spi, Direction::Inbound), 1, 0).unwrap()),
+            Err(TableError::DuplicateSpi { spi })
+        );
+        let other = spi + 1024;
+        assert!(matches!(
+            t.install_inbound(Sa::new(&params(other, Direction::Inbound), 1, 0).unwrap()),
+            Err(TableError::SlotTaken { .. })
+        ));
+        t.remove_inbound(spi).unwrap();
+        assert!(t.inbound(spi, &g).is_none());
+        assert_eq!(t.remove_inbound(spi), Err(TableError::UnknownSpi { spi }));
+        assert_ne!(
+            t.allocate_spi().unwrap(),
+            spi,
+            "SPIs are not reused right away"
+        );
+    }
+
+    #[test]
+    fn outbound_swap() {
+        let t = SaTable::new(256, 2, 1);
+        assert_eq!(
+            t.set_outbound(
+                0,
+                Some(Sa::new(&params(0x1000, Direction::Outbound), 1, 0).unwrap())
+            ),
+            Ok(None)
+        );
+        assert_eq!(
+            t.set_outbound(
+                0,
+                Some(Sa::new(&params(0x2000, Direction::Outbound), 1, 0).unwrap())
+            ),
+            Ok(Some(0x1000))
+        );
+        let g = epoch::pin();
+        assert_eq!(t.outbound(0, &g).unwrap().spi, 0x2000);
+        assert!(t.outbound(1, &g).is_none());
+        assert!(t.outbound(9, &g).is_none());
+        assert!(matches!(
+            t.set_outbound(9, None),
+            Err(TableError::TunnelIndex(9, 2))
+        ));
+        assert!(
+            t.set_outbound(
+                1,
+                Some(Sa::new(&params(0x3000, Direction::Inbound), 1, 0).unwrap())
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn holds_a_million_sas() {
+        let t = SaTable::new(1 << 20, 1, 1);
+        let mut spis = Vec::with_capacity(1_000_000);
+        for _ in 0..1_000_000 {
+            let spi = t.allocate_spi().unwrap();
+            spis.push(spi);
+            let mut p = params(spi, Direction::Inbound);
+            p.replay_window = 64;
+            t.install_inbound(Sa::new(&p, 1, 0).unwrap()).unwrap();
+        }
+        let g = epoch::pin();
+        let mut n = 0;
+        t.for_each(|_, _| n += 1);
+        assert_eq!(n, 1_000_000);
+        for &spi in spis.iter().step_by(997) {
+            assert_eq!(t.inbound(spi, &g).map(|s| s.spi), Some(spi));
+        }
+    }
+
+    /// Readers on every core while SAs are replaced thousands of times: no reader ever sees a
+    /// freed or half-built SA.
+    #[test]
+    fn stress_replace_under_readers() {
+        let t = Arc::new(SaTable::new(256, 4, 4));
+        let spis: Vec<u32> = (0..8).map(|i| 0x100 + i).collect();
+        for &s in &spis {
+            t.install_inbound(Sa::new(&params(s, Direction::Inbound), 4, 0).unwrap())
+                .unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2))
+            .map(|_| {
+                let (t, stop, seen, spis) = (t.clone(), stop.clone(), seen.clone(), spis.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let g = epoch::pin();
+                        for &s in &spis {
+                            if let Some(sa) = t.inbound(s, &g) {
+                                assert!(sa.canary_ok(), "reader saw a freed SA");
+                                assert_eq!(sa.spi, s);
+                                n += 1;
+                            }
+                            for tn in 0..4 {
+                                if let Some(sa) = t.outbound(tn, &g) {
+                                    assert!(sa.canary_ok(), "reader saw a freed outbound SA");
+                                    assert_eq!(sa.spi & 0xffff, 0x4000 + tn);
+                                }
+                            }
+                        }
+                    }
+                    seen.fetch_add(n, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        for i in 0..5000u32 {
+            let s = spis[i as usize % spis.len()];
+            t.remove_inbound(s).unwrap();
+            t.install_inbound(Sa::new(&params(s, Direction::Inbound), 4, 0).unwrap())
+                .unwrap();
+            let tn = i % 4;
+            let o = (i << 16) | (0x4000 + tn);
+            t.set_outbound(
+                tn,
+                Some(Sa::new(&params(o, Direction::Outbound), 4, 0).unwrap()),
+            )
+            .unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert!(seen.load(Ordering::Relaxed) > 0);
+    }
+}

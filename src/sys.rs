@@ -1,0 +1,25 @@
+//! The few places outside AF_XDP where espd needs `unsafe`: epoch-protected pointers.
+#![allow(unsafe_code)]
+
+use crossbeam_epoch::{Guard, Shared};
+
+/// Dereferences a pointer loaded from an `Atomic` under a pinned guard.
+#[inline]
+pub fn epoch_deref<'g, T>(p: Shared<'g, T>) -> Option<&'g T> {
+    // SAFETY: every `Shared` passed here was loaded from an `Atomic` while the guard of lifetime
+    // 'g was pinned. Objects are only ever published fully built (`Owned::new` then a Release
+    // store/swap) and only freed through `epoch_retire` (`defer_destroy`), which waits until
+    // every guard pinned at retirement has been dropped. So the pointee lives for 'g.
+    unsafe { p.as_ref() }
+}
+
+/// Frees `p` once no pinned guard can still hold it. `p` must already be unlinked.
+#[inline]
+pub fn epoch_retire<T>(p: Shared<'_, T>, guard: &Guard) {
+    if !p.is_null() {
+        // SAFETY: callers unlink `p` from its `Atomic` (swap/store) before retiring it, and
+        // retire each pointer exactly once, so no new reader can load it and the deferred drop
+        // runs after every current reader's guard is gone.
+        unsafe { guard.defer_destroy(p) };
+    }
+}
