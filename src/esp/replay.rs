@@ -135,8 +135,8 @@ impl ReplayWindow {
                     return Err(ReplayError::Duplicate);
                 }
                 cur | bit as u64
-            } else if self.stale(tag, cur_tag) {
-                // The word holds an older block (or one from long ago): claim it for ours.
+            } else if cur == 0 || self.stale(tag, cur_tag) {
+                // The word is unused, or holds an older block (or one from long ago): claim it.
                 ((tag as u64) << 32) | bit as u64
             } else {
                 // A newer block already owns the word: we fell out of the window.
