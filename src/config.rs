@@ -267,11 +267,12 @@ fn parse_protocol(v: &toml::Value) -> Result<Option<u8>, String> {
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        // The file holds keys: wipe our copy of its text when done.
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             key: String::new(),
             reason: format!("cannot read: {e}"),
-        })?;
+        })?);
         Self::parse(path, &text)
     }
 

@@ -478,3 +478,47 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn sequence_numbers_are_consecutive_across_batches_and_never_wrap() {
+    let (a, b) = pair();
+    let pkt = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, b"x");
+    let mut seqs = Vec::new();
+    for n in [5usize, 3, 64, 1, 17] {
+        for (act, f) in a.out(&vec![pkt.clone(); n]) {
+            assert_eq!(act, Action::Tx);
+            seqs.push(u32::from_be_bytes(f[38..42].try_into().unwrap()));
+        }
+    }
+    assert_eq!(seqs, (1..=90).collect::<Vec<u32>>());
+    // Near the end of the 32-bit space: the last numbers go out, then the SA is dead.
+    {
+        let g = crossbeam_epoch::pin();
+        a.dp.sas
+            .outbound(0, &g)
+            .unwrap()
+            .set_seq(u32::MAX as u64 - 2);
+    }
+    let out = a.out(&vec![pkt.clone(); 5]);
+    let acts: Vec<Action> = out.iter().map(|o| o.0).collect();
+    assert_eq!(&acts[..2], &[Action::Tx; 2]);
+    // The first refusal names the cause; the SA is then expired (both are 13911).
+    assert_eq!(acts[2], Action::Drop(DropReason::SeqExhausted));
+    assert_eq!(&acts[3..], &[Action::Drop(DropReason::LifetimeExpired); 2]);
+    assert_eq!(
+        u32::from_be_bytes(out[1].1[38..42].try_into().unwrap()),
+        u32::MAX
+    );
+    assert_eq!(
+        a.events()
+            .iter()
+            .filter(|e| e.kind == SaEventKind::Hard)
+            .count(),
+        1
+    );
+    assert_eq!(
+        a.out(&[pkt]).remove(0).0,
+        Action::Drop(DropReason::LifetimeExpired)
+    );
+    let _ = b;
+}

@@ -128,19 +128,31 @@ fn encap_tunnel(
     // RFC 4301 §5.1.2.1: DSCP copied from the inner header; ECN copied (RFC 6040 normal mode).
     match (ep.local, ep.remote) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            if ipv4::MIN_HEADER_LEN + l4_len > 65535 {
+            let total = ipv4::MIN_HEADER_LEN + l4_len;
+            if total > 65535 {
                 return Err(EspError::TooLong);
             }
-            Ipv4Repr {
-                src,
-                dst,
-                protocol,
-                payload_len: l4_len,
-                tos,
-                ttl: OUTER_TTL,
-                dont_frag: true,
+            match sa.outer_v4() {
+                Some((tmpl, base)) => {
+                    // Template plus the two varying words: no full checksum per packet.
+                    let h = &mut buf[outer_start..outer_start + ipv4::MIN_HEADER_LEN];
+                    h.copy_from_slice(tmpl);
+                    h[1] = tos;
+                    put16(h, 2, total as u16);
+                    let sum = *base as u64 + tos as u64 + total as u64;
+                    put16(h, 10, !crate::wire::checksum::fold(sum));
+                }
+                None => Ipv4Repr {
+                    src,
+                    dst,
+                    protocol,
+                    payload_len: l4_len,
+                    tos,
+                    ttl: OUTER_TTL,
+                    dont_frag: true,
+                }
+                .emit(&mut buf[outer_start..]),
             }
-            .emit(&mut buf[outer_start..]);
             if let Some(u) = sa.encap {
                 // RFC 3948 §2.1: the UDP checksum is zero over IPv4.
                 udp::emit(&mut buf[l4_at..], u.src_port, u.dst_port, l4_len);

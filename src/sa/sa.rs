@@ -128,6 +128,9 @@ pub struct Sa {
     /// Last sequence number sent (outbound).
     seq: CachePadded<AtomicU64>,
     cores: Box<[CachePadded<SaCoreStats>]>,
+    /// Outbound tunnel over IPv4: the outer header with total length and TOS zero, and the
+    /// ones'-complement sum of its constant words (the checksum is finished per packet).
+    outer_v4: Option<([u8; 20], u32)>,
     /// Set at construction, cleared on drop: lets stress tests catch use after free.
     canary: AtomicU64,
 }
@@ -184,7 +187,14 @@ impl Sa {
                 .map(|_| CachePadded::new(SaCoreStats::default()))
                 .collect(),
             canary: AtomicU64::new(CANARY | p.spi as u64),
+            outer_v4: outer_v4_template(p),
         })
+    }
+
+    /// The precomputed outer IPv4 header, if this SA sends tunnel mode over IPv4.
+    #[inline]
+    pub fn outer_v4(&self) -> Option<&([u8; 20], u32)> {
+        self.outer_v4.as_ref()
     }
 
     /// True while the SA has not been dropped (for stress tests).
@@ -227,13 +237,20 @@ impl Sa {
     /// (RFC 4303 §3.3.3: never wrap; the SA must be replaced).
     #[inline]
     pub fn next_seq(&self) -> Option<u64> {
+        self.take_seqs(1).map(|(first, _)| first)
+    }
+
+    /// Takes a block of up to `n` (≥ 1) consecutive sequence numbers with one atomic
+    /// operation: `(first, last)`, inclusive. `None` when the space is exhausted.
+    #[inline]
+    pub fn take_seqs(&self, n: u64) -> Option<(u64, u64)> {
         let max = if self.esn { u64::MAX } else { u32::MAX as u64 };
-        let s = self.seq.fetch_add(1, Ordering::AcqRel);
-        if s >= max {
+        let s = self.seq.fetch_add(n, Ordering::AcqRel);
+        if s >= max || s.checked_add(n).is_none() {
             self.seq.store(max, Ordering::Release);
-            return None;
+            return if s >= max { None } else { Some((s + 1, max)) };
         }
-        Some(s + 1)
+        Some((s + 1, (s + n).min(max)))
     }
 
     /// Last sequence number sent.
@@ -264,6 +281,43 @@ impl Sa {
                 b + c.bytes.load(Ordering::Relaxed),
             )
         })
+    }
+}
+
+fn outer_v4_template(p: &SaParams) -> Option<([u8; 20], u32)> {
+    use crate::wire::{checksum, ipv4, proto};
+    match (p.direction, p.mode, p.endpoints) {
+        (
+            Direction::Outbound,
+            Mode::Tunnel,
+            Some(Endpoints {
+                local: IpAddr::V4(src),
+                remote: IpAddr::V4(dst),
+            }),
+        ) => {
+            let mut h = [0u8; 20];
+            let protocol = if p.encap.is_some() {
+                proto::UDP
+            } else {
+                proto::ESP
+            };
+            ipv4::Ipv4Repr {
+                src,
+                dst,
+                protocol,
+                payload_len: 0,
+                tos: 0,
+                ttl: crate::esp::encap::OUTER_TTL,
+                dont_frag: true,
+            }
+            .emit(&mut h);
+            h[2] = 0;
+            h[3] = 0;
+            h[10] = 0;
+            h[11] = 0;
+            Some((h, checksum::fold(checksum::sum(0, &h)) as u32))
+        }
+        _ => None,
     }
 }
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env python3
+"""Prints the ratios the README quotes from the criterion results of one `cargo bench` run
+(target/criterion/*/new/estimates.json, mean point estimates)."""
+import json, os, sys
+
+root = os.path.join(os.path.dirname(__file__), "..", "target", "criterion")
+
+
+def ns(group, bench, param, per=1):
+    p = os.path.join(root, group, bench, str(param), "new", "estimates.json")
+    with open(p) as f:
+        return json.load(f)["mean"]["point_estimate"] / per
+
+
+print("pipeline overhead ratio (pipeline ns/packet ÷ bare AES-GCM seal ns of the same bytes)")
+print(f"{'size':>6} {'seal':>8} {'seal x64':>9} {'outbound':>9} {'inbound':>8} {'out/seal':>9} {'out/seal x64':>13} {'in/seal':>8} target")
+for n, target in ((64, 1.6), (512, None), (1400, 1.15)):
+    seal = ns("ratio", "aead_seal", n)
+    seal64 = ns("ratio", "aead_seal_x64", n, 64)
+    out = ns("ratio", "pipeline_outbound_x64", n, 64)
+    inn = ns("ratio", "pipeline_inbound_x64", n, 64)
+    t = f"<= {target}" if target else ""
+    print(f"{n:>6} {seal:>8.1f} {seal64:>9.1f} {out:>9.1f} {inn:>8.1f} {out / seal:>9.2f} {out / seal64:>13.2f} {inn / seal:>8.2f} {t}")
+try:
+    l3 = json.load(open(os.path.join(root, "sa_lookup", "1000", "new", "estimates.json")))["mean"]["point_estimate"] / 64
+    l6 = json.load(open(os.path.join(root, "sa_lookup", "1000000", "new", "estimates.json")))["mean"]["point_estimate"] / 64
+    print(f"\nSA lookup ns: 10^3 SAs {l3:.2f}, 10^6 SAs {l6:.2f}, ratio {l6 / l3:.1f} (target <= 2)")
+except FileNotFoundError:
+    print("\n(run `cargo bench --bench sa_table` for the lookup ratio)")

@@ -1,0 +1,180 @@
+//! Configuration errors name the file, the key and the reason; keys never leak.
+
+mod common;
+
+use std::path::Path;
+
+use espd::config::Config;
+
+fn err(text: &str) -> String {
+    Config::parse(Path::new("gw.toml"), text)
+        .unwrap_err()
+        .to_string()
+}
+
+fn base() -> String {
+    common::example_text("gw-a.toml")
+}
+
+#[test]
+fn examples_are_valid() {
+    for f in ["gw-a.toml", "gw-b.toml"] {
+        let c = Config::parse(Path::new(f), &common::example_text(f)).unwrap();
+        c.build_dataplane(1).unwrap();
+    }
+}
+
+#[test]
+fn errors_name_file_key_and_reason() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "key = \"00112233445566778899aabbccddeeff01020304\"",
+            "key = \"0011\"",
+            "gw.toml: sas[0].key: expected 40 hex digits",
+        ),
+        (
+            "key = \"00112233445566778899aabbccddeeff01020304\"",
+            "key = \"zz112233445566778899aabbccddeeff01020304\"",
+            "sas[0].key: not hexadecimal",
+        ),
+        (
+            "spi = 0x0000a001",
+            "spi = 7",
+            "sas[0].spi: 7 is not between 256",
+        ),
+        ("spi = 0x0000b001", "spi = 0x0000a001\nesn = true", ""),
+        (
+            "replay_window = 1024",
+            "replay_window = 1000",
+            "dataplane.replay_window: 1000 is not a power of two",
+        ),
+        (
+            "workers = 1",
+            "workers = 0",
+            "dataplane.workers: 0 is not between 1 and 256",
+        ),
+        (
+            "remote = \"203.0.113.2\"",
+            "remote = \"fd00::2\"",
+            "tunnels[0].remote: must be the same address family",
+        ),
+        (
+            "remote = \"203.0.113.2\"",
+            "remote = \"203.0.113\"",
+            "tunnels[0].remote: `203.0.113` is not an IP address",
+        ),
+        (
+            "local = \"203.0.113.1\"",
+            "local = \"203.0.113.9\"",
+            "tunnels[0].local: 203.0.113.9 is not one of interfaces.cipher.addresses",
+        ),
+        (
+            "mtu = 1500",
+            "mtu = 100",
+            "tunnels[0].mtu: 100 is not between 576 and 9216",
+        ),
+        (
+            "dst = \"198.51.100.0/24\"",
+            "dst = \"198.51.100.0/40\"",
+            "policies[0].dst: prefix length 40",
+        ),
+        (
+            "dst = \"198.51.100.0/24\"",
+            "dst = \"fd00::/8\"",
+            "policies[0].dst: must be the same address family",
+        ),
+        (
+            "action = \"protect\"\ntunnel = \"to-b\"",
+            "action = \"protect\"\ntunnel = \"nowhere\"",
+            "policies[0].tunnel: no tunnel named `nowhere`",
+        ),
+        (
+            "action = \"protect\"",
+            "action = \"encrypt\"",
+            "policies[0].action: `encrypt` is not protect",
+        ),
+        (
+            "direction = \"out\"",
+            "direction = \"sideways\"",
+            "sas[0].direction: `sideways`",
+        ),
+        (
+            "default_policy = \"discard\"",
+            "default_policy = \"maybe\"",
+            "dataplane.default_policy",
+        ),
+        (
+            "workers = 1",
+            "workers = 1\nwrokers = 2",
+            "unknown field `wrokers`",
+        ),
+        (
+            "name = \"to-b\"",
+            "name = \"to-b\"\nencap = \"udp\"\nmode = \"transport\"",
+            "tunnels[0].encap: UDP encapsulation is only supported in tunnel mode",
+        ),
+        (
+            "name = \"gwa-wan\"",
+            "name = \"gwa-lan\"",
+            "interfaces.cipher.name: must differ",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let text = base().replacen(from, to, 1);
+        assert_ne!(text, base(), "case {to}: nothing replaced");
+        if want.is_empty() {
+            Config::parse(Path::new("gw.toml"), &text).unwrap();
+            continue;
+        }
+        let e = err(&text);
+        assert!(e.starts_with("gw.toml: "), "{e}");
+        assert!(e.contains(want), "want `{want}` in `{e}`");
+    }
+}
+
+#[test]
+fn lifetime_errors_name_the_field() {
+    let text = base().replacen(
+        "# B → A",
+        "[sas.lifetime]\nsoft_bytes = 100\nhard_bytes = 10\n\n# B → A",
+        1,
+    );
+    let e = err(&text);
+    assert!(e.contains("sas[0].lifetime.soft_bytes"), "{e}");
+    let text = base().replacen("# B → A", "[sas.lifetime]\nhard_bites = 10\n\n# B → A", 1);
+    assert!(err(&text).contains("hard_bites"));
+}
+
+#[test]
+fn duplicate_spis_and_slot_collisions() {
+    let mut text = base();
+    text.push_str("\n[[sas]]\ntunnel = \"to-b\"\ndirection = \"in\"\nspi = 0x0000b001\nkey = \"00112233445566778899aabbccddeeff01020304\"\n");
+    assert!(err(&text).contains("sas[2].spi: 0xb001 is also used by sas[1]"));
+    // A different SPI in the same table slot (capacity 65536): refused when building.
+    let mut text = base();
+    text.push_str("\n[[sas]]\ntunnel = \"to-b\"\ndirection = \"in\"\nspi = 0x0001b001\nkey = \"00112233445566778899aabbccddeeff01020304\"\n");
+    let c = Config::parse(Path::new("gw.toml"), &text).unwrap();
+    let e = c.build_dataplane(1).err().unwrap().to_string();
+    assert!(e.contains("sas[2]: spi: 0x1b001 needs slot"), "{e}");
+}
+
+#[test]
+fn keys_never_appear_in_errors_or_debug() {
+    let key = "00112233445566778899aabbccddeeff01020304";
+    let c = Config::parse(Path::new("gw.toml"), &base()).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(
+        !dbg.contains("00112233") && !dbg.contains("ffeeddcc"),
+        "key material in Debug output"
+    );
+    let text = base().replacen(key, &format!("{key}00"), 1);
+    assert!(!err(&text).contains("0011223344"));
+    let dp = c.build_dataplane(1).unwrap();
+    let mut n = 0;
+    dp.sas.for_each(|_, sa| {
+        n += 1;
+        let d = format!("{sa:?}");
+        assert!(d.contains("redacted") && !d.contains("00112233"), "{d}");
+    });
+    assert_eq!(n, 2);
+}
