@@ -14,6 +14,7 @@ pub mod codes;
 pub mod config;
 pub mod datapath;
 pub mod esp;
+pub mod fuzzing;
 pub mod offline;
 pub mod pcap;
 pub mod sa;

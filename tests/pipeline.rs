@@ -9,7 +9,7 @@ use espd::esp::encap;
 use espd::sa::{Direction, Sa, SaParams};
 use espd::wire::ipv4::Ipv4Packet;
 use proptest::prelude::*;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use zeroize::Zeroizing;
 
 fn pair() -> (Gw, Gw) {
@@ -94,7 +94,7 @@ fn esp_from_a() -> (Gw, Gw, Vec<u8>) {
 }
 
 /// Rewrites the IPv4 total length and checksum after a change to the frame's length.
-fn fix_ipv4(f: &mut Vec<u8>) {
+fn fix_ipv4(f: &mut [u8]) {
     let len = (f.len() - 14) as u16;
     f[16..18].copy_from_slice(&len.to_be_bytes());
     espd::wire::ipv4::fill_checksum(&mut f[14..]);
@@ -314,7 +314,7 @@ fn punts_what_the_kernel_must_see() {
         f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         f
     };
-    assert_eq!(a.out(&[arp.clone()]).remove(0).0, Action::Punt);
+    assert_eq!(a.out(std::slice::from_ref(&arp)).remove(0).0, Action::Punt);
     assert_eq!(b.inn(&[arp]).remove(0).0, Action::Punt);
     // IKE on 500, and on 4500 with the zero non-ESP marker.
     let ike = frame("203.0.113.1", "203.0.113.2", 17, 500, 500, &[0u8; 40]);
@@ -330,7 +330,7 @@ fn punts_what_the_kernel_must_see() {
 fn too_big_gets_icmp_frag_needed() {
     let (a, _) = pair();
     let big = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, &payload(1472, 3)); // 1500-byte IP
-    let (act, f) = a.out(&[big.clone()]).remove(0);
+    let (act, f) = a.out(std::slice::from_ref(&big)).remove(0);
     assert_eq!(act, Action::TxBack);
     assert_eq!(&f[..6], &big[6..12], "sent back to the sender's MAC");
     let p = Ipv4Packet::new_checked(ip(&f)).unwrap();
@@ -442,7 +442,7 @@ fn udp_encapsulation_pair() {
     let a = Gw::from_toml(&enc(&example_text("gw-a.toml")));
     let b = Gw::from_toml(&enc(&example_text("gw-b.toml")));
     let pkt = frame("192.0.2.10", "198.51.100.20", 6, 1, 2, &payload(500, 4));
-    let (act, esp) = a.out(&[pkt.clone()]).remove(0);
+    let (act, esp) = a.out(std::slice::from_ref(&pkt)).remove(0);
     assert_eq!(act, Action::Tx);
     assert_eq!(esp[14 + 9], 17);
     assert_eq!(
@@ -463,7 +463,7 @@ proptest! {
     fn never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200),
                     flips in prop::collection::vec((0usize..200, any::<u8>()), 1..4)) {
         let (a, b) = pair();
-        let _ = a.out(&[bytes.clone()]);
+        let _ = a.out(std::slice::from_ref(&bytes));
         let _ = b.inn(&[bytes]);
         let pkt = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, &payload(60, 1));
         let (_, mut esp) = a.out(&[pkt]).remove(0);

@@ -41,7 +41,7 @@ impl ReplayWindow {
     /// `window` must be a power of two in 64..=4096 (checked by the config layer; clamped here).
     pub fn new(window: u32) -> Self {
         let w = window.clamp(MIN_WINDOW, MAX_WINDOW).next_power_of_two() as u64;
-        let nwords = (2 * w >> BLOCK_BITS) as usize;
+        let nwords = ((2 * w) >> BLOCK_BITS) as usize;
         Self {
             top: AtomicU64::new(0),
             words: (0..nwords).map(|_| AtomicU64::new(0)).collect(),
