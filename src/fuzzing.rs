@@ -16,7 +16,13 @@ use crate::wire::{esp, ethernet, ipv4, ipv6, udp};
 pub fn wire(data: &[u8]) {
     let _ = ethernet::ethertype(data);
     if let Ok(p) = ipv4::Ipv4Packet::new_checked(data) {
-        let _ = (p.src(), p.dst(), p.payload().len(), p.verify_checksum(), p.is_fragment());
+        let _ = (
+            p.src(),
+            p.dst(),
+            p.payload().len(),
+            p.verify_checksum(),
+            p.is_fragment(),
+        );
     }
     if let Ok(p) = ipv6::Ipv6Packet::new_checked(data) {
         let _ = ipv6::upper_layer(data, p.total_len());
@@ -38,7 +44,10 @@ fn gateway() -> &'static Gw {
     GW.get_or_init(|| {
         let text = include_str!("../examples/gw-b.toml");
         let cfg = Config::parse(std::path::Path::new("gw-b.toml"), text).expect("example config");
-        Gw { dp: cfg.build_dataplane(1).expect("example dataplane"), cfg: cfg.pipeline_config() }
+        Gw {
+            dp: cfg.build_dataplane(1).expect("example dataplane"),
+            cfg: cfg.pipeline_config(),
+        }
     })
 }
 

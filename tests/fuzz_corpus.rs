@@ -6,8 +6,13 @@ use std::path::Path;
 fn replay(target: &str, f: impl Fn(&[u8])) -> usize {
     let mut n = 0;
     for dir in ["corpus", "artifacts"] {
-        let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz").join(dir).join(target);
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let d = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz")
+            .join(dir)
+            .join(target);
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries {
             let p = e.unwrap().path();
             if p.is_file() {
@@ -21,7 +26,10 @@ fn replay(target: &str, f: impl Fn(&[u8])) -> usize {
 
 #[test]
 fn wire_corpus() {
-    assert!(replay("wire", espd::fuzzing::wire) >= 20, "the seed corpus is missing");
+    assert!(
+        replay("wire", espd::fuzzing::wire) >= 20,
+        "the seed corpus is missing"
+    );
 }
 
 #[test]
