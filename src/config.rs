@@ -84,6 +84,7 @@ struct RawIface {
     #[serde(default)]
     addresses: Vec<String>,
     mac: Option<String>,
+    next_hop: Option<String>,
     next_hop_mac: Option<String>,
     queues: Option<Vec<u32>>,
 }
@@ -142,6 +143,8 @@ pub struct Interface {
     pub name: String,
     pub addresses: Vec<IpAddr>,
     pub mac: Option<Mac>,
+    /// The neighbour frames leave for (its MAC comes from the kernel's neighbour table).
+    pub next_hop: Option<IpAddr>,
     pub next_hop_mac: Option<Mac>,
     pub queues: Vec<u32>,
 }
@@ -377,6 +380,13 @@ impl Config {
                 .map(parse_mac)
                 .transpose()
                 .map_err(|e| cx.err(k("next_hop_mac"), e))?;
+            let next_hop =
+                match r.next_hop.as_deref() {
+                    Some(a) => Some(a.parse::<IpAddr>().map_err(|_| {
+                        cx.err(k("next_hop"), format!("`{a}` is not an IP address"))
+                    })?),
+                    None => None,
+                };
             let queues = r.queues.unwrap_or_else(|| (0..workers as u32).collect());
             if queues.len() != workers {
                 return Err(cx.err(
@@ -391,6 +401,7 @@ impl Config {
                 name: r.name,
                 addresses,
                 mac,
+                next_hop,
                 next_hop_mac,
                 queues,
             })

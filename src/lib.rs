@@ -12,6 +12,7 @@
 
 pub mod codes;
 pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod esp;
 pub mod fuzzing;

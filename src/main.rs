@@ -28,8 +28,34 @@ enum Dir {
     Inbound,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Native,
+    Generic,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the gateway: XDP programs, AF_XDP workers, until SIGINT/SIGTERM.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// Print a JSON line of statistics every second.
+        #[arg(long)]
+        stats: bool,
+        /// Forward without ESP (the I/O ceiling baseline for benchmarks).
+        #[arg(long)]
+        null_crypto: bool,
+        /// Override the config's XDP mode.
+        #[arg(long, value_enum)]
+        xdp_mode: Option<Mode>,
+        /// Force copy mode (default: zero-copy when the driver supports it).
+        #[arg(long)]
+        copy: bool,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+    },
     /// Validate a configuration file and print a summary.
     CheckConfig { file: PathBuf },
     /// Run the exact pipeline over a pcap file (Ethernet) and print a JSON summary.
@@ -44,6 +70,13 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ESPD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,6 +89,33 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Run {
+            config,
+            stats,
+            null_crypto,
+            xdp_mode,
+            copy,
+            duration,
+        } => {
+            let c = Config::load(&config)?;
+            let opts = espd::daemon::RunOptions {
+                stats,
+                null_crypto,
+                xdp_mode: xdp_mode.map(|m| match m {
+                    Mode::Native => espd::config::XdpMode::Native,
+                    Mode::Generic => espd::config::XdpMode::Generic,
+                }),
+                copy: if copy {
+                    espd::datapath::xsk::Copy::Force
+                } else {
+                    espd::datapath::xsk::Copy::Auto
+                },
+                duration: duration.map(std::time::Duration::from_secs_f64),
+            };
+            let summary = espd::daemon::run(&c, &opts)?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
         Cmd::CheckConfig { file } => {
             let c = Config::load(&file)?;
             c.build_dataplane(espd::now_ns())?;

@@ -23,3 +23,17 @@ pub fn epoch_retire<T>(p: Shared<'_, T>, guard: &Guard) {
         unsafe { guard.defer_destroy(p) };
     }
 }
+
+/// True when running as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Borrows a raw descriptor owned elsewhere (an AF_XDP socket of a running worker).
+pub fn borrow_fd<'a>(fd: i32) -> std::os::fd::BorrowedFd<'a> {
+    // SAFETY: callers pass descriptors of sockets that stay open for longer than the borrow:
+    // the daemon registers worker sockets in the XSKMAP while the workers, which own them,
+    // are running and joined only afterwards.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}

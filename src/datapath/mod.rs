@@ -2,6 +2,9 @@
 
 pub mod mem;
 pub mod pipeline;
+pub mod worker;
+pub mod xdp;
+pub mod xsk;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -135,6 +138,11 @@ pub struct CoreStats {
     pub icmp_sent: Counter,
     pub events_dropped: Counter,
     pub checksums_completed: Counter,
+    /// Frames dropped because the other side's tx ring was full.
+    pub tx_ring_full: Counter,
+    /// Kernel-side drops on this worker's sockets (rx dropped, rx ring full), read at exit.
+    pub kernel_rx_dropped: Counter,
+    pub kernel_fill_empty: Counter,
     pub drops: [Counter; DropReason::ALL.len()],
 }
 

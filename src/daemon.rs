@@ -1,0 +1,423 @@
+//! `espd run`: the gateway daemon. Starts the XDP programs and one worker per configured core,
+//! resolves next-hop MAC addresses from the kernel's neighbour table, prints statistics, and on
+//! SIGINT/SIGTERM stops the workers and detaches its programs.
+//!
+//! Start-up errors are one line each and leave nothing attached (the programs are BPF links
+//! owned by this process; dropping them, or the process dying, detaches them).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use serde::Serialize;
+
+use crate::config::{Config, XdpMode};
+use crate::datapath::worker::{self, L2State, Ready, WorkerSpec, pack_mac};
+use crate::datapath::xdp::{XdpProgram, XdpStats};
+use crate::datapath::xsk::{Copy, XskError};
+use crate::datapath::{CoreStats, DropReason, SaEvent, SaEventKind};
+use crate::wire::ethernet::Mac;
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Print a statistics line every second.
+    pub stats: bool,
+    /// Forward without ESP (the I/O ceiling baseline).
+    pub null_crypto: bool,
+    /// Override the config's XDP mode.
+    pub xdp_mode: Option<XdpMode>,
+    pub copy: Copy,
+    /// Stop by itself after this long.
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("espd run needs root (CAP_NET_ADMIN and CAP_BPF) to attach XDP programs")]
+    NotRoot,
+    #[error("interface {0} does not exist (in this network namespace)")]
+    NoInterface(String),
+    #[error(
+        "interface {iface} has no rx queue {queue} (it has {count}); create it with more queues or change interfaces.*.queues"
+    )]
+    NoQueue {
+        iface: String,
+        queue: u32,
+        count: u32,
+    },
+    #[error("interfaces.{0}.next_hop: needed by `espd run` to find the next hop's MAC address")]
+    NoNextHop(&'static str),
+    #[error(transparent)]
+    Xdp(#[from] crate::datapath::xdp::XdpError),
+    #[error("worker {worker}: {source}")]
+    Xsk { worker: usize, source: XskError },
+    #[error("worker {0} did not start")]
+    WorkerLost(usize),
+}
+
+/// What `espd run` prints (as JSON) when it stops.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub workers: usize,
+    pub zero_copy: bool,
+    pub null_crypto: bool,
+    pub seconds: f64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub punted: u64,
+    pub icmp_sent: u64,
+    pub tx_ring_full: u64,
+    pub kernel_rx_dropped: u64,
+    pub drops_by_code: BTreeMap<String, u64>,
+    pub drops_by_reason: BTreeMap<&'static str, u64>,
+    pub soft_events: u64,
+    pub hard_events: u64,
+    pub events_dropped: u64,
+    pub xdp_plain: XdpStats,
+    pub xdp_cipher: XdpStats,
+}
+
+fn read_mac(iface: &str) -> Option<Mac> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).ok()?;
+    let mut m = [0u8; 6];
+    let parts: Vec<&str> = s.trim().split(':').collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(m)
+}
+
+fn rx_queues(iface: &str) -> u32 {
+    std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+                .count() as u32
+        })
+        .unwrap_or(0)
+}
+
+/// The MAC of `ip` on `iface` from the kernel's neighbour table (`ip -j neigh`).
+fn neighbour(iface: &str, ip: IpAddr) -> Option<Mac> {
+    let out = Command::new("ip")
+        .args(["-j", "neigh", "show", "to"])
+        .arg(ip.to_string())
+        .args(["dev", iface])
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    for e in v.as_array()? {
+        let states: Vec<&str> = e["state"]
+            .as_array()
+            .map(|s| s.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
+        if states.iter().any(|s| matches!(*s, "FAILED" | "INCOMPLETE")) {
+            continue;
+        }
+        if let Some(ll) = e["lladdr"].as_str() {
+            let mut m = [0u8; 6];
+            let parts: Vec<&str> = ll.split(':').collect();
+            if parts.len() == 6
+                && parts
+                    .iter()
+                    .enumerate()
+                    .all(|(i, p)| u8::from_str_radix(p, 16).map(|b| m[i] = b).is_ok())
+            {
+                return Some(m);
+            }
+        }
+    }
+    None
+}
+
+/// Makes the kernel resolve `ip`: a one-byte datagram to the discard port.
+fn provoke(ip: IpAddr) {
+    let bind = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    if let Ok(s) = UdpSocket::bind(bind) {
+        let _ = s.send_to(&[0], (ip, 9));
+    }
+}
+
+struct Neighbours {
+    plain: (String, Option<IpAddr>, Option<Mac>),
+    cipher: (String, Option<IpAddr>, Option<Mac>),
+}
+
+impl Neighbours {
+    /// Refreshes next-hop MACs into `l2`; returns true when both are known.
+    fn refresh(&self, l2: &L2State) -> bool {
+        let mut known = true;
+        for ((iface, ip, fixed), slot) in [
+            (&self.plain, &l2.plain_next_hop),
+            (&self.cipher, &l2.cipher_next_hop),
+        ] {
+            let mac = fixed.or_else(|| ip.and_then(|ip| neighbour(iface, ip)));
+            match mac {
+                Some(m) => slot.store(pack_mac(&m), Ordering::Release),
+                None => {
+                    known = false;
+                    if let Some(ip) = ip {
+                        provoke(*ip);
+                    }
+                }
+            }
+        }
+        known
+    }
+}
+
+fn check_setup(cfg: &Config) -> Result<(), DaemonError> {
+    if !crate::sys::is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    for i in [&cfg.plain, &cfg.cipher] {
+        if !Path::new(&format!("/sys/class/net/{}", i.name)).exists() {
+            return Err(DaemonError::NoInterface(i.name.clone()));
+        }
+        let count = rx_queues(&i.name);
+        for &q in &i.queues {
+            if q >= count {
+                return Err(DaemonError::NoQueue {
+                    iface: i.name.clone(),
+                    queue: q,
+                    count,
+                });
+            }
+        }
+    }
+    if cfg.plain.next_hop.is_none() && cfg.plain.next_hop_mac.is_none() {
+        return Err(DaemonError::NoNextHop("plain"));
+    }
+    Ok(())
+}
+
+/// Runs the gateway until SIGINT/SIGTERM (or `opts.duration`).
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
+    check_setup(cfg)?;
+    let native = opts.xdp_mode.unwrap_or(cfg.xdp_mode) == XdpMode::Native;
+    let local: Vec<IpAddr> = cfg
+        .plain
+        .addresses
+        .iter()
+        .chain(&cfg.cipher.addresses)
+        .copied()
+        .collect();
+    let mut xdp_plain = XdpProgram::attach(&cfg.plain.name, false, native, &local)?;
+    let mut xdp_cipher = XdpProgram::attach(&cfg.cipher.name, true, native, &local)?;
+
+    let dp = Arc::new(
+        cfg.build_dataplane(crate::now_ns())
+            .map_err(|e| DaemonError::NoInterface(e.to_string()))?,
+    );
+    let stats: Arc<[CoreStats]> = (0..cfg.workers).map(|_| CoreStats::default()).collect();
+    let events: Arc<ArrayQueue<SaEvent>> = Arc::new(ArrayQueue::new(4096));
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, stop.clone());
+    }
+    let l2 = Arc::new(L2State::default());
+    let own =
+        |i: &crate::config::Interface| i.mac.or_else(|| read_mac(&i.name)).unwrap_or_default();
+    l2.plain_mac
+        .store(pack_mac(&own(&cfg.plain)), Ordering::Release);
+    l2.cipher_mac
+        .store(pack_mac(&own(&cfg.cipher)), Ordering::Release);
+    let neigh = Neighbours {
+        plain: (
+            cfg.plain.name.clone(),
+            cfg.plain.next_hop,
+            cfg.plain.next_hop_mac,
+        ),
+        cipher: (
+            cfg.cipher.name.clone(),
+            cfg.cipher
+                .next_hop
+                .or_else(|| cfg.tunnels.first().map(|t| t.endpoints.remote)),
+            cfg.cipher.next_hop_mac,
+        ),
+    };
+    neigh.refresh(&l2);
+
+    let (tx, rx) = std::sync::mpsc::channel::<Result<Ready, XskError>>();
+    let mut handles = Vec::new();
+    for w in 0..cfg.workers {
+        let spec = WorkerSpec {
+            id: w,
+            core: Some(cfg.cores[w]),
+            plain: cfg.plain.name.clone(),
+            plain_queue: cfg.plain.queues[w],
+            cipher: cfg.cipher.name.clone(),
+            cipher_queue: cfg.cipher.queues[w],
+            copy: opts.copy,
+            null_crypto: opts.null_crypto,
+            dp: dp.clone(),
+            stats: stats.clone(),
+            events: events.clone(),
+            pcfg: cfg.pipeline_config(),
+            l2: l2.clone(),
+            stop: stop.clone(),
+        };
+        let tx = tx.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("espd-w{w}"))
+                .spawn(move || worker::run(spec, tx))
+                .expect("spawn"),
+        );
+    }
+    drop(tx);
+    let mut zero_copy = true;
+    let mut failure = None;
+    for _ in 0..cfg.workers {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(r)) => {
+                zero_copy &= r.zero_copy;
+                let w = r.id;
+                // SAFETY-free registration: the worker keeps its sockets open until it exits,
+                // which happens only after `stop` and after the maps are dropped below.
+                let res = xdp_plain
+                    .register(cfg.plain.queues[w], crate::sys::borrow_fd(r.plain_fd))
+                    .and_then(|_| {
+                        xdp_cipher
+                            .register(cfg.cipher.queues[w], crate::sys::borrow_fd(r.cipher_fd))
+                    });
+                if let Err(e) = res {
+                    failure = Some(DaemonError::from(e));
+                }
+            }
+            Ok(Err(e)) => {
+                failure = Some(DaemonError::Xsk {
+                    worker: 0,
+                    source: e,
+                })
+            }
+            Err(_) => failure = Some(DaemonError::WorkerLost(0)),
+        }
+        if failure.is_some() {
+            break;
+        }
+    }
+    if let Some(e) = failure {
+        stop.store(true, Ordering::Release);
+        for h in handles {
+            let _ = h.join();
+        }
+        return Err(e);
+    }
+    tracing::info!(
+        workers = cfg.workers,
+        zero_copy,
+        xdp = if native { "native" } else { "generic" },
+        "espd running on {} (plain) and {} (cipher)",
+        cfg.plain.name,
+        cfg.cipher.name
+    );
+
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    let mut last_neigh = Instant::now();
+    let mut known = false;
+    let (mut soft, mut hard) = (0u64, 0u64);
+    let mut prev = (0u64, 0u64, 0u64);
+    let soft_ctr = AtomicU64::new(0);
+    while !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(50));
+        while let Some(e) = events.pop() {
+            match e.kind {
+                SaEventKind::Soft => {
+                    soft += 1;
+                    tracing::warn!(spi = format_args!("{:#x}", e.spi), direction = ?e.direction, "soft lifetime reached: rekey needed");
+                }
+                SaEventKind::Hard => {
+                    hard += 1;
+                    let c = crate::codes::IKE_QM_EXPIRED;
+                    tracing::warn!(spi = format_args!("{:#x}", e.spi), direction = ?e.direction, code = c.code, symbol = c.symbol, "{}", c.message);
+                }
+            }
+        }
+        let every = if known {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(200)
+        };
+        if last_neigh.elapsed() >= every {
+            known = neigh.refresh(&l2);
+            last_neigh = Instant::now();
+        }
+        if opts.stats && last_print.elapsed() >= Duration::from_secs(1) {
+            let (rx_p, tx_p, drops) = totals(&stats);
+            let dt = last_print.elapsed().as_secs_f64();
+            println!(
+                "{{\"t\":{:.1},\"rx_pps\":{:.0},\"tx_pps\":{:.0},\"drops_per_s\":{:.0},\"rx\":{rx_p},\"tx\":{tx_p},\"drops\":{drops}}}",
+                start.elapsed().as_secs_f64(),
+                (rx_p - prev.0) as f64 / dt,
+                (tx_p - prev.1) as f64 / dt,
+                (drops - prev.2) as f64 / dt
+            );
+            prev = (rx_p, tx_p, drops);
+            last_print = Instant::now();
+        }
+        if opts.duration.is_some_and(|d| start.elapsed() >= d) {
+            break;
+        }
+    }
+    let _ = soft_ctr;
+    stop.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.join();
+    }
+    let mut s = Summary {
+        workers: cfg.workers,
+        zero_copy,
+        null_crypto: opts.null_crypto,
+        seconds: start.elapsed().as_secs_f64(),
+        soft_events: soft,
+        hard_events: hard,
+        xdp_plain: xdp_plain.stats(),
+        xdp_cipher: xdp_cipher.stats(),
+        ..Default::default()
+    };
+    for c in stats.iter() {
+        s.rx_packets += c.rx_packets.get();
+        s.rx_bytes += c.rx_bytes.get();
+        s.tx_packets += c.tx_packets.get();
+        s.tx_bytes += c.tx_bytes.get();
+        s.punted += c.punted.get();
+        s.icmp_sent += c.icmp_sent.get();
+        s.tx_ring_full += c.tx_ring_full.get();
+        s.kernel_rx_dropped += c.kernel_rx_dropped.get();
+        s.events_dropped += c.events_dropped.get();
+        for r in DropReason::ALL {
+            let n = c.drops_of(r);
+            if n > 0 {
+                *s.drops_by_reason.entry(r.name()).or_insert(0) += n;
+                *s.drops_by_code
+                    .entry(r.code().code.to_string())
+                    .or_insert(0) += n;
+            }
+        }
+    }
+    drop(xdp_plain);
+    drop(xdp_cipher);
+    Ok(s)
+}
+
+fn totals(stats: &[CoreStats]) -> (u64, u64, u64) {
+    stats.iter().fold((0, 0, 0), |(r, t, d), c| {
+        (
+            r + c.rx_packets.get(),
+            t + c.tx_packets.get(),
+            d + c.drops.iter().map(|x| x.get()).sum::<u64>(),
+        )
+    })
+}

@@ -1,0 +1,453 @@
+//! AF_XDP sockets and UMEM frames (xdpilone): the only datapath module with `unsafe`.
+//!
+//! One [`XskPair`] per worker: a UMEM of `frames` chunks shared by the worker's plain-side and
+//! cipher-side sockets, so a frame received on one side is transmitted on the other without a
+//! copy. Every chunk is at any time in exactly one place: the free list, a fill ring, an rx
+//! ring, the worker's batch, a tx ring or a completion ring. The worker owns the chunks it holds;
+//! [`XskFrame`] hands the pipeline a `&mut [u8]` over one chunk.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::num::NonZeroU32;
+use std::ptr::NonNull;
+
+use xdpilone::xdp::XdpDesc;
+use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
+
+use super::pipeline::FrameMut;
+
+/// Chunk size: room for a 1500-byte frame, 256 bytes of XDP headroom and the ESP overhead
+/// (FACTS.md: 2048-byte frames are too tight once encapsulated).
+pub const FRAME_SIZE: u32 = 4096;
+pub const RING_SIZE: u32 = 2048;
+
+/// How sockets are bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copy {
+    /// Zero-copy, falling back to copy mode when the driver refuses (veth always does).
+    Auto,
+    /// Copy mode.
+    Force,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("{op} on {iface} queue {queue}: {source}")]
+    Socket {
+        op: &'static str,
+        iface: String,
+        queue: u32,
+        source: io::Error,
+    },
+    #[error("UMEM of {frames} frames: {source}")]
+    Umem { frames: u32, source: io::Error },
+}
+
+fn errno(e: xdpilone::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.get_raw())
+}
+
+/// The mmap'd memory behind a UMEM.
+struct Area {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Area {
+    fn new(len: usize) -> io::Result<Area> {
+        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Area {
+            ptr: NonNull::new(p as *mut u8).ok_or_else(io::Error::last_os_error)?,
+            len,
+        })
+    }
+}
+
+impl Drop for Area {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in `new`; the sockets using it were
+        // dropped before (field order in `XskPair`).
+        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+    }
+}
+
+/// One bound socket: its fill/completion rings and its rx/tx rings.
+pub struct Port {
+    pub iface: String,
+    pub queue: u32,
+    pub zero_copy: bool,
+    device: DeviceQueue,
+    rx: RingRx,
+    tx: RingTx,
+}
+
+impl Port {
+    /// The socket's file descriptor, for the XSKMAP.
+    pub fn fd(&self) -> i32 {
+        self.rx.as_raw_fd()
+    }
+}
+
+/// A frame in the UMEM, handed to the pipeline.
+pub struct XskFrame {
+    chunk: *mut u8,
+    /// Offset of the chunk in the UMEM (the kernel's address space).
+    chunk_addr: u64,
+    off: usize,
+    len: usize,
+}
+
+impl XskFrame {
+    /// The descriptor that sends this frame.
+    #[inline]
+    pub fn desc(&self) -> XdpDesc {
+        XdpDesc {
+            addr: self.chunk_addr + self.off as u64,
+            len: self.len as u32,
+            options: 0,
+        }
+    }
+    #[inline]
+    pub fn chunk_addr(&self) -> u64 {
+        self.chunk_addr
+    }
+}
+
+impl FrameMut for XskFrame {
+    #[inline]
+    fn buf_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `chunk` points at a FRAME_SIZE chunk inside the live UMEM mapping (built by
+        // `XskPair::frame` from a descriptor the kernel handed back). Between rx and tx the
+        // chunk belongs to the worker alone: the kernel does not touch a chunk that is in no
+        // ring, and each chunk is in one `XskFrame` at a time.
+        unsafe { std::slice::from_raw_parts_mut(self.chunk, FRAME_SIZE as usize) }
+    }
+    #[inline]
+    fn offset(&self) -> usize {
+        self.off
+    }
+    #[inline]
+    fn len(&self) -> usize {
+        self.len
+    }
+    #[inline]
+    fn set(&mut self, offset: usize, len: usize) {
+        self.off = offset;
+        self.len = len;
+    }
+}
+
+/// A worker's UMEM and its two sockets.
+pub struct XskPair {
+    // Field order matters: sockets drop before the UMEM and the UMEM before its memory.
+    pub plain: Port,
+    pub cipher: Port,
+    umem: Umem,
+    area: Area,
+    free: Vec<u64>,
+}
+
+impl XskPair {
+    /// Creates the UMEM and binds one socket on `(plain, plain_q)` and one on
+    /// `(cipher, cipher_q)`. `Copy::Auto` tries zero-copy first and, when the driver refuses,
+    /// starts over in copy mode.
+    pub fn open(
+        plain: &str,
+        plain_q: u32,
+        cipher: &str,
+        cipher_q: u32,
+        frames: u32,
+        copy: Copy,
+    ) -> Result<XskPair, XskError> {
+        let modes: &[u16] = match copy {
+            Copy::Auto => &[SocketConfig::XDP_BIND_ZEROCOPY, SocketConfig::XDP_BIND_COPY],
+            Copy::Force => &[SocketConfig::XDP_BIND_COPY],
+        };
+        let mut last = None;
+        for &mode in modes {
+            match Self::open_mode(plain, plain_q, cipher, cipher_q, frames, mode) {
+                Ok(p) => return Ok(p),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one mode"))
+    }
+
+    fn open_mode(
+        plain: &str,
+        plain_q: u32,
+        cipher: &str,
+        cipher_q: u32,
+        frames: u32,
+        mode: u16,
+    ) -> Result<XskPair, XskError> {
+        let area = Area::new(frames as usize * FRAME_SIZE as usize)
+            .map_err(|source| XskError::Umem { frames, source })?;
+        let cfg = UmemConfig {
+            fill_size: RING_SIZE,
+            complete_size: RING_SIZE,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+        };
+        let slice = NonNull::slice_from_raw_parts(area.ptr, area.len);
+        // SAFETY: `area` is a page-aligned mapping of `frames * FRAME_SIZE` bytes that lives as
+        // long as the UMEM (it is dropped after it, see the field order).
+        let umem = unsafe { Umem::new(cfg, slice) }.map_err(|e| XskError::Umem {
+            frames,
+            source: errno(e),
+        })?;
+        let plain_port = bind(&umem, plain, plain_q, true, mode)?;
+        let cipher_port = bind(&umem, cipher, cipher_q, false, mode)?;
+        let free = (0..frames as u64).map(|i| i * FRAME_SIZE as u64).collect();
+        Ok(XskPair {
+            plain: plain_port,
+            cipher: cipher_port,
+            umem,
+            area,
+            free,
+        })
+    }
+
+    pub fn free_frames(&self) -> usize {
+        self.free.len()
+    }
+
+    #[inline]
+    fn frame(&self, desc: &XdpDesc) -> XskFrame {
+        let chunk_addr = desc.addr & !(FRAME_SIZE as u64 - 1);
+        // SAFETY: descriptors come from our own rings, so `chunk_addr` is a chunk offset inside
+        // the mapping; the addition stays in bounds.
+        let chunk = unsafe { self.area.ptr.as_ptr().add(chunk_addr as usize) };
+        XskFrame {
+            chunk,
+            chunk_addr,
+            off: (desc.addr - chunk_addr) as usize,
+            len: desc.len as usize,
+        }
+    }
+
+    /// Returns completed transmissions of both sockets to the free list.
+    #[inline]
+    pub fn reap(&mut self) {
+        for dev in [&mut self.plain.device, &mut self.cipher.device] {
+            let mut c = dev.complete(RING_SIZE);
+            while let Some(addr) = c.read() {
+                self.free.push(addr & !(FRAME_SIZE as u64 - 1));
+            }
+            c.release();
+        }
+    }
+
+    /// Tops up both fill rings from the free list, keeping `reserve` frames back.
+    #[inline]
+    pub fn refill(&mut self, reserve: usize) {
+        for plain in [true, false] {
+            let dev = if plain {
+                &mut self.plain.device
+            } else {
+                &mut self.cipher.device
+            };
+            let avail = self.free.len().saturating_sub(reserve) as u32;
+            if avail == 0 {
+                return;
+            }
+            let mut w = dev.fill(avail.min(RING_SIZE));
+            let n = w.capacity();
+            for _ in 0..n {
+                match self.free.pop() {
+                    Some(a) => {
+                        w.insert_once(a);
+                    }
+                    None => break,
+                }
+            }
+            w.commit();
+            drop(w);
+            if dev.needs_wakeup() {
+                dev.wake();
+            }
+        }
+    }
+
+    /// Receives up to `max` frames from one side into `out` (cleared first).
+    #[inline]
+    pub fn receive(&mut self, plain: bool, max: u32, out: &mut Vec<XskFrame>) {
+        out.clear();
+        let mut descs = [XdpDesc {
+            addr: 0,
+            len: 0,
+            options: 0,
+        }; 64];
+        let mut n = 0;
+        {
+            let rx = if plain {
+                &mut self.plain.rx
+            } else {
+                &mut self.cipher.rx
+            };
+            let mut r = rx.receive(max.min(64));
+            while let Some(d) = r.read() {
+                descs[n] = d;
+                n += 1;
+            }
+            r.release();
+        }
+        for d in &descs[..n] {
+            out.push(self.frame(d));
+        }
+    }
+
+    /// Queues `frame` for transmission on one side; `false` (frame freed) when the ring is full.
+    #[inline]
+    pub fn send(&mut self, plain: bool, frame: &XskFrame) -> bool {
+        let tx = if plain {
+            &mut self.plain.tx
+        } else {
+            &mut self.cipher.tx
+        };
+        let mut w = tx.transmit(1);
+        if w.capacity() == 0 || !w.insert_once(frame.desc()) {
+            drop(w);
+            self.free.push(frame.chunk_addr);
+            return false;
+        }
+        w.commit();
+        true
+    }
+
+    /// Gives a frame back (dropped or punted).
+    #[inline]
+    pub fn recycle(&mut self, frame: &XskFrame) {
+        self.free.push(frame.chunk_addr);
+    }
+
+    /// Kicks the kernel to transmit: copy mode moves at most 32 frames per `sendto`.
+    #[inline]
+    pub fn flush(&mut self, plain: bool) {
+        let tx = if plain {
+            &mut self.plain.tx
+        } else {
+            &mut self.cipher.tx
+        };
+        let mut tries = 0;
+        while tx.pending() > 0 && tries < 8 {
+            if !tx.needs_wakeup() && tries > 0 {
+                break;
+            }
+            tx.wake();
+            tries += 1;
+        }
+    }
+
+    /// Waits up to `timeout_ms` for either rx ring to have frames (idle back-off).
+    pub fn wait(&self, timeout_ms: i32) {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.plain.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.cipher.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd structs for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    }
+
+    /// True when either rx ring has frames waiting.
+    #[inline]
+    pub fn rx_ready(&self) -> bool {
+        self.plain.rx.available() > 0 || self.cipher.rx.available() > 0
+    }
+
+    /// Kernel drop statistics of a socket (rx dropped, rx ring full, fill ring empty).
+    pub fn kernel_stats(&self, plain: bool) -> (u64, u64, u64) {
+        let dev = if plain {
+            &self.plain.device
+        } else {
+            &self.cipher.device
+        };
+        match dev.statistics_v2() {
+            Ok(s) => (s.rx_dropped, s.rx_ring_full, s.rx_fill_ring_empty_descs),
+            Err(_) => (0, 0, 0),
+        }
+    }
+
+    #[allow(dead_code)]
+    fn umem(&self) -> &Umem {
+        &self.umem
+    }
+}
+
+fn bind(umem: &Umem, iface: &str, queue: u32, first: bool, mode: u16) -> Result<Port, XskError> {
+    let err = |op: &'static str| {
+        move |e: xdpilone::Errno| XskError::Socket {
+            op,
+            iface: iface.into(),
+            queue,
+            source: errno(e),
+        }
+    };
+    let name = CString::new(iface).map_err(|_| XskError::Socket {
+        op: "interface name",
+        iface: iface.into(),
+        queue,
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    let mut info = IfInfo::invalid();
+    info.from_name(&name).map_err(err("if_nametoindex"))?;
+    info.set_queue(queue);
+    // The first socket is the UMEM's own; the second shares the UMEM (XDP_SHARED_UMEM) with
+    // its own fill and completion rings.
+    let sock = if first {
+        Socket::with_shared(&info, umem)
+    } else {
+        Socket::new(&info)
+    }
+    .map_err(err("socket"))?;
+    let device = umem.fq_cq(&sock).map_err(err("fill/completion rings"))?;
+    let cfg = SocketConfig {
+        rx_size: NonZeroU32::new(RING_SIZE),
+        tx_size: NonZeroU32::new(RING_SIZE),
+        bind_flags: mode | SocketConfig::XDP_BIND_NEED_WAKEUP,
+    };
+    let user = umem.rx_tx(&sock, &cfg).map_err(err("rx/tx rings"))?;
+    let rx = user.map_rx().map_err(err("mmap rx ring"))?;
+    let tx = user.map_tx().map_err(err("mmap tx ring"))?;
+    umem.bind(&user).map_err(err("bind"))?;
+    Ok(Port {
+        iface: iface.into(),
+        queue,
+        zero_copy: mode == SocketConfig::XDP_BIND_ZEROCOPY,
+        device,
+        rx,
+        tx,
+    })
+}
+
+impl Port {
+    /// The socket as a borrowed descriptor (for the XSKMAP).
+    pub fn borrowed_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the descriptor is owned by this port's rings and stays open while `self`
+        // is borrowed.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) }
+    }
+}
