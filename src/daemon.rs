@@ -10,7 +10,7 @@ use std::net::{IpAddr, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -54,8 +54,10 @@ pub enum DaemonError {
     NoNextHop(&'static str),
     #[error(transparent)]
     Xdp(#[from] crate::datapath::xdp::XdpError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("worker {worker}: {source}")]
-    Xsk { worker: usize, source: XskError },
+    Xsk { worker: usize, #[source] source: XskError },
     #[error("worker {0} did not start")]
     WorkerLost(usize),
 }
@@ -248,7 +250,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     };
     neigh.refresh(&l2);
 
-    let (tx, rx) = std::sync::mpsc::channel::<Result<Ready, XskError>>();
+    let (tx, rx) = std::sync::mpsc::channel::<Result<Ready, (usize, XskError)>>();
     let mut handles = Vec::new();
     for w in 0..cfg.workers {
         let spec = WorkerSpec {
@@ -283,8 +285,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             Ok(Ok(r)) => {
                 zero_copy &= r.zero_copy;
                 let w = r.id;
-                // SAFETY-free registration: the worker keeps its sockets open until it exits,
-                // which happens only after `stop` and after the maps are dropped below.
+                // The worker keeps its sockets open until it is joined, after `stop`.
                 let res = xdp_plain
                     .register(cfg.plain.queues[w], crate::sys::borrow_fd(r.plain_fd))
                     .and_then(|_| {
@@ -295,12 +296,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
                     failure = Some(DaemonError::from(e));
                 }
             }
-            Ok(Err(e)) => {
-                failure = Some(DaemonError::Xsk {
-                    worker: 0,
-                    source: e,
-                })
-            }
+            Ok(Err((worker, source))) => failure = Some(DaemonError::Xsk { worker, source }),
             Err(_) => failure = Some(DaemonError::WorkerLost(0)),
         }
         if failure.is_some() {
@@ -329,7 +325,6 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     let mut known = false;
     let (mut soft, mut hard) = (0u64, 0u64);
     let mut prev = (0u64, 0u64, 0u64);
-    let soft_ctr = AtomicU64::new(0);
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(Duration::from_millis(50));
         while let Some(e) = events.pop() {
@@ -371,7 +366,6 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             break;
         }
     }
-    let _ = soft_ctr;
     stop.store(true, Ordering::Release);
     for h in handles {
         let _ = h.join();

@@ -18,8 +18,10 @@ pub mod esp;
 pub mod fuzzing;
 pub mod offline;
 pub mod pcap;
+pub mod rig;
 pub mod sa;
 pub mod sys;
+pub mod traffic;
 pub mod wire;
 
 /// Monotonic nanoseconds since the first call (the pipeline's clock; read once per batch).

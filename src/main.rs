@@ -35,6 +35,63 @@ enum Mode {
 }
 
 #[derive(Subcommand)]
+enum RigOp {
+    /// Build the rig and write gateway configs (left in place until `down`).
+    Up {
+        #[arg(long, default_value_t = 2)]
+        queues: u32,
+        #[arg(long, value_enum, default_value = "native")]
+        xdp_mode: Mode,
+        #[arg(long, default_value = "/run/espd-rig")]
+        dir: PathBuf,
+    },
+    /// Remove every namespace of the rig (works after a crash too).
+    Down,
+    /// Show what exists.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum TrafficOp {
+    UdpSend {
+        #[arg(long)]
+        dst: std::net::SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        flow: u32,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 0)]
+        pps: u64,
+    },
+    UdpRecv {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        #[arg(long)]
+        expect: u64,
+        #[arg(long, default_value_t = 1)]
+        flows: u32,
+        #[arg(long, default_value_t = 3.0)]
+        idle: f64,
+    },
+    TcpSend {
+        #[arg(long)]
+        dst: std::net::SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+    },
+    TcpRecv {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        #[arg(long)]
+        expect: u64,
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the gateway: XDP programs, AF_XDP workers, until SIGINT/SIGTERM.
     Run {
@@ -55,6 +112,17 @@ enum Cmd {
         /// Stop after this many seconds.
         #[arg(long)]
         duration: Option<f64>,
+    },
+    /// The veth test rig (network namespaces host-a, gw-a, wan, gw-b, host-b).
+    Rig {
+        #[command(subcommand)]
+        op: RigOp,
+    },
+    /// Traffic generator and checking sink (run inside the rig's host namespaces).
+    #[command(hide = true)]
+    Traffic {
+        #[command(subcommand)]
+        op: TrafficOp,
     },
     /// Validate a configuration file and print a summary.
     CheckConfig { file: PathBuf },
@@ -81,7 +149,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("espd: {e:#}");
+            eprintln!("espd: {e}");
             ExitCode::FAILURE
         }
     }
@@ -114,6 +182,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let summary = espd::daemon::run(&c, &opts)?;
             println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
+        Cmd::Rig { op } => {
+            match op {
+                RigOp::Up { queues, xdp_mode, dir } => {
+                    let spec = espd::rig::RigSpec {
+                        queues,
+                        xdp_mode: match xdp_mode {
+                            Mode::Native => "native",
+                            Mode::Generic => "generic",
+                        },
+                        dir,
+                        ..Default::default()
+                    };
+                    let rig = espd::rig::Rig::up(spec)?;
+                    println!("rig up: configs {} and {}", rig.gw_a.display(), rig.gw_b.display());
+                    rig.keep();
+                }
+                RigOp::Down => {
+                    espd::rig::down();
+                    println!("rig down");
+                }
+                RigOp::Status => print!("{}", espd::rig::status()),
+            }
+            Ok(())
+        }
+        Cmd::Traffic { op } => {
+            use espd::traffic;
+            let json = match op {
+                TrafficOp::UdpSend { dst, flow, count, size, pps } => {
+                    serde_json::to_string(&traffic::udp_send(dst, flow, count, size, pps)?)?
+                }
+                TrafficOp::UdpRecv { bind, expect, flows, idle } => serde_json::to_string(&traffic::udp_recv(
+                    bind,
+                    expect,
+                    std::time::Duration::from_secs_f64(idle),
+                    flows,
+                )?)?,
+                TrafficOp::TcpSend { dst, bytes } => serde_json::to_string(&traffic::tcp_send(dst, bytes)?)?,
+                TrafficOp::TcpRecv { bind, expect, timeout } => serde_json::to_string(&traffic::tcp_recv(
+                    bind,
+                    expect,
+                    std::time::Duration::from_secs_f64(timeout),
+                )?)?,
+            };
+            println!("{json}");
             Ok(())
         }
         Cmd::CheckConfig { file } => {

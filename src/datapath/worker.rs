@@ -94,7 +94,7 @@ pub struct Ready {
 }
 
 /// Runs a worker until `stop` is set. Sends `Ready` (or the bind error) on `ready` first.
-pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, XskError>>) {
+pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
     if let Some(c) = spec.core {
         core_affinity::set_for_current(core_affinity::CoreId { id: c });
     }
@@ -108,7 +108,7 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, XskError>>) {
     ) {
         Ok(x) => x,
         Err(e) => {
-            let _ = ready.send(Err(e));
+            let _ = ready.send(Err((spec.id, e)));
             return;
         }
     };
@@ -125,6 +125,7 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, XskError>>) {
     let mut actions = [Action::Punt; BATCH as usize];
     let mut idle = 0u32;
     let (mut plain_l2, mut cipher_l2, _) = spec.l2.load();
+    pipe.set_l2(plain_l2, cipher_l2);
     while !spec.stop.load(Ordering::Relaxed) {
         let now = crate::now_ns();
         let (p, c, _) = spec.l2.load();

@@ -424,10 +424,12 @@ fn bind(umem: &Umem, iface: &str, queue: u32, first: bool, mode: u16) -> Result<
     }
     .map_err(err("socket"))?;
     let device = umem.fq_cq(&sock).map_err(err("fill/completion rings"))?;
+    // The UMEM's own socket chooses copy/zero-copy and need-wakeup; a socket sharing the
+    // UMEM must bind with no flags but XDP_SHARED_UMEM (added by xdpilone) and inherits them.
     let cfg = SocketConfig {
         rx_size: NonZeroU32::new(RING_SIZE),
         tx_size: NonZeroU32::new(RING_SIZE),
-        bind_flags: mode | SocketConfig::XDP_BIND_NEED_WAKEUP,
+        bind_flags: if first { mode | SocketConfig::XDP_BIND_NEED_WAKEUP } else { 0 },
     };
     let user = umem.rx_tx(&sock, &cfg).map_err(err("rx/tx rings"))?;
     let rx = user.map_rx().map_err(err("mmap rx ring"))?;

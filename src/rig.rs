@@ -1,0 +1,315 @@
+//! The veth test rig: five network namespaces on one machine.
+//!
+//! ```text
+//!  host-a ── gw-a (espd) ── wan (bridge, capture, attacks) ── gw-b (espd) ── host-b
+//!  192.0.2.2   .1 | 203.0.113.1                    203.0.113.2 | 198.51.100.1   .2
+//!  fd00:a::2  ::1 |                                            | fd00:b::1     ::2
+//! ```
+//!
+//! Every address exists only inside these namespaces (documentation prefixes and fd00::/8).
+//! Veths carry several queues so several workers share the load. Checksum offload and
+//! segmentation offload are switched off on every veth (FACTS.md: a veth hands over partial
+//! checksums, and GSO frames do not fit AF_XDP frames). [`Rig::up`] removes leftovers first;
+//! dropping the [`Rig`] (or `espd rig down`) deletes the namespaces, which removes the veths and
+//! any XDP program on them, also after a crash.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const NAMESPACES: [&str; 5] = ["host-a", "gw-a", "wan", "gw-b", "host-b"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RigError {
+    #[error("`{cmd}` failed: {stderr}")]
+    Command { cmd: String, stderr: String },
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("the rig needs root (network namespaces)")]
+    NotRoot,
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+fn run(args: &[&str]) -> Result<Output, RigError> {
+    let cmd = args.join(" ");
+    let out = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).output().map_err(|source| RigError::Spawn { cmd: cmd.clone(), source })?;
+    if !out.status.success() {
+        return Err(RigError::Command { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+    }
+    Ok(out)
+}
+
+/// Runs `args` inside namespace `ns`.
+pub fn ns(ns: &str, args: &[&str]) -> Result<Output, RigError> {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    run(&v)
+}
+
+/// Options for building the rig.
+#[derive(Clone, Debug)]
+pub struct RigSpec {
+    /// Queues per veth (and workers per gateway).
+    pub queues: u32,
+    /// `native` or `generic` XDP in the generated configs.
+    pub xdp_mode: &'static str,
+    /// Where the generated gateway configs go.
+    pub dir: PathBuf,
+    /// MTU of the LAN links (the tunnel carries 1500-byte outer packets).
+    pub lan_mtu: u32,
+}
+
+impl Default for RigSpec {
+    fn default() -> Self {
+        RigSpec { queues: 2, xdp_mode: "native", dir: PathBuf::from("/run/espd-rig"), lan_mtu: 1400 }
+    }
+}
+
+/// A live rig; deleted on drop.
+pub struct Rig {
+    pub spec: RigSpec,
+    pub gw_a: PathBuf,
+    pub gw_b: PathBuf,
+    /// key‖salt of the SAs A→B and B→A (for tshark).
+    pub key_ab: String,
+    pub key_ba: String,
+    keep: bool,
+}
+
+pub const SPI_AB: u32 = 0x0000_a001;
+pub const SPI_BA: u32 = 0x0000_b001;
+
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    aws_lc_rs::rand::fill(&mut b).expect("system randomness");
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+impl Rig {
+    /// Builds the rig (after removing any leftover of an earlier one).
+    pub fn up(spec: RigSpec) -> Result<Rig, RigError> {
+        if !crate::sys::is_root() {
+            return Err(RigError::NotRoot);
+        }
+        down();
+        let r = Rig {
+            gw_a: spec.dir.join("gw-a.toml"),
+            gw_b: spec.dir.join("gw-b.toml"),
+            key_ab: random_hex(20),
+            key_ba: random_hex(20),
+            spec,
+            keep: false,
+        };
+        // From here on, a failure drops `r`, which deletes whatever was built.
+        r.build()?;
+        r.write_configs()?;
+        Ok(r)
+    }
+
+    /// Leaves the rig in place when dropped (`espd rig up`).
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+
+    fn build(&self) -> Result<(), RigError> {
+        for n in NAMESPACES {
+            run(&["ip", "netns", "add", n])?;
+            ns(n, &["ip", "link", "set", "lo", "up"])?;
+            ns(n, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+        }
+        let q = self.spec.queues.to_string();
+        let pair = |a: &str, ans: &str, b: &str, bns: &str| -> Result<(), RigError> {
+            run(&[
+                "ip", "link", "add", a, "netns", ans, "numtxqueues", &q, "numrxqueues", &q, "type", "veth", "peer", "name", b,
+                "netns", bns, "numtxqueues", &q, "numrxqueues", &q,
+            ])?;
+            Ok(())
+        };
+        pair("eth0", "host-a", "lan0", "gw-a")?;
+        pair("wan0", "gw-a", "wan-a", "wan")?;
+        pair("wan0", "gw-b", "wan-b", "wan")?;
+        pair("lan0", "gw-b", "eth0", "host-b")?;
+        ns("wan", &["ip", "link", "add", "br0", "type", "bridge"])?;
+        for p in ["wan-a", "wan-b"] {
+            ns("wan", &["ip", "link", "set", p, "master", "br0"])?;
+        }
+        let mtu = self.spec.lan_mtu.to_string();
+        let links: [(&str, &str, &str); 8] = [
+            ("host-a", "eth0", &mtu),
+            ("gw-a", "lan0", &mtu),
+            ("gw-a", "wan0", "1500"),
+            ("wan", "wan-a", "1500"),
+            ("wan", "wan-b", "1500"),
+            ("gw-b", "wan0", "1500"),
+            ("gw-b", "lan0", &mtu),
+            ("host-b", "eth0", &mtu),
+        ];
+        for (n, l, m) in links {
+            ns(n, &["ip", "link", "set", l, "mtu", m, "up"])?;
+            // Complete checksums and no GSO/GRO: AF_XDP sees every frame as it is on the wire.
+            ns(n, &["ethtool", "-K", l, "tx", "off", "tso", "off", "gso", "off", "gro", "off"])?;
+        }
+        ns("wan", &["ip", "link", "set", "br0", "up"])?;
+        let addr = |n: &str, l: &str, a: &str| ns(n, &["ip", "addr", "add", a, "dev", l]).map(|_| ());
+        addr("host-a", "eth0", "192.0.2.2/24")?;
+        addr("host-a", "eth0", "fd00:a::2/64")?;
+        addr("gw-a", "lan0", "192.0.2.1/24")?;
+        addr("gw-a", "lan0", "fd00:a::1/64")?;
+        addr("gw-a", "wan0", "203.0.113.1/24")?;
+        addr("gw-b", "wan0", "203.0.113.2/24")?;
+        addr("gw-b", "lan0", "198.51.100.1/24")?;
+        addr("gw-b", "lan0", "fd00:b::1/64")?;
+        addr("host-b", "eth0", "198.51.100.2/24")?;
+        addr("host-b", "eth0", "fd00:b::2/64")?;
+        ns("host-a", &["ip", "route", "add", "default", "via", "192.0.2.1"])?;
+        ns("host-a", &["ip", "-6", "route", "add", "default", "via", "fd00:a::1"])?;
+        ns("host-b", &["ip", "route", "add", "default", "via", "198.51.100.1"])?;
+        ns("host-b", &["ip", "-6", "route", "add", "default", "via", "fd00:b::1"])?;
+        Ok(())
+    }
+
+    fn config(&self, me: char) -> String {
+        let (lan_net, lan_net6, lan_addr, lan_addr6, host, wan, peer, other_net, other_net6) = if me == 'a' {
+            ("192.0.2.0/24", "fd00:a::/64", "192.0.2.1", "fd00:a::1", "192.0.2.2", "203.0.113.1", "203.0.113.2", "198.51.100.0/24", "fd00:b::/64")
+        } else {
+            ("198.51.100.0/24", "fd00:b::/64", "198.51.100.1", "fd00:b::1", "198.51.100.2", "203.0.113.2", "203.0.113.1", "192.0.2.0/24", "fd00:a::/64")
+        };
+        let (out_spi, out_key, in_spi, in_key) =
+            if me == 'a' { (SPI_AB, &self.key_ab, SPI_BA, &self.key_ba) } else { (SPI_BA, &self.key_ba, SPI_AB, &self.key_ab) };
+        let w = self.spec.queues;
+        let cores: Vec<String> = (0..w).map(|i| (i % 2).to_string()).collect();
+        let queues: Vec<String> = (0..w).map(|i| i.to_string()).collect();
+        format!(
+            r#"# Generated by `espd rig up` for gateway {me}. Keys are random per rig.
+[dataplane]
+workers = {w}
+cores = [{cores}]
+xdp_mode = "{mode}"
+default_policy = "discard"
+
+[interfaces.plain]
+name = "lan0"
+addresses = ["{lan_addr}", "{lan_addr6}"]
+next_hop = "{host}"
+queues = [{queues}]
+
+[interfaces.cipher]
+name = "wan0"
+addresses = ["{wan}"]
+next_hop = "{peer}"
+queues = [{queues}]
+
+[[tunnels]]
+name = "peer"
+local = "{wan}"
+remote = "{peer}"
+
+[[policies]]
+src = "{lan_net}"
+dst = "{other_net}"
+action = "protect"
+tunnel = "peer"
+
+[[policies]]
+src = "{lan_net6}"
+dst = "{other_net6}"
+action = "protect"
+tunnel = "peer"
+
+[[sas]]
+tunnel = "peer"
+direction = "out"
+spi = {out_spi:#x}
+key = "{out_key}"
+
+[[sas]]
+tunnel = "peer"
+direction = "in"
+spi = {in_spi:#x}
+key = "{in_key}"
+"#,
+            cores = cores.join(", "),
+            queues = queues.join(", "),
+            mode = self.spec.xdp_mode,
+        )
+    }
+
+    fn write_configs(&self) -> Result<(), RigError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::create_dir_all(&self.spec.dir).map_err(|e| RigError::Io(self.spec.dir.clone(), e))?;
+        let _ = std::fs::set_permissions(&self.spec.dir, std::fs::Permissions::from_mode(0o700));
+        for (p, me) in [(&self.gw_a, 'a'), (&self.gw_b, 'b')] {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(p)
+                .map_err(|e| RigError::Io(p.clone(), e))?;
+            std::io::Write::write_all(&mut f, self.config(me).as_bytes()).map_err(|e| RigError::Io(p.clone(), e))?;
+        }
+        Ok(())
+    }
+
+    /// tshark's `esp_sa` entries for both SAs.
+    pub fn tshark_sas(&self) -> Vec<String> {
+        [("203.0.113.1", "203.0.113.2", SPI_AB, &self.key_ab), ("203.0.113.2", "203.0.113.1", SPI_BA, &self.key_ba)]
+            .iter()
+            .map(|(s, d, spi, k)| {
+                format!(r#"uat:esp_sa:"IPv4","{s}","{d}","{spi:#010x}","AES-GCM with 16 octet ICV [RFC4106]","0x{k}","NULL","""#)
+            })
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.spec.dir
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if !self.keep {
+            down();
+            let _ = std::fs::remove_dir_all(&self.spec.dir);
+        }
+    }
+}
+
+/// Deletes every namespace of the rig (and with them veths and XDP programs). Idempotent.
+pub fn down() {
+    for n in NAMESPACES {
+        let _ = Command::new("ip").args(["netns", "pids", n]).output().map(|o| {
+            // Processes still inside (a gateway that outlived its parent): stop them first.
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").arg(pid).status();
+            }
+        });
+        let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
+    }
+}
+
+/// One line per namespace: does it exist, what links and XDP programs does it hold.
+pub fn status() -> String {
+    let mut s = String::new();
+    for n in NAMESPACES {
+        match ns(n, &["ip", "-br", "link"]) {
+            Ok(o) => {
+                let links: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| !l.starts_with("lo "))
+                    .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                    .collect();
+                let xdp = ns(n, &["ip", "-o", "link"]).map(|o| String::from_utf8_lossy(&o.stdout).matches(" xdp").count()).unwrap_or(0);
+                let _ = writeln!(s, "{n:7} up   {} (xdp programs: {xdp})", links.join(", "));
+            }
+            Err(_) => {
+                let _ = writeln!(s, "{n:7} absent");
+            }
+        }
+    }
+    s
+}
