@@ -57,7 +57,11 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("worker {worker}: {source}")]
-    Xsk { worker: usize, #[source] source: XskError },
+    Xsk {
+        worker: usize,
+        #[source]
+        source: XskError,
+    },
     #[error("worker {0} did not start")]
     WorkerLost(usize),
 }

@@ -14,6 +14,7 @@ pub mod codes;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod demo;
 pub mod esp;
 pub mod fuzzing;
 pub mod offline;

@@ -113,6 +113,15 @@ enum Cmd {
         #[arg(long)]
         duration: Option<f64>,
     },
+    /// The main job: two gateways on the veth rig with live traffic, then a report.
+    Demo {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, value_enum, default_value = "native")]
+        xdp_mode: Mode,
+        #[arg(long, default_value_t = 20_000)]
+        pps: u64,
+    },
     /// The veth test rig (network namespaces host-a, gw-a, wan, gw-b, host-b).
     Rig {
         #[command(subcommand)]
@@ -184,9 +193,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&summary)?);
             Ok(())
         }
+        Cmd::Demo {
+            seconds,
+            xdp_mode,
+            pps,
+        } => espd::demo::run(&espd::demo::DemoOptions {
+            seconds,
+            pps,
+            xdp_mode: match xdp_mode {
+                Mode::Native => "native",
+                Mode::Generic => "generic",
+            },
+            ..Default::default()
+        }),
         Cmd::Rig { op } => {
             match op {
-                RigOp::Up { queues, xdp_mode, dir } => {
+                RigOp::Up {
+                    queues,
+                    xdp_mode,
+                    dir,
+                } => {
                     let spec = espd::rig::RigSpec {
                         queues,
                         xdp_mode: match xdp_mode {
@@ -197,7 +223,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         ..Default::default()
                     };
                     let rig = espd::rig::Rig::up(spec)?;
-                    println!("rig up: configs {} and {}", rig.gw_a.display(), rig.gw_b.display());
+                    println!(
+                        "rig up: configs {} and {}",
+                        rig.gw_a.display(),
+                        rig.gw_b.display()
+                    );
                     rig.keep();
                 }
                 RigOp::Down => {
@@ -211,17 +241,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Traffic { op } => {
             use espd::traffic;
             let json = match op {
-                TrafficOp::UdpSend { dst, flow, count, size, pps } => {
-                    serde_json::to_string(&traffic::udp_send(dst, flow, count, size, pps)?)?
-                }
-                TrafficOp::UdpRecv { bind, expect, flows, idle } => serde_json::to_string(&traffic::udp_recv(
+                TrafficOp::UdpSend {
+                    dst,
+                    flow,
+                    count,
+                    size,
+                    pps,
+                } => serde_json::to_string(&traffic::udp_send(dst, flow, count, size, pps)?)?,
+                TrafficOp::UdpRecv {
+                    bind,
+                    expect,
+                    flows,
+                    idle,
+                } => serde_json::to_string(&traffic::udp_recv(
                     bind,
                     expect,
                     std::time::Duration::from_secs_f64(idle),
                     flows,
                 )?)?,
-                TrafficOp::TcpSend { dst, bytes } => serde_json::to_string(&traffic::tcp_send(dst, bytes)?)?,
-                TrafficOp::TcpRecv { bind, expect, timeout } => serde_json::to_string(&traffic::tcp_recv(
+                TrafficOp::TcpSend { dst, bytes } => {
+                    serde_json::to_string(&traffic::tcp_send(dst, bytes)?)?
+                }
+                TrafficOp::TcpRecv {
+                    bind,
+                    expect,
+                    timeout,
+                } => serde_json::to_string(&traffic::tcp_recv(
                     bind,
                     expect,
                     std::time::Duration::from_secs_f64(timeout),

@@ -33,9 +33,19 @@ pub enum RigError {
 
 fn run(args: &[&str]) -> Result<Output, RigError> {
     let cmd = args.join(" ");
-    let out = Command::new(args[0]).args(&args[1..]).stdin(Stdio::null()).output().map_err(|source| RigError::Spawn { cmd: cmd.clone(), source })?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| RigError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(RigError::Command { cmd, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(RigError::Command {
+            cmd,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(out)
 }
@@ -62,7 +72,12 @@ pub struct RigSpec {
 
 impl Default for RigSpec {
     fn default() -> Self {
-        RigSpec { queues: 2, xdp_mode: "native", dir: PathBuf::from("/run/espd-rig"), lan_mtu: 1400 }
+        RigSpec {
+            queues: 2,
+            xdp_mode: "native",
+            dir: PathBuf::from("/run/espd-rig"),
+            lan_mtu: 1400,
+        }
     }
 }
 
@@ -119,13 +134,40 @@ impl Rig {
         for n in NAMESPACES {
             run(&["ip", "netns", "add", n])?;
             ns(n, &["ip", "link", "set", "lo", "up"])?;
-            ns(n, &["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+            ns(
+                n,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            )?;
         }
         let q = self.spec.queues.to_string();
         let pair = |a: &str, ans: &str, b: &str, bns: &str| -> Result<(), RigError> {
             run(&[
-                "ip", "link", "add", a, "netns", ans, "numtxqueues", &q, "numrxqueues", &q, "type", "veth", "peer", "name", b,
-                "netns", bns, "numtxqueues", &q, "numrxqueues", &q,
+                "ip",
+                "link",
+                "add",
+                a,
+                "netns",
+                ans,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b,
+                "netns",
+                bns,
+                "numtxqueues",
+                &q,
+                "numrxqueues",
+                &q,
             ])?;
             Ok(())
         };
@@ -151,10 +193,16 @@ impl Rig {
         for (n, l, m) in links {
             ns(n, &["ip", "link", "set", l, "mtu", m, "up"])?;
             // Complete checksums and no GSO/GRO: AF_XDP sees every frame as it is on the wire.
-            ns(n, &["ethtool", "-K", l, "tx", "off", "tso", "off", "gso", "off", "gro", "off"])?;
+            ns(
+                n,
+                &[
+                    "ethtool", "-K", l, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ],
+            )?;
         }
         ns("wan", &["ip", "link", "set", "br0", "up"])?;
-        let addr = |n: &str, l: &str, a: &str| ns(n, &["ip", "addr", "add", a, "dev", l]).map(|_| ());
+        let addr =
+            |n: &str, l: &str, a: &str| ns(n, &["ip", "addr", "add", a, "dev", l]).map(|_| ());
         addr("host-a", "eth0", "192.0.2.2/24")?;
         addr("host-a", "eth0", "fd00:a::2/64")?;
         addr("gw-a", "lan0", "192.0.2.1/24")?;
@@ -165,21 +213,57 @@ impl Rig {
         addr("gw-b", "lan0", "fd00:b::1/64")?;
         addr("host-b", "eth0", "198.51.100.2/24")?;
         addr("host-b", "eth0", "fd00:b::2/64")?;
-        ns("host-a", &["ip", "route", "add", "default", "via", "192.0.2.1"])?;
-        ns("host-a", &["ip", "-6", "route", "add", "default", "via", "fd00:a::1"])?;
-        ns("host-b", &["ip", "route", "add", "default", "via", "198.51.100.1"])?;
-        ns("host-b", &["ip", "-6", "route", "add", "default", "via", "fd00:b::1"])?;
+        ns(
+            "host-a",
+            &["ip", "route", "add", "default", "via", "192.0.2.1"],
+        )?;
+        ns(
+            "host-a",
+            &["ip", "-6", "route", "add", "default", "via", "fd00:a::1"],
+        )?;
+        ns(
+            "host-b",
+            &["ip", "route", "add", "default", "via", "198.51.100.1"],
+        )?;
+        ns(
+            "host-b",
+            &["ip", "-6", "route", "add", "default", "via", "fd00:b::1"],
+        )?;
         Ok(())
     }
 
     fn config(&self, me: char) -> String {
-        let (lan_net, lan_net6, lan_addr, lan_addr6, host, wan, peer, other_net, other_net6) = if me == 'a' {
-            ("192.0.2.0/24", "fd00:a::/64", "192.0.2.1", "fd00:a::1", "192.0.2.2", "203.0.113.1", "203.0.113.2", "198.51.100.0/24", "fd00:b::/64")
+        let (lan_net, lan_net6, lan_addr, lan_addr6, host, wan, peer, other_net, other_net6) =
+            if me == 'a' {
+                (
+                    "192.0.2.0/24",
+                    "fd00:a::/64",
+                    "192.0.2.1",
+                    "fd00:a::1",
+                    "192.0.2.2",
+                    "203.0.113.1",
+                    "203.0.113.2",
+                    "198.51.100.0/24",
+                    "fd00:b::/64",
+                )
+            } else {
+                (
+                    "198.51.100.0/24",
+                    "fd00:b::/64",
+                    "198.51.100.1",
+                    "fd00:b::1",
+                    "198.51.100.2",
+                    "203.0.113.2",
+                    "203.0.113.1",
+                    "192.0.2.0/24",
+                    "fd00:a::/64",
+                )
+            };
+        let (out_spi, out_key, in_spi, in_key) = if me == 'a' {
+            (SPI_AB, &self.key_ab, SPI_BA, &self.key_ba)
         } else {
-            ("198.51.100.0/24", "fd00:b::/64", "198.51.100.1", "fd00:b::1", "198.51.100.2", "203.0.113.2", "203.0.113.1", "192.0.2.0/24", "fd00:a::/64")
+            (SPI_BA, &self.key_ba, SPI_AB, &self.key_ab)
         };
-        let (out_spi, out_key, in_spi, in_key) =
-            if me == 'a' { (SPI_AB, &self.key_ab, SPI_BA, &self.key_ba) } else { (SPI_BA, &self.key_ba, SPI_AB, &self.key_ab) };
         let w = self.spec.queues;
         let cores: Vec<String> = (0..w).map(|i| (i % 2).to_string()).collect();
         let queues: Vec<String> = (0..w).map(|i| i.to_string()).collect();
@@ -240,7 +324,8 @@ key = "{in_key}"
 
     fn write_configs(&self) -> Result<(), RigError> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        std::fs::create_dir_all(&self.spec.dir).map_err(|e| RigError::Io(self.spec.dir.clone(), e))?;
+        std::fs::create_dir_all(&self.spec.dir)
+            .map_err(|e| RigError::Io(self.spec.dir.clone(), e))?;
         let _ = std::fs::set_permissions(&self.spec.dir, std::fs::Permissions::from_mode(0o700));
         for (p, me) in [(&self.gw_a, 'a'), (&self.gw_b, 'b')] {
             let mut f = std::fs::OpenOptions::new()
@@ -250,7 +335,8 @@ key = "{in_key}"
                 .mode(0o600)
                 .open(p)
                 .map_err(|e| RigError::Io(p.clone(), e))?;
-            std::io::Write::write_all(&mut f, self.config(me).as_bytes()).map_err(|e| RigError::Io(p.clone(), e))?;
+            std::io::Write::write_all(&mut f, self.config(me).as_bytes())
+                .map_err(|e| RigError::Io(p.clone(), e))?;
         }
         Ok(())
     }
@@ -282,13 +368,19 @@ impl Drop for Rig {
 /// Deletes every namespace of the rig (and with them veths and XDP programs). Idempotent.
 pub fn down() {
     for n in NAMESPACES {
-        let _ = Command::new("ip").args(["netns", "pids", n]).output().map(|o| {
-            // Processes still inside (a gateway that outlived its parent): stop them first.
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").arg(pid).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", n]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["netns", "pids", n])
+            .output()
+            .map(|o| {
+                // Processes still inside (a gateway that outlived its parent): stop them first.
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").arg(pid).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", n])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -303,7 +395,9 @@ pub fn status() -> String {
                     .filter(|l| !l.starts_with("lo "))
                     .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
                     .collect();
-                let xdp = ns(n, &["ip", "-o", "link"]).map(|o| String::from_utf8_lossy(&o.stdout).matches(" xdp").count()).unwrap_or(0);
+                let xdp = ns(n, &["ip", "-o", "link"])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).matches(" xdp").count())
+                    .unwrap_or(0);
                 let _ = writeln!(s, "{n:7} up   {} (xdp programs: {xdp})", links.join(", "));
             }
             Err(_) => {

@@ -37,3 +37,23 @@ pub fn borrow_fd<'a>(fd: i32) -> std::os::fd::BorrowedFd<'a> {
     // are running and joined only afterwards.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
+
+/// Raises a socket's receive buffer (SO_RCVBUFFORCE as root, else SO_RCVBUF up to rmem_max).
+pub fn set_rcvbuf(sock: &impl std::os::fd::AsRawFd, bytes: i32) {
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: `sock` is an open socket for the duration of the call; the option value is a
+        // valid c_int whose size is passed.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                &bytes as *const i32 as *const libc::c_void,
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}

@@ -16,7 +16,10 @@ pub const HEADER: usize = 4 + 4 + 8 + 8;
 
 #[inline]
 fn pattern(flow: u32, seq: u64, i: usize) -> u8 {
-    (seq as u8).wrapping_mul(31).wrapping_add(flow as u8).wrapping_add((i as u8).wrapping_mul(7))
+    (seq as u8)
+        .wrapping_mul(31)
+        .wrapping_add(flow as u8)
+        .wrapping_add((i as u8).wrapping_mul(7))
 }
 
 /// Fills `buf` (≥ HEADER bytes) with datagram `seq` of `flow`.
@@ -37,7 +40,11 @@ pub fn check(buf: &[u8]) -> Option<(u32, u64)> {
     }
     let flow = u32::from_be_bytes(buf[4..8].try_into().ok()?);
     let seq = u64::from_be_bytes(buf[8..16].try_into().ok()?);
-    buf[HEADER..].iter().enumerate().all(|(i, b)| *b == pattern(flow, seq, i)).then_some((flow, seq))
+    buf[HEADER..]
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == pattern(flow, seq, i))
+        .then_some((flow, seq))
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -50,16 +57,26 @@ pub struct SendReport {
 
 /// Sends `count` datagrams of `size` bytes (UDP payload) to `dst`, at `pps` per second
 /// (0: as fast as possible), `flow` in the header.
-pub fn udp_send(dst: SocketAddr, flow: u32, count: u64, size: usize, pps: u64) -> std::io::Result<SendReport> {
-    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+pub fn udp_send(
+    dst: SocketAddr,
+    flow: u32,
+    count: u64,
+    size: usize,
+    pps: u64,
+) -> std::io::Result<SendReport> {
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
     let s = UdpSocket::bind(bind)?;
     s.connect(dst)?;
     let mut buf = vec![0u8; size.max(HEADER)];
     let start = Instant::now();
     let mut r = SendReport::default();
     for seq in 0..count {
-        if pps > 0 {
-            let due = Duration::from_nanos(seq * 1_000_000_000 / pps);
+        if let Some(gap) = 1_000_000_000u64.checked_div(pps) {
+            let due = Duration::from_nanos(seq * gap);
             while start.elapsed() < due {
                 std::hint::spin_loop();
             }
@@ -90,8 +107,15 @@ pub struct RecvReport {
 
 /// Receives on `bind` until `expect` distinct datagrams arrived or nothing came for `idle`.
 /// `expect` is per flow × flows.
-pub fn udp_recv(bind: SocketAddr, expect: u64, idle: Duration, flows: u32) -> std::io::Result<RecvReport> {
+pub fn udp_recv(
+    bind: SocketAddr,
+    expect: u64,
+    idle: Duration,
+    flows: u32,
+) -> std::io::Result<RecvReport> {
     let s = UdpSocket::bind(bind)?;
+    // A deep buffer: the sink shares two cores with both gateways and the sender.
+    crate::sys::set_rcvbuf(&s, 64 << 20);
     s.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut seen: HashSet<(u32, u64)> = HashSet::new();
     let mut r = RecvReport::default();
@@ -114,7 +138,11 @@ pub fn udp_recv(bind: SocketAddr, expect: u64, idle: Duration, flows: u32) -> st
                     None => r.corrupt += 1,
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e),
         }
     }
@@ -153,7 +181,11 @@ pub fn tcp_send(dst: SocketAddr, bytes: u64) -> std::io::Result<TcpReport> {
     s.shutdown(std::net::Shutdown::Write)?;
     let mut ack = [0u8; 1];
     let _ = s.read(&mut ack);
-    Ok(TcpReport { bytes, ok: true, seconds: start.elapsed().as_secs_f64() })
+    Ok(TcpReport {
+        bytes,
+        ok: true,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 fn connect_retry(dst: SocketAddr, within: Duration) -> std::io::Result<TcpStream> {
@@ -185,11 +217,18 @@ pub fn tcp_recv(bind: SocketAddr, expect: u64, timeout: Duration) -> std::io::Re
                 break;
             }
         };
-        ok &= buf[..n].iter().enumerate().all(|(i, b)| *b == tcp_byte(off + i as u64));
+        ok &= buf[..n]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == tcp_byte(off + i as u64));
         off += n as u64;
     }
     let _ = s.write_all(&[1]);
-    Ok(TcpReport { bytes: off, ok: ok && off == expect, seconds: start.elapsed().as_secs_f64() })
+    Ok(TcpReport {
+        bytes: off,
+        ok: ok && off == expect,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]
@@ -208,12 +247,27 @@ mod tests {
 
     #[test]
     fn loopback_udp_and_tcp() {
-        let rx = std::thread::spawn(|| udp_recv("127.0.0.1:47111".parse().unwrap(), 200, Duration::from_secs(2), 1).unwrap());
+        let rx = std::thread::spawn(|| {
+            udp_recv(
+                "127.0.0.1:47111".parse().unwrap(),
+                200,
+                Duration::from_secs(2),
+                1,
+            )
+            .unwrap()
+        });
         std::thread::sleep(Duration::from_millis(100));
         udp_send("127.0.0.1:47111".parse().unwrap(), 0, 200, 300, 20_000).unwrap();
         let r = rx.join().unwrap();
         assert_eq!((r.unique, r.corrupt, r.duplicates), (200, 0, 0));
-        let rx = std::thread::spawn(|| tcp_recv("127.0.0.1:47112".parse().unwrap(), 1_000_000, Duration::from_secs(5)).unwrap());
+        let rx = std::thread::spawn(|| {
+            tcp_recv(
+                "127.0.0.1:47112".parse().unwrap(),
+                1_000_000,
+                Duration::from_secs(5),
+            )
+            .unwrap()
+        });
         tcp_send("127.0.0.1:47112".parse().unwrap(), 1_000_000).unwrap();
         assert!(rx.join().unwrap().ok);
     }

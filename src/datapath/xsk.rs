@@ -429,7 +429,11 @@ fn bind(umem: &Umem, iface: &str, queue: u32, first: bool, mode: u16) -> Result<
     let cfg = SocketConfig {
         rx_size: NonZeroU32::new(RING_SIZE),
         tx_size: NonZeroU32::new(RING_SIZE),
-        bind_flags: if first { mode | SocketConfig::XDP_BIND_NEED_WAKEUP } else { 0 },
+        bind_flags: if first {
+            mode | SocketConfig::XDP_BIND_NEED_WAKEUP
+        } else {
+            0
+        },
     };
     let user = umem.rx_tx(&sock, &cfg).map_err(err("rx/tx rings"))?;
     let rx = user.map_rx().map_err(err("mmap rx ring"))?;
