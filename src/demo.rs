@@ -151,7 +151,14 @@ pub fn count_wire(pcap: &Path) -> WireCount {
                 && (a[..8] == [0xfd, 0, 0, 0xa, 0, 0, 0, 0]
                     || a[..8] == [0xfd, 0, 0, 0xb, 0, 0, 0, 0])
         };
-        match (u16::from_be_bytes([d[12], d[13]]), d[23]) {
+        match (
+            u16::from_be_bytes([d[12], d[13]]),
+            if d[12..14] == [0x86, 0xdd] {
+                d[20]
+            } else {
+                d[23]
+            },
+        ) {
             (0x0800, 50) => c.esp += 1,
             (0x0800, 17) if d.len() >= 38 && u16::from_be_bytes([d[36], d[37]]) == 4500 => {
                 c.esp_in_udp += 1
