@@ -64,6 +64,9 @@ enum TrafficOp {
         size: usize,
         #[arg(long, default_value_t = 0)]
         pps: u64,
+        /// Stop after this many seconds even if `count` is not reached.
+        #[arg(long)]
+        seconds: Option<f64>,
     },
     UdpRecv {
         #[arg(long)]
@@ -247,7 +250,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     count,
                     size,
                     pps,
-                } => serde_json::to_string(&traffic::udp_send(dst, flow, count, size, pps)?)?,
+                    seconds,
+                } => serde_json::to_string(&traffic::udp_send(
+                    dst,
+                    flow,
+                    count,
+                    size,
+                    pps,
+                    seconds.map(std::time::Duration::from_secs_f64),
+                )?)?,
                 TrafficOp::UdpRecv {
                     bind,
                     expect,

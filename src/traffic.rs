@@ -56,13 +56,14 @@ pub struct SendReport {
 }
 
 /// Sends `count` datagrams of `size` bytes (UDP payload) to `dst`, at `pps` per second
-/// (0: as fast as possible), `flow` in the header.
+/// (0: as fast as possible), `flow` in the header; stops early after `limit` if given.
 pub fn udp_send(
     dst: SocketAddr,
     flow: u32,
     count: u64,
     size: usize,
     pps: u64,
+    limit: Option<Duration>,
 ) -> std::io::Result<SendReport> {
     let bind: SocketAddr = if dst.is_ipv4() {
         "0.0.0.0:0".parse().unwrap()
@@ -75,6 +76,9 @@ pub fn udp_send(
     let start = Instant::now();
     let mut r = SendReport::default();
     for seq in 0..count {
+        if seq % 1024 == 0 && limit.is_some_and(|l| start.elapsed() >= l) {
+            break;
+        }
         if let Some(gap) = 1_000_000_000u64.checked_div(pps) {
             let due = Duration::from_nanos(seq * gap);
             while start.elapsed() < due {
@@ -257,7 +261,15 @@ mod tests {
             .unwrap()
         });
         std::thread::sleep(Duration::from_millis(100));
-        udp_send("127.0.0.1:47111".parse().unwrap(), 0, 200, 300, 20_000).unwrap();
+        udp_send(
+            "127.0.0.1:47111".parse().unwrap(),
+            0,
+            200,
+            300,
+            20_000,
+            None,
+        )
+        .unwrap();
         let r = rx.join().unwrap();
         assert_eq!((r.unique, r.corrupt, r.duplicates), (200, 0, 0));
         let rx = std::thread::spawn(|| {
