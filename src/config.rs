@@ -52,7 +52,37 @@ struct RawFile {
     #[serde(default)]
     policies: Vec<RawPolicy>,
     #[serde(default)]
-    sas: Vec<RawSa>,
+    sas: Vec<SaSpec>,
+    #[serde(default)]
+    control: RawControl,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+    metrics: Option<String>,
+    rekey_grace_ms: Option<u64>,
+    expired_linger_ms: Option<u64>,
+    tunnel_capacity: Option<u32>,
+    metrics_sa_limit: Option<usize>,
+}
+
+/// The control thread's settings (`[control]`).
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Unix socket for the JSON-lines API (mode 0600, root peers only).
+    pub socket: Option<PathBuf>,
+    /// Prometheus text exposition address.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// How long an old inbound SA keeps accepting after a rekey.
+    pub rekey_grace_ms: u64,
+    /// How long a hard-expired SA stays installed (its drops count as 13911) before removal.
+    pub expired_linger_ms: u64,
+    /// Tunnel slots (tunnels can be added at run time up to this).
+    pub tunnel_capacity: u32,
+    /// Per-SA metric series are exported for at most this many SAs.
+    pub metrics_sa_limit: usize,
 }
 
 #[derive(Deserialize, Default)]
@@ -114,17 +144,121 @@ struct RawPolicy {
     tunnel: Option<String>,
 }
 
+/// An SPI in a file or a request: a number or a hex string (`"0xa001"`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SpiValue {
+    Num(i64),
+    Text(#[serde(deserialize_with = "spi_text")] i64),
+}
+
+fn spi_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let s = String::deserialize(d)?;
+    let t = s.trim();
+    let v = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => i64::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    v.map_err(|_| {
+        serde::de::Error::custom(format!("`{s}` is not an SPI (a number or 0x-prefixed hex)"))
+    })
+}
+
+impl SpiValue {
+    /// The SPI, checked: 256..=2^32-1 (RFC 4303 §2.1 reserves 0-255).
+    pub fn get(self) -> Result<u32, String> {
+        let v = match self {
+            SpiValue::Num(v) | SpiValue::Text(v) => v,
+        };
+        if !(256..=u32::MAX as i64).contains(&v) {
+            return Err(format!(
+                "{v} is not between 256 and 4294967295 (0-255 are reserved, RFC 4303 §2.1)"
+            ));
+        }
+        Ok(v as u32)
+    }
+}
+
+/// One static or programmed SA: in the config file (`[[sas]]`) and in control requests.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawSa {
-    tunnel: String,
-    direction: String,
-    spi: i64,
-    key: Zeroizing<String>,
-    esn: Option<bool>,
-    backend: Option<String>,
-    replay_window: Option<u32>,
-    lifetime: Option<Limits>,
+pub struct SaSpec {
+    pub tunnel: String,
+    pub direction: String,
+    pub spi: SpiValue,
+    pub key: Zeroizing<String>,
+    pub esn: Option<bool>,
+    pub backend: Option<String>,
+    pub replay_window: Option<u32>,
+    pub lifetime: Option<Limits>,
+}
+
+impl SaSpec {
+    /// Validates the spec against the tunnels and policies in force. Errors are
+    /// `(field, reason)`.
+    pub fn to_params(
+        &self,
+        tunnels: &[Tunnel],
+        policies: &[Policy],
+        backend: Backend,
+        replay_window: u32,
+    ) -> Result<(u32, SaParams), (&'static str, String)> {
+        let tun = tunnels
+            .iter()
+            .find(|t| t.name == self.tunnel)
+            .ok_or(("tunnel", format!("no tunnel named `{}`", self.tunnel)))?;
+        let t = tun.index;
+        let direction = match self.direction.as_str() {
+            "in" | "inbound" => Direction::Inbound,
+            "out" | "outbound" => Direction::Outbound,
+            o => return Err(("direction", format!("`{o}` is not in or out"))),
+        };
+        let spi = self.spi.get().map_err(|e| ("spi", e))?;
+        let keymat = parse_hex_key(&self.key).map_err(|e| ("key", e))?;
+        let backend = match &self.backend {
+            Some(b) => parse_backend(b).map_err(|e| ("backend", e))?,
+            None => backend,
+        };
+        let replay_window = check_window(self.replay_window.unwrap_or(replay_window))
+            .map_err(|e| ("replay_window", e))?;
+        let limits = self.lifetime.unwrap_or_default();
+        limits.validate().map_err(|e| ("lifetime", e))?;
+        // Inbound selectors: the reverse of the tunnel's protect policies (RFC 4301 §5.2).
+        let inner = if direction == Direction::Inbound && tun.mode == Mode::Tunnel {
+            policies
+                .iter()
+                .filter(|p| p.action == PolicyAction::Protect(t))
+                .map(|p| (p.selector.dst, p.selector.src))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let endpoints = if direction == Direction::Outbound {
+            tun.endpoints
+        } else {
+            Endpoints {
+                local: tun.endpoints.remote,
+                remote: tun.endpoints.local,
+            }
+        };
+        Ok((
+            t,
+            SaParams {
+                spi,
+                direction,
+                mode: tun.mode,
+                endpoints: Some(endpoints),
+                encap: tun.encap,
+                esn: self.esn.unwrap_or(false),
+                keymat,
+                backend,
+                limits,
+                replay_window,
+                inner,
+                mtu: tun.mtu,
+            },
+        ))
+    }
 }
 
 // ---------- typed config ----------
@@ -179,6 +313,7 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// Static SAs with the index of their tunnel.
     pub sas: Vec<(u32, SaParams)>,
+    pub control: ControlConfig,
 }
 
 struct Ctx<'a> {
@@ -529,79 +664,24 @@ impl Config {
 
         let mut sas = Vec::new();
         let mut spis = HashMap::new();
-        for (i, s) in raw.sas.into_iter().enumerate() {
-            let k = |f: &str| format!("sas[{i}].{f}");
-            let t = *by_name
-                .get(&s.tunnel)
-                .ok_or_else(|| cx.err(k("tunnel"), format!("no tunnel named `{}`", s.tunnel)))?;
-            let tun = &tunnels[t as usize];
-            let direction = match s.direction.as_str() {
-                "in" | "inbound" => Direction::Inbound,
-                "out" | "outbound" => Direction::Outbound,
-                o => return Err(cx.err(k("direction"), format!("`{o}` is not in or out"))),
-            };
-            if !(256..=u32::MAX as i64).contains(&s.spi) {
+        for (i, spec) in raw.sas.iter().enumerate() {
+            let (t, p) = spec
+                .to_params(&tunnels, &policies, backend, replay_window)
+                .map_err(|(field, reason)| {
+                    let field = if field == "lifetime" {
+                        format!("lifetime.{}", reason.split(' ').next().unwrap_or(""))
+                    } else {
+                        field.to_string()
+                    };
+                    cx.err(format!("sas[{i}].{field}"), reason)
+                })?;
+            if let Some(prev) = spis.insert((p.spi, p.direction), i) {
                 return Err(cx.err(
-                    k("spi"),
-                    format!(
-                        "{} is not between 256 and 4294967295 (0-255 are reserved, RFC 4303 §2.1)",
-                        s.spi
-                    ),
+                    format!("sas[{i}].spi"),
+                    format!("{:#x} is also used by sas[{prev}]", p.spi),
                 ));
             }
-            let spi = s.spi as u32;
-            if let Some(prev) = spis.insert((spi, direction), i) {
-                return Err(cx.err(k("spi"), format!("{spi:#x} is also used by sas[{prev}]")));
-            }
-            let keymat = parse_hex_key(&s.key).map_err(|e| cx.err(k("key"), e))?;
-            let backend = match &s.backend {
-                Some(b) => parse_backend(b).map_err(|e| cx.err(k("backend"), e))?,
-                None => backend,
-            };
-            let replay_window = check_window(s.replay_window.unwrap_or(replay_window))
-                .map_err(|e| cx.err(k("replay_window"), e))?;
-            let limits = s.lifetime.unwrap_or_default();
-            limits.validate().map_err(|e| {
-                cx.err(
-                    format!("{}.{}", k("lifetime"), e.split(' ').next().unwrap_or("")),
-                    e,
-                )
-            })?;
-            // Inbound selectors: the reverse of the tunnel's protect policies.
-            let inner = if direction == Direction::Inbound && tun.mode == Mode::Tunnel {
-                policies
-                    .iter()
-                    .filter(|p| p.action == PolicyAction::Protect(t))
-                    .map(|p| (p.selector.dst, p.selector.src))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let (local, remote) = (tun.endpoints.local, tun.endpoints.remote);
-            sas.push((
-                t,
-                SaParams {
-                    spi,
-                    direction,
-                    mode: tun.mode,
-                    endpoints: Some(if direction == Direction::Outbound {
-                        tun.endpoints
-                    } else {
-                        Endpoints {
-                            local: remote,
-                            remote: local,
-                        }
-                    }),
-                    encap: tun.encap,
-                    esn: s.esn.unwrap_or(false),
-                    keymat,
-                    backend,
-                    limits,
-                    replay_window,
-                    inner,
-                    mtu: tun.mtu,
-                },
-            ));
+            sas.push((t, p));
         }
         for t in &tunnels {
             let n = sas
@@ -615,7 +695,31 @@ impl Config {
                 ));
             }
         }
+        let rc = raw.control;
+        let metrics =
+            match rc.metrics.as_deref() {
+                Some(m) => Some(m.parse().map_err(|_| {
+                    cx.err("control.metrics", format!("`{m}` is not an address:port"))
+                })?),
+                None => None,
+            };
+        let tunnel_capacity = rc.tunnel_capacity.unwrap_or(64).max(tunnels.len() as u32);
+        if tunnel_capacity > 1 << 20 {
+            return Err(cx.err(
+                "control.tunnel_capacity",
+                format!("{tunnel_capacity} is above 1048576"),
+            ));
+        }
+        let control = ControlConfig {
+            socket: rc.socket,
+            metrics,
+            rekey_grace_ms: rc.rekey_grace_ms.unwrap_or(2000),
+            expired_linger_ms: rc.expired_linger_ms.unwrap_or(10_000),
+            tunnel_capacity,
+            metrics_sa_limit: rc.metrics_sa_limit.unwrap_or(10_000),
+        };
         Ok(Config {
+            control,
             file: path.to_path_buf(),
             workers,
             cores,
@@ -639,7 +743,7 @@ impl Config {
     pub fn build_dataplane(&self, now: u64) -> Result<Dataplane, ConfigError> {
         let table = SaTable::new(
             self.sa_capacity,
-            self.tunnels.len().max(1) as u32,
+            self.control.tunnel_capacity.max(1),
             self.workers,
         );
         for (i, (t, p)) in self.sas.iter().enumerate() {

@@ -17,10 +17,12 @@ use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 
 use crate::config::{Config, XdpMode};
+use crate::control::api::ApiMsg;
+use crate::control::metrics::MetricsSource;
 use crate::datapath::worker::{self, L2State, Ready, WorkerSpec, pack_mac};
 use crate::datapath::xdp::{XdpProgram, XdpStats};
 use crate::datapath::xsk::{Copy, XskError};
-use crate::datapath::{CoreStats, DropReason, SaEvent, SaEventKind};
+use crate::datapath::{CoreStats, DropReason, SaEvent};
 use crate::wire::ethernet::Mac;
 
 #[derive(Clone, Debug)]
@@ -62,6 +64,8 @@ pub enum DaemonError {
         #[source]
         source: XskError,
     },
+    #[error("{0}: {1}")]
+    Socket(String, std::io::Error),
     #[error("worker {0} did not start")]
     WorkerLost(usize),
 }
@@ -85,6 +89,8 @@ pub struct Summary {
     pub drops_by_reason: BTreeMap<&'static str, u64>,
     pub soft_events: u64,
     pub hard_events: u64,
+    pub rekeys: u64,
+    pub events_by_code: BTreeMap<String, u64>,
     pub events_dropped: u64,
     pub xdp_plain: XdpStats,
     pub xdp_cipher: XdpStats,
@@ -323,26 +329,50 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         cfg.cipher.name
     );
 
+    let mut control = crate::control::Control::new(cfg, dp.clone());
+    let (api_tx, api_rx) = std::sync::mpsc::channel::<ApiMsg>();
+    let mut threads = Vec::new();
+    if let Some(path) = &cfg.control.socket {
+        threads.push(
+            crate::control::api::serve(path, api_tx.clone(), stop.clone())
+                .map_err(|e| DaemonError::Socket(path.display().to_string(), e))?,
+        );
+    }
+    drop(api_tx);
+    if let Some(addr) = cfg.control.metrics {
+        let src = MetricsSource {
+            stats: stats.clone(),
+            dp: dp.clone(),
+            counters: control.counters.clone(),
+            sa_limit: cfg.control.metrics_sa_limit,
+        };
+        threads.push(
+            crate::control::metrics::serve(addr, src, stop.clone())
+                .map_err(|e| DaemonError::Socket(addr.to_string(), e))?,
+        );
+    }
+
     let start = Instant::now();
     let mut last_print = Instant::now();
     let mut last_neigh = Instant::now();
+    let mut last_tick = Instant::now();
     let mut known = false;
-    let (mut soft, mut hard) = (0u64, 0u64);
     let mut prev = (0u64, 0u64, 0u64);
     while !stop.load(Ordering::Acquire) {
-        std::thread::sleep(Duration::from_millis(50));
-        while let Some(e) = events.pop() {
-            match e.kind {
-                SaEventKind::Soft => {
-                    soft += 1;
-                    tracing::warn!(spi = format_args!("{:#x}", e.spi), direction = ?e.direction, "soft lifetime reached: rekey needed");
-                }
-                SaEventKind::Hard => {
-                    hard += 1;
-                    let c = crate::codes::IKE_QM_EXPIRED;
-                    tracing::warn!(spi = format_args!("{:#x}", e.spi), direction = ?e.direction, code = c.code, symbol = c.symbol, "{}", c.message);
-                }
+        match api_rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(ApiMsg::Request { line, reply }) => {
+                let answer = match control.handle(&line, crate::now_ns()) {
+                    crate::control::Reply::Line(l) => Some(l),
+                    crate::control::Reply::Subscribe => None,
+                };
+                let _ = reply.send(answer);
             }
+            Ok(ApiMsg::Subscribe { tx }) => control.subscribe(tx),
+            Err(_) => {}
+        }
+        if last_tick.elapsed() >= Duration::from_millis(20) {
+            control.tick(crate::now_ns(), &events);
+            last_tick = Instant::now();
         }
         let every = if known {
             Duration::from_secs(5)
@@ -370,11 +400,33 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             break;
         }
     }
+    control.tick(crate::now_ns(), &events);
+    let cc = control
+        .counters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let (soft, hard) = (
+        cc.events_by_name
+            .get("sa_soft_expired")
+            .copied()
+            .unwrap_or(0),
+        cc.events_by_name
+            .get("sa_hard_expired")
+            .copied()
+            .unwrap_or(0),
+    );
     stop.store(true, Ordering::Release);
-    for h in handles {
+    for h in handles.into_iter().chain(threads) {
         let _ = h.join();
     }
     let mut s = Summary {
+        rekeys: cc.rekeys,
+        events_by_code: cc
+            .events_by_code
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
         workers: cfg.workers,
         zero_copy,
         null_crypto: opts.null_crypto,

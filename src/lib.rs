@@ -12,11 +12,14 @@
 
 pub mod codes;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod datapath;
 pub mod demo;
 pub mod esp;
 pub mod fuzzing;
+pub mod keyer;
 pub mod offline;
 pub mod pcap;
 pub mod rig;

@@ -35,6 +35,97 @@ enum Mode {
 }
 
 #[derive(Subcommand)]
+enum CtlOp {
+    /// SAs: list, get, add, del.
+    Sa {
+        #[command(subcommand)]
+        op: SaOp,
+    },
+    /// Make-before-break rekey of a tunnel's outbound SA (optionally with its new inbound SA).
+    Rekey {
+        #[arg(long)]
+        tunnel: String,
+        #[arg(long)]
+        out_spi: String,
+        #[arg(long)]
+        out_key: String,
+        #[arg(long)]
+        in_spi: Option<String>,
+        #[arg(long)]
+        in_key: Option<String>,
+        /// Inbound SA to retire after the grace period.
+        #[arg(long)]
+        retire: Option<String>,
+    },
+    /// IKE main-mode records.
+    Mm {
+        #[command(subcommand)]
+        op: MmOp,
+    },
+    /// Follow the event stream (one JSON line per event).
+    Events,
+    /// Counters.
+    Stats,
+    /// Send raw JSON request lines (`-`: read them from stdin).
+    Raw { request: String },
+}
+
+#[derive(Subcommand)]
+enum SaOp {
+    List {
+        #[arg(long)]
+        direction: Option<String>,
+    },
+    Get {
+        spi: String,
+        direction: String,
+    },
+    Add {
+        #[arg(long)]
+        tunnel: String,
+        #[arg(long)]
+        direction: String,
+        #[arg(long)]
+        spi: String,
+        /// key‖salt in hex (prefer `ctl raw -` to keep keys out of the process list).
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        esn: bool,
+    },
+    Del {
+        spi: String,
+        direction: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MmOp {
+    Add {
+        #[arg(long)]
+        icookie: String,
+        #[arg(long)]
+        rcookie: String,
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        lifetime: u64,
+        #[arg(long)]
+        kb: Option<u64>,
+        #[arg(long = "child")]
+        children: Vec<String>,
+    },
+    /// Report that the peer deleted the main mode (surfaces 13885).
+    Delete {
+        #[arg(long)]
+        icookie: String,
+        #[arg(long)]
+        rcookie: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
 enum RigOp {
     /// Build the rig and write gateway configs (left in place until `down`).
     Up {
@@ -125,6 +216,13 @@ enum Cmd {
         #[arg(long, default_value_t = 20_000)]
         pps: u64,
     },
+    /// Talk to a running daemon over its control socket.
+    Ctl {
+        #[arg(long, default_value = "/run/espd/espd.sock")]
+        socket: PathBuf,
+        #[command(subcommand)]
+        op: CtlOp,
+    },
     /// The veth test rig (network namespaces host-a, gw-a, wan, gw-b, host-b).
     Rig {
         #[command(subcommand)]
@@ -209,6 +307,79 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
             ..Default::default()
         }),
+        Cmd::Ctl { socket, op } => {
+            use serde_json::json;
+            let ok = match op {
+                CtlOp::Sa { op } => match op {
+                    SaOp::List { direction } => {
+                        espd::ctl::call(&socket, json!({"op": "sa_list", "direction": direction}))?
+                    }
+                    SaOp::Get { spi, direction } => espd::ctl::call(
+                        &socket,
+                        json!({"op": "sa_get", "spi": spi, "direction": direction}),
+                    )?,
+                    SaOp::Add {
+                        tunnel,
+                        direction,
+                        spi,
+                        key,
+                        esn,
+                    } => espd::ctl::call(
+                        &socket,
+                        json!({"op": "sa_add", "sa": {"tunnel": tunnel, "direction": direction, "spi": spi, "key": key, "esn": esn}}),
+                    )?,
+                    SaOp::Del { spi, direction } => espd::ctl::call(
+                        &socket,
+                        json!({"op": "sa_delete", "spi": spi, "direction": direction}),
+                    )?,
+                },
+                CtlOp::Rekey {
+                    tunnel,
+                    out_spi,
+                    out_key,
+                    in_spi,
+                    in_key,
+                    retire,
+                } => {
+                    let inbound = match (in_spi, in_key) {
+                        (Some(s), Some(k)) => {
+                            json!({"tunnel": tunnel, "direction": "in", "spi": s, "key": k})
+                        }
+                        (None, None) => serde_json::Value::Null,
+                        _ => anyhow::bail!("--in-spi and --in-key go together"),
+                    };
+                    espd::ctl::call(
+                        &socket,
+                        json!({"op": "rekey", "tunnel": tunnel, "outbound": {"tunnel": tunnel, "direction": "out", "spi": out_spi, "key": out_key}, "inbound": inbound, "retire_inbound": retire}),
+                    )?
+                }
+                CtlOp::Mm { op } => match op {
+                    MmOp::Add {
+                        icookie,
+                        rcookie,
+                        peer,
+                        lifetime,
+                        kb,
+                        children,
+                    } => espd::ctl::call(
+                        &socket,
+                        json!({"op": "mm_add", "icookie": icookie, "rcookie": rcookie, "peer": peer, "lifetime_s": lifetime, "lifetime_kb": kb, "children": children}),
+                    )?,
+                    MmOp::Delete { icookie, rcookie } => espd::ctl::call(
+                        &socket,
+                        json!({"op": "mm_delete", "icookie": icookie, "rcookie": rcookie}),
+                    )?,
+                    MmOp::List => espd::ctl::call(&socket, json!({"op": "mm_list"}))?,
+                },
+                CtlOp::Events => espd::ctl::events(&socket)?,
+                CtlOp::Stats => espd::ctl::call(&socket, json!({"op": "stats"}))?,
+                CtlOp::Raw { request } => espd::ctl::raw(&socket, &request)?,
+            };
+            if !ok {
+                anyhow::bail!("the daemon refused the request");
+            }
+            Ok(())
+        }
         Cmd::Rig { op } => {
             match op {
                 RigOp::Up {

@@ -315,7 +315,13 @@ tunnel = "peer"
 direction = "in"
 spi = {in_spi:#x}
 key = "{in_key}"
+
+[control]
+socket = "{socket}"
+metrics = "127.0.0.1:9477"
+rekey_grace_ms = 1000
 "#,
+            socket = self.socket(me).display(),
             cores = cores.join(", "),
             queues = queues.join(", "),
             mode = self.spec.xdp_mode,
@@ -339,6 +345,11 @@ key = "{in_key}"
                 .map_err(|e| RigError::Io(p.clone(), e))?;
         }
         Ok(())
+    }
+
+    /// The control socket of gateway `me` ('a' or 'b').
+    pub fn socket(&self, me: char) -> PathBuf {
+        self.spec.dir.join(format!("gw-{me}.sock"))
     }
 
     /// tshark's `esp_sa` entries for both SAs.

@@ -268,6 +268,40 @@ impl Lifetime {
         }
     }
 
+    /// Timer check for the control thread (catches SAs that carry no traffic): returns
+    /// (soft fired now, hard fired now), each true at most once over the SA's life.
+    pub fn tick(&self, now: u64) -> (bool, bool) {
+        let used_for = || {
+            let first = self.first_use.load(Ordering::Acquire);
+            (first != 0).then(|| now.saturating_sub(first - 1))
+        };
+        let hard = now >= self.hard_deadline
+            || used_for()
+                .is_some_and(|u| self.limits.hard_use_seconds.is_some_and(|h| u >= h * NS));
+        if hard {
+            return (false, self.expire());
+        }
+        let soft = now >= self.soft_deadline
+            || used_for()
+                .is_some_and(|u| self.limits.soft_use_seconds.is_some_and(|s| u >= s * NS));
+        (soft && self.fire_soft(), false)
+    }
+
+    /// Fraction of the most consumed limit (0.0 ..= 1.0), given the SA's packet and byte totals.
+    pub fn consumed(&self, packets: u64, bytes: u64, now: u64) -> f64 {
+        let mut f: f64 = 0.0;
+        if let Some(h) = self.limits.hard_packets {
+            f = f.max(packets as f64 / h as f64);
+        }
+        if let Some(h) = self.limits.hard_bytes {
+            f = f.max(bytes as f64 / h as f64);
+        }
+        if let Some(h) = self.limits.hard_seconds {
+            f = f.max(now.saturating_sub(self.installed_ns) as f64 / (h * NS) as f64);
+        }
+        f.min(1.0)
+    }
+
     /// Time-only check, for packets refused before any budget is spent.
     #[inline]
     pub fn check_time(&self, now: u64) -> Admit {

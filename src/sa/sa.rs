@@ -14,7 +14,7 @@ use super::policy::Prefix;
 use crate::esp::aead::{Aead, AeadFailure, AeadKey, Backend, Nonce, TAG_LEN};
 use crate::esp::replay::ReplayWindow;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     #[serde(alias = "in")]

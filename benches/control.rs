@@ -1,0 +1,57 @@
+//! Batch install: one `sa_add_batch` request with 100,000 SAs through the control thread's
+//! request handler (JSON parsing, validation, key setup, table insert). Target: < 2 s.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use espd::config::Config;
+use espd::control::{Control, Reply};
+
+const N: usize = 100_000;
+
+fn batch(c: &mut Criterion) {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gw-a.toml"))
+            .unwrap()
+            + "\n[dataplane.extra]\n";
+    let text = text
+        .replace("[dataplane.extra]\n", "")
+        .replace("workers = 1", "workers = 1\nsa_capacity = 262144");
+    let cfg = Config::parse(Path::new("gw-a.toml"), &text).unwrap();
+    let sas: Vec<serde_json::Value> = (0..N)
+        .map(|i| {
+            serde_json::json!({"tunnel": "to-b", "direction": "in", "spi": 0x10000 + i,
+                "key": format!("{:040x}", (i as u128) * 0x9e37_79b9_7f4a_7c15 + 1)})
+        })
+        .collect();
+    let req = serde_json::json!({"op": "sa_add_batch", "sas": sas}).to_string();
+    let mut g = c.benchmark_group("control");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.bench_function("sa_add_batch_100k", |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                let dp = Arc::new(cfg.build_dataplane(1).unwrap());
+                let mut ctl = Control::new(&cfg, dp);
+                let s = Instant::now();
+                let r = ctl.handle(&req, 1);
+                t += s.elapsed();
+                match r {
+                    Reply::Line(l) => assert!(
+                        l.contains("\"installed\":100000"),
+                        "{}",
+                        &l[..l.len().min(300)]
+                    ),
+                    Reply::Subscribe => unreachable!(),
+                }
+            }
+            t
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, batch);
+criterion_main!(benches);

@@ -1,0 +1,119 @@
+//! IKE main-mode (phase 1) SA records: cookies, peer, lifetime and the quick-mode (child) SAs
+//! negotiated under each. The control thread expires them; a peer's delete removes them. Either
+//! way the event is 13885, and the child SAs are left alone (IKEv1: they live until their own
+//! lifetimes, while the IKE daemon sets up a new main mode).
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MmRecord {
+    pub icookie: u64,
+    pub rcookie: u64,
+    pub peer: IpAddr,
+    pub lifetime_s: u64,
+    /// IKEv1 kilobyte lifetime. espd does not carry IKE traffic; it counts the bytes of the
+    /// child SAs listed here against it.
+    pub lifetime_kb: Option<u64>,
+    pub children: Vec<u32>,
+    /// Registration time (control clock, ns).
+    pub created_ns: u64,
+}
+
+impl MmRecord {
+    pub fn expires_ns(&self) -> u64 {
+        self.created_ns
+            .saturating_add(self.lifetime_s.saturating_mul(1_000_000_000))
+    }
+}
+
+/// The records, keyed by the cookie pair (the ISAKMP SA's SPI).
+#[derive(Debug, Default)]
+pub struct MmTable {
+    records: Vec<MmRecord>,
+}
+
+impl MmTable {
+    pub fn add(&mut self, r: MmRecord) -> Result<(), String> {
+        if self
+            .records
+            .iter()
+            .any(|x| x.icookie == r.icookie && x.rcookie == r.rcookie)
+        {
+            return Err(format!(
+                "icookie/rcookie: main mode {:016x}/{:016x} is already registered",
+                r.icookie, r.rcookie
+            ));
+        }
+        self.records.push(r);
+        Ok(())
+    }
+
+    /// Removes and returns the record (the peer deleted it).
+    pub fn remove(&mut self, icookie: u64, rcookie: u64) -> Option<MmRecord> {
+        let i = self
+            .records
+            .iter()
+            .position(|x| x.icookie == icookie && x.rcookie == rcookie)?;
+        Some(self.records.remove(i))
+    }
+
+    /// Removes and returns the records whose lifetime ended at `now` (time, or kilobytes with
+    /// `child_bytes` giving the bytes carried by a child SA).
+    pub fn expire(&mut self, now: u64, child_bytes: impl Fn(u32) -> u64) -> Vec<MmRecord> {
+        let mut gone = Vec::new();
+        self.records.retain(|r| {
+            let by_kb = r.lifetime_kb.is_some_and(|kb| {
+                r.children.iter().map(|c| child_bytes(*c)).sum::<u64>() >= kb * 1024
+            });
+            if now >= r.expires_ns() || by_kb {
+                gone.push(r.clone());
+                false
+            } else {
+                true
+            }
+        });
+        gone
+    }
+
+    pub fn list(&self) -> &[MmRecord] {
+        &self.records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u64, life: u64, kb: Option<u64>) -> MmRecord {
+        MmRecord {
+            icookie: i,
+            rcookie: i + 1,
+            peer: "203.0.113.2".parse().unwrap(),
+            lifetime_s: life,
+            lifetime_kb: kb,
+            children: vec![0xa001],
+            created_ns: 0,
+        }
+    }
+
+    #[test]
+    fn expiry_by_time_and_kilobytes() {
+        let mut t = MmTable::default();
+        t.add(rec(1, 10, None)).unwrap();
+        t.add(rec(3, 100, Some(1))).unwrap();
+        assert!(t.add(rec(1, 5, None)).is_err(), "duplicate cookies");
+        assert!(t.expire(9_000_000_000, |_| 0).is_empty());
+        let g = t.expire(10_000_000_000, |_| 0);
+        assert_eq!(g.len(), 1);
+        assert_eq!(g[0].icookie, 1);
+        assert_eq!(
+            t.expire(11_000_000_000, |_| 2048)[0].icookie,
+            3,
+            "1 KiB of child traffic ends the second"
+        );
+        assert!(t.list().is_empty());
+        assert!(t.remove(1, 2).is_none());
+    }
+}

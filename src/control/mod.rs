@@ -1,0 +1,901 @@
+//! The control thread: SA install/replace/retire, rekeys (make-before-break), timers, IKE
+//! main-mode records and 13885, the event stream, and the counters behind the metrics.
+//!
+//! It is the only writer of the SA table and the SPD. Workers reach it only through a bounded
+//! lock-free queue ([`SaEvent`]s; a full queue is counted by the worker, never waited on); the
+//! control socket reaches it through a channel. Nothing here blocks a worker.
+
+pub mod api;
+pub mod events;
+pub mod metrics;
+pub mod mm;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_epoch as epoch;
+use crossbeam_queue::ArrayQueue;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::{Config, SaSpec, SpiValue, Tunnel};
+use crate::datapath::pipeline::Dataplane;
+use crate::datapath::{SaEvent, SaEventKind};
+use crate::sa::policy::{Policy, PolicyAction, PortRange, Prefix, Selector, Spd};
+use crate::sa::{Direction, Endpoints, Mode, Sa, SaParams, UdpEncap};
+use events::{Event, MmCause, spi_str};
+use mm::{MmRecord, MmTable};
+
+/// Counters shown by `stats` and the metrics endpoint.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ControlCounters {
+    pub rekeys: u64,
+    pub sas_installed: u64,
+    pub sas_removed: u64,
+    pub events_by_name: BTreeMap<&'static str, u64>,
+    pub events_by_code: BTreeMap<u32, u64>,
+    pub subscriber_lag_drops: u64,
+}
+
+/// A control request (one JSON object per line, `"op"` names it). Unknown fields are errors.
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(clippy::large_enum_variant)] // parsed once per request, never stored
+pub enum Request {
+    AllocateSpi {},
+    SaAdd {
+        sa: SaSpec,
+    },
+    SaAddBatch {
+        sas: Vec<SaSpec>,
+    },
+    SaUpdate {
+        sa: SaSpec,
+    },
+    SaDelete {
+        spi: SpiValue,
+        direction: String,
+    },
+    SaGet {
+        spi: SpiValue,
+        direction: String,
+    },
+    SaList {
+        direction: Option<String>,
+        limit: Option<usize>,
+    },
+    SaFlush {
+        direction: Option<String>,
+    },
+    TunnelAdd {
+        name: String,
+        local: String,
+        remote: String,
+        mode: Option<String>,
+        encap: Option<String>,
+        mtu: Option<u16>,
+    },
+    TunnelDelete {
+        name: String,
+    },
+    PolicyAdd {
+        src: String,
+        dst: String,
+        protocol: Option<u8>,
+        src_ports: Option<String>,
+        dst_ports: Option<String>,
+        action: String,
+        tunnel: Option<String>,
+    },
+    PolicyDelete {
+        index: usize,
+    },
+    PolicyList {},
+    /// Make-before-break: install `inbound` (if given), make `outbound` the tunnel's SA, and
+    /// retire `retire_inbound` after the grace period.
+    Rekey {
+        tunnel: String,
+        outbound: SaSpec,
+        inbound: Option<SaSpec>,
+        retire_inbound: Option<SpiValue>,
+        grace_ms: Option<u64>,
+    },
+    MmAdd {
+        icookie: String,
+        rcookie: String,
+        peer: String,
+        lifetime_s: u64,
+        lifetime_kb: Option<u64>,
+        #[serde(default)]
+        children: Vec<SpiValue>,
+    },
+    MmDelete {
+        icookie: String,
+        rcookie: String,
+    },
+    MmList {},
+    Stats {},
+    Subscribe {},
+}
+
+fn dir(s: &str) -> Result<Direction, String> {
+    match s {
+        "in" | "inbound" => Ok(Direction::Inbound),
+        "out" | "outbound" => Ok(Direction::Outbound),
+        o => Err(format!("direction: `{o}` is not in or out")),
+    }
+}
+
+fn dir_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+    }
+}
+
+fn cookie(field: &str, s: &str) -> Result<u64, String> {
+    let t = s.trim_start_matches("0x");
+    if t.is_empty() || t.len() > 16 {
+        return Err(format!(
+            "{field}: expected 1 to 16 hex digits (8 bytes), got {}",
+            t.len()
+        ));
+    }
+    u64::from_str_radix(t, 16).map_err(|_| format!("{field}: `{s}` is not hexadecimal"))
+}
+
+/// What `handle` tells the socket layer.
+pub enum Reply {
+    /// One JSON line.
+    Line(String),
+    /// Start streaming events to this connection.
+    Subscribe,
+}
+
+pub struct Control {
+    dp: Arc<Dataplane>,
+    defaults: (crate::esp::aead::Backend, u32),
+    tunnels: Vec<Tunnel>,
+    policies: Vec<Policy>,
+    default_policy: PolicyAction,
+    /// Installed SAs: (spi, direction) → tunnel index.
+    sas: BTreeMap<(u32, Direction), u32>,
+    /// Old inbound SAs to remove at the given time (after a rekey).
+    retiring: Vec<(u64, u32)>,
+    /// Hard-expired SAs to remove at the given time.
+    lingering: Vec<(u64, u32, Direction)>,
+    mm: MmTable,
+    subscribers: Vec<std::sync::mpsc::SyncSender<String>>,
+    pub counters: Arc<Mutex<ControlCounters>>,
+    cores: usize,
+    grace_ns: u64,
+    linger_ns: u64,
+    tunnel_capacity: u32,
+    next_scan: u64,
+}
+
+impl Control {
+    /// Takes over the dataplane built from `cfg` (its static SAs become registered SAs).
+    pub fn new(cfg: &Config, dp: Arc<Dataplane>) -> Control {
+        let sas = cfg
+            .sas
+            .iter()
+            .map(|(t, p)| ((p.spi, p.direction), *t))
+            .collect();
+        Control {
+            dp,
+            defaults: (cfg.backend, cfg.replay_window),
+            tunnels: cfg.tunnels.clone(),
+            policies: cfg.policies.clone(),
+            default_policy: cfg.default_policy,
+            sas,
+            retiring: Vec::new(),
+            lingering: Vec::new(),
+            mm: MmTable::default(),
+            subscribers: Vec::new(),
+            counters: Arc::new(Mutex::new(ControlCounters::default())),
+            cores: cfg.workers,
+            grace_ns: cfg.control.rekey_grace_ms * 1_000_000,
+            linger_ns: cfg.control.expired_linger_ms * 1_000_000,
+            tunnel_capacity: cfg.control.tunnel_capacity,
+            next_scan: 0,
+        }
+    }
+
+    pub fn dataplane(&self) -> &Arc<Dataplane> {
+        &self.dp
+    }
+
+    fn time(now: u64) -> f64 {
+        now as f64 / 1e9
+    }
+
+    /// Sends an event to subscribers, the log and the counters.
+    pub fn emit(&mut self, ev: Event) {
+        {
+            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            *c.events_by_name.entry(ev.name()).or_insert(0) += 1;
+            if let Some(code) = ev.code() {
+                *c.events_by_code.entry(code.code).or_insert(0) += 1;
+            }
+        }
+        let line = serde_json::to_string(&ev).unwrap_or_default();
+        match ev.code() {
+            Some(c) => tracing::warn!(code = c.code, symbol = c.symbol, "{line}"),
+            None => tracing::info!("{line}"),
+        }
+        let mut lag = 0;
+        // A subscriber that does not keep up loses events (counted) rather than slowing us.
+        self.subscribers.retain(|s| match s.try_send(line.clone()) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                lag += 1;
+                true
+            }
+            Err(_) => false,
+        });
+        if lag > 0 {
+            self.counters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .subscriber_lag_drops += lag;
+        }
+    }
+
+    pub fn subscribe(&mut self, tx: std::sync::mpsc::SyncSender<String>) {
+        self.subscribers.push(tx);
+    }
+
+    fn tunnel_name(&self, t: u32) -> Option<String> {
+        self.tunnels
+            .iter()
+            .find(|x| x.index == t)
+            .map(|x| x.name.clone())
+    }
+
+    /// Timers and worker notifications. Call every few tens of milliseconds.
+    pub fn tick(&mut self, now: u64, worker_events: &ArrayQueue<SaEvent>) {
+        while let Some(e) = worker_events.pop() {
+            self.sa_event(e.spi, e.direction, e.kind, now);
+        }
+        // Idle SAs: time limits fire here even without traffic (registered SAs only, at most
+        // every 100 ms: the limits have second granularity).
+        let mut fired = Vec::new();
+        if now >= self.next_scan {
+            self.next_scan = now + 100_000_000;
+            let g = epoch::pin();
+            for (&(spi, d), &t) in &self.sas {
+                let sa = match d {
+                    Direction::Inbound => self.dp.sas.inbound(spi, &g),
+                    Direction::Outbound => self.dp.sas.outbound(t, &g).filter(|s| s.spi == spi),
+                };
+                let Some(sa) = sa else { continue };
+                let (soft, hard) = sa.lifetime.tick(now);
+                if soft {
+                    fired.push((spi, d, SaEventKind::Soft));
+                }
+                if hard {
+                    fired.push((spi, d, SaEventKind::Hard));
+                }
+            }
+        }
+        for (spi, d, k) in fired {
+            self.sa_event(spi, d, k, now);
+        }
+        // Main modes whose lifetime ended: 13885; their children keep forwarding.
+        let dp = self.dp.clone();
+        let sas = self.sas.clone();
+        let child_bytes = |spi: u32| -> u64 {
+            let g = epoch::pin();
+            let inb = dp.sas.inbound(spi, &g).map(|s| s.totals().1).unwrap_or(0);
+            let out = sas
+                .get(&(spi, Direction::Outbound))
+                .and_then(|t| dp.sas.outbound(*t, &g))
+                .filter(|s| s.spi == spi)
+                .map(|s| s.totals().1)
+                .unwrap_or(0);
+            inb + out
+        };
+        for r in self.mm.expire(now, child_bytes) {
+            self.emit(Event::mm_expired(
+                MmCause::Lifetime,
+                r.peer,
+                r.icookie,
+                r.rcookie,
+                &r.children,
+                Self::time(now),
+            ));
+        }
+        // Make-before-break: old inbound SAs go once their grace period is over.
+        let due: Vec<u32> = self
+            .retiring
+            .iter()
+            .filter(|(t, _)| *t <= now)
+            .map(|(_, s)| *s)
+            .collect();
+        self.retiring.retain(|(t, _)| *t > now);
+        for spi in due {
+            if self.remove(spi, Direction::Inbound).is_ok() {
+                self.emit(Event::SaRemoved {
+                    spi: spi_str(spi),
+                    direction: "inbound",
+                    reason: "retired after rekey",
+                    time: Self::time(now),
+                });
+            }
+        }
+        let due: Vec<(u32, Direction)> = self
+            .lingering
+            .iter()
+            .filter(|(t, _, _)| *t <= now)
+            .map(|(_, s, d)| (*s, *d))
+            .collect();
+        self.lingering.retain(|(t, _, _)| *t > now);
+        for (spi, d) in due {
+            if self.remove(spi, d).is_ok() {
+                self.emit(Event::SaRemoved {
+                    spi: spi_str(spi),
+                    direction: dir_name(d),
+                    reason: "hard lifetime expired",
+                    time: Self::time(now),
+                });
+            }
+        }
+    }
+
+    fn sa_event(&mut self, spi: u32, d: Direction, kind: SaEventKind, now: u64) {
+        let tunnel = self.sas.get(&(spi, d)).and_then(|t| self.tunnel_name(*t));
+        match kind {
+            SaEventKind::Soft => self.emit(Event::SaSoftExpired {
+                spi: spi_str(spi),
+                direction: dir_name(d),
+                tunnel,
+                action: "rekey",
+                time: Self::time(now),
+            }),
+            SaEventKind::Hard => {
+                self.emit(Event::sa_hard(spi, dir_name(d), tunnel, Self::time(now)));
+                self.lingering.push((now + self.linger_ns, spi, d));
+            }
+        }
+    }
+
+    fn build(&self, spec: &SaSpec, now: u64) -> Result<(u32, Sa), String> {
+        let (t, p): (u32, SaParams) = spec
+            .to_params(
+                &self.tunnels,
+                &self.policies,
+                self.defaults.0,
+                self.defaults.1,
+            )
+            .map_err(|(f, r)| format!("{f}: {r}"))?;
+        let sa = Sa::new(&p, self.cores, now).map_err(|e| e.to_string())?;
+        Ok((t, sa))
+    }
+
+    fn install(&mut self, t: u32, sa: Sa) -> Result<(), String> {
+        let key = (sa.spi, sa.direction);
+        if self.sas.contains_key(&key) {
+            return Err(format!(
+                "spi: {} ({}) is already installed",
+                spi_str(sa.spi),
+                dir_name(sa.direction)
+            ));
+        }
+        match sa.direction {
+            Direction::Inbound => self.dp.sas.install_inbound(sa).map_err(|e| e.to_string())?,
+            Direction::Outbound => {
+                let g = epoch::pin();
+                if let Some(cur) = self.dp.sas.outbound(t, &g) {
+                    return Err(format!(
+                        "tunnel: already has outbound SA {}; use rekey",
+                        spi_str(cur.spi)
+                    ));
+                }
+                drop(g);
+                self.dp
+                    .sas
+                    .set_outbound(t, Some(sa))
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        self.sas.insert(key, t);
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sas_installed += 1;
+        Ok(())
+    }
+
+    fn remove(&mut self, spi: u32, d: Direction) -> Result<(), String> {
+        let t = *self
+            .sas
+            .get(&(spi, d))
+            .ok_or_else(|| format!("spi: {} ({}) is not installed", spi_str(spi), dir_name(d)))?;
+        match d {
+            Direction::Inbound => self.dp.sas.remove_inbound(spi).map_err(|e| e.to_string())?,
+            Direction::Outbound => {
+                let g = epoch::pin();
+                let current = self.dp.sas.outbound(t, &g).map(|s| s.spi);
+                drop(g);
+                if current == Some(spi) {
+                    self.dp
+                        .sas
+                        .set_outbound(t, None)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        self.sas.remove(&(spi, d));
+        self.retiring
+            .retain(|(_, s)| !(d == Direction::Inbound && *s == spi));
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sas_removed += 1;
+        Ok(())
+    }
+
+    fn sa_json(&self, spi: u32, d: Direction, now: u64) -> Option<Value> {
+        let t = *self.sas.get(&(spi, d))?;
+        let g = epoch::pin();
+        let sa = match d {
+            Direction::Inbound => self.dp.sas.inbound(spi, &g)?,
+            Direction::Outbound => self.dp.sas.outbound(t, &g).filter(|s| s.spi == spi)?,
+        };
+        let (packets, bytes) = sa.totals();
+        Some(json!({
+            "spi": spi_str(spi),
+            "direction": dir_name(d),
+            "tunnel": self.tunnel_name(t),
+            "mode": format!("{:?}", sa.mode).to_lowercase(),
+            "cipher": format!("aes-gcm-{}", sa.key_bits),
+            "backend": sa.backend.to_string(),
+            "esn": sa.esn,
+            "packets": packets,
+            "bytes": bytes,
+            "last_seq": if d == Direction::Outbound { Some(sa.last_seq()) } else { sa.replay.as_ref().map(|r| r.top()) },
+            "lifetime": sa.lifetime.limits(),
+            "consumed": sa.lifetime.consumed(packets, bytes, now),
+            "expired": sa.lifetime.is_expired(),
+            "age_s": now.saturating_sub(sa.lifetime.installed_ns()) as f64 / 1e9,
+        }))
+    }
+
+    fn publish_spd(&self) {
+        self.dp
+            .set_spd(Spd::new(self.policies.clone(), self.default_policy));
+    }
+
+    /// Handles one request line; never panics on input.
+    pub fn handle(&mut self, line: &str, now: u64) -> Reply {
+        let req: Request = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => return Reply::Line(err(format!("request: {e}"))),
+        };
+        if let Request::Subscribe {} = req {
+            return Reply::Subscribe;
+        }
+        Reply::Line(match self.dispatch(req, now) {
+            Ok(v) => {
+                let mut v = v;
+                if let Value::Object(m) = &mut v {
+                    m.insert("ok".into(), Value::Bool(true));
+                }
+                v.to_string()
+            }
+            Err(e) => err(e),
+        })
+    }
+
+    fn dispatch(&mut self, req: Request, now: u64) -> Result<Value, String> {
+        match req {
+            Request::AllocateSpi {} => {
+                let spi = self.dp.sas.allocate_spi().map_err(|e| e.to_string())?;
+                Ok(json!({ "spi": spi_str(spi) }))
+            }
+            Request::SaAdd { sa } => {
+                let (t, s) = self.build(&sa, now)?;
+                let spi = s.spi;
+                self.install(t, s)?;
+                Ok(json!({ "spi": spi_str(spi) }))
+            }
+            Request::SaAddBatch { sas } => {
+                let mut added = 0usize;
+                for (i, spec) in sas.iter().enumerate() {
+                    let r = self.build(spec, now).and_then(|(t, s)| self.install(t, s));
+                    if let Err(e) = r {
+                        return Err(format!("sas[{i}].{e} ({added} installed before it)"));
+                    }
+                    added += 1;
+                }
+                Ok(json!({ "installed": added }))
+            }
+            Request::SaUpdate { sa } => {
+                let (t, s) = self.build(&sa, now)?;
+                let key = (s.spi, s.direction);
+                if !self.sas.contains_key(&key) {
+                    return Err(format!(
+                        "spi: {} ({}) is not installed",
+                        spi_str(s.spi),
+                        dir_name(s.direction)
+                    ));
+                }
+                match s.direction {
+                    Direction::Inbound => {
+                        self.dp
+                            .sas
+                            .remove_inbound(s.spi)
+                            .map_err(|e| e.to_string())?;
+                        self.dp.sas.install_inbound(s).map_err(|e| e.to_string())?;
+                    }
+                    Direction::Outbound => {
+                        self.dp
+                            .sas
+                            .set_outbound(t, Some(s))
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                self.sas.insert(key, t);
+                Ok(json!({ "spi": spi_str(key.0) }))
+            }
+            Request::SaDelete { spi, direction } => {
+                let (spi, d) = (
+                    spi.get().map_err(|e| format!("spi: {e}"))?,
+                    dir(&direction)?,
+                );
+                self.remove(spi, d)?;
+                self.emit(Event::SaRemoved {
+                    spi: spi_str(spi),
+                    direction: dir_name(d),
+                    reason: "deleted",
+                    time: Self::time(now),
+                });
+                Ok(json!({}))
+            }
+            Request::SaGet { spi, direction } => {
+                let (spi, d) = (
+                    spi.get().map_err(|e| format!("spi: {e}"))?,
+                    dir(&direction)?,
+                );
+                self.sa_json(spi, d, now).ok_or_else(|| {
+                    format!("spi: {} ({}) is not installed", spi_str(spi), dir_name(d))
+                })
+            }
+            Request::SaList { direction, limit } => {
+                let d = direction.as_deref().map(dir).transpose()?;
+                let keys: Vec<(u32, Direction)> = self
+                    .sas
+                    .keys()
+                    .filter(|(_, x)| d.is_none_or(|d| d == *x))
+                    .copied()
+                    .collect();
+                let total = keys.len();
+                let list: Vec<Value> = keys
+                    .into_iter()
+                    .take(limit.unwrap_or(1000))
+                    .filter_map(|(s, d)| self.sa_json(s, d, now))
+                    .collect();
+                Ok(json!({ "total": total, "sas": list }))
+            }
+            Request::SaFlush { direction } => {
+                let d = direction.as_deref().map(dir).transpose()?;
+                let keys: Vec<(u32, Direction)> = self
+                    .sas
+                    .keys()
+                    .filter(|(_, x)| d.is_none_or(|d| d == *x))
+                    .copied()
+                    .collect();
+                let mut n = 0;
+                for (s, d) in keys {
+                    if self.remove(s, d).is_ok() {
+                        n += 1;
+                    }
+                }
+                Ok(json!({ "removed": n }))
+            }
+            Request::TunnelAdd {
+                name,
+                local,
+                remote,
+                mode,
+                encap,
+                mtu,
+            } => {
+                if self.tunnels.iter().any(|t| t.name == name) {
+                    return Err(format!("name: tunnel `{name}` exists"));
+                }
+                let local: IpAddr = local
+                    .parse()
+                    .map_err(|_| format!("local: `{local}` is not an IP address"))?;
+                let remote: IpAddr = remote
+                    .parse()
+                    .map_err(|_| format!("remote: `{remote}` is not an IP address"))?;
+                if local.is_ipv4() != remote.is_ipv4() {
+                    return Err("remote: must be the same address family as local".into());
+                }
+                let mode = match mode.as_deref().unwrap_or("tunnel") {
+                    "tunnel" => Mode::Tunnel,
+                    "transport" => Mode::Transport,
+                    o => return Err(format!("mode: `{o}` is not tunnel or transport")),
+                };
+                let encap = match encap.as_deref().unwrap_or("none") {
+                    "none" => None,
+                    "udp" => Some(UdpEncap {
+                        src_port: 4500,
+                        dst_port: 4500,
+                    }),
+                    o => return Err(format!("encap: `{o}` is not none or udp")),
+                };
+                let used: Vec<u32> = self.tunnels.iter().map(|t| t.index).collect();
+                let index = (0..self.tunnel_capacity)
+                    .find(|i| !used.contains(i))
+                    .ok_or_else(|| {
+                        format!(
+                            "name: no tunnel slot left (capacity {})",
+                            self.tunnel_capacity
+                        )
+                    })?;
+                let mtu = mtu.unwrap_or(1500);
+                if !(576..=9216).contains(&mtu) {
+                    return Err(format!("mtu: {mtu} is not between 576 and 9216"));
+                }
+                self.tunnels.push(Tunnel {
+                    name,
+                    index,
+                    endpoints: Endpoints { local, remote },
+                    mode,
+                    encap,
+                    mtu,
+                });
+                Ok(json!({ "index": index }))
+            }
+            Request::TunnelDelete { name } => {
+                let t = self
+                    .tunnels
+                    .iter()
+                    .find(|t| t.name == name)
+                    .map(|t| t.index)
+                    .ok_or_else(|| format!("name: no tunnel named `{name}`"))?;
+                let keys: Vec<(u32, Direction)> = self
+                    .sas
+                    .iter()
+                    .filter(|(_, ti)| **ti == t)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for (s, d) in keys {
+                    let _ = self.remove(s, d);
+                }
+                self.policies
+                    .retain(|p| p.action != PolicyAction::Protect(t));
+                self.tunnels.retain(|x| x.index != t);
+                self.publish_spd();
+                Ok(json!({}))
+            }
+            Request::PolicyAdd {
+                src,
+                dst,
+                protocol,
+                src_ports,
+                dst_ports,
+                action,
+                tunnel,
+            } => {
+                let src: Prefix = src.parse().map_err(|e| format!("src: {e}"))?;
+                let dst: Prefix = dst.parse().map_err(|e| format!("dst: {e}"))?;
+                if src.is_ipv6() != dst.is_ipv6() {
+                    return Err("dst: must be the same address family as src".into());
+                }
+                let ports = |v: Option<String>, f: &str| -> Result<PortRange, String> {
+                    v.map_or(Ok(PortRange::ANY), |s| {
+                        s.parse().map_err(|e| format!("{f}: {e}"))
+                    })
+                };
+                let (sp, dpr) = (
+                    ports(src_ports, "src_ports")?,
+                    ports(dst_ports, "dst_ports")?,
+                );
+                let action = match action.as_str() {
+                    "protect" => {
+                        let n = tunnel.ok_or("tunnel: missing: protect needs a tunnel")?;
+                        PolicyAction::Protect(
+                            self.tunnels
+                                .iter()
+                                .find(|t| t.name == n)
+                                .map(|t| t.index)
+                                .ok_or_else(|| format!("tunnel: no tunnel named `{n}`"))?,
+                        )
+                    }
+                    "bypass" => PolicyAction::Bypass,
+                    "discard" => PolicyAction::Discard,
+                    o => return Err(format!("action: `{o}` is not protect, bypass or discard")),
+                };
+                self.policies.push(Policy {
+                    selector: Selector {
+                        src,
+                        dst,
+                        protocol,
+                        src_ports: sp,
+                        dst_ports: dpr,
+                    },
+                    action,
+                });
+                self.publish_spd();
+                Ok(json!({ "index": self.policies.len() - 1 }))
+            }
+            Request::PolicyDelete { index } => {
+                if index >= self.policies.len() {
+                    return Err(format!(
+                        "index: {index} is out of range ({} policies)",
+                        self.policies.len()
+                    ));
+                }
+                self.policies.remove(index);
+                self.publish_spd();
+                Ok(json!({}))
+            }
+            Request::PolicyList {} => {
+                let list: Vec<Value> = self
+                    .policies
+                    .iter()
+                    .map(|p| json!({ "src": p.selector.src.to_string(), "dst": p.selector.dst.to_string(), "protocol": p.selector.protocol, "action": format!("{:?}", p.action) }))
+                    .collect();
+                Ok(json!({ "policies": list }))
+            }
+            Request::Rekey {
+                tunnel,
+                outbound,
+                inbound,
+                retire_inbound,
+                grace_ms,
+            } => {
+                let t = self
+                    .tunnels
+                    .iter()
+                    .find(|x| x.name == tunnel)
+                    .map(|x| x.index)
+                    .ok_or_else(|| format!("tunnel: no tunnel named `{tunnel}`"))?;
+                if outbound.tunnel != tunnel || dir(&outbound.direction)? != Direction::Outbound {
+                    return Err("outbound: must be an outbound SA of the same tunnel".into());
+                }
+                let retire = retire_inbound
+                    .map(|s| s.get())
+                    .transpose()
+                    .map_err(|e| format!("retire_inbound: {e}"))?;
+                if let Some(r) = retire
+                    && !self.sas.contains_key(&(r, Direction::Inbound))
+                {
+                    return Err(format!("retire_inbound: {} is not installed", spi_str(r)));
+                }
+                // Everything is validated and built before anything changes.
+                let new_in = inbound
+                    .as_ref()
+                    .map(|s| self.build(s, now))
+                    .transpose()
+                    .map_err(|e| format!("inbound.{e}"))?;
+                let (_, new_out) = self
+                    .build(&outbound, now)
+                    .map_err(|e| format!("outbound.{e}"))?;
+                if self.sas.contains_key(&(new_out.spi, Direction::Outbound)) {
+                    return Err(format!(
+                        "outbound.spi: {} is already installed",
+                        spi_str(new_out.spi)
+                    ));
+                }
+                // 1. The new inbound SA first: the peer may switch to it at any moment.
+                if let Some((ti, s)) = new_in {
+                    self.install(ti, s).map_err(|e| format!("inbound.{e}"))?;
+                }
+                // 2. Swap the outbound pointer: the next packet uses the new SA.
+                let new_spi = new_out.spi;
+                let old = self
+                    .dp
+                    .sas
+                    .set_outbound(t, Some(new_out))
+                    .map_err(|e| e.to_string())?;
+                if let Some(o) = old {
+                    self.sas.remove(&(o, Direction::Outbound));
+                }
+                self.sas.insert((new_spi, Direction::Outbound), t);
+                // 3. The old inbound SA keeps accepting packets in flight for the grace period.
+                if let Some(r) = retire {
+                    self.retiring
+                        .push((now + grace_ms.map_or(self.grace_ns, |g| g * 1_000_000), r));
+                }
+                self.counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .rekeys += 1;
+                self.emit(Event::Rekeyed {
+                    tunnel,
+                    old_spi: old.map(spi_str),
+                    new_spi: spi_str(new_spi),
+                    retire_inbound: retire.map(spi_str),
+                    time: Self::time(now),
+                });
+                Ok(json!({ "old_spi": old.map(spi_str), "new_spi": spi_str(new_spi) }))
+            }
+            Request::MmAdd {
+                icookie,
+                rcookie,
+                peer,
+                lifetime_s,
+                lifetime_kb,
+                children,
+            } => {
+                let i = cookie("icookie", &icookie)?;
+                let r = cookie("rcookie", &rcookie)?;
+                let peer: IpAddr = peer
+                    .parse()
+                    .map_err(|_| format!("peer: `{peer}` is not an IP address"))?;
+                if lifetime_s == 0 {
+                    return Err("lifetime_s: must be greater than 0".into());
+                }
+                let children = children
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, c)| c.get().map_err(|e| format!("children[{n}]: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.mm.add(MmRecord {
+                    icookie: i,
+                    rcookie: r,
+                    peer,
+                    lifetime_s,
+                    lifetime_kb,
+                    children,
+                    created_ns: now,
+                })?;
+                Ok(json!({}))
+            }
+            Request::MmDelete { icookie, rcookie } => {
+                let i = cookie("icookie", &icookie)?;
+                let r = cookie("rcookie", &rcookie)?;
+                let rec = self
+                    .mm
+                    .remove(i, r)
+                    .ok_or_else(|| format!("icookie/rcookie: no main mode {i:016x}/{r:016x}"))?;
+                self.emit(Event::mm_expired(
+                    MmCause::PeerDelete,
+                    rec.peer,
+                    rec.icookie,
+                    rec.rcookie,
+                    &rec.children,
+                    Self::time(now),
+                ));
+                Ok(json!({}))
+            }
+            Request::MmList {} => {
+                let list: Vec<Value> = self
+                    .mm
+                    .list()
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "icookie": format!("{:016x}", r.icookie), "rcookie": format!("{:016x}", r.rcookie), "peer": r.peer,
+                            "lifetime_s": r.lifetime_s, "lifetime_kb": r.lifetime_kb,
+                            "expires_in_s": r.expires_ns().saturating_sub(now) as f64 / 1e9,
+                            "children": r.children.iter().map(|c| spi_str(*c)).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                Ok(json!({ "main_modes": list }))
+            }
+            Request::Stats {} => {
+                let c = self
+                    .counters
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                Ok(
+                    json!({ "sas": self.sas.len(), "tunnels": self.tunnels.len(), "policies": self.policies.len(), "main_modes": self.mm.list().len(), "control": c }),
+                )
+            }
+            Request::Subscribe {} => Ok(json!({})),
+        }
+    }
+}
+
+fn err(e: String) -> String {
+    json!({ "ok": false, "error": e }).to_string()
+}
