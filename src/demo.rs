@@ -18,6 +18,8 @@ pub struct DemoOptions {
     pub queues: u32,
     /// UDP packets per second per flow.
     pub pps: u64,
+    /// Interval between rekeys.
+    pub rekey_ms: u64,
 }
 
 impl Default for DemoOptions {
@@ -27,14 +29,18 @@ impl Default for DemoOptions {
             xdp_mode: "native",
             queues: 2,
             pps: 20_000,
+            rekey_ms: 500,
         }
     }
 }
 
-/// A child process stopped (SIGTERM, by PID) when dropped.
+/// A child process stopped (SIGTERM, by PID) when dropped. Its stderr is drained all the
+/// time (a full pipe would block the child: a gateway logging a rekey must never stall), and
+/// the last 64 KiB are kept.
 pub struct Proc {
     pub name: String,
     child: Child,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl Proc {
@@ -46,9 +52,27 @@ impl Proc {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
+        let mut child = child;
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(mut e) = child.stderr.take() {
+            let b = buf.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 8192];
+                while let Ok(n) = std::io::Read::read(&mut e, &mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut v = b.lock().unwrap_or_else(|p| p.into_inner());
+                    v.extend_from_slice(&chunk[..n]);
+                    let excess = v.len().saturating_sub(64 << 10);
+                    v.drain(..excess);
+                }
+            });
+        }
         Ok(Proc {
             name: name.into(),
             child,
+            stderr: buf,
         })
     }
     pub fn pid(&self) -> u32 {
@@ -68,12 +92,10 @@ impl Proc {
         }
         rx
     }
+    /// The last 64 KiB the child wrote to stderr.
     pub fn stderr_text(&mut self) -> String {
-        let mut s = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut s);
-        }
-        s
+        std::thread::sleep(Duration::from_millis(50));
+        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
     }
     /// SIGTERM, then wait (SIGKILL after `grace`).
     pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
@@ -370,6 +392,50 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             ],
         )?,
     ];
+    // The event stream of gw-a, printed live (13885 and rekeys).
+    let mut sub = crate::control::api::Client::connect(&rig.socket('a'))?;
+    sub.call(&serde_json::json!({"op": "subscribe"}))?;
+    let (ev_tx, ev_rx) = mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        while let Ok(e) = sub.read_line() {
+            if ev_tx.send(e).is_err() {
+                break;
+            }
+        }
+    });
+    // The keyer plays the IKE daemon: rekeys every `rekey_ms`, one main mode that expires
+    // (13885, lifetime) and one that the peer deletes (13885, peer_delete).
+    let stop_keyer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keyer = {
+        let (a, b, stop, every) = (
+            rig.socket('a'),
+            rig.socket('b'),
+            stop_keyer.clone(),
+            opts.rekey_ms,
+        );
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            let mut k = crate::keyer::Keyer::connect(
+                &a,
+                &b,
+                "peer",
+                Some(crate::rig::SPI_BA),
+                Some(crate::rig::SPI_AB),
+            )?;
+            k.main_mode(2)?;
+            let mut step = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(every));
+                k.rekey()?;
+                step += 1;
+                if step == 3 {
+                    let (ic, rc) = k.main_mode(3600)?;
+                    std::thread::sleep(Duration::from_millis(200));
+                    k.main_mode_delete(&ic, &rc)?;
+                }
+            }
+            Ok(k.rekeys)
+        })
+    };
     println!(
         "{:>5}  {:>12} {:>12}   {:>12} {:>12}",
         "t (s)", "gw-a rx/s", "gw-a tx/s", "gw-b rx/s", "gw-b tx/s"
@@ -377,6 +443,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let start = Instant::now();
     let deadline = Duration::from_secs(opts.seconds + 20);
     let mut senders_left = senders;
+    let mut mm_events: Vec<serde_json::Value> = Vec::new();
+    let mut rekeys_seen = 0u64;
     while start.elapsed() < deadline {
         let a: Option<serde_json::Value> = la
             .recv_timeout(Duration::from_millis(1200))
@@ -396,12 +464,40 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                 b["tx_pps"].as_f64().unwrap_or(0.0)
             );
         }
+        while let Ok(e) = ev_rx.try_recv() {
+            if e["event"] == "mm_expired" {
+                println!(
+                    "       event on gw-a: {} {} ({}) cause={} peer={} children={}",
+                    e["code"],
+                    e["symbol"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or(""),
+                    e["cause"],
+                    e["peer"],
+                    e["children"]
+                );
+                mm_events.push(e);
+            } else if e["event"] == "rekeyed" {
+                rekeys_seen += 1;
+            }
+        }
         senders_left.retain_mut(|s| matches!(s.child.try_wait(), Ok(None)));
         if senders_left.is_empty() {
             break;
         }
     }
     drop(senders_left);
+    stop_keyer.store(true, std::sync::atomic::Ordering::Release);
+    let rekeys = keyer
+        .join()
+        .map_err(|_| anyhow::anyhow!("keyer panicked"))??;
+    std::thread::sleep(Duration::from_millis(100));
+    while let Ok(e) = ev_rx.try_recv() {
+        if e["event"] == "mm_expired" {
+            mm_events.push(e);
+        } else if e["event"] == "rekeyed" {
+            rekeys_seen += 1;
+        }
+    }
     let mut results = Vec::new();
     for (label, s) in sinks {
         let out = s.wait_output(Duration::from_secs(8)).unwrap_or_default();
@@ -473,6 +569,16 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         wire.esp, wire.esp_in_udp, wire.cleartext_lan, wire.gateway_own, wire.non_ip
     );
     all_ok &= wire.cleartext_lan == 0;
+    println!(
+        "  control: {rekeys} make-before-break rekeys of both directions during the traffic ({rekeys_seen} seen on gw-a's event stream); {} x 13885 ERROR_IPSEC_IKE_MM_EXPIRED (causes: {})",
+        mm_events.len(),
+        mm_events
+            .iter()
+            .map(|e| e["cause"].as_str().unwrap_or("?"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    all_ok &= mm_events.len() == 2 && rekeys > 0;
     println!("== tearing the rig down");
     drop(rig);
     if !all_ok {

@@ -223,6 +223,20 @@ enum Cmd {
         #[command(subcommand)]
         op: CtlOp,
     },
+    /// The rig's keyer: rekeys the tunnel between two gateways over their control sockets.
+    #[command(hide = true)]
+    Keyer {
+        #[arg(long)]
+        a: PathBuf,
+        #[arg(long)]
+        b: PathBuf,
+        #[arg(long, default_value = "peer")]
+        tunnel: String,
+        #[arg(long, default_value_t = 10)]
+        count: u64,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+    },
     /// The veth test rig (network namespaces host-a, gw-a, wan, gw-b, host-b).
     Rig {
         #[command(subcommand)]
@@ -377,6 +391,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             if !ok {
                 anyhow::bail!("the daemon refused the request");
+            }
+            Ok(())
+        }
+        Cmd::Keyer {
+            a,
+            b,
+            tunnel,
+            count,
+            interval_ms,
+        } => {
+            let mut k = espd::keyer::Keyer::connect(
+                &a,
+                &b,
+                &tunnel,
+                Some(espd::rig::SPI_BA),
+                Some(espd::rig::SPI_AB),
+            )?;
+            for i in 0..count {
+                let t = std::time::Instant::now();
+                let (ab, ba) = k.rekey()?;
+                println!(
+                    "rekey {} a→b {ab} b→a {ba} in {:.1} ms",
+                    i + 1,
+                    t.elapsed().as_secs_f64() * 1e3
+                );
+                std::thread::sleep(std::time::Duration::from_millis(interval_ms));
             }
             Ok(())
         }

@@ -274,6 +274,9 @@ workers = {w}
 cores = [{cores}]
 xdp_mode = "{mode}"
 default_policy = "discard"
+# Two workers on a shared 2-core VM: a preempted worker can hold a batch for milliseconds
+# while the other advances the same SA; the widest window absorbs that reordering.
+replay_window = 4096
 
 [interfaces.plain]
 name = "lan0"
