@@ -9,6 +9,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 echo "== cargo test"
-# Rig tests share network namespaces: one test thread for them (they are serial anyway).
-cargo test --all-targets -- --test-threads="${ESPD_TEST_THREADS:-2}"
+# Rig tests share one set of network namespaces; they take a lock and run one at a time.
+cargo test --lib --bins --tests -- --test-threads="${ESPD_TEST_THREADS:-2}"
+echo "== benchmarks, each run once as a test"
+cargo test --benches
 echo "== all checks passed"
