@@ -10,6 +10,7 @@
 //! * `unsafe` is denied everywhere except [`sys`] (epoch-protected pointers).
 #![deny(unsafe_code)]
 
+pub mod bench;
 pub mod codes;
 pub mod config;
 pub mod control;

@@ -169,6 +169,28 @@ enum TrafficOp {
         #[arg(long, default_value_t = 3.0)]
         idle: f64,
     },
+    /// As fast as possible (sendmmsg) or at --pps, for --seconds; --size 0 is IMIX.
+    Blast {
+        #[arg(long)]
+        dst: std::net::SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        flow: u32,
+        #[arg(long)]
+        size: usize,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 0)]
+        pps: u64,
+    },
+    /// Counts datagrams (recvmmsg) and their one-way latency.
+    Sink {
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1.0)]
+        idle: f64,
+        #[arg(long, default_value_t = 120.0)]
+        max: f64,
+    },
     TcpSend {
         #[arg(long)]
         dst: std::net::SocketAddr,
@@ -236,6 +258,25 @@ enum Cmd {
         count: u64,
         #[arg(long, default_value_t = 100)]
         interval_ms: u64,
+    },
+    /// Benchmark suite on the rig: espd against crypto-off forwarding, kernel routing and
+    /// strongSwan; throughput, latency, rekeys under load; JSON report and SVG plots.
+    Bench {
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+        /// Comma-separated IP packet sizes; 0 or imix for IMIX.
+        #[arg(long, default_value = "64,512,1400,imix")]
+        sizes: String,
+        #[arg(long, default_value = "espd,null,kernel,strongswan")]
+        systems: String,
+        #[arg(long, default_value_t = 10_000)]
+        latency_pps: u64,
+        #[arg(long, default_value_t = 100)]
+        rekey_ms: u64,
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
     /// The veth test rig (network namespaces host-a, gw-a, wan, gw-b, host-b).
     Rig {
@@ -420,6 +461,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench {
+            seconds,
+            sizes,
+            systems,
+            latency_pps,
+            rekey_ms,
+            out,
+            compare,
+        } => {
+            let sizes = sizes
+                .split(',')
+                .map(|s| match s.trim() {
+                    "imix" | "0" => Ok(0),
+                    n => n
+                        .parse::<usize>()
+                        .map_err(|_| anyhow::anyhow!("--sizes: `{n}` is not a size")),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if let Some(bad) = sizes.iter().find(|s| **s != 0 && !(64..=1400).contains(*s)) {
+                anyhow::bail!("--sizes: {bad} is outside 64..=1400 (the rig's LAN MTU is 1400)");
+            }
+            espd::bench::run(&espd::bench::BenchOptions {
+                seconds,
+                sizes,
+                systems: systems.split(',').map(|s| s.trim().to_string()).collect(),
+                latency_pps,
+                rekey_ms,
+                out,
+                compare,
+            })?;
+            Ok(())
+        }
         Cmd::Rig { op } => {
             match op {
                 RigOp::Up {
@@ -480,6 +553,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     expect,
                     std::time::Duration::from_secs_f64(idle),
                     flows,
+                )?)?,
+                TrafficOp::Blast {
+                    dst,
+                    flow,
+                    size,
+                    seconds,
+                    pps,
+                } => serde_json::to_string(&traffic::blast(dst, flow, size, seconds, pps)?)?,
+                TrafficOp::Sink { bind, idle, max } => serde_json::to_string(&traffic::sink(
+                    bind,
+                    std::time::Duration::from_secs_f64(idle),
+                    std::time::Duration::from_secs_f64(max),
+                    if bind.is_ipv4() { 28 } else { 48 },
                 )?)?,
                 TrafficOp::TcpSend { dst, bytes } => {
                     serde_json::to_string(&traffic::tcp_send(dst, bytes)?)?

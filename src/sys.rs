@@ -79,3 +79,80 @@ pub fn peer_uid(s: &impl std::os::fd::AsRawFd) -> Option<u32> {
     };
     (r == 0).then_some(cred.uid)
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable between processes on one machine (one-way
+/// latency from timestamps in the payload).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sends every buffer in `bufs` on the connected socket with one sendmmsg(2) call; returns how
+/// many went out.
+pub fn send_batch(sock: &impl std::os::fd::AsRawFd, bufs: &mut [Vec<u8>]) -> usize {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data; zeroed is a valid empty header.
+    let mut msgs: Vec<libc::mmsghdr> = (0..iov.len())
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v as *mut libc::iovec;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: every header points at one iovec that points into a live buffer of its length;
+    // all outlive the call.
+    let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
+    n.max(0) as usize
+}
+
+/// Receives up to `bufs.len()` datagrams with one recvmmsg(2) call; `lens[i]` gets each size.
+pub fn recv_batch(
+    sock: &impl std::os::fd::AsRawFd,
+    bufs: &mut [Vec<u8>],
+    lens: &mut [usize],
+) -> usize {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: as in `send_batch`.
+    let mut msgs: Vec<libc::mmsghdr> = (0..iov.len())
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v as *mut libc::iovec;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: headers point at live buffers of their lengths; a null timeout blocks until the
+    // socket's SO_RCVTIMEO (set by the caller) or the first datagram.
+    let n = unsafe {
+        libc::recvmmsg(
+            sock.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            msgs.len() as u32,
+            libc::MSG_WAITFORONE,
+            std::ptr::null_mut(),
+        )
+    };
+    if n <= 0 {
+        return 0;
+    }
+    for (l, m) in lens.iter_mut().zip(msgs.iter()).take(n as usize) {
+        *l = m.msg_len as usize;
+    }
+    n as usize
+}

@@ -284,3 +284,152 @@ mod tests {
         assert!(rx.join().unwrap().ok);
     }
 }
+
+/// IMIX (7:4:1 of 64, 576 and 1400-byte IP packets; 1400 is the rig's LAN MTU).
+pub const IMIX: [(usize, u32); 3] = [(64, 7), (576, 4), (1400, 1)];
+
+#[derive(Debug, Default, Serialize)]
+pub struct BlastReport {
+    pub sent: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Sends datagrams for `seconds` as fast as possible (sendmmsg, 32 per call) or at `pps`.
+/// `ip_size`: IP packet size (the UDP payload is 28 bytes less); 0 means IMIX. Each datagram
+/// carries the flow id, a sequence number and CLOCK_MONOTONIC at send time.
+pub fn blast(
+    dst: SocketAddr,
+    flow: u32,
+    ip_size: usize,
+    seconds: f64,
+    pps: u64,
+) -> std::io::Result<BlastReport> {
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(dst)?;
+    let hdr = if dst.is_ipv4() { 28 } else { 48 };
+    let sizes: Vec<usize> = if ip_size == 0 {
+        IMIX.iter()
+            .flat_map(|(sz, n)| std::iter::repeat_n(*sz, *n as usize))
+            .collect()
+    } else {
+        vec![ip_size]
+    };
+    let batch = if pps > 0 && pps <= 100_000 { 1 } else { 32 };
+    let mut bufs: Vec<Vec<u8>> = (0..batch)
+        .map(|i| {
+            let mut b = vec![0u8; sizes[i % sizes.len()].saturating_sub(hdr).max(HEADER)];
+            fill(&mut b, flow, 0, 0);
+            b
+        })
+        .collect();
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(seconds);
+    let mut r = BlastReport::default();
+    let mut seq = 0u64;
+    while start.elapsed() < limit {
+        if let Some(ns) = seq.saturating_mul(1_000_000_000).checked_div(pps) {
+            let due = Duration::from_nanos(ns);
+            while start.elapsed() < due {
+                std::hint::spin_loop();
+            }
+        }
+        let ts = crate::sys::monotonic_ns();
+        for b in bufs.iter_mut() {
+            b[8..16].copy_from_slice(&seq.to_be_bytes());
+            b[16..24].copy_from_slice(&ts.to_be_bytes());
+            seq += 1;
+        }
+        let n = if batch == 1 {
+            s.send(&bufs[0]).map(|_| 1).unwrap_or(0)
+        } else {
+            crate::sys::send_batch(&s, &mut bufs)
+        };
+        r.sent += n as u64;
+        r.bytes += bufs[..n]
+            .iter()
+            .map(|b| (b.len() + hdr) as u64)
+            .sum::<u64>();
+        if n < bufs.len() {
+            seq -= (bufs.len() - n) as u64;
+        }
+    }
+    r.seconds = start.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct SinkReport {
+    pub received: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// One-way latency percentiles in microseconds.
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub max_us: f64,
+    /// (latency µs, cumulative fraction) for plotting.
+    pub cdf: Vec<(f64, f64)>,
+}
+
+/// Receives (recvmmsg) until nothing arrived for `idle` after the first datagram, or `max`.
+pub fn sink(
+    bind: SocketAddr,
+    idle: Duration,
+    max: Duration,
+    ip_hdr: usize,
+) -> std::io::Result<SinkReport> {
+    let s = UdpSocket::bind(bind)?;
+    crate::sys::set_rcvbuf(&s, 64 << 20);
+    s.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 2048]).collect();
+    let mut lens = [0usize; 64];
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .expect("histogram bounds");
+    let mut r = SinkReport::default();
+    let start = Instant::now();
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    loop {
+        let n = crate::sys::recv_batch(&s, &mut bufs, &mut lens);
+        let now = crate::sys::monotonic_ns();
+        if n == 0 {
+            if first.is_some_and(|_| last.elapsed() > idle) || start.elapsed() > max {
+                break;
+            }
+            continue;
+        }
+        last = Instant::now();
+        first.get_or_insert(last);
+        for (b, &l) in bufs.iter().zip(lens.iter()).take(n) {
+            if l < HEADER || b[..4] != MAGIC.to_be_bytes() {
+                continue;
+            }
+            r.received += 1;
+            r.bytes += (l + ip_hdr) as u64;
+            let ts = u64::from_be_bytes(b[16..24].try_into().unwrap_or_default());
+            let _ = h.record(now.saturating_sub(ts).max(1));
+        }
+    }
+    r.seconds = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    (r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us) = (
+        us(0.5),
+        us(0.9),
+        us(0.99),
+        us(0.999),
+        h.max() as f64 / 1000.0,
+    );
+    for q in [
+        0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999, 1.0,
+    ] {
+        r.cdf.push((us(q), q));
+    }
+    Ok(r)
+}
