@@ -3,7 +3,8 @@
 # program, iproute2/ethtool/tcpdump for the rig, tshark and scapy for the interop tests.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(clang llvm libelf-dev m4 ethtool tshark tcpdump zlib1g-dev pkg-config iproute2 make)
+pkgs=(clang llvm libelf-dev m4 ethtool tshark tcpdump zlib1g-dev pkg-config iproute2 make curl
+      strongswan strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -33,7 +33,7 @@ impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
             seconds: 4.0,
-            sizes: vec![64, 512, 1400, 0],
+            sizes: vec![64, 512, 1372, 1400, 0],
             systems: vec![
                 "espd".into(),
                 "null".into(),
@@ -108,7 +108,13 @@ fn measure(exe: &str, size: usize, seconds: f64, pps: u64) -> Value {
         .wait_output(Duration::from_secs_f64(seconds + 30.0))
         .map(|o| json_line(&o))
         .unwrap_or(Value::Null);
-    let secs = sent["seconds"].as_f64().unwrap_or(seconds).max(1e-9);
+    // The delivery rate: received over the time packets kept arriving (a system with a deep
+    // queue delivers after the sender stopped).
+    let secs = sent["seconds"]
+        .as_f64()
+        .unwrap_or(seconds)
+        .max(got["seconds"].as_f64().unwrap_or(0.0))
+        .max(1e-9);
     let rx = got["received"].as_u64().unwrap_or(0) as f64;
     let tx = sent["sent"].as_u64().unwrap_or(0) as f64;
     json!({
@@ -138,6 +144,96 @@ fn kernel_routing(on: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn which(cmd: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// strongSwan 5.9 with kernel-libipsec (userspace ESP over TUN) on the gateway namespaces,
+/// IKEv1 main mode with a PSK, ESP aes128gcm16 (the recipe of FACTS.md): one charon per
+/// gateway, each in a private mount namespace with its own /run.
+fn strongswan_up(dir: &Path, charon: &str) -> anyhow::Result<Vec<Proc>> {
+    let mut procs = Vec::new();
+    for (me, l, r, ln, rn) in [
+        (
+            "a",
+            "203.0.113.1",
+            "203.0.113.2",
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+        ),
+        (
+            "b",
+            "203.0.113.2",
+            "203.0.113.1",
+            "198.51.100.0/24",
+            "192.0.2.0/24",
+        ),
+    ] {
+        let vici = dir.join(format!("charon-{me}.vici"));
+        let conf = dir.join(format!("strongswan-{me}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "charon {{\n  load_modular = no\n  load = random nonce aes sha1 sha2 hmac gcm pem pkcs1 x509 pubkey curve25519 gmp kdf openssl kernel-libipsec kernel-netlink socket-default vici updown\n  plugins {{\n    vici {{\n      socket = unix://{}\n    }}\n  }}\n}}\n",
+                vici.display()
+            ),
+        )?;
+        let sw = dir.join(format!("swanctl-{me}.conf"));
+        std::fs::write(
+            &sw,
+            format!(
+                "connections {{\n rig {{\n  version = 1\n  local_addrs = {l}\n  remote_addrs = {r}\n  proposals = aes128-sha256-modp2048\n  local {{\n   auth = psk\n   id = {l}\n  }}\n  remote {{\n   auth = psk\n   id = {r}\n  }}\n  children {{\n   rig {{\n    local_ts = {ln}\n    remote_ts = {rn}\n    esp_proposals = aes128gcm16\n    mode = tunnel\n   }}\n  }}\n }}\n}}\nsecrets {{\n ike-rig {{\n  id-a = 203.0.113.1\n  id-b = 203.0.113.2\n  secret = \"espd-bench-{}\"\n }}\n}}\n",
+                std::process::id()
+            ),
+        )?;
+        ns(
+            &format!("gw-{me}"),
+            &["sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        )?;
+        let script = format!(
+            "mount -t tmpfs tmpfs /run && STRONGSWAN_CONF={} exec {charon}",
+            conf.display()
+        );
+        procs.push(Proc::spawn(
+            &format!("charon-{me}"),
+            &format!("gw-{me}"),
+            &[
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ],
+        )?);
+    }
+    let uri = |me: &str| format!("unix://{}", dir.join(format!("charon-{me}.vici")).display());
+    let swanctl = |args: &[&str]| -> anyhow::Result<()> {
+        for _ in 0..50 {
+            let o = std::process::Command::new("swanctl").args(args).output()?;
+            if o.status.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!("swanctl {} failed", args.join(" "))
+    };
+    for me in ["a", "b"] {
+        let f = dir
+            .join(format!("swanctl-{me}.conf"))
+            .to_string_lossy()
+            .to_string();
+        swanctl(&["--load-all", "--uri", &uri(me), "--file", &f])?;
+    }
+    swanctl(&["--initiate", "--child", "rig", "--uri", &uri("a")])?;
+    Ok(procs)
+}
+
 fn progress(i: usize, n: usize, what: &str) {
     let w = 24;
     let done = w * i / n.max(1);
@@ -161,10 +257,9 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
         let skip = match s.as_str() {
             "espd" | "null" => None,
             "kernel" => None,
-            "strongswan" => match &charon {
-                // The recipe (FACTS.md) is not automated yet: report rather than guess.
-                Some(_) => Some("strongSwan is installed but espd bench does not drive it yet".to_string()),
-                None => Some("strongSwan not installed (apt-get install strongswan strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins)".to_string()),
+            "strongswan" => match (&charon, which("swanctl")) {
+                (Some(_), true) => None,
+                _ => Some("strongSwan not installed (apt-get install strongswan strongswan-swanctl libcharon-extra-plugins libstrongswan-extra-plugins; ./scripts/install-deps.sh does)".to_string()),
             },
             other => Some(format!("unknown system `{other}`")),
         };
@@ -190,8 +285,34 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
             "espd" => gws = Some(start_gateways(&rig, &exe, &[])?),
             "null" => gws = Some(start_gateways(&rig, &exe, &["--null-crypto"])?),
             "kernel" => kernel_routing(true)?,
+            "strongswan" => kernel_routing(false)?,
             _ => {}
         }
+        // strongSwan queues without bound in libipsec: a flood would still be draining during the
+        // next measurement, so each of its measurements gets fresh charons (and a warm-up).
+        let fresh = name.as_str() == "strongswan";
+        let one = |size: usize, pps: u64| -> anyhow::Result<Value> {
+            if !fresh {
+                return Ok(measure(&exe, size, o.seconds, pps));
+            }
+            let procs = strongswan_up(rig.dir(), charon.as_deref().unwrap_or_default())?;
+            let mut up = false;
+            for _ in 0..10 {
+                if measure(&exe, 64, 0.3, 1000)["pps"].as_f64().unwrap_or(0.0) > 0.0 {
+                    up = true;
+                    break;
+                }
+            }
+            let r = if up {
+                measure(&exe, size, o.seconds, pps)
+            } else {
+                json!({"size": size_name(size), "error": "the strongSwan tunnel carried nothing"})
+            };
+            for mut c in procs {
+                c.stop(Duration::from_secs(5));
+            }
+            Ok(r)
+        };
         let mut tput = Vec::new();
         for &size in &o.sizes {
             step += 1;
@@ -204,7 +325,19 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
                     o.seconds
                 ),
             );
-            tput.push(measure(&exe, size, o.seconds, 0));
+            let mut t = one(size, 0)?;
+            // A system that collapses under a flood (strongSwan's unbounded libipsec queue)
+            // gets a second chance at a moderate offered load; ratios use its best rate.
+            let (pps, offered) = (
+                t["pps"].as_f64().unwrap_or(0.0),
+                t["offered_pps"].as_f64().unwrap_or(0.0),
+            );
+            if fresh && pps < 0.05 * offered {
+                let m = one(size, 20_000)?;
+                t["at_20k_pps_offered"] = m.clone();
+                t["best_pps"] = json!(pps.max(m["pps"].as_f64().unwrap_or(0.0)));
+            }
+            tput.push(t);
         }
         step += 1;
         progress(
@@ -212,7 +345,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
             total,
             &format!("{name}: latency at {} pps, 64 B", o.latency_pps),
         );
-        let lat = measure(&exe, 64, o.seconds, o.latency_pps);
+        let lat = one(64, o.latency_pps)?;
         let mut rekey = Value::Null;
         if name.as_str() == "espd" {
             step += 1;
@@ -254,7 +387,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
             a.stop(Duration::from_secs(5));
             b.stop(Duration::from_secs(5));
         }
-        if name.as_str() == "kernel" {
+        if matches!(name.as_str(), "kernel" | "strongswan") {
             kernel_routing(false)?;
         }
         results.insert(
@@ -272,10 +405,12 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
             results.get(s)?["throughput"]
                 .as_array()?
                 .iter()
-                .find(|t| t["size"] == size)?["pps"]
+                .find(|t| t["size"] == size)
+                .and_then(|t| t.get("best_pps").or(t.get("pps")))?
                 .as_f64()
         };
-        Some(get(a)? / get(b)?.max(1e-9))
+        let d = get(b)?;
+        (d > 0.0).then(|| get(a).map(|n| n / d)).flatten()
     };
     let mut ratios = serde_json::Map::new();
     for size in o.sizes.iter().map(|s| size_name(*s)) {

@@ -265,7 +265,7 @@ enum Cmd {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
         /// Comma-separated IP packet sizes; 0 or imix for IMIX.
-        #[arg(long, default_value = "64,512,1400,imix")]
+        #[arg(long, default_value = "64,512,1372,1400,imix")]
         sizes: String,
         #[arg(long, default_value = "espd,null,kernel,strongswan")]
         systems: String,

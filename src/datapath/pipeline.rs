@@ -325,7 +325,7 @@ impl<'a> Pipeline<'a> {
             return Action::Drop(DropReason::NoSa);
         };
         // MTU: the outer packet must fit (RFC 4301 §8: PMTU handling by the gateway).
-        let (head, _) = esp::overhead(sa, l3.v6);
+        let (head, _) = esp::overhead(sa);
         let ct = (l3.len + TRAILER_LEN).div_ceil(4) * 4;
         if head + ct + ICV_LEN > sa.mtu as usize {
             return match self.too_big(buf, off, &l3, sa, head) {
@@ -594,7 +594,6 @@ fn complete_checksum(buf: &mut [u8], l3: &L3) -> bool {
     if l4_len < csum_off + 2 {
         return false;
     }
-    let ip = &buf[l3.at..];
     let psum = if l3.v6 {
         let (s, d) = (Ipv6Addr::from(l3.key.src), Ipv6Addr::from(l3.key.dst));
         checksum::pseudo_v6(&s, &d, l3.key.protocol, l4_len as u32)
@@ -603,7 +602,6 @@ fn complete_checksum(buf: &mut [u8], l3: &L3) -> bool {
         let d = Ipv4Addr::from(l3.key.dst as u32);
         checksum::pseudo_v4(s, d, l3.key.protocol, l4_len as u16)
     };
-    let _ = ip;
     let field = be16(buf, l4_at + csum_off);
     if field != checksum::fold(psum) {
         return false;

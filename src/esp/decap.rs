@@ -5,7 +5,7 @@
 
 use super::{EspError, PAYLOAD_OFFSET, aad};
 use crate::sa::{Mode, Sa};
-use crate::wire::esp::{EspPacket, HEADER_LEN, ICV_LEN};
+use crate::wire::esp::{EspPacket, ICV_LEN};
 use crate::wire::{ipv4, ipv6, proto, put16};
 
 /// Where the decapsulated packet lies.
@@ -112,7 +112,6 @@ pub fn decap(
             })
         }
         Mode::Transport => {
-            let _ = HEADER_LEN;
             let v6 = buf[ip_start] >> 4 == 6;
             // Move the IP header up against the payload and fix it.
             let new_start = data - ip_hdr_len;

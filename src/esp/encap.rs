@@ -15,13 +15,12 @@ pub const OUTER_TTL: u8 = 64;
 /// Bytes added in front of the inner packet (outer IP, UDP, ESP header, IV) and the most added
 /// behind it (padding ≤ 3, trailer, ICV).
 #[inline]
-pub fn overhead(sa: &Sa, inner_v6: bool) -> (usize, usize) {
+pub fn overhead(sa: &Sa) -> (usize, usize) {
     let outer = match (sa.mode, sa.endpoints) {
         (Mode::Tunnel, Some(e)) if e.local.is_ipv6() => ipv6::HEADER_LEN,
         (Mode::Tunnel, _) => ipv4::MIN_HEADER_LEN,
         (Mode::Transport, _) => 0,
     };
-    let _ = inner_v6;
     let udp = if sa.encap.is_some() {
         udp::HEADER_LEN
     } else {
@@ -99,7 +98,7 @@ fn encap_tunnel(
         6 if len >= ipv6::HEADER_LEN => (true, (buf[start] << 4) | (buf[start + 1] >> 4)),
         _ => return Err(EspError::Malformed),
     };
-    let (head, tail) = overhead(sa, inner_v6);
+    let (head, tail) = overhead(sa);
     if start < head {
         return Err(EspError::NoRoom);
     }
