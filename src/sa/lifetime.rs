@@ -88,6 +88,8 @@ pub struct Budget {
     soft: u64,
     left: CachePadded<AtomicU64>,
     inflight: AtomicU32,
+    /// Refills that have finished (see `refill`).
+    exits: AtomicU64,
     leases: Box<[CachePadded<AtomicU64>]>,
 }
 
@@ -98,6 +100,7 @@ impl Budget {
             soft: soft.unwrap_or(u64::MAX),
             left: CachePadded::new(AtomicU64::new(limit)),
             inflight: AtomicU32::new(0),
+            exits: AtomicU64::new(0),
             leases: (0..cores.max(1))
                 .map(|_| CachePadded::new(AtomicU64::new(0)))
                 .collect(),
@@ -155,28 +158,42 @@ impl Budget {
                 Take::Ok(self.limit - (prev - grant) >= self.soft)
             }
             Err(_) => {
-                // Steal every other core's unused lease back, then try once more.
+                // Steal every other core's unused lease back, then try again.
                 let mut pool = local;
-                for (i, l) in self.leases.iter().enumerate() {
-                    if i != core {
-                        pool += l.swap(0, Ordering::AcqRel);
+                loop {
+                    let exits = self.exits.load(Ordering::Acquire);
+                    for (i, l) in self.leases.iter().enumerate() {
+                        if i != core {
+                            pool += l.swap(0, Ordering::AcqRel);
+                        }
                     }
-                }
-                let r = self
-                    .left
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                        (left + pool >= need).then(|| left + pool - need)
-                    });
-                match r {
-                    Ok(prev) => Take::Ok(self.limit - (prev + pool - need) >= self.soft),
-                    Err(_) => {
+                    let r = self
+                        .left
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                            (left + pool >= need).then(|| left + pool - need)
+                        });
+                    if let Ok(prev) = r {
+                        break Take::Ok(self.limit - (prev + pool - need) >= self.soft);
+                    }
+                    // Budget moves only inside refills (leases published, pools returned,
+                    // both before a refill exits). No refill in flight now and none exited
+                    // during our attempt: what we saw was all there is.
+                    let others = self.inflight.load(Ordering::Acquire) - 1;
+                    let exited = self.exits.load(Ordering::Acquire) != exits;
+                    if others == 0 && !exited {
                         self.left.fetch_add(pool, Ordering::AcqRel);
-                        let quiet = self.inflight.load(Ordering::Acquire) == 1;
-                        Take::Short(quiet)
+                        break Take::Short(true);
                     }
+                    if others > 0 {
+                        // Someone else holds budget in flight: refuse this packet, uncertain.
+                        self.left.fetch_add(pool, Ordering::AcqRel);
+                        break Take::Short(false);
+                    }
+                    // A refill finished while we looked: what it returned may now be visible.
                 }
             }
         };
+        self.exits.fetch_add(1, Ordering::AcqRel);
         self.inflight.fetch_sub(1, Ordering::AcqRel);
         result
     }
