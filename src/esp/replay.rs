@@ -93,12 +93,21 @@ impl ReplayWindow {
         (&self.words[idx], block as u32, 1u32 << (seq & BLOCK_MASK))
     }
 
-    /// True when a word tagged `cur_tag` may be taken over by block `tag`: it is older, or so
-    /// far away (a jump larger than the ring) that it cannot be a live block of the window.
+    /// True when the word tagged `cur_tag` may be taken over by `block` (the full 64-bit block
+    /// number of the sequence number being committed). The word's own full block is recovered
+    /// from the 32-bit tag relative to the current top: a block within a ring's length of the
+    /// top is live, and only an older live block may be replaced; a word whose block is not
+    /// near the top is left over from long ago and free.
     #[inline]
-    fn stale(&self, tag: u32, cur_tag: u32) -> bool {
-        let diff = tag.wrapping_sub(cur_tag) as i32;
-        diff > 0 || diff <= -(self.words.len() as i32)
+    fn claimable(&self, block: u64, cur_tag: u32) -> bool {
+        let top_blk = self.top() >> BLOCK_BITS;
+        let nw = self.words.len() as i64;
+        let delta = cur_tag.wrapping_sub(top_blk as u32) as i32 as i64;
+        if delta <= -nw || delta > nw {
+            return true;
+        }
+        let cur_blk = top_blk as i64 + delta;
+        (block as i64) > cur_blk
     }
 
     /// Pre-check before the ICV is verified. Sequence number 0 is never valid.
@@ -135,7 +144,7 @@ impl ReplayWindow {
                     return Err(ReplayError::Duplicate);
                 }
                 cur | bit as u64
-            } else if cur == 0 || self.stale(tag, cur_tag) {
+            } else if cur == 0 || self.claimable(seq >> BLOCK_BITS, cur_tag) {
                 // The word is unused, or holds an older block (or one from long ago): claim it.
                 ((tag as u64) << 32) | bit as u64
             } else {
@@ -234,9 +243,18 @@ mod tests {
     /// Each number inside the window is accepted exactly once overall.
     #[test]
     fn concurrent_exactly_once() {
+        for w in [4096, 64] {
+            concurrent_exactly_once_with(w, if w == 64 { 32 } else { 512 });
+        }
+    }
+
+    /// Four threads receive the same stream, each shuffling chunks of `chunk` numbers. With a
+    /// small window the threads drift past each other's ring often: a late commit must never
+    /// clobber a newer block's word (a bug once let a number be accepted twice that way).
+    fn concurrent_exactly_once_with(window: u32, chunk: usize) {
         use rand::seq::SliceRandom;
         use std::sync::Arc;
-        let r = Arc::new(ReplayWindow::new(4096));
+        let r = Arc::new(ReplayWindow::new(window));
         let n = 200_000u64;
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -245,7 +263,7 @@ mod tests {
                     let mut rng = rand::rng();
                     let mut accepted = Vec::new();
                     // Locally shuffled chunks keep the stream inside the window.
-                    for chunk in (1..=n).collect::<Vec<_>>().chunks_mut(512) {
+                    for chunk in (1..=n).collect::<Vec<_>>().chunks_mut(chunk) {
                         chunk.shuffle(&mut rng);
                         for &s in chunk.iter() {
                             if r.check(s).is_ok() && r.commit(s).is_ok() {
