@@ -402,6 +402,118 @@ fn parse_protocol(v: &toml::Value) -> Result<Option<u8>, String> {
     }
 }
 
+/// A tunnel as written in a file or a control request. Errors are `(field, reason)`.
+pub struct TunnelSpec<'a> {
+    pub name: &'a str,
+    pub local: &'a str,
+    pub remote: &'a str,
+    pub mode: Option<&'a str>,
+    pub encap: Option<&'a str>,
+    pub udp_src_port: Option<u16>,
+    pub udp_dst_port: Option<u16>,
+    pub mtu: Option<u32>,
+}
+
+impl TunnelSpec<'_> {
+    pub fn build(&self, index: u32) -> Result<Tunnel, (&'static str, String)> {
+        let addr = |f: &'static str, a: &str| {
+            a.parse::<IpAddr>()
+                .map_err(|_| (f, format!("`{a}` is not an IP address")))
+        };
+        let (local, remote) = (addr("local", self.local)?, addr("remote", self.remote)?);
+        if local.is_ipv4() != remote.is_ipv4() {
+            return Err(("remote", "must be the same address family as local".into()));
+        }
+        let mode = match self.mode.unwrap_or("tunnel") {
+            "tunnel" => Mode::Tunnel,
+            "transport" => Mode::Transport,
+            o => return Err(("mode", format!("`{o}` is not tunnel or transport"))),
+        };
+        let encap = match self.encap.unwrap_or("none") {
+            "none" => None,
+            "udp" => Some(UdpEncap {
+                src_port: self.udp_src_port.unwrap_or(4500),
+                dst_port: self.udp_dst_port.unwrap_or(4500),
+            }),
+            o => return Err(("encap", format!("`{o}` is not none or udp"))),
+        };
+        if mode == Mode::Transport && encap.is_some() {
+            return Err((
+                "encap",
+                "UDP encapsulation is only supported in tunnel mode".into(),
+            ));
+        }
+        let mtu = self.mtu.unwrap_or(1500);
+        if !(576..=9216).contains(&mtu) {
+            return Err(("mtu", format!("{mtu} is not between 576 and 9216")));
+        }
+        Ok(Tunnel {
+            name: self.name.to_string(),
+            index,
+            endpoints: Endpoints { local, remote },
+            mode,
+            encap,
+            mtu: mtu as u16,
+        })
+    }
+}
+
+/// A policy as written in a file or a control request. Errors are `(field, reason)`.
+pub struct PolicySpec<'a> {
+    pub src: &'a str,
+    pub dst: &'a str,
+    pub protocol: Option<u8>,
+    pub src_ports: Option<&'a str>,
+    pub dst_ports: Option<&'a str>,
+    pub action: &'a str,
+    pub tunnel: Option<&'a str>,
+}
+
+impl PolicySpec<'_> {
+    pub fn build(&self, tunnels: &[Tunnel]) -> Result<Policy, (&'static str, String)> {
+        let src: Prefix = self.src.parse().map_err(|e| ("src", e))?;
+        let dst: Prefix = self.dst.parse().map_err(|e| ("dst", e))?;
+        if src.is_ipv6() != dst.is_ipv6() {
+            return Err(("dst", "must be the same address family as src".into()));
+        }
+        let ports = |v: Option<&str>, f: &'static str| {
+            v.map_or(Ok(PortRange::ANY), |s| s.parse().map_err(|e| (f, e)))
+        };
+        let src_ports = ports(self.src_ports, "src_ports")?;
+        let dst_ports = ports(self.dst_ports, "dst_ports")?;
+        if (src_ports != PortRange::ANY || dst_ports != PortRange::ANY)
+            && !matches!(self.protocol, Some(6) | Some(17))
+        {
+            return Err(("protocol", "port ranges need protocol tcp or udp".into()));
+        }
+        let action = match self.action {
+            "protect" => {
+                let name = self
+                    .tunnel
+                    .ok_or(("tunnel", "missing: protect needs a tunnel".to_string()))?;
+                let t = tunnels
+                    .iter()
+                    .find(|t| t.name == name)
+                    .ok_or(("tunnel", format!("no tunnel named `{name}`")))?;
+                PolicyAction::Protect(t.index)
+            }
+            "bypass" => PolicyAction::Bypass,
+            "discard" => PolicyAction::Discard,
+            o => return Err(("action", format!("`{o}` is not protect, bypass or discard"))),
+        };
+        Ok(Policy {
+            selector: Selector {
+                src,
+                dst,
+                protocol: self.protocol,
+                src_ports,
+                dst_ports,
+            },
+            action,
+        })
+    }
+}
+
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -557,109 +669,46 @@ impl Config {
             if by_name.insert(t.name.clone(), i as u32).is_some() {
                 return Err(cx.err(k("name"), format!("`{}` is defined twice", t.name)));
             }
-            let local: IpAddr = t
-                .local
-                .parse()
-                .map_err(|_| cx.err(k("local"), format!("`{}` is not an IP address", t.local)))?;
-            let remote: IpAddr = t
-                .remote
-                .parse()
-                .map_err(|_| cx.err(k("remote"), format!("`{}` is not an IP address", t.remote)))?;
-            if local.is_ipv4() != remote.is_ipv4() {
-                return Err(cx.err(k("remote"), "must be the same address family as local"));
-            }
-            if !cipher.addresses.contains(&local) {
+            let spec = TunnelSpec {
+                name: &t.name,
+                local: &t.local,
+                remote: &t.remote,
+                mode: t.mode.as_deref(),
+                encap: t.encap.as_deref(),
+                udp_src_port: t.udp_src_port,
+                udp_dst_port: t.udp_dst_port,
+                mtu: t.mtu,
+            };
+            let tunnel = spec.build(i as u32).map_err(|(f, r)| cx.err(k(f), r))?;
+            if !cipher.addresses.contains(&tunnel.endpoints.local) {
                 return Err(cx.err(
                     k("local"),
-                    format!("{local} is not one of interfaces.cipher.addresses"),
+                    format!(
+                        "{} is not one of interfaces.cipher.addresses",
+                        tunnel.endpoints.local
+                    ),
                 ));
             }
-            let mode = match t.mode.as_deref().unwrap_or("tunnel") {
-                "tunnel" => Mode::Tunnel,
-                "transport" => Mode::Transport,
-                o => return Err(cx.err(k("mode"), format!("`{o}` is not tunnel or transport"))),
-            };
-            let encap = match t.encap.as_deref().unwrap_or("none") {
-                "none" => None,
-                "udp" => Some(UdpEncap {
-                    src_port: t.udp_src_port.unwrap_or(4500),
-                    dst_port: t.udp_dst_port.unwrap_or(4500),
-                }),
-                o => return Err(cx.err(k("encap"), format!("`{o}` is not none or udp"))),
-            };
-            if mode == Mode::Transport && encap.is_some() {
-                return Err(cx.err(
-                    k("encap"),
-                    "UDP encapsulation is only supported in tunnel mode",
-                ));
-            }
-            let mtu = t.mtu.unwrap_or(1500);
-            if !(576..=9216).contains(&mtu) {
-                return Err(cx.err(k("mtu"), format!("{mtu} is not between 576 and 9216")));
-            }
-            tunnels.push(Tunnel {
-                name: t.name,
-                index: i as u32,
-                endpoints: Endpoints { local, remote },
-                mode,
-                encap,
-                mtu: mtu as u16,
-            });
+            tunnels.push(tunnel);
         }
 
         let mut policies = Vec::new();
         for (i, p) in raw.policies.into_iter().enumerate() {
             let k = |f: &str| format!("policies[{i}].{f}");
-            let src: Prefix = p.src.parse().map_err(|e| cx.err(k("src"), e))?;
-            let dst: Prefix = p.dst.parse().map_err(|e| cx.err(k("dst"), e))?;
-            if src.is_ipv6() != dst.is_ipv6() {
-                return Err(cx.err(k("dst"), "must be the same address family as src"));
-            }
             let protocol = match &p.protocol {
                 Some(v) => parse_protocol(v).map_err(|e| cx.err(k("protocol"), e))?,
                 None => None,
             };
-            let ports = |v: &Option<String>, f: &str| -> Result<PortRange, ConfigError> {
-                v.as_deref().map_or(Ok(PortRange::ANY), |s| {
-                    s.parse().map_err(|e| cx.err(k(f), e))
-                })
+            let spec = PolicySpec {
+                src: &p.src,
+                dst: &p.dst,
+                protocol,
+                src_ports: p.src_ports.as_deref(),
+                dst_ports: p.dst_ports.as_deref(),
+                action: &p.action,
+                tunnel: p.tunnel.as_deref(),
             };
-            let src_ports = ports(&p.src_ports, "src_ports")?;
-            let dst_ports = ports(&p.dst_ports, "dst_ports")?;
-            if (src_ports != PortRange::ANY || dst_ports != PortRange::ANY)
-                && !matches!(protocol, Some(6) | Some(17))
-            {
-                return Err(cx.err(k("protocol"), "port ranges need protocol tcp or udp"));
-            }
-            let action =
-                match p.action.as_str() {
-                    "protect" => {
-                        let name = p.tunnel.as_deref().ok_or_else(|| {
-                            cx.err(k("tunnel"), "missing: protect needs a tunnel")
-                        })?;
-                        PolicyAction::Protect(*by_name.get(name).ok_or_else(|| {
-                            cx.err(k("tunnel"), format!("no tunnel named `{name}`"))
-                        })?)
-                    }
-                    "bypass" => PolicyAction::Bypass,
-                    "discard" => PolicyAction::Discard,
-                    o => {
-                        return Err(cx.err(
-                            k("action"),
-                            format!("`{o}` is not protect, bypass or discard"),
-                        ));
-                    }
-                };
-            policies.push(Policy {
-                selector: Selector {
-                    src,
-                    dst,
-                    protocol,
-                    src_ports,
-                    dst_ports,
-                },
-                action,
-            });
+            policies.push(spec.build(&tunnels).map_err(|(f, r)| cx.err(k(f), r))?);
         }
 
         let mut sas = Vec::new();

@@ -142,6 +142,26 @@ fn malformed_requests_get_clear_errors() {
         ),
         (r#"{"op":"stats","extra":1}"#, "unknown field `extra`"),
         (
+            r#"{"op":"tunnel_add","name":"t2","local":"203.0.113.1","remote":"fd00::9"}"#,
+            "remote: must be the same address family as local",
+        ),
+        (
+            r#"{"op":"tunnel_add","name":"to-b","local":"203.0.113.1","remote":"203.0.113.9"}"#,
+            "name: tunnel `to-b` exists",
+        ),
+        (
+            r#"{"op":"policy_add","src":"192.0.2.0/24","dst":"198.51.100.0/24","action":"encrypt"}"#,
+            "action: `encrypt` is not protect",
+        ),
+        (
+            r#"{"op":"policy_add","src":"192.0.2.0/24","dst":"198.51.100.0/24","action":"protect","tunnel":"nope"}"#,
+            "tunnel: no tunnel named `nope`",
+        ),
+        (
+            r#"{"op":"policy_add","src":"192.0.2.0/24","dst":"198.51.100.0/24","action":"bypass","dst_ports":"80"}"#,
+            "protocol: port ranges need protocol tcp or udp",
+        ),
+        (
             r#"{"op":"rekey","tunnel":"to-b","outbound":{"tunnel":"to-b","direction":"in","spi":4096,"key":"00112233445566778899aabbccddeeff01020304"}}"#,
             "outbound: must be an outbound SA",
         ),
@@ -152,8 +172,25 @@ fn malformed_requests_get_clear_errors() {
         let e = r["error"].as_str().unwrap();
         assert!(e.contains(want), "{line}: want `{want}` in `{e}`");
     }
-    // Still serving after all of that.
+    // Still serving after all of that; tunnels and policies can be added at run time.
     assert_eq!(a.req(json!({"op": "stats"}), 1)["ok"], true);
+    let r = a.req(
+        json!({"op": "tunnel_add", "name": "t2", "local": "203.0.113.1", "remote": "203.0.113.9"}),
+        1,
+    );
+    assert_eq!(
+        (r["ok"].as_bool(), r["index"].as_u64()),
+        (Some(true), Some(1)),
+        "{r}"
+    );
+    let r = a.req(json!({"op": "policy_add", "src": "192.0.2.0/24", "dst": "203.0.113.128/25", "action": "protect", "tunnel": "t2"}), 1);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        a.req(json!({"op": "policy_list"}), 1)["policies"]
+            .as_array()
+            .map(|p| p.len()),
+        Some(3)
+    );
     let spi = a.req(json!({"op": "allocate_spi"}), 1)["spi"]
         .as_str()
         .unwrap()

@@ -19,11 +19,11 @@ use crossbeam_queue::ArrayQueue;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{Config, SaSpec, SpiValue, Tunnel};
+use crate::config::{Config, PolicySpec, SaSpec, SpiValue, Tunnel, TunnelSpec};
 use crate::datapath::pipeline::Dataplane;
 use crate::datapath::{SaEvent, SaEventKind};
-use crate::sa::policy::{Policy, PolicyAction, PortRange, Prefix, Selector, Spd};
-use crate::sa::{Direction, Endpoints, Mode, Sa, SaParams, UdpEncap};
+use crate::sa::policy::{Policy, PolicyAction, Spd};
+use crate::sa::{Direction, Sa, SaParams};
 use events::{Event, MmCause, spi_str};
 use mm::{MmRecord, MmTable};
 
@@ -606,28 +606,6 @@ impl Control {
                 if self.tunnels.iter().any(|t| t.name == name) {
                     return Err(format!("name: tunnel `{name}` exists"));
                 }
-                let local: IpAddr = local
-                    .parse()
-                    .map_err(|_| format!("local: `{local}` is not an IP address"))?;
-                let remote: IpAddr = remote
-                    .parse()
-                    .map_err(|_| format!("remote: `{remote}` is not an IP address"))?;
-                if local.is_ipv4() != remote.is_ipv4() {
-                    return Err("remote: must be the same address family as local".into());
-                }
-                let mode = match mode.as_deref().unwrap_or("tunnel") {
-                    "tunnel" => Mode::Tunnel,
-                    "transport" => Mode::Transport,
-                    o => return Err(format!("mode: `{o}` is not tunnel or transport")),
-                };
-                let encap = match encap.as_deref().unwrap_or("none") {
-                    "none" => None,
-                    "udp" => Some(UdpEncap {
-                        src_port: 4500,
-                        dst_port: 4500,
-                    }),
-                    o => return Err(format!("encap: `{o}` is not none or udp")),
-                };
                 let used: Vec<u32> = self.tunnels.iter().map(|t| t.index).collect();
                 let index = (0..self.tunnel_capacity)
                     .find(|i| !used.contains(i))
@@ -637,18 +615,18 @@ impl Control {
                             self.tunnel_capacity
                         )
                     })?;
-                let mtu = mtu.unwrap_or(1500);
-                if !(576..=9216).contains(&mtu) {
-                    return Err(format!("mtu: {mtu} is not between 576 and 9216"));
-                }
-                self.tunnels.push(Tunnel {
-                    name,
-                    index,
-                    endpoints: Endpoints { local, remote },
-                    mode,
-                    encap,
-                    mtu,
-                });
+                let spec = TunnelSpec {
+                    name: &name,
+                    local: &local,
+                    remote: &remote,
+                    mode: mode.as_deref(),
+                    encap: encap.as_deref(),
+                    udp_src_port: None,
+                    udp_dst_port: None,
+                    mtu: mtu.map(u32::from),
+                };
+                self.tunnels
+                    .push(spec.build(index).map_err(|(f, r)| format!("{f}: {r}"))?);
                 Ok(json!({ "index": index }))
             }
             Request::TunnelDelete { name } => {
@@ -682,45 +660,19 @@ impl Control {
                 action,
                 tunnel,
             } => {
-                let src: Prefix = src.parse().map_err(|e| format!("src: {e}"))?;
-                let dst: Prefix = dst.parse().map_err(|e| format!("dst: {e}"))?;
-                if src.is_ipv6() != dst.is_ipv6() {
-                    return Err("dst: must be the same address family as src".into());
-                }
-                let ports = |v: Option<String>, f: &str| -> Result<PortRange, String> {
-                    v.map_or(Ok(PortRange::ANY), |s| {
-                        s.parse().map_err(|e| format!("{f}: {e}"))
-                    })
+                let spec = PolicySpec {
+                    src: &src,
+                    dst: &dst,
+                    protocol,
+                    src_ports: src_ports.as_deref(),
+                    dst_ports: dst_ports.as_deref(),
+                    action: &action,
+                    tunnel: tunnel.as_deref(),
                 };
-                let (sp, dpr) = (
-                    ports(src_ports, "src_ports")?,
-                    ports(dst_ports, "dst_ports")?,
+                self.policies.push(
+                    spec.build(&self.tunnels)
+                        .map_err(|(f, r)| format!("{f}: {r}"))?,
                 );
-                let action = match action.as_str() {
-                    "protect" => {
-                        let n = tunnel.ok_or("tunnel: missing: protect needs a tunnel")?;
-                        PolicyAction::Protect(
-                            self.tunnels
-                                .iter()
-                                .find(|t| t.name == n)
-                                .map(|t| t.index)
-                                .ok_or_else(|| format!("tunnel: no tunnel named `{n}`"))?,
-                        )
-                    }
-                    "bypass" => PolicyAction::Bypass,
-                    "discard" => PolicyAction::Discard,
-                    o => return Err(format!("action: `{o}` is not protect, bypass or discard")),
-                };
-                self.policies.push(Policy {
-                    selector: Selector {
-                        src,
-                        dst,
-                        protocol,
-                        src_ports: sp,
-                        dst_ports: dpr,
-                    },
-                    action,
-                });
                 self.publish_spd();
                 Ok(json!({ "index": self.policies.len() - 1 }))
             }
