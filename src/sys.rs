@@ -95,25 +95,34 @@ pub fn monotonic_ns() -> u64 {
 /// Sends every buffer in `bufs` on the connected socket with one sendmmsg(2) call; returns how
 /// many went out.
 pub fn send_batch(sock: &impl std::os::fd::AsRawFd, bufs: &mut [Vec<u8>]) -> usize {
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: mmsghdr is plain data; zeroed is a valid empty header.
-    let mut msgs: Vec<libc::mmsghdr> = (0..iov.len())
-        .map(|_| unsafe { std::mem::zeroed() })
-        .collect();
-    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-        m.msg_hdr.msg_iov = v as *mut libc::iovec;
-        m.msg_hdr.msg_iovlen = 1;
-    }
+    let mut iov = iovecs(bufs);
+    let mut msgs = mmsghdrs(&mut iov);
     // SAFETY: every header points at one iovec that points into a live buffer of its length;
     // all outlive the call.
     let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), msgs.len() as u32, 0) };
     n.max(0) as usize
+}
+
+fn iovecs(bufs: &mut [Vec<u8>]) -> Vec<libc::iovec> {
+    bufs.iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect()
+}
+
+/// One message header per iovec (the pointers stay valid while `iov` is alive and unmoved).
+fn mmsghdrs(iov: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iov.iter_mut()
+        .map(|v| {
+            // SAFETY: mmsghdr is plain data; zeroed is a valid empty header.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = v as *mut libc::iovec;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect()
 }
 
 /// Receives up to `bufs.len()` datagrams with one recvmmsg(2) call; `lens[i]` gets each size.
@@ -122,21 +131,8 @@ pub fn recv_batch(
     bufs: &mut [Vec<u8>],
     lens: &mut [usize],
 ) -> usize {
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: as in `send_batch`.
-    let mut msgs: Vec<libc::mmsghdr> = (0..iov.len())
-        .map(|_| unsafe { std::mem::zeroed() })
-        .collect();
-    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-        m.msg_hdr.msg_iov = v as *mut libc::iovec;
-        m.msg_hdr.msg_iovlen = 1;
-    }
+    let mut iov = iovecs(bufs);
+    let mut msgs = mmsghdrs(&mut iov);
     // SAFETY: headers point at live buffers of their lengths; a null timeout blocks until the
     // socket's SO_RCVTIMEO (set by the caller) or the first datagram.
     let n = unsafe {

@@ -14,6 +14,27 @@ use serde::Serialize;
 const MAGIC: u32 = 0xe5d0_7e57;
 pub const HEADER: usize = 4 + 4 + 8 + 8;
 
+/// A UDP socket connected to `dst` from an unspecified address of its family.
+fn sender_socket(dst: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: SocketAddr = if dst.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let s = UdpSocket::bind(any)?;
+    s.connect(dst)?;
+    Ok(s)
+}
+
+/// A receiving socket with a deep buffer (a sink shares two cores with both gateways and the
+/// sender) and a read timeout.
+fn sink_socket(bind: SocketAddr, timeout: Duration) -> std::io::Result<UdpSocket> {
+    let s = UdpSocket::bind(bind)?;
+    crate::sys::set_rcvbuf(&s, 64 << 20);
+    s.set_read_timeout(Some(timeout))?;
+    Ok(s)
+}
+
 #[inline]
 fn pattern(flow: u32, seq: u64, i: usize) -> u8 {
     (seq as u8)
@@ -65,13 +86,7 @@ pub fn udp_send(
     pps: u64,
     limit: Option<Duration>,
 ) -> std::io::Result<SendReport> {
-    let bind: SocketAddr = if dst.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
-    } else {
-        "[::]:0".parse().unwrap()
-    };
-    let s = UdpSocket::bind(bind)?;
-    s.connect(dst)?;
+    let s = sender_socket(dst)?;
     let mut buf = vec![0u8; size.max(HEADER)];
     let start = Instant::now();
     let mut r = SendReport::default();
@@ -117,10 +132,7 @@ pub fn udp_recv(
     idle: Duration,
     flows: u32,
 ) -> std::io::Result<RecvReport> {
-    let s = UdpSocket::bind(bind)?;
-    // A deep buffer: the sink shares two cores with both gateways and the sender.
-    crate::sys::set_rcvbuf(&s, 64 << 20);
-    s.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let s = sink_socket(bind, Duration::from_millis(100))?;
     let mut seen: HashSet<(u32, u64)> = HashSet::new();
     let mut r = RecvReport::default();
     let mut buf = vec![0u8; 65536];
@@ -305,13 +317,7 @@ pub fn blast(
     seconds: f64,
     pps: u64,
 ) -> std::io::Result<BlastReport> {
-    let bind: SocketAddr = if dst.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
-    } else {
-        "[::]:0".parse().unwrap()
-    };
-    let s = UdpSocket::bind(bind)?;
-    s.connect(dst)?;
+    let s = sender_socket(dst)?;
     let hdr = if dst.is_ipv4() { 28 } else { 48 };
     let sizes: Vec<usize> = if ip_size == 0 {
         IMIX.iter()
@@ -385,9 +391,7 @@ pub fn sink(
     max: Duration,
     ip_hdr: usize,
 ) -> std::io::Result<SinkReport> {
-    let s = UdpSocket::bind(bind)?;
-    crate::sys::set_rcvbuf(&s, 64 << 20);
-    s.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let s = sink_socket(bind, Duration::from_millis(50))?;
     let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 2048]).collect();
     let mut lens = [0usize; 64];
     let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
