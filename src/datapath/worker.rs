@@ -155,17 +155,12 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
             } else {
                 pipe.inbound(&mut frames, now, acts);
             }
+            let full = xsk.send_batch(!from_plain, &frames, acts, Action::Tx)
+                + xsk.send_batch(from_plain, &frames, acts, Action::TxBack);
+            stats.tx_ring_full.add(full);
             for (f, a) in frames.iter().zip(acts.iter()) {
-                let sent = match a {
-                    Action::Tx => xsk.send(!from_plain, f),
-                    Action::TxBack => xsk.send(from_plain, f),
-                    Action::Drop(_) | Action::Punt => {
-                        xsk.recycle(f);
-                        true
-                    }
-                };
-                if !sent {
-                    stats.tx_ring_full.add(1);
+                if matches!(a, Action::Drop(_) | Action::Punt) {
+                    xsk.recycle(f);
                 }
             }
             xsk.flush(!from_plain);

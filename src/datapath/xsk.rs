@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use xdpilone::xdp::XdpDesc;
 use xdpilone::{DeviceQueue, IfInfo, RingRx, RingTx, Socket, SocketConfig, Umem, UmemConfig};
 
-use super::pipeline::FrameMut;
+use super::pipeline::{Action, FrameMut};
 
 /// Chunk size: room for a 1500-byte frame, 256 bytes of XDP headroom and the ESP overhead
 /// (FACTS.md: 2048-byte frames are too tight once encapsulated).
@@ -312,22 +312,51 @@ impl XskPair {
         }
     }
 
-    /// Queues `frame` for transmission on one side; `false` (frame freed) when the ring is full.
+    /// Queues every frame whose action is `want` for transmission on one side, committing the
+    /// ring once per reservation rather than once per frame. Frames that do not fit are freed;
+    /// returns how many.
     #[inline]
-    pub fn send(&mut self, plain: bool, frame: &XskFrame) -> bool {
+    pub fn send_batch(
+        &mut self,
+        plain: bool,
+        frames: &[XskFrame],
+        acts: &[Action],
+        want: Action,
+    ) -> u64 {
         let tx = if plain {
             &mut self.plain.tx
         } else {
             &mut self.cipher.tx
         };
-        let mut w = tx.transmit(1);
-        if w.capacity() == 0 || !w.insert_once(frame.desc()) {
-            drop(w);
-            self.free.push(frame.chunk_addr);
-            return false;
+        let mut pending = frames
+            .iter()
+            .zip(acts)
+            .filter(|(_, a)| **a == want)
+            .map(|(f, _)| f)
+            .peekable();
+        let mut left = acts.iter().filter(|a| **a == want).count() as u32;
+        // xdpilone re-reads the kernel's consumer index only when its cached free count is
+        // below one, so a reservation can come back short while the ring has room: reserve
+        // again until everything is queued or the ring is really full.
+        while left > 0 {
+            let mut w = tx.transmit(left);
+            let cap = w.capacity();
+            if cap == 0 {
+                break;
+            }
+            for _ in 0..cap {
+                let Some(f) = pending.next() else { break };
+                w.insert_once(f.desc());
+                left -= 1;
+            }
+            w.commit();
         }
-        w.commit();
-        true
+        let mut dropped = 0;
+        for f in pending {
+            self.free.push(f.chunk_addr);
+            dropped += 1;
+        }
+        dropped
     }
 
     /// Gives a frame back (dropped or punted).
