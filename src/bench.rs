@@ -360,13 +360,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let (a, b, st, every) = (rig.socket('a'), rig.socket('b'), stop.clone(), o.rekey_ms);
             let keyer = std::thread::spawn(move || -> anyhow::Result<u64> {
-                let mut k = crate::keyer::Keyer::connect(
-                    &a,
-                    &b,
-                    "peer",
-                    Some(crate::rig::SPI_BA),
-                    Some(crate::rig::SPI_AB),
-                )?;
+                let mut k = crate::keyer::Keyer::for_rig(&a, &b)?;
                 while !st.load(std::sync::atomic::Ordering::Acquire) {
                     k.rekey()?;
                     std::thread::sleep(Duration::from_millis(every));

@@ -196,6 +196,30 @@ pub fn count_wire(pcap: &Path) -> WireCount {
     c
 }
 
+/// Captures the wire between the gateways (the `wan` bridge) into `<rig dir>/wan.pcap`, with
+/// an optional snap length and tcpdump filter. Stop the returned process to flush the file.
+pub fn capture_wan(
+    rig: &Rig,
+    snaplen: Option<u32>,
+    filter: Option<&str>,
+) -> std::io::Result<(Proc, std::path::PathBuf)> {
+    let pcap = rig.dir().join("wan.pcap");
+    let file = pcap.to_string_lossy().to_string();
+    let snap = snaplen.unwrap_or(0).to_string();
+    let mut args = vec![
+        "tcpdump",
+        "-i",
+        "br0",
+        "-U",
+        "-s",
+        snap.as_str(),
+        "-w",
+        file.as_str(),
+    ];
+    args.extend(filter);
+    Ok((Proc::spawn("tcpdump", "wan", &args)?, pcap))
+}
+
 /// Starts both gateways of `rig` with `extra` arguments; waits until both run.
 pub fn start_gateways(rig: &Rig, exe: &str, extra: &[&str]) -> anyhow::Result<(Proc, Proc)> {
     let mut gws = Vec::new();
@@ -230,21 +254,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         xdp_mode: opts.xdp_mode,
         ..Default::default()
     })?;
-    let pcap = rig.dir().join("wan.pcap");
-    let mut capture = Proc::spawn(
-        "tcpdump",
-        "wan",
-        &[
-            "tcpdump",
-            "-i",
-            "br0",
-            "-U",
-            "-s",
-            "128",
-            "-w",
-            &pcap.to_string_lossy(),
-        ],
-    )?;
+    // Headers are enough to count what crosses the wire.
+    let (mut capture, pcap) = capture_wan(&rig, Some(128), None)?;
     let (mut gw_a, mut gw_b) = start_gateways(&rig, &exe, &["--stats"])?;
     let (la, lb) = (gw_a.lines(), gw_b.lines());
     println!(
@@ -414,13 +425,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             opts.rekey_ms,
         );
         std::thread::spawn(move || -> anyhow::Result<u64> {
-            let mut k = crate::keyer::Keyer::connect(
-                &a,
-                &b,
-                "peer",
-                Some(crate::rig::SPI_BA),
-                Some(crate::rig::SPI_AB),
-            )?;
+            let mut k = crate::keyer::Keyer::for_rig(&a, &b)?;
             k.main_mode(2)?;
             let mut step = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Acquire) {

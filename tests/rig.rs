@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use espd::demo::{Proc, count_wire, start_gateways};
+use espd::demo::{Proc, capture_wan, count_wire, start_gateways};
 use espd::rig::{Rig, RigSpec};
 
 static ONE_RIG: Mutex<()> = Mutex::new(());
@@ -21,6 +21,12 @@ fn root_or_skip(name: &str) -> bool {
     }
     eprintln!("SKIPPED {name}: needs root (network namespaces, XDP)");
     false
+}
+
+/// One rig at a time, root only: the lock, or `None` after printing SKIPPED (a failure in CI).
+fn serial(name: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let g = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
+    root_or_skip(name).then_some(g)
 }
 
 fn rig(mode: &'static str, name: &str) -> Rig {
@@ -137,13 +143,7 @@ fn stop(mut gw: Proc) -> serde_json::Value {
 /// the gateways carries only ESP, and tshark given the keys finds every ICV good.
 fn traffic_both_ways(mode: &'static str) {
     let r = rig(mode, mode);
-    let pcap = r.dir().join("wan.pcap");
-    let mut cap = Proc::spawn(
-        "tcpdump",
-        "wan",
-        &["tcpdump", "-i", "br0", "-U", "-w", &pcap.to_string_lossy()],
-    )
-    .unwrap();
+    let (mut cap, pcap) = capture_wan(&r, None, None).unwrap();
     let (a, b) = start_gateways(&r, EXE, &[]).unwrap();
     let n = 3000;
     assert_all_arrived(
@@ -263,16 +263,14 @@ fn traffic_both_ways(mode: &'static str) {
 
 #[test]
 fn native_mode_traffic_both_ways() {
-    let _g = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
-    if root_or_skip("native_mode_traffic_both_ways") {
+    if let Some(_rig_lock) = serial("native_mode_traffic_both_ways") {
         traffic_both_ways("native");
     }
 }
 
 #[test]
 fn generic_mode_traffic_both_ways() {
-    let _g = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
-    if root_or_skip("generic_mode_traffic_both_ways") {
+    if let Some(_rig_lock) = serial("generic_mode_traffic_both_ways") {
         traffic_both_ways("generic");
     }
 }
@@ -281,26 +279,11 @@ fn generic_mode_traffic_both_ways() {
 /// concurrent legitimate flow loses nothing.
 #[test]
 fn attacks_counted_while_legit_flow_is_intact() {
-    let _g = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
-    if !root_or_skip("attacks_counted_while_legit_flow_is_intact") {
+    let Some(_rig_lock) = serial("attacks_counted_while_legit_flow_is_intact") else {
         return;
-    }
+    };
     let r = rig("native", "attack");
-    let pcap = r.dir().join("wan.pcap");
-    let mut cap = Proc::spawn(
-        "tcpdump",
-        "wan",
-        &[
-            "tcpdump",
-            "-i",
-            "br0",
-            "-U",
-            "-w",
-            &pcap.to_string_lossy(),
-            "ip proto 50",
-        ],
-    )
-    .unwrap();
+    let (mut cap, pcap) = capture_wan(&r, None, Some("ip proto 50")).unwrap();
     let (a, b) = start_gateways(&r, EXE, &[]).unwrap();
     // Some genuine traffic to capture and later replay.
     assert_all_arrived(
@@ -391,10 +374,9 @@ fn attacks_counted_while_legit_flow_is_intact() {
 /// rig itself leaves no namespace.
 #[test]
 fn start_stop_twenty_times_leaves_nothing() {
-    let _g = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
-    if !root_or_skip("start_stop_twenty_times_leaves_nothing") {
+    let Some(_rig_lock) = serial("start_stop_twenty_times_leaves_nothing") else {
         return;
-    }
+    };
     let r = rig("native", "cycle");
     for i in 0..20 {
         let (a, b) = start_gateways(&r, EXE, &[]).unwrap_or_else(|e| panic!("start {i}: {e}"));
@@ -430,10 +412,9 @@ fn start_stop_twenty_times_leaves_nothing() {
 /// A gateway refuses to start with a clear one-line error and leaves nothing attached.
 #[test]
 fn startup_errors_are_clear_and_leave_nothing() {
-    let _g = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
-    if !root_or_skip("startup_errors_are_clear_and_leave_nothing") {
+    let Some(_rig_lock) = serial("startup_errors_are_clear_and_leave_nothing") else {
         return;
-    }
+    };
     let r = rig("native", "errors");
     // Queue 5 does not exist on a 2-queue veth.
     let text = std::fs::read_to_string(&r.gw_a)
@@ -475,10 +456,9 @@ fn startup_errors_are_clear_and_leave_nothing() {
 /// loss, zero duplicates, zero integrity or replay failures.
 #[test]
 fn two_hundred_rekeys_under_load_lose_nothing() {
-    let _g = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
-    if !root_or_skip("two_hundred_rekeys_under_load_lose_nothing") {
+    let Some(_rig_lock) = serial("two_hundred_rekeys_under_load_lose_nothing") else {
         return;
-    }
+    };
     let r = rig("native", "rekey");
     let (a, b) = start_gateways(&r, EXE, &[]).unwrap();
     let pps = 4000u64;
@@ -560,14 +540,7 @@ fn two_hundred_rekeys_under_load_lose_nothing() {
         .unwrap(),
     ];
     std::thread::sleep(Duration::from_millis(500));
-    let mut k = espd::keyer::Keyer::connect(
-        &r.socket('a'),
-        &r.socket('b'),
-        "peer",
-        Some(espd::rig::SPI_BA),
-        Some(espd::rig::SPI_AB),
-    )
-    .unwrap();
+    let mut k = espd::keyer::Keyer::for_rig(&r.socket('a'), &r.socket('b')).unwrap();
     let start = std::time::Instant::now();
     for _ in 0..200 {
         k.rekey().unwrap();
@@ -603,10 +576,9 @@ fn two_hundred_rekeys_under_load_lose_nothing() {
 /// subscribers; the metrics endpoint answers with the counters.
 #[test]
 fn control_socket_events_and_metrics() {
-    let _g = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
-    if !root_or_skip("control_socket_events_and_metrics") {
+    let Some(_rig_lock) = serial("control_socket_events_and_metrics") else {
         return;
-    }
+    };
     let r = rig("native", "ctl");
     let (a, b) = start_gateways(&r, EXE, &[]).unwrap();
     let sock = r.socket('a');
@@ -646,14 +618,7 @@ fn control_socket_events_and_metrics() {
         true
     );
     sub.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut k = espd::keyer::Keyer::connect(
-        &r.socket('a'),
-        &r.socket('b'),
-        "peer",
-        Some(espd::rig::SPI_BA),
-        Some(espd::rig::SPI_AB),
-    )
-    .unwrap();
+    let mut k = espd::keyer::Keyer::for_rig(&r.socket('a'), &r.socket('b')).unwrap();
     k.rekey().unwrap();
     let (ic, rc) = k.main_mode(1).unwrap();
     let (ic2, rc2) = k.main_mode(600).unwrap();

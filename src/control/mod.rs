@@ -247,6 +247,15 @@ impl Control {
         self.subscribers.push(tx);
     }
 
+    /// Installed SAs, of one direction or all.
+    fn keys(&self, d: Option<Direction>) -> Vec<(u32, Direction)> {
+        self.sas
+            .keys()
+            .filter(|(_, x)| d.is_none_or(|d| d == *x))
+            .copied()
+            .collect()
+    }
+
     fn tunnel_name(&self, t: u32) -> Option<String> {
         self.tunnels
             .iter()
@@ -284,8 +293,7 @@ impl Control {
             self.sa_event(spi, d, k, now);
         }
         // Main modes whose lifetime ended: 13885; their children keep forwarding.
-        let dp = self.dp.clone();
-        let sas = self.sas.clone();
+        let (dp, sas) = (&self.dp, &self.sas);
         let child_bytes = |spi: u32| -> u64 {
             let g = epoch::pin();
             let inb = dp.sas.inbound(spi, &g).map(|s| s.totals().1).unwrap_or(0);
@@ -297,7 +305,8 @@ impl Control {
                 .unwrap_or(0);
             inb + out
         };
-        for r in self.mm.expire(now, child_bytes) {
+        let ended = self.mm.expire(now, child_bytes);
+        for r in ended {
             self.emit(Event::mm_expired(
                 MmCause::Lifetime,
                 r.peer,
@@ -412,7 +421,7 @@ impl Control {
         let t = *self
             .sas
             .get(&(spi, d))
-            .ok_or_else(|| format!("spi: {} ({}) is not installed", spi_str(spi), dir_name(d)))?;
+            .ok_or_else(|| not_installed(spi, d))?;
         match d {
             Direction::Inbound => self.dp.sas.remove_inbound(spi).map_err(|e| e.to_string())?,
             Direction::Outbound => {
@@ -516,11 +525,7 @@ impl Control {
                 let (t, s) = self.build(&sa, now)?;
                 let key = (s.spi, s.direction);
                 if !self.sas.contains_key(&key) {
-                    return Err(format!(
-                        "spi: {} ({}) is not installed",
-                        spi_str(s.spi),
-                        dir_name(s.direction)
-                    ));
+                    return Err(not_installed(s.spi, s.direction));
                 }
                 match s.direction {
                     Direction::Inbound => {
@@ -559,18 +564,12 @@ impl Control {
                     spi.get().map_err(|e| format!("spi: {e}"))?,
                     dir(&direction)?,
                 );
-                self.sa_json(spi, d, now).ok_or_else(|| {
-                    format!("spi: {} ({}) is not installed", spi_str(spi), dir_name(d))
-                })
+                self.sa_json(spi, d, now)
+                    .ok_or_else(|| not_installed(spi, d))
             }
             Request::SaList { direction, limit } => {
                 let d = direction.as_deref().map(dir).transpose()?;
-                let keys: Vec<(u32, Direction)> = self
-                    .sas
-                    .keys()
-                    .filter(|(_, x)| d.is_none_or(|d| d == *x))
-                    .copied()
-                    .collect();
+                let keys = self.keys(d);
                 let total = keys.len();
                 let list: Vec<Value> = keys
                     .into_iter()
@@ -581,12 +580,7 @@ impl Control {
             }
             Request::SaFlush { direction } => {
                 let d = direction.as_deref().map(dir).transpose()?;
-                let keys: Vec<(u32, Direction)> = self
-                    .sas
-                    .keys()
-                    .filter(|(_, x)| d.is_none_or(|d| d == *x))
-                    .copied()
-                    .collect();
+                let keys = self.keys(d);
                 let mut n = 0;
                 for (s, d) in keys {
                     if self.remove(s, d).is_ok() {
@@ -846,6 +840,10 @@ impl Control {
             Request::Subscribe {} => Ok(json!({})),
         }
     }
+}
+
+fn not_installed(spi: u32, d: Direction) -> String {
+    format!("spi: {} ({}) is not installed", spi_str(spi), dir_name(d))
 }
 
 fn err(e: String) -> String {
