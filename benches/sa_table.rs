@@ -45,10 +45,30 @@ fn lookup(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
                 let guard = epoch::pin();
-                let mut acc = 0u32;
+                let mut acc = 0usize;
                 for _ in 0..64 {
                     i = (i + 1) & 0xffff;
-                    acc ^= t.inbound(black_box(picks[i]), &guard).map_or(0, |s| s.spi);
+                    acc ^= t
+                        .inbound(black_box(picks[i]), &guard)
+                        .map_or(0, |s| s as *const Sa as usize);
+                }
+                acc
+            })
+        });
+        // As a worker does it: the batch's slots are prefetched first, then looked up.
+        g.bench_with_input(BenchmarkId::new("batch", n), &n, |b, _| {
+            b.iter(|| {
+                let guard = epoch::pin();
+                let batch = &picks[i..i + 64];
+                i = (i + 64) & 0xffc0;
+                for &spi in batch {
+                    t.prefetch_inbound(black_box(spi));
+                }
+                let mut acc = 0usize;
+                for &spi in batch {
+                    acc ^= t
+                        .inbound(black_box(spi), &guard)
+                        .map_or(0, |s| s as *const Sa as usize);
                 }
                 acc
             })

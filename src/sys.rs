@@ -1,4 +1,5 @@
-//! The few places outside AF_XDP where espd needs `unsafe`: epoch-protected pointers.
+//! The few places outside AF_XDP where espd needs `unsafe`: epoch-protected pointers, a
+//! huge-page backed slice for the SA table, and syscalls.
 #![allow(unsafe_code)]
 
 use crossbeam_epoch::{Guard, Shared};
@@ -151,4 +152,129 @@ pub fn recv_batch(
         *l = m.msg_len as usize;
     }
     n as usize
+}
+
+/// A fixed-length, default-initialised slice in its own anonymous mapping, 2 MB aligned and
+/// marked for transparent huge pages (`MADV_HUGEPAGE`) when it spans at least 2 MB, so random
+/// lookups in a large table do not miss the TLB on every access. Falls back to the heap when
+/// the mapping fails.
+pub struct HugeSlice<T: Default> {
+    ptr: std::ptr::NonNull<T>,
+    len: usize,
+    /// Length of the mapping in bytes; 0 when the slice lives on the heap.
+    map_len: usize,
+}
+
+// SAFETY: HugeSlice owns its elements like a Box<[T]>; sending or sharing it is sound exactly
+// when sending or sharing the elements is.
+unsafe impl<T: Default + Send> Send for HugeSlice<T> {}
+// SAFETY: as above; `&HugeSlice` only hands out `&[T]`.
+unsafe impl<T: Default + Sync> Sync for HugeSlice<T> {}
+
+const HUGE: usize = 2 << 20;
+
+impl<T: Default> HugeSlice<T> {
+    pub fn new(len: usize) -> Self {
+        let bytes = len.saturating_mul(std::mem::size_of::<T>());
+        if bytes < HUGE || std::mem::align_of::<T>() > 4096 {
+            return Self::heap(len);
+        }
+        let map_len = bytes.div_ceil(HUGE) * HUGE;
+        let over = map_len + HUGE;
+        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
+        // result is checked against MAP_FAILED.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                over,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Self::heap(len);
+        }
+        let start = raw as usize;
+        let aligned = start.next_multiple_of(HUGE);
+        // SAFETY: [start, aligned) and [aligned + map_len, start + over) lie inside the mapping
+        // just created and nothing refers to them; unmapping them trims it to the aligned part.
+        // madvise on the aligned part is advisory (an error only means no huge pages).
+        unsafe {
+            if aligned > start {
+                libc::munmap(raw, aligned - start);
+            }
+            let tail = start + over - (aligned + map_len);
+            if tail > 0 {
+                libc::munmap((aligned + map_len) as *mut libc::c_void, tail);
+            }
+            libc::madvise(aligned as *mut libc::c_void, map_len, libc::MADV_HUGEPAGE);
+        }
+        let ptr = aligned as *mut T;
+        for i in 0..len {
+            // SAFETY: the mapping is page aligned (so aligned for T, align <= 4096), writable and
+            // spans len * size_of::<T>() bytes; element i is in bounds and not yet initialised.
+            unsafe { ptr.add(i).write(T::default()) };
+        }
+        Self {
+            // SAFETY: mmap succeeded, so `aligned` is non-null.
+            ptr: unsafe { std::ptr::NonNull::new_unchecked(ptr) },
+            len,
+            map_len,
+        }
+    }
+
+    fn heap(len: usize) -> Self {
+        let b: Box<[T]> = (0..len).map(|_| T::default()).collect();
+        let len = b.len();
+        let raw = Box::into_raw(b) as *mut T;
+        Self {
+            // SAFETY: Box::into_raw never returns null (dangling but non-null when empty).
+            ptr: unsafe { std::ptr::NonNull::new_unchecked(raw) },
+            len,
+            map_len: 0,
+        }
+    }
+}
+
+impl<T: Default> std::ops::Deref for HugeSlice<T> {
+    type Target = [T];
+    #[inline]
+    fn deref(&self) -> &[T] {
+        // SAFETY: `ptr` points to `len` initialised elements owned by self (mapping or box),
+        // alive until drop.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T: Default> Drop for HugeSlice<T> {
+    fn drop(&mut self) {
+        let slice = std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.len);
+        if self.map_len == 0 {
+            // SAFETY: `slice` came from Box::into_raw of a Box<[T]> of this length (heap).
+            drop(unsafe { Box::from_raw(slice) });
+        } else {
+            // SAFETY: the elements were initialised in `new` and are dropped once; the mapping
+            // [ptr, ptr + map_len) was created in `new` and is unmapped once, after its last use.
+            unsafe {
+                std::ptr::drop_in_place(slice);
+                libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.map_len);
+            }
+        }
+    }
+}
+
+/// Asks the CPU to bring the cache line holding `p` closer (a hint: any address is fine, it is
+/// never dereferenced and never faults).
+#[inline(always)]
+pub fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint: it reads nothing architecturally and cannot fault, and SSE
+    // is part of the x86_64 baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }

@@ -223,6 +223,23 @@ impl<'a> Pipeline<'a> {
     pub fn inbound<F: FrameMut>(&mut self, frames: &mut [F], now: u64, actions: &mut [Action]) {
         let guard = epoch::pin();
         let spd = self.dp.spd(&guard);
+        // First pass: start loading every frame's SA slot so that the batch's cache misses
+        // overlap (with 10^6 SAs the slot table is 16 MB) instead of being paid one by one.
+        for f in frames.iter_mut() {
+            let off = f.offset();
+            if let Some((spi, _)) = f.buf_mut().get(off..).and_then(guess_esp) {
+                self.dp.sas.prefetch_inbound(spi);
+            }
+        }
+        // Second pass: with the slots (mostly) in cache, start loading each SA's hot lines.
+        for f in frames.iter_mut() {
+            let off = f.offset();
+            if let Some((spi, seq)) = f.buf_mut().get(off..).and_then(guess_esp)
+                && let Some(sa) = self.dp.sas.inbound(spi, &guard)
+            {
+                sa.prefetch_inbound(self.core, u64::from(seq));
+            }
+        }
         for (f, a) in frames.iter_mut().zip(actions.iter_mut()) {
             self.stats.rx_packets.add(1);
             self.stats.rx_bytes.add(f.len() as u64);
@@ -696,4 +713,31 @@ fn icmp6_too_big(buf: &mut [u8], l3: &L3, src: Ipv6Addr, mtu: u32) -> Option<(us
     }
     .emit(&mut buf[start..]);
     Some((start, HDR + quoted))
+}
+/// The SPI and sequence number of an ESP (or UDP-encapsulated ESP) frame, read without
+/// validation: only a hint for prefetching; the real parse happens later.
+#[inline]
+fn guess_esp(frame: &[u8]) -> Option<(u32, u32)> {
+    let be32 = |at: usize| {
+        frame
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let (proto, l4) = match frame.get(12..14)? {
+        [0x08, 0x00] => (
+            *frame.get(ethernet::HEADER_LEN + 9)?,
+            ethernet::HEADER_LEN + usize::from(frame.get(ethernet::HEADER_LEN)? & 0xf) * 4,
+        ),
+        [0x86, 0xdd] => (
+            *frame.get(ethernet::HEADER_LEN + 6)?,
+            ethernet::HEADER_LEN + ipv6::HEADER_LEN,
+        ),
+        _ => return None,
+    };
+    let esp = match proto {
+        proto::ESP => l4,
+        proto::UDP => l4 + udp::HEADER_LEN,
+        _ => return None,
+    };
+    Some((be32(esp)?, be32(esp + 4)?))
 }

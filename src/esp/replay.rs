@@ -110,6 +110,14 @@ impl ReplayWindow {
         (block as i64) > cur_blk
     }
 
+    /// Starts loading the lines `check`/`commit` of sequence number `seq` (its low 32 bits
+    /// suffice) will touch.
+    #[inline]
+    pub fn prefetch(&self, seq: u64) {
+        crate::sys::prefetch(&self.top);
+        crate::sys::prefetch(self.slot(seq).0);
+    }
+
     /// Pre-check before the ICV is verified. Sequence number 0 is never valid.
     #[inline]
     pub fn check(&self, seq: u64) -> Result<(), ReplayError> {

@@ -83,17 +83,27 @@ pub enum Take {
 
 /// An exact, lock-free budget shared by cores (see the module docs).
 #[derive(Debug)]
+#[repr(C)]
 pub struct Budget {
+    leases: Box<[CachePadded<AtomicU64>]>,
     limit: u64,
     soft: u64,
-    left: CachePadded<AtomicU64>,
     inflight: AtomicU32,
     /// Refills that have finished (see `refill`).
     exits: AtomicU64,
-    leases: Box<[CachePadded<AtomicU64>]>,
+    left: CachePadded<AtomicU64>,
 }
 
 impl Budget {
+    /// Starts loading the lines `take` on `core` touches first (this header, its lease).
+    #[inline]
+    pub fn prefetch(&self, core: usize) {
+        crate::sys::prefetch(&self.leases);
+        if let Some(l) = self.leases.get(core) {
+            crate::sys::prefetch(l);
+        }
+    }
+
     pub fn new(limit: u64, soft: Option<u64>, cores: usize) -> Self {
         Self {
             limit,
@@ -205,17 +215,20 @@ impl Budget {
     }
 }
 
-/// The lifetime state of one SA.
+/// The lifetime state of one SA (`repr(C)`: what every packet reads comes first).
 #[derive(Debug)]
+#[repr(C)]
 pub struct Lifetime {
-    limits: Limits,
-    installed_ns: u64,
+    expired: AtomicBool,
+    fired: AtomicU8,
+    /// A use-time limit is set (`first_use` is kept).
+    by_use: bool,
     soft_deadline: u64,
     hard_deadline: u64,
     /// First use time + 1 (0: not used yet).
     first_use: AtomicU64,
-    expired: AtomicBool,
-    fired: AtomicU8,
+    installed_ns: u64,
+    limits: Limits,
     packets: Option<Budget>,
     bytes: Option<Budget>,
 }
@@ -224,6 +237,7 @@ impl Lifetime {
     pub fn new(limits: Limits, installed_ns: u64, cores: usize) -> Self {
         let at = |s: Option<u64>| s.map_or(u64::MAX, |s| installed_ns.saturating_add(s * NS));
         Self {
+            by_use: limits.soft_use_seconds.is_some() || limits.hard_use_seconds.is_some(),
             limits,
             installed_ns,
             soft_deadline: at(limits.soft_seconds),
@@ -319,6 +333,15 @@ impl Lifetime {
         f.min(1.0)
     }
 
+    /// Starts loading what `admit` on `core` touches: this state and the budgets' leases.
+    #[inline]
+    pub fn prefetch(&self, core: usize) {
+        crate::sys::prefetch(self);
+        for b in [&self.packets, &self.bytes].into_iter().flatten() {
+            b.prefetch(core);
+        }
+    }
+
     /// Time-only check, for packets refused before any budget is spent.
     #[inline]
     pub fn check_time(&self, now: u64) -> Admit {
@@ -344,7 +367,7 @@ impl Lifetime {
             }
             soft = true;
         }
-        if self.limits.soft_use_seconds.is_some() || self.limits.hard_use_seconds.is_some() {
+        if self.by_use {
             let first = self.first_use.load(Ordering::Acquire);
             if first == 0 {
                 let _ = self.first_use.compare_exchange(
