@@ -21,9 +21,22 @@ for n, target in ((64, 1.6), (512, None), (1400, 1.15)):
     inn = ns("ratio", "pipeline_inbound_x64", n, 64)
     t = f"<= {target}" if target else ""
     print(f"{n:>6} {seal:>8.1f} {seal64:>9.1f} {out:>9.1f} {inn:>8.1f} {out / seal:>9.2f} {out / seal64:>13.2f} {inn / seal:>8.2f} {t}")
+def per(group, *path):
+    p = os.path.join(root, group, *path, "new", "estimates.json")
+    return json.load(open(p))["mean"]["point_estimate"] / 64
+
+
 try:
-    l3 = json.load(open(os.path.join(root, "sa_lookup", "1000", "new", "estimates.json")))["mean"]["point_estimate"] / 64
-    l6 = json.load(open(os.path.join(root, "sa_lookup", "1000000", "new", "estimates.json")))["mean"]["point_estimate"] / 64
-    print(f"\nSA lookup ns: 10^3 SAs {l3:.2f}, 10^6 SAs {l6:.2f}, ratio {l6 / l3:.1f} (target <= 2)")
+    print("\nSA lookup ns (one run of `cargo bench --bench sa_table`)")
+    for name, sub in (("one by one", ()), ("batch: prefetch 64, then look up", ("batch",))):
+        l3, l6 = per("sa_lookup", *sub, "1000"), per("sa_lookup", *sub, "1000000")
+        print(f"  {name:<34} 10^3 SAs {l3:5.2f}  10^6 SAs {l6:5.2f}  ratio {l6 / l3:.2f} (target <= 2)")
 except FileNotFoundError:
     print("\n(run `cargo bench --bench sa_table` for the lookup ratio)")
+try:
+    print("\ninbound pipeline ns/packet, 64 B, each packet for a random SA (`cargo bench --bench scale`)")
+    for b in ("aws-lc", "rust-crypto"):
+        s3, s6 = per("scale", f"inbound_x64_{b}", "1000"), per("scale", f"inbound_x64_{b}", "1000000")
+        print(f"  {b:<12} 10^3 SAs {s3:4.0f}  10^6 SAs {s6:4.0f}  ratio {s6 / s3:.2f}")
+except FileNotFoundError:
+    print("\n(run `cargo bench --bench scale` for the inbound pipeline at scale)")

@@ -231,13 +231,22 @@ impl<'a> Pipeline<'a> {
                 self.dp.sas.prefetch_inbound(spi);
             }
         }
-        // Second pass: with the slots (mostly) in cache, start loading each SA's hot lines.
+        // Second pass: with the slots (mostly) in cache, start loading each SA's hot lines;
+        // third pass: what hangs off them (replay word, per-core counters and leases).
+        for f in frames.iter_mut() {
+            let off = f.offset();
+            if let Some((spi, _)) = f.buf_mut().get(off..).and_then(guess_esp)
+                && let Some(sa) = self.dp.sas.inbound(spi, &guard)
+            {
+                sa.prefetch_head();
+            }
+        }
         for f in frames.iter_mut() {
             let off = f.offset();
             if let Some((spi, seq)) = f.buf_mut().get(off..).and_then(guess_esp)
                 && let Some(sa) = self.dp.sas.inbound(spi, &guard)
             {
-                sa.prefetch_inbound(self.core, u64::from(seq));
+                sa.prefetch_state(self.core, u64::from(seq));
             }
         }
         for (f, a) in frames.iter_mut().zip(actions.iter_mut()) {

@@ -147,6 +147,24 @@ impl RustCryptoGcm {
 }
 
 #[cfg(feature = "rustcrypto")]
+impl RustCryptoGcm {
+    /// Starts loading the key schedule (first lines) into the cache.
+    #[inline]
+    fn prefetch(&self) {
+        fn lines<T>(k: &T) {
+            let p = k as *const T as *const [u8; 64];
+            for i in 0..std::mem::size_of::<T>().div_ceil(64).min(8) {
+                crate::sys::prefetch(p.wrapping_add(i));
+            }
+        }
+        match self {
+            Self::Aes128(k) => lines(&**k),
+            Self::Aes256(k) => lines(&**k),
+        }
+    }
+}
+
+#[cfg(feature = "rustcrypto")]
 impl Aead for RustCryptoGcm {
     #[inline]
     fn seal(
@@ -194,6 +212,17 @@ pub enum AeadKey {
 }
 
 impl AeadKey {
+    /// Starts loading the key schedule into the cache where it is ours to reach (the
+    /// RustCrypto backend; aws-lc keeps its state behind an opaque pointer).
+    #[inline]
+    pub fn prefetch(&self) {
+        match self {
+            Self::AwsLc(_) => {}
+            #[cfg(feature = "rustcrypto")]
+            Self::RustCrypto(k) => k.prefetch(),
+        }
+    }
+
     /// Builds a key (16 or 32 bytes) in `backend`.
     pub fn new(backend: Backend, key: &[u8]) -> Result<Self, AeadFailure> {
         match backend {

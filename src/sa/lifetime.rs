@@ -91,14 +91,15 @@ pub struct Budget {
     inflight: AtomicU32,
     /// Refills that have finished (see `refill`).
     exits: AtomicU64,
-    left: CachePadded<AtomicU64>,
+    /// Not padded: written only on refills (once per lease chunk); padding it made every
+    /// SA 400 bytes larger.
+    left: AtomicU64,
 }
 
 impl Budget {
-    /// Starts loading the lines `take` on `core` touches first (this header, its lease).
+    /// Starts loading the lease of `core`, the line `take` touches first.
     #[inline]
     pub fn prefetch(&self, core: usize) {
-        crate::sys::prefetch(&self.leases);
         if let Some(l) = self.leases.get(core) {
             crate::sys::prefetch(l);
         }
@@ -108,7 +109,7 @@ impl Budget {
         Self {
             limit,
             soft: soft.unwrap_or(u64::MAX),
-            left: CachePadded::new(AtomicU64::new(limit)),
+            left: AtomicU64::new(limit),
             inflight: AtomicU32::new(0),
             exits: AtomicU64::new(0),
             leases: (0..cores.max(1))
@@ -333,10 +334,17 @@ impl Lifetime {
         f.min(1.0)
     }
 
-    /// Starts loading what `admit` on `core` touches: this state and the budgets' leases.
+    /// Starts loading this state and the budgets' headers.
     #[inline]
-    pub fn prefetch(&self, core: usize) {
+    pub fn prefetch_head(&self) {
         crate::sys::prefetch(self);
+        crate::sys::prefetch(&self.packets);
+        crate::sys::prefetch(&self.bytes);
+    }
+
+    /// Starts loading the budgets' leases of `core` (after `prefetch_head` has had time).
+    #[inline]
+    pub fn prefetch_leases(&self, core: usize) {
         for b in [&self.packets, &self.bytes].into_iter().flatten() {
             b.prefetch(core);
         }

@@ -238,24 +238,33 @@ impl Sa {
         self.aead.open(nonce, aad, data, tag)
     }
 
-    /// Starts loading what the inbound path of this SA touches for packet `seq` on `core`: the
-    /// SA's first lines, its replay window word and its per-core counters. (The AEAD key
-    /// schedule lives inside the crypto library and is loaded on first use.)
+    /// Starts loading the SA's own hot lines: the fields every packet reads and the lifetime
+    /// state (addresses inside the SA: no load needed to compute them). The inbound pipeline
+    /// calls this for a whole batch, then `prefetch_state`.
     #[inline]
-    pub fn prefetch_inbound(&self, core: usize, seq: u64) {
+    pub fn prefetch_head(&self) {
         crate::sys::prefetch(self);
         crate::sys::prefetch(&self.replay);
         crate::sys::prefetch(&self.outer_v4);
+        self.lifetime.prefetch_head();
+    }
+
+    /// Starts loading what packet `seq` on `core` touches behind the SA's pointers: its replay
+    /// window word, its per-core counters and budget leases, its inner selectors and, where
+    /// reachable (RustCrypto), the AEAD key schedule.
+    #[inline]
+    pub fn prefetch_state(&self, core: usize, seq: u64) {
         if let Some(r) = &self.replay {
             r.prefetch(seq);
         }
         if let Some(c) = self.cores.get(core) {
             crate::sys::prefetch(c);
         }
-        self.lifetime.prefetch(core);
+        self.lifetime.prefetch_leases(core);
         if let Some(sel) = self.inner.first() {
             crate::sys::prefetch(sel);
         }
+        self.aead.prefetch();
     }
 
     /// Takes the next outbound sequence number. `None` when the sequence space is exhausted

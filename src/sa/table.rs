@@ -133,7 +133,11 @@ impl SaTable {
         if t1 as u32 != spi || spi == 0 || (t1 >> 32) & 1 == 1 {
             return None;
         }
+        #[cfg(test)]
+        tests::race_window();
         let p = slot.sa.load(Ordering::Acquire, guard);
+        #[cfg(test)]
+        tests::race_window();
         fence(Ordering::Acquire);
         // Unchanged tag: `p` is the SA published under `spi` (a rewrite in between makes the
         // version odd or moves it on; 2^31 rewrites within one lookup cannot happen).
@@ -322,6 +326,25 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64};
     use zeroize::Zeroizing;
 
+    thread_local! {
+        /// Set by reader threads of the race tests: `inbound` yields between its loads at
+        /// every third call, so a writer can run inside the window a real race would need.
+        static WIDEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    pub(super) fn race_window() {
+        let n = WIDEN.with(|w| {
+            let n = w.get();
+            if n > 0 {
+                w.set(n + 1);
+            }
+            n
+        });
+        if n > 0 && n.is_multiple_of(3) {
+            std::thread::yield_now();
+        }
+    }
+
     pub(crate) fn params(spi: u32, dir: Direction) -> SaParams {
         SaParams {
             spi,
@@ -426,6 +449,55 @@ mod tests {
         for &spi in spis.iter().step_by(997) {
             assert_eq!(t.inbound(spi, &g).map(|s| s.spi), Some(spi));
         }
+    }
+
+    /// One slot passed back and forth between two SPIs while readers look both up: a lookup
+    /// returns the SA of the SPI asked for or nothing, never the other SPI's SA (the tag and
+    /// the pointer are read as one).
+    #[test]
+    fn slot_reuse_never_returns_another_spis_sa() {
+        let t = Arc::new(SaTable::new(256, 1, 4));
+        let (a, b) = (0x105u32, 0x205u32); // both slot 5
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2))
+            .map(|_| {
+                let (t, stop) = (t.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    WIDEN.with(|w| w.set(1));
+                    let mut hits = [0u64; 2];
+                    while !stop.load(Ordering::Relaxed) {
+                        let g = epoch::pin();
+                        for (i, spi) in [a, b].into_iter().enumerate() {
+                            if let Some(sa) = t.inbound(spi, &g) {
+                                assert_eq!(sa.spi, spi, "lookup returned another SPI's SA");
+                                assert!(sa.canary_ok(), "reader saw a freed SA");
+                                hits[i] += 1;
+                            }
+                        }
+                    }
+                    hits
+                })
+            })
+            .collect();
+        for i in 0..20_000 {
+            let (old, new) = if i % 2 == 0 { (a, b) } else { (b, a) };
+            let _ = t.remove_inbound(old);
+            t.install_inbound(Sa::new(&params(new, Direction::Inbound), 4, 0).unwrap())
+                .unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let mut total = [0u64; 2];
+        for r in readers {
+            let h = r.join().unwrap();
+            total[0] += h[0];
+            total[1] += h[1];
+        }
+        assert!(
+            total[0] > 0 && total[1] > 0,
+            "both SPIs were seen: {total:?}"
+        );
     }
 
     /// Readers on every core while SAs are replaced thousands of times: no reader ever sees a

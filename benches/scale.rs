@@ -1,0 +1,134 @@
+//! The inbound pipeline at scale: 10^3 vs 10^6 installed SAs, every packet of a batch for a
+//! random SA, so each packet meets a cold SA (its slot and the SA itself). Uses the daemon's
+//! allocator (mimalloc): where an SA's pieces land in memory is part of what is measured.
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::udp_frame;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use espd::datapath::Action;
+use espd::datapath::mem::Frame;
+use espd::datapath::pipeline::FrameMut;
+use espd::esp::aead::Backend;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const BATCH: usize = 64;
+
+/// The inbound pipeline with 10^3 and 10^6 installed SAs, each packet of a batch for a random
+/// SA: the cost of a cold SA (its slot and the SA itself) at scale. 64-byte packets; the ESP is
+/// made outside the timed region by outbound twins of a pool of at most 65,536 of the SAs
+/// (78 MB of SAs, more than the last-level cache).
+fn scale(c: &mut Criterion) {
+    use espd::config::Config;
+    use espd::datapath::pipeline::Pipeline as P;
+    use espd::sa::{Direction, Sa};
+    use rand::{RngExt, SeedableRng};
+    use std::path::Path;
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let cfg_a = Config::load(&dir.join("gw-a.toml")).unwrap();
+    let out_p = cfg_a
+        .sas
+        .iter()
+        .find(|(_, p)| p.direction == Direction::Outbound)
+        .unwrap()
+        .1
+        .clone();
+    let pkt = udp_frame(64);
+    let mut g = c.benchmark_group("scale");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for (backend, n) in [
+        (Backend::AwsLc, 1_000usize),
+        (Backend::AwsLc, 1_000_000),
+        (Backend::RustCrypto, 1_000),
+        (Backend::RustCrypto, 1_000_000),
+    ] {
+        let mut cfg = Config::load(&dir.join("gw-b.toml")).unwrap();
+        cfg.sa_capacity = (n as u32).next_power_of_two();
+        let in_p = cfg
+            .sas
+            .iter()
+            .find(|(_, p)| p.direction == Direction::Inbound)
+            .unwrap()
+            .1
+            .clone();
+        let mut in_p = in_p;
+        in_p.backend = backend;
+        let mut out_p = out_p.clone();
+        out_p.backend = backend;
+        let now = espd::now_ns();
+        let dp = cfg.build_dataplane(now).unwrap();
+        let mut spis = vec![in_p.spi];
+        while spis.len() < n {
+            let mut p = in_p.clone();
+            p.spi = dp.sas.allocate_spi().unwrap();
+            dp.sas
+                .install_inbound(Sa::new(&p, 1, now).unwrap())
+                .unwrap();
+            spis.push(p.spi);
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // Distinct SAs (a partial Fisher-Yates shuffle), so no two twins share sequence numbers.
+        let k = n.min(65_536);
+        for i in 0..k {
+            let j = rng.random_range(i..n);
+            spis.swap(i, j);
+        }
+        let pool: Vec<Sa> = spis[..k]
+            .iter()
+            .map(|&spi| {
+                let mut p = out_p.clone();
+                p.spi = spi;
+                Sa::new(&p, 1, now).unwrap()
+            })
+            .collect();
+        let (stats, events) = (
+            espd::datapath::CoreStats::default(),
+            crossbeam_queue::ArrayQueue::new(1 << 16),
+        );
+        let mut pb = P::new(&dp, 0, &stats, &events, cfg.pipeline_config());
+        let mut frames: Vec<Frame> = (0..BATCH).map(|_| Frame::from_packet(&pkt)).collect();
+        let mut acts = [Action::Punt; BATCH];
+        g.bench_with_input(
+            BenchmarkId::new(format!("inbound_x64/{backend}"), n),
+            &n,
+            |bch, _| {
+                bch.iter_custom(|iters| {
+                    let mut t = Duration::ZERO;
+                    for _ in 0..iters {
+                        for f in frames.iter_mut() {
+                            f.reset(&pkt);
+                            let twin = &pool[rng.random_range(0..pool.len())];
+                            let (at, len) = (f.offset() + 14, f.len() - 14);
+                            let seq = twin.next_seq().unwrap();
+                            let (start, len) =
+                                espd::esp::encap(twin, seq, f.buf_mut(), at, len).unwrap();
+                            let buf = f.buf_mut();
+                            buf[start - 2..start].copy_from_slice(&[8, 0]);
+                            f.set(start - 14, len + 14);
+                        }
+                        let now = espd::now_ns();
+                        let s = Instant::now();
+                        pb.inbound(&mut frames, now, &mut acts);
+                        t += s.elapsed();
+                        assert!(acts.iter().all(|a| *a == Action::Tx), "{acts:?}");
+                    }
+                    t
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = scale
+}
+criterion_main!(benches);
