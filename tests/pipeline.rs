@@ -522,3 +522,100 @@ fn sequence_numbers_are_consecutive_across_batches_and_never_wrap() {
     );
     let _ = b;
 }
+
+/// With more than 4096 inbound SAs the pipeline prefetches each batch's SA state in three
+/// passes that read the frames unvalidated. Those passes must change nothing: every frame of a
+/// batch of valid, malformed, forged and foreign frames gets the same verdict and bytes as on
+/// a gateway without them, and valid ESP for the extra SAs is accepted.
+#[test]
+fn prefetch_passes_change_no_verdict() {
+    let (a, big) = pair();
+    let (_, small) = pair();
+    let template = big
+        .cfg
+        .sas
+        .iter()
+        .find(|(_, p)| p.direction == Direction::Inbound)
+        .unwrap()
+        .1
+        .clone();
+    let mut extra = Vec::new();
+    for _ in 0..5000 {
+        let mut p = template.clone();
+        p.spi = big.dp.sas.allocate_spi().unwrap();
+        big.dp
+            .sas
+            .install_inbound(Sa::new(&p, 1, 1).unwrap())
+            .unwrap();
+        extra.push(p.spi);
+    }
+    assert!(big.dp.sas.inbound_len() > 4096);
+
+    let pkts: Vec<Vec<u8>> = (0..40)
+        .map(|i| {
+            let (s, d) = if i % 2 == 0 {
+                ("192.0.2.10", "198.51.100.20")
+            } else {
+                ("fd00:a::10", "fd00:b::20")
+            };
+            frame(s, d, 17, 1000 + i, 2, &payload(i as usize * 7, i as u8))
+        })
+        .collect();
+    let esp: Vec<Vec<u8>> = a.out(&pkts).into_iter().map(|(_, f)| f).collect();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    for (i, e) in esp.iter().enumerate() {
+        match i % 5 {
+            0 => batch.push(e[..(i * 3).min(e.len())].to_vec()),
+            1 => {
+                let mut f = e.clone();
+                let last = f.len() - 1;
+                f[last] ^= 1;
+                batch.push(f);
+            }
+            2 => {
+                let mut f = e.clone();
+                f[34..38].copy_from_slice(&0xdead_beefu32.to_be_bytes());
+                batch.push(f);
+            }
+            _ => {}
+        }
+        batch.push(e.clone());
+    }
+    batch.push(vec![0x08; 5]);
+    batch.push(pkts[0].clone());
+    let got_big = big.inn(&batch);
+    let got_small = small.inn(&batch);
+    assert_eq!(got_big, got_small);
+    assert!(got_big.iter().filter(|(a, _)| *a == Action::Tx).count() >= 40);
+
+    // ESP for some of the extra SAs (made by outbound twins) passes on the big gateway.
+    let out_template = a
+        .cfg
+        .sas
+        .iter()
+        .find(|(_, p)| p.direction == Direction::Outbound)
+        .unwrap()
+        .1
+        .clone();
+    let mut frames = Vec::new();
+    for &spi in extra.iter().step_by(97) {
+        let mut p = out_template.clone();
+        p.spi = spi;
+        let twin = Sa::new(&p, 1, 1).unwrap();
+        let mut f = vec![0u8; 256];
+        let pkt = &pkts[0][14..];
+        f[128..128 + pkt.len()].copy_from_slice(pkt);
+        let (start, len) = encap(&twin, 1, &mut f, 128, pkt.len()).unwrap();
+        let mut e = pkts[0][..14].to_vec();
+        e[12..14].copy_from_slice(&[8, 0]);
+        e.extend_from_slice(&f[start..start + len]);
+        frames.push(e);
+    }
+    let n = frames.len();
+    let got = big.inn(&frames);
+    assert_eq!(
+        got.iter().filter(|(a, _)| *a == Action::Tx).count(),
+        n,
+        "{got:?}"
+    );
+}

@@ -16,7 +16,7 @@
 //! * Outbound: one atomic pointer per tunnel to its current SA. Swapping it is the rekey.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
 
@@ -89,6 +89,8 @@ pub struct SaTable {
     mask: u32,
     slot_bits: u32,
     tunnels: Box<[Atomic<Sa>]>,
+    /// Installed inbound SAs (written under `alloc`, read by workers once per batch).
+    installed: AtomicU32,
     cores: usize,
     alloc: Mutex<Alloc>,
 }
@@ -103,6 +105,7 @@ impl SaTable {
             mask: cap - 1,
             slot_bits: cap.trailing_zeros(),
             tunnels: (0..tunnels).map(|_| Atomic::null()).collect(),
+            installed: AtomicU32::new(0),
             cores: cores.max(1),
             alloc: Mutex::new(Alloc {
                 used: vec![false; cap as usize],
@@ -120,6 +123,11 @@ impl SaTable {
     }
     pub fn tunnel_capacity(&self) -> u32 {
         self.tunnels.len() as u32
+    }
+    /// Number of installed inbound SAs.
+    #[inline]
+    pub fn inbound_len(&self) -> u32 {
+        self.installed.load(Ordering::Relaxed)
     }
 
     // ---- worker side: no locks, no allocation ----
@@ -219,6 +227,7 @@ impl SaTable {
         a.used[slot as usize] = true;
         let spi = sa.spi;
         self.inbound[slot as usize].publish(spi, Owned::new(sa).into_shared(&guard));
+        self.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -233,6 +242,7 @@ impl SaTable {
             _ => return Err(TableError::UnknownSpi { spi }),
         }
         self.inbound[slot].publish(0, Shared::null());
+        self.installed.fetch_sub(1, Ordering::Relaxed);
         a.used[slot] = false;
         retire(cur, &guard);
         Ok(())
@@ -387,7 +397,9 @@ mod tests {
             t.install_inbound(Sa::new(&params(other, Direction::Inbound), 1, 0).unwrap()),
             Err(TableError::SlotTaken { .. })
         ));
+        assert_eq!(t.inbound_len(), 1);
         t.remove_inbound(spi).unwrap();
+        assert_eq!(t.inbound_len(), 0);
         assert!(t.inbound(spi, &g).is_none());
         assert_eq!(t.remove_inbound(spi), Err(TableError::UnknownSpi { spi }));
         assert_ne!(
@@ -446,6 +458,7 @@ mod tests {
         let mut n = 0;
         t.for_each(|_, _| n += 1);
         assert_eq!(n, 1_000_000);
+        assert_eq!(t.inbound_len(), 1_000_000);
         for &spi in spis.iter().step_by(997) {
             assert_eq!(t.inbound(spi, &g).map(|s| s.spi), Some(spi));
         }
