@@ -62,6 +62,7 @@ fn scale(c: &mut Criterion) {
         let mut out_p = out_p.clone();
         out_p.backend = backend;
         let now = espd::now_ns();
+        let rss0 = rss_bytes();
         let dp = cfg.build_dataplane(now).unwrap();
         let mut spis = vec![in_p.spi];
         while spis.len() < n {
@@ -71,6 +72,14 @@ fn scale(c: &mut Criterion) {
                 .install_inbound(Sa::new(&p, 1, now).unwrap())
                 .unwrap();
             spis.push(p.spi);
+        }
+        if n >= 1_000_000 && backend == Backend::AwsLc {
+            // Resident memory of the table and its SAs (replay window 1024, one worker). Only
+            // the first large table: later ones reuse memory the allocator kept.
+            println!(
+                "memory: {n} inbound SAs ({backend}) take {:.0} bytes each (resident set growth)",
+                rss_bytes().saturating_sub(rss0) as f64 / n as f64
+            );
         }
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         // Distinct SAs (a partial Fisher-Yates shuffle), so no two twins share sequence numbers.
@@ -124,6 +133,17 @@ fn scale(c: &mut Criterion) {
         );
     }
     g.finish();
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 criterion_group! {
