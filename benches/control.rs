@@ -1,5 +1,7 @@
 //! Batch install: one `sa_add_batch` request with 100,000 SAs through the control thread's
 //! request handler (JSON parsing, validation, key setup, table insert). Target: < 2 s.
+//! Timers: one control-thread tick with 100,000 idle SAs (one-hour lifetimes, a third of them
+//! counted from first use), as the daemon runs it every 20 ms.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use espd::control::{Control, Reply};
 
 const N: usize = 100_000;
 
-fn batch(c: &mut Criterion) {
+fn cfg() -> Config {
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gw-a.toml"))
             .unwrap()
@@ -19,7 +21,11 @@ fn batch(c: &mut Criterion) {
     let text = text
         .replace("[dataplane.extra]\n", "")
         .replace("workers = 1", "workers = 1\nsa_capacity = 262144");
-    let cfg = Config::parse(Path::new("gw-a.toml"), &text).unwrap();
+    Config::parse(Path::new("gw-a.toml"), &text).unwrap()
+}
+
+fn batch(c: &mut Criterion) {
+    let cfg = cfg();
     let sas: Vec<serde_json::Value> = (0..N)
         .map(|i| {
             serde_json::json!({"tunnel": "to-b", "direction": "in", "spi": 0x10000 + i,
@@ -53,5 +59,43 @@ fn batch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, batch);
+fn tick(c: &mut Criterion) {
+    let cfg = cfg();
+    let sas: Vec<serde_json::Value> = (0..N)
+        .map(|i| {
+            let lifetime = if i % 3 == 0 {
+                serde_json::json!({"soft_use_seconds": 3000, "hard_use_seconds": 3600})
+            } else {
+                serde_json::json!({"soft_seconds": 3000, "hard_seconds": 3600})
+            };
+            serde_json::json!({"tunnel": "to-b", "direction": "in", "spi": 0x10000 + i,
+                "key": format!("{:040x}", (i as u128) * 0x9e37_79b9_7f4a_7c15 + 1),
+                "lifetime": lifetime})
+        })
+        .collect();
+    let req = serde_json::json!({"op": "sa_add_batch", "sas": sas}).to_string();
+    let dp = Arc::new(cfg.build_dataplane(1).unwrap());
+    let mut ctl = Control::new(&cfg, dp);
+    match ctl.handle(&req, 1) {
+        Reply::Line(l) => assert!(
+            l.contains("\"installed\":100000"),
+            "{}",
+            &l[..l.len().min(300)]
+        ),
+        Reply::Subscribe => unreachable!(),
+    }
+    let events = crossbeam_queue::ArrayQueue::new(64);
+    let mut now = 1_000_000_000u64;
+    let mut g = c.benchmark_group("control");
+    g.bench_function("tick_100k_idle_sas", |b| {
+        b.iter(|| {
+            // 20 ms apart, as the daemon ticks: every fifth tick is a timer pass.
+            now += 20_000_000;
+            ctl.tick(now, &events);
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, batch, tick);
 criterion_main!(benches);

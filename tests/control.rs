@@ -461,3 +461,69 @@ fn ten_thousand_rekeys_across_worker_threads_lose_nothing() {
         10_000
     );
 }
+
+/// Time limits of idle SAs fire from the control thread's timers: limits counted from install
+/// at their deadline, limits counted from first use only after a first use (then at
+/// first use + limit, without further traffic), and never for an SA that was never used.
+/// 30,000 use-time SAs make the control thread visit them over several passes.
+#[test]
+fn idle_sa_timers_by_install_and_by_first_use_across_30k_sas() {
+    let mut s = side("gw-b.toml", "");
+    let cap = s.dp.sas.capacity();
+    assert!(cap >= 65536);
+    let sas: Vec<Value> = (0..30_000u32)
+        .map(|i| {
+            json!({"tunnel": "to-a", "direction": "in", "spi": 0x20000 + i,
+                "key": format!("{:040x}", u128::from(i) + 1),
+                "lifetime": {"soft_use_seconds": 10, "hard_use_seconds": 20}})
+        })
+        .collect();
+    let r = s.req(json!({"op": "sa_add_batch", "sas": sas}), S);
+    assert_eq!(r["installed"], 30_000, "{r}");
+    let r = s.req(
+        json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0x38000",
+            "key": "00112233445566778899aabbccddeeff01020304",
+            "lifetime": {"soft_seconds": 7, "hard_seconds": 9}}}),
+        S,
+    );
+    assert_eq!(r["spi"], "0x00038000", "{r}");
+    // The last of the use-time SAs (by SPI) is used once at t = 5 s, the others never.
+    let used = 0x20000 + 29_999;
+    {
+        let g = crossbeam_epoch::pin();
+        let sa = s.dp.sas.inbound(used, &g).unwrap();
+        assert_eq!(sa.lifetime.admit(0, 100, 5 * S), espd::sa::Admit::Pass);
+    }
+    let mut seen: Vec<(u64, String, String)> = Vec::new();
+    // Ticks every 100 ms from 1 s to 60 s, no traffic.
+    for i in 10..600u64 {
+        let now = i * S / 10;
+        s.ctl.tick(now, &s.events);
+        for e in s.events() {
+            let name = e["event"].as_str().unwrap().to_string();
+            if name.starts_with("sa_") && name.ends_with("expired") {
+                seen.push((now, name, e["spi"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    let at = |name: &str, spi: &str| {
+        seen.iter()
+            .filter(|(_, n, s)| n == name && s == spi)
+            .map(|(t, _, _)| *t)
+            .collect::<Vec<_>>()
+    };
+    let by_install = "0x00038000";
+    let by_use = format!("0x{used:08x}");
+    // Within one 100 ms timer pass of the deadline, exactly once.
+    let near = |t: &[u64], want: u64| t.len() == 1 && t[0] >= want && t[0] <= want + S / 10;
+    // Installed at 1 s: 7 and 9 s later.
+    assert!(near(&at("sa_soft_expired", by_install), 8 * S), "{seen:?}");
+    assert!(near(&at("sa_hard_expired", by_install), 10 * S), "{seen:?}");
+    assert!(near(&at("sa_soft_expired", &by_use), 15 * S), "{seen:?}");
+    assert!(near(&at("sa_hard_expired", &by_use), 25 * S), "{seen:?}");
+    assert_eq!(
+        seen.len(),
+        4,
+        "unused SAs never expire by use time: {seen:?}"
+    );
+}

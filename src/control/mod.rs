@@ -10,7 +10,8 @@ pub mod events;
 pub mod metrics;
 pub mod mm;
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -173,17 +174,28 @@ pub struct Control {
     linger_ns: u64,
     tunnel_capacity: u32,
     next_scan: u64,
+    /// Time-limit deadlines of registered SAs, earliest first (soft and hard; stale entries of
+    /// removed SAs are skipped when they come up and swept when they pile up).
+    timers: BinaryHeap<Reverse<(u64, u32, Direction)>>,
+    /// Registered SAs with limits counted from first use whose first use has not been seen:
+    /// visited a slice at a time until their deadlines are known.
+    unused: BTreeSet<(u32, Direction)>,
+    unused_cursor: Option<(u32, Direction)>,
 }
+
+/// Use-time SAs visited per timer pass (every 100 ms): 10^5 of them take half a second a round.
+const UNUSED_PER_PASS: usize = 20_000;
 
 impl Control {
     /// Takes over the dataplane built from `cfg` (its static SAs become registered SAs).
     pub fn new(cfg: &Config, dp: Arc<Dataplane>) -> Control {
-        let sas = cfg
+        let sas: BTreeMap<(u32, Direction), u32> = cfg
             .sas
             .iter()
             .map(|(t, p)| ((p.spi, p.direction), *t))
             .collect();
-        Control {
+        let keys: Vec<(u32, Direction)> = sas.keys().copied().collect();
+        let mut c = Control {
             dp,
             defaults: (cfg.backend, cfg.replay_window),
             tunnels: cfg.tunnels.clone(),
@@ -200,6 +212,50 @@ impl Control {
             linger_ns: cfg.control.expired_linger_ms * 1_000_000,
             tunnel_capacity: cfg.control.tunnel_capacity,
             next_scan: 0,
+            timers: BinaryHeap::new(),
+            unused: BTreeSet::new(),
+            unused_cursor: None,
+        };
+        for k in keys {
+            c.arm(k);
+        }
+        c
+    }
+
+    /// The registered SA `key`, if it is still installed.
+    fn lookup<'g>(&self, key: (u32, Direction), g: &'g epoch::Guard) -> Option<&'g Sa> {
+        let (spi, d) = key;
+        match d {
+            Direction::Inbound => self.dp.sas.inbound(spi, g),
+            Direction::Outbound => {
+                let t = *self.sas.get(&key)?;
+                self.dp.sas.outbound(t, g).filter(|s| s.spi == spi)
+            }
+        }
+    }
+
+    /// Schedules the time limits of the just-registered SA `key`.
+    fn arm(&mut self, key: (u32, Direction)) {
+        let g = epoch::pin();
+        let Some(sa) = self.lookup(key, &g) else {
+            return;
+        };
+        let (soft, hard) = sa.lifetime.deadlines();
+        let by_use = sa.lifetime.by_use();
+        drop(g);
+        for t in [soft, hard] {
+            if t != u64::MAX {
+                self.timers.push(Reverse((t, key.0, key.1)));
+            }
+        }
+        if by_use {
+            self.unused.insert(key);
+        }
+        // Entries of removed SAs are dropped lazily; sweep them when they outnumber the live.
+        if self.timers.len() > 4 * self.sas.len() + 1024 {
+            let sas = &self.sas;
+            self.timers
+                .retain(|Reverse((_, spi, d))| sas.contains_key(&(*spi, *d)));
         }
     }
 
@@ -256,6 +312,40 @@ impl Control {
             .collect()
     }
 
+    /// Visits the next slice of SAs with use-time limits not yet seen used: those used since
+    /// get their deadlines scheduled (and are checked now), those gone are forgotten.
+    fn visit_unused(&mut self, due: &mut Vec<(u32, Direction)>) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = self.unused_cursor.map_or(Unbounded, Excluded);
+        let slice: Vec<(u32, Direction)> = self
+            .unused
+            .range((start, Unbounded))
+            .take(UNUSED_PER_PASS)
+            .copied()
+            .collect();
+        self.unused_cursor = if slice.len() < UNUSED_PER_PASS {
+            None
+        } else {
+            slice.last().copied()
+        };
+        let g = epoch::pin();
+        for key in slice {
+            let Some(sa) = self.lookup(key, &g) else {
+                self.unused.remove(&key);
+                continue;
+            };
+            if let Some((soft, hard)) = sa.lifetime.use_deadlines() {
+                self.unused.remove(&key);
+                for t in [soft, hard] {
+                    if t != u64::MAX {
+                        self.timers.push(Reverse((t, key.0, key.1)));
+                    }
+                }
+                due.push(key);
+            }
+        }
+    }
+
     fn tunnel_name(&self, t: u32) -> Option<String> {
         self.tunnels
             .iter()
@@ -268,24 +358,35 @@ impl Control {
         while let Some(e) = worker_events.pop() {
             self.sa_event(e.spi, e.direction, e.kind, now);
         }
-        // Idle SAs: time limits fire here even without traffic (registered SAs only, at most
-        // every 100 ms: the limits have second granularity).
+        // Idle SAs: time limits fire here even without traffic (at most every 100 ms: the
+        // limits have second granularity). Due deadlines come off a heap, so a pass costs
+        // nothing for SAs whose time has not come; SAs with use-time limits are visited a
+        // slice per pass until their first use fixes their deadlines.
         let mut fired = Vec::new();
         if now >= self.next_scan {
             self.next_scan = now + 100_000_000;
+            let mut due = Vec::new();
+            while let Some(&Reverse((t, spi, d))) = self.timers.peek() {
+                if t > now {
+                    break;
+                }
+                self.timers.pop();
+                due.push((spi, d));
+            }
+            self.visit_unused(&mut due);
+            due.sort_unstable();
+            due.dedup();
             let g = epoch::pin();
-            for (&(spi, d), &t) in &self.sas {
-                let sa = match d {
-                    Direction::Inbound => self.dp.sas.inbound(spi, &g),
-                    Direction::Outbound => self.dp.sas.outbound(t, &g).filter(|s| s.spi == spi),
+            for key in due {
+                let Some(sa) = self.lookup(key, &g) else {
+                    continue;
                 };
-                let Some(sa) = sa else { continue };
                 let (soft, hard) = sa.lifetime.tick(now);
                 if soft {
-                    fired.push((spi, d, SaEventKind::Soft));
+                    fired.push((key.0, key.1, SaEventKind::Soft));
                 }
                 if hard {
-                    fired.push((spi, d, SaEventKind::Hard));
+                    fired.push((key.0, key.1, SaEventKind::Hard));
                 }
             }
         }
@@ -410,6 +511,7 @@ impl Control {
             }
         }
         self.sas.insert(key, t);
+        self.arm(key);
         self.counters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -543,6 +645,7 @@ impl Control {
                     }
                 }
                 self.sas.insert(key, t);
+                self.arm(key);
                 Ok(json!({ "spi": spi_str(key.0) }))
             }
             Request::SaDelete { spi, direction } => {
@@ -744,6 +847,7 @@ impl Control {
                     self.sas.remove(&(o, Direction::Outbound));
                 }
                 self.sas.insert((new_spi, Direction::Outbound), t);
+                self.arm((new_spi, Direction::Outbound));
                 // 3. The old inbound SA keeps accepting packets in flight for the grace period.
                 if let Some(r) = retire {
                     self.retiring

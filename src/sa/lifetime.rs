@@ -268,6 +268,30 @@ impl Lifetime {
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
+    /// When the time limits counted from install fall due (ns; `u64::MAX`: never), soft then
+    /// hard.
+    pub fn deadlines(&self) -> (u64, u64) {
+        (self.soft_deadline, self.hard_deadline)
+    }
+
+    /// True when a limit counts from the first packet (its deadline is known only then).
+    pub fn by_use(&self) -> bool {
+        self.by_use
+    }
+
+    /// Soft and hard deadlines of the use-time limits, once the SA has been used.
+    pub fn use_deadlines(&self) -> Option<(u64, u64)> {
+        let first = self.first_use.load(Ordering::Acquire);
+        if first == 0 || !self.by_use {
+            return None;
+        }
+        let at = |s: Option<u64>| s.map_or(u64::MAX, |s| (first - 1).saturating_add(s * NS));
+        Some((
+            at(self.limits.soft_use_seconds),
+            at(self.limits.hard_use_seconds),
+        ))
+    }
+
     pub fn installed_ns(&self) -> u64 {
         self.installed_ns
     }
