@@ -262,22 +262,35 @@ impl XskPair {
             } else {
                 &mut self.cipher.device
             };
-            let avail = self.free.len().saturating_sub(reserve) as u32;
+            let mut avail = self.free.len().saturating_sub(reserve) as u32;
             if avail == 0 {
                 return;
             }
-            let mut w = dev.fill(avail.min(RING_SIZE));
-            let n = w.capacity();
-            for _ in 0..n {
-                match self.free.pop() {
-                    Some(a) => {
-                        w.insert_once(a);
+            // As on tx: a reservation can come back short while the ring has room (xdpilone's
+            // cached count), so reserve again until the ring is full or nothing is left.
+            while avail > 0 {
+                let mut w = dev.fill(avail.min(RING_SIZE));
+                let n = w.capacity();
+                if n == 0 {
+                    break;
+                }
+                let mut put = 0;
+                for _ in 0..n {
+                    match self.free.pop() {
+                        Some(a) => {
+                            w.insert_once(a);
+                            put += 1;
+                        }
+                        None => break,
                     }
-                    None => break,
+                }
+                w.commit();
+                drop(w);
+                avail = avail.saturating_sub(put);
+                if put < n {
+                    break;
                 }
             }
-            w.commit();
-            drop(w);
             if dev.needs_wakeup() {
                 dev.wake();
             }
