@@ -82,9 +82,63 @@ fn lookup(c: &mut Criterion) {
     g.finish();
 }
 
+/// SPD lookup with 10, 10^3 and 10^5 policies: one per remote-access client (its /32 address
+/// → its tunnel, as a concentrator has), a few site /24s and a final catch-all, random packets
+/// to the clients.
+fn spd(c: &mut Criterion) {
+    use espd::sa::policy::{FlowKey, Policy, PolicyAction, PortRange, Prefix, Selector, Spd};
+    use std::net::{IpAddr, Ipv4Addr};
+    let mut g = c.benchmark_group("spd_lookup");
+    for n in [10u32, 1_000, 100_000] {
+        let client = |i: u32| Ipv4Addr::from(0x0a00_0000 + i);
+        let sel = |dst: Prefix| Selector {
+            src: "192.0.2.0/24".parse().unwrap(),
+            dst,
+            protocol: None,
+            src_ports: PortRange::ANY,
+            dst_ports: PortRange::ANY,
+        };
+        let mut list: Vec<Policy> = (0..4)
+            .map(|i| Policy {
+                selector: sel(Prefix::new(IpAddr::from([198, 51, i, 0]), 24).unwrap()),
+                action: PolicyAction::Protect(i.into()),
+            })
+            .collect();
+        list.extend((0..n).map(|i| Policy {
+            selector: sel(Prefix::new(IpAddr::V4(client(i)), 32).unwrap()),
+            action: PolicyAction::Protect(i),
+        }));
+        list.push(Policy {
+            selector: sel(Prefix::any(false)),
+            action: PolicyAction::Discard,
+        });
+        let spd = Spd::new(list, PolicyAction::Discard);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let keys: Vec<FlowKey> = (0..4096)
+            .map(|_| FlowKey {
+                v6: false,
+                src: u128::from(u32::from(Ipv4Addr::new(192, 0, 2, 10))),
+                dst: u128::from(u32::from(client(rng.random_range(0..n)))),
+                protocol: 17,
+                src_port: 40000,
+                dst_port: 5001,
+            })
+            .collect();
+        let mut i = 0usize;
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) & 4095;
+                spd.lookup(black_box(&keys[i]))
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_secs(2));
-    targets = lookup
+    targets = lookup, spd
 }
 criterion_main!(benches);

@@ -1,7 +1,11 @@
 //! Security policy database (RFC 4301 §4.4.1): ordered selectors → protect / bypass / discard.
 //!
-//! Lookup is a first-match scan over the policies of the packet's address family. The SPD is
-//! immutable once built; the control side publishes a new one to change it.
+//! Lookup returns the first matching policy of the packet's address family. A short list is
+//! scanned; a long one (a concentrator with a policy per tunnel) is indexed by destination
+//! prefix (tuple-space search): one hash table per distinct destination prefix length maps a
+//! masked destination to the policies with that prefix, so a lookup probes one table per length
+//! instead of visiting every policy, and still returns the first match. The SPD is immutable
+//! once built; the control side publishes a new one to change it.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -234,10 +238,137 @@ pub struct Policy {
 /// The security policy database.
 #[derive(Clone, Debug)]
 pub struct Spd {
-    v4: Vec<Policy>,
-    v6: Vec<Policy>,
+    v4: Family,
+    v6: Family,
     /// Action for packets no policy matches (Discard is counted as 13916).
     pub default: PolicyAction,
+}
+
+/// Families with more policies than this are indexed; shorter ones are scanned (faster).
+const SCAN_MAX: usize = 16;
+
+/// The policies of one address family, in priority order, and their index when long.
+#[derive(Clone, Debug, Default)]
+struct Family {
+    list: Vec<Policy>,
+    /// By ascending smallest policy position; empty when the list is scanned.
+    tuples: Vec<Tuple>,
+    /// Policy positions, grouped per (tuple, masked destination), ascending within a group.
+    ids: Vec<u32>,
+}
+
+/// The policies whose destination prefix has one length.
+#[derive(Clone, Debug)]
+struct Tuple {
+    mask: u128,
+    /// Smallest policy position in this tuple.
+    first: u32,
+    /// Masked destination → range of `Family::ids`.
+    buckets: std::collections::HashMap<u128, (u32, u32), FoldHash>,
+}
+
+/// Hash for masked addresses (trusted keys from the configuration, not from packets).
+#[derive(Clone, Copy, Debug, Default)]
+struct FoldHash;
+
+impl std::hash::BuildHasher for FoldHash {
+    type Hasher = FoldHasher;
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher(0)
+    }
+}
+
+struct FoldHasher(u64);
+
+impl std::hash::Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        let x = (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
+        self.0 = (self.0 ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 ^= self.0 >> 29;
+    }
+}
+
+impl Family {
+    fn new(list: Vec<Policy>) -> Self {
+        if list.len() <= SCAN_MAX {
+            return Self {
+                list,
+                ..Default::default()
+            };
+        }
+        // (prefix length, masked destination, position), grouped by the first two.
+        let mut keyed: Vec<(u8, u128, u32)> = list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.selector.dst.len, p.selector.dst.addr, i as u32))
+            .collect();
+        keyed.sort_unstable();
+        let mut tuples: Vec<Tuple> = Vec::new();
+        let mut ids = Vec::with_capacity(keyed.len());
+        let mut i = 0;
+        while i < keyed.len() {
+            let (len, addr, _) = keyed[i];
+            let start = ids.len() as u32;
+            while i < keyed.len() && keyed[i].0 == len && keyed[i].1 == addr {
+                ids.push(keyed[i].2);
+                i += 1;
+            }
+            let range = (start, ids.len() as u32);
+            let first = ids[start as usize];
+            match tuples.last_mut() {
+                Some(t) if t.mask == list[first as usize].selector.dst.mask => {
+                    t.first = t.first.min(first);
+                    t.buckets.insert(addr, range);
+                }
+                _ => {
+                    let mut buckets = std::collections::HashMap::with_hasher(FoldHash);
+                    buckets.insert(addr, range);
+                    tuples.push(Tuple {
+                        mask: list[first as usize].selector.dst.mask,
+                        first,
+                        buckets,
+                    });
+                }
+            }
+        }
+        tuples.sort_by_key(|t| t.first);
+        Self { list, tuples, ids }
+    }
+
+    #[inline]
+    fn lookup(&self, k: &FlowKey) -> Option<&Policy> {
+        if self.tuples.is_empty() {
+            return self.list.iter().find(|p| p.selector.matches(k));
+        }
+        let mut best = u32::MAX;
+        for t in &self.tuples {
+            // Tuples come by their first position: none after this one can do better.
+            if t.first >= best {
+                break;
+            }
+            let Some(&(a, b)) = t.buckets.get(&(k.dst & t.mask)) else {
+                continue;
+            };
+            for &i in &self.ids[a as usize..b as usize] {
+                if i >= best {
+                    break;
+                }
+                if self.list[i as usize].selector.matches(k) {
+                    best = i;
+                    break;
+                }
+            }
+        }
+        self.list.get(best as usize)
+    }
 }
 
 /// Result of an SPD lookup.
@@ -250,29 +381,32 @@ pub enum Lookup {
 impl Spd {
     /// Policies in priority order (first match wins).
     pub fn new(policies: Vec<Policy>, default: PolicyAction) -> Self {
-        let (v6, v4) = policies.into_iter().partition(|p| p.selector.src.is_ipv6());
-        Self { v4, v6, default }
+        let (v6, v4): (Vec<Policy>, Vec<Policy>) =
+            policies.into_iter().partition(|p| p.selector.src.is_ipv6());
+        Self {
+            v4: Family::new(v4),
+            v6: Family::new(v6),
+            default,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.v4.len() + self.v6.len()
+        self.v4.list.len() + self.v6.list.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
     pub fn policies(&self) -> impl Iterator<Item = &Policy> {
-        self.v4.iter().chain(self.v6.iter())
+        self.v4.list.iter().chain(self.v6.list.iter())
     }
 
     #[inline]
     pub fn lookup(&self, k: &FlowKey) -> Lookup {
-        let list = if k.v6 { &self.v6 } else { &self.v4 };
-        for p in list {
-            if p.selector.matches(k) {
-                return Lookup::Matched(p.action);
-            }
+        let family = if k.v6 { &self.v6 } else { &self.v4 };
+        match family.lookup(k) {
+            Some(p) => Lookup::Matched(p.action),
+            None => Lookup::Default(self.default),
         }
-        Lookup::Default(self.default)
     }
 }
 
@@ -363,5 +497,97 @@ mod tests {
             Lookup::Default(PolicyAction::Discard)
         );
         assert!("9-3".parse::<PortRange>().is_err());
+    }
+
+    /// The indexed lookup (more than 16 policies) returns exactly what a first-match scan
+    /// returns, for random policy sets over a small address space (so prefixes overlap, nest
+    /// and repeat) and random packets, both families.
+    #[test]
+    fn indexed_lookup_equals_first_match_scan() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+        let v4 = |a: u8, b: u8, len: u8| {
+            Prefix::new(IpAddr::from([10, 0, a % 4, b % 8]), len % 33).unwrap()
+        };
+        let v6 = |a: u8, b: u8, len: u8| {
+            let mut o = [0u8; 16];
+            o[0] = 0xfd;
+            o[14] = a % 4;
+            o[15] = b % 8;
+            Prefix::new(
+                IpAddr::from(o),
+                [0, 8, 64, 120, 126, 127, 128][len as usize % 7],
+            )
+            .unwrap()
+        };
+        let policy = (any::<(u8, u8, u8, u8, u8, u8)>(), 0u8..4, 0u8..3, 0u32..40);
+        let packet = (any::<(u8, u8, u8, u8)>(), 0u8..3, 0u16..4, any::<bool>());
+        let mut runner = TestRunner::new(Config {
+            cases: 300,
+            ..Config::default()
+        });
+        runner
+            .run(
+                &(
+                    proptest::collection::vec(policy, 0..80),
+                    proptest::collection::vec(packet, 50),
+                ),
+                |(policies, packets)| {
+                    let list: Vec<Policy> = policies
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &((sa, sb, sl, da, db, dl), proto, ports, t))| {
+                            let six = i % 3 == 0;
+                            let pfx = |a, b, l| if six { v6(a, b, l) } else { v4(a, b, l) };
+                            Policy {
+                                selector: Selector {
+                                    src: pfx(sa, sb, sl),
+                                    dst: pfx(da, db, dl),
+                                    protocol: [None, Some(6), Some(17), None][proto as usize],
+                                    src_ports: PortRange::ANY,
+                                    dst_ports: [
+                                        PortRange::ANY,
+                                        PortRange { lo: 1, hi: 1 },
+                                        PortRange { lo: 1, hi: 2 },
+                                    ][ports as usize],
+                                },
+                                action: match t % 3 {
+                                    0 => PolicyAction::Protect(t),
+                                    1 => PolicyAction::Bypass,
+                                    _ => PolicyAction::Discard,
+                                },
+                            }
+                        })
+                        .collect();
+                    let spd = Spd::new(list.clone(), PolicyAction::Discard);
+                    for &((sa, sb, da, db), proto, dport, six) in &packets {
+                        let addr = |a, b| {
+                            if six {
+                                v6(a, b, 128).addr
+                            } else {
+                                v4(a, b, 32).addr
+                            }
+                        };
+                        let k = FlowKey {
+                            v6: six,
+                            src: addr(sa, sb),
+                            dst: addr(da, db),
+                            protocol: [6, 17, 1][proto as usize],
+                            src_port: 7,
+                            dst_port: dport,
+                        };
+                        let want = list
+                            .iter()
+                            .filter(|p| p.selector.src.is_ipv6() == six)
+                            .find(|p| p.selector.matches(&k))
+                            .map_or(Lookup::Default(PolicyAction::Discard), |p| {
+                                Lookup::Matched(p.action)
+                            });
+                        prop_assert_eq!(spd.lookup(&k), want, "{:?}", k);
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
     }
 }
