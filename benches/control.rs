@@ -1,7 +1,8 @@
 //! Batch install: one `sa_add_batch` request with 100,000 SAs through the control thread's
 //! request handler (JSON parsing, validation, key setup, table insert). Target: < 2 s.
 //! Timers: one control-thread tick with 100,000 idle SAs (one-hour lifetimes, a third of them
-//! counted from first use), as the daemon runs it every 20 ms.
+//! counted from first use), as the daemon runs it every 20 ms. Policies: one
+//! `policy_add_batch` of 100,000 host policies.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -97,5 +98,38 @@ fn tick(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, batch, tick);
+/// One `policy_add_batch` of 100,000 host policies (parse, validate, one SPD rebuild with its
+/// index).
+fn policies(c: &mut Criterion) {
+    let cfg = cfg();
+    let list: Vec<serde_json::Value> = (0..N)
+        .map(|i| {
+            serde_json::json!({"src": "fd00:a::/64", "dst": format!("fd00:c::{:x}:{:x}/128", i >> 16, i & 0xffff),
+                "action": "protect", "tunnel": "to-b"})
+        })
+        .collect();
+    let req = serde_json::json!({"op": "policy_add_batch", "policies": list}).to_string();
+    let mut g = c.benchmark_group("control");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.bench_function("policy_add_batch_100k", |b| {
+        b.iter_custom(|iters| {
+            let mut t = Duration::ZERO;
+            for _ in 0..iters {
+                let dp = Arc::new(cfg.build_dataplane(1).unwrap());
+                let mut ctl = Control::new(&cfg, dp);
+                let s = Instant::now();
+                let r = ctl.handle(&req, 1);
+                t += s.elapsed();
+                match r {
+                    Reply::Line(l) => assert!(l.contains("\"added\":100000"), "{l}"),
+                    Reply::Subscribe => unreachable!(),
+                }
+            }
+            t
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, batch, tick, policies);
 criterion_main!(benches);

@@ -527,3 +527,46 @@ fn idle_sa_timers_by_install_and_by_first_use_across_30k_sas() {
         "unused SAs never expire by use time: {seen:?}"
     );
 }
+
+/// `policy_add_batch`: 10,000 host policies in one SPD rebuild; the SPD is then indexed and
+/// packets to those hosts are protected while others still meet the default; a bad item
+/// names its position and field and adds nothing.
+#[test]
+fn policy_add_batch_ten_thousand_hosts() {
+    let mut a = side("gw-a.toml", "");
+    let host = |i: u32| format!("fd00:c::{:x}", i + 1);
+    let policies: Vec<Value> = (0..10_000)
+        .map(|i| {
+            json!({"src": "fd00:a::/64", "dst": format!("{}/128", host(i)),
+                "action": "protect", "tunnel": "to-b"})
+        })
+        .collect();
+    let before = a.req(json!({"op": "policy_list"}), S);
+    let n0 = before["policies"].as_array().map_or(0, |v| v.len());
+    let r = a.req(json!({"op": "policy_add_batch", "policies": policies}), S);
+    assert_eq!(r["added"], 10_000, "{r}");
+    assert_eq!(r["first_index"], n0, "{r}");
+    let send = |a: &Side, dst: &str| {
+        let f = frame("fd00:a::10", dst, 17, 1000, 2000, &payload(64, 1));
+        a.run(0, &[f], S, true).remove(0).0
+    };
+    assert_eq!(send(&a, &host(0)), Action::Tx);
+    assert_eq!(send(&a, &host(9_999)), Action::Tx);
+    assert_eq!(
+        send(&a, &host(10_000)),
+        Action::Drop(DropReason::ClearText),
+        "not in the batch: default policy"
+    );
+    let mut bad: Vec<Value> = (0..4)
+        .map(|i| json!({"src": "fd00:a::/64", "dst": host(20_000 + i), "action": "protect", "tunnel": "to-b"}))
+        .collect();
+    bad[2]["dst"] = json!("fd00:c::zz/128");
+    let r = a.req(json!({"op": "policy_add_batch", "policies": bad}), S);
+    assert!(
+        r["error"].as_str().unwrap().starts_with("policies[2].dst:"),
+        "{r}"
+    );
+    let after = a.req(json!({"op": "policy_list"}), S);
+    assert_eq!(after["policies"].as_array().unwrap().len(), n0 + 10_000);
+    assert_eq!(send(&a, &host(20_000)), Action::Drop(DropReason::ClearText));
+}

@@ -89,6 +89,10 @@ pub enum Request {
         action: String,
         tunnel: Option<String>,
     },
+    /// Several policies appended with one SPD rebuild (all or none).
+    PolicyAddBatch {
+        policies: Vec<PolicyItem>,
+    },
     PolicyDelete {
         index: usize,
     },
@@ -118,6 +122,35 @@ pub enum Request {
     MmList {},
     Stats {},
     Subscribe {},
+}
+
+/// One policy of `policy_add_batch` (the fields of `policy_add`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyItem {
+    src: String,
+    dst: String,
+    protocol: Option<u8>,
+    src_ports: Option<String>,
+    dst_ports: Option<String>,
+    action: String,
+    tunnel: Option<String>,
+}
+
+impl PolicyItem {
+    fn build(&self, tunnels: &[Tunnel]) -> Result<Policy, String> {
+        PolicySpec {
+            src: &self.src,
+            dst: &self.dst,
+            protocol: self.protocol,
+            src_ports: self.src_ports.as_deref(),
+            dst_ports: self.dst_ports.as_deref(),
+            action: &self.action,
+            tunnel: self.tunnel.as_deref(),
+        }
+        .build(tunnels)
+        .map_err(|(f, r)| format!("{f}: {r}"))
+    }
 }
 
 fn dir(s: &str) -> Result<Direction, String> {
@@ -757,21 +790,32 @@ impl Control {
                 action,
                 tunnel,
             } => {
-                let spec = PolicySpec {
-                    src: &src,
-                    dst: &dst,
+                let item = PolicyItem {
+                    src,
+                    dst,
                     protocol,
-                    src_ports: src_ports.as_deref(),
-                    dst_ports: dst_ports.as_deref(),
-                    action: &action,
-                    tunnel: tunnel.as_deref(),
+                    src_ports,
+                    dst_ports,
+                    action,
+                    tunnel,
                 };
-                self.policies.push(
-                    spec.build(&self.tunnels)
-                        .map_err(|(f, r)| format!("{f}: {r}"))?,
-                );
+                self.policies.push(item.build(&self.tunnels)?);
                 self.publish_spd();
                 Ok(json!({ "index": self.policies.len() - 1 }))
+            }
+            Request::PolicyAddBatch { policies } => {
+                let built = policies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        p.build(&self.tunnels)
+                            .map_err(|e| format!("policies[{i}].{e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let first = self.policies.len();
+                self.policies.extend(built);
+                self.publish_spd();
+                Ok(json!({ "first_index": first, "added": self.policies.len() - first }))
             }
             Request::PolicyDelete { index } => {
                 if index >= self.policies.len() {
