@@ -175,6 +175,7 @@ fn keys_never_appear_in_errors_or_debug() {
         n += 1;
         let d = format!("{sa:?}");
         assert!(d.contains("redacted") && !d.contains("00112233"), "{d}");
+        std::ops::ControlFlow::Continue(())
     });
     assert_eq!(n, 2);
 }

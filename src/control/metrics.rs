@@ -105,7 +105,7 @@ impl MetricsSource {
         self.dp.sas.for_each(|_, sa| {
             n += 1;
             if n > self.sa_limit {
-                return;
+                return std::ops::ControlFlow::Break(());
             }
             let (p, b) = sa.totals();
             let l = format!(
@@ -120,6 +120,7 @@ impl MetricsSource {
             sa_c.push((l.clone(), (sa.lifetime.consumed(p, b, now) * 1e6) as u64));
             sa_p.push((l.clone(), p));
             sa_b.push((l, b));
+            std::ops::ControlFlow::Continue(())
         });
         metric("espd_sa_packets_total", "counter", "Packets per SA.", sa_p);
         metric("espd_sa_bytes_total", "counter", "Bytes per SA.", sa_b);
@@ -133,7 +134,7 @@ impl MetricsSource {
             "espd_sas",
             "gauge",
             "Installed SAs.",
-            vec![(String::new(), n as u64)],
+            vec![(String::new(), self.dp.sas.len() as u64)],
         );
         let c = self
             .counters

@@ -15,6 +15,7 @@
 //!   are read as a seqlock: the control side makes the version odd while it rewrites a slot.
 //! * Outbound: one atomic pointer per tunnel to its current SA. Swapping it is the rekey.
 
+use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
@@ -287,17 +288,37 @@ impl SaTable {
         Ok(old_spi)
     }
 
-    /// Visits every installed SA (inbound first, then outbound with its tunnel index).
-    pub fn for_each(&self, mut f: impl FnMut(Option<u32>, &Sa)) {
+    /// Installed SAs, inbound and outbound.
+    pub fn len(&self) -> usize {
+        let guard = epoch::pin();
+        self.inbound_len() as usize
+            + self
+                .tunnels
+                .iter()
+                .filter(|a| !a.load(Ordering::Acquire, &guard).is_null())
+                .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Visits installed SAs (inbound first, then outbound with its tunnel index) until `f`
+    /// breaks.
+    pub fn for_each(&self, mut f: impl FnMut(Option<u32>, &Sa) -> ControlFlow<()>) {
         let guard = epoch::pin();
         for a in self.inbound.iter() {
-            if let Some(sa) = deref(a.sa.load(Ordering::Acquire, &guard)) {
-                f(None, sa);
+            if let Some(sa) = deref(a.sa.load(Ordering::Acquire, &guard))
+                && f(None, sa).is_break()
+            {
+                return;
             }
         }
         for (i, a) in self.tunnels.iter().enumerate() {
-            if let Some(sa) = deref(a.load(Ordering::Acquire, &guard)) {
-                f(Some(i as u32), sa);
+            if let Some(sa) = deref(a.load(Ordering::Acquire, &guard))
+                && f(Some(i as u32), sa).is_break()
+            {
+                return;
             }
         }
     }
@@ -456,7 +477,10 @@ mod tests {
         }
         let g = epoch::pin();
         let mut n = 0;
-        t.for_each(|_, _| n += 1);
+        t.for_each(|_, _| {
+            n += 1;
+            ControlFlow::Continue(())
+        });
         assert_eq!(n, 1_000_000);
         assert_eq!(t.inbound_len(), 1_000_000);
         for &spi in spis.iter().step_by(997) {
@@ -472,43 +496,48 @@ mod tests {
         let t = Arc::new(SaTable::new(256, 1, 4));
         let (a, b) = (0x105u32, 0x205u32); // both slot 5
         let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let readers: Vec<_> = (0..std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .max(2))
             .map(|_| {
-                let (t, stop) = (t.clone(), stop.clone());
+                let (t, stop, hits) = (t.clone(), stop.clone(), hits.clone());
                 std::thread::spawn(move || {
                     WIDEN.with(|w| w.set(1));
-                    let mut hits = [0u64; 2];
                     while !stop.load(Ordering::Relaxed) {
                         let g = epoch::pin();
                         for (i, spi) in [a, b].into_iter().enumerate() {
                             if let Some(sa) = t.inbound(spi, &g) {
                                 assert_eq!(sa.spi, spi, "lookup returned another SPI's SA");
                                 assert!(sa.canary_ok(), "reader saw a freed SA");
-                                hits[i] += 1;
+                                hits[i].fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
-                    hits
                 })
             })
             .collect();
-        for i in 0..20_000 {
+        // At least 20,000 hand-overs, and on until both SPIs were found 1,000 times each (a
+        // loaded machine may starve the readers), within a minute; a reader that failed ends it.
+        let t0 = std::time::Instant::now();
+        let mut i = 0u64;
+        while (i < 20_000 || hits.iter().any(|h| h.load(Ordering::Relaxed) < 1000))
+            && t0.elapsed() < std::time::Duration::from_secs(60)
+            && !readers.iter().any(|r| r.is_finished())
+        {
             let (old, new) = if i % 2 == 0 { (a, b) } else { (b, a) };
             let _ = t.remove_inbound(old);
             t.install_inbound(Sa::new(&params(new, Direction::Inbound), 4, 0).unwrap())
                 .unwrap();
+            i += 1;
         }
         stop.store(true, Ordering::Relaxed);
-        let mut total = [0u64; 2];
         for r in readers {
-            let h = r.join().unwrap();
-            total[0] += h[0];
-            total[1] += h[1];
+            r.join().unwrap();
         }
+        let total = [0, 1].map(|i| hits[i].load(Ordering::Relaxed));
         assert!(
-            total[0] > 0 && total[1] > 0,
+            total.iter().all(|&h| h >= 1000),
             "both SPIs were seen: {total:?}"
         );
     }
