@@ -525,7 +525,7 @@ mod tests {
             && t0.elapsed() < std::time::Duration::from_secs(60)
             && !readers.iter().any(|r| r.is_finished())
         {
-            let (old, new) = if i % 2 == 0 { (a, b) } else { (b, a) };
+            let (old, new) = if i.is_multiple_of(2) { (a, b) } else { (b, a) };
             let _ = t.remove_inbound(old);
             t.install_inbound(Sa::new(&params(new, Direction::Inbound), 4, 0).unwrap())
                 .unwrap();
