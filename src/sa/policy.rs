@@ -251,7 +251,13 @@ const SCAN_MAX: usize = 16;
 #[derive(Clone, Debug, Default)]
 struct Family {
     list: Vec<Policy>,
-    /// By ascending smallest policy position; empty when the list is scanned.
+    /// `None` when the list is scanned.
+    index: Option<Box<Index>>,
+}
+
+#[derive(Clone, Debug)]
+struct Index {
+    /// By ascending smallest policy position.
     tuples: Vec<Tuple>,
     /// Policy positions, grouped per (tuple, masked destination), ascending within a group.
     ids: Vec<u32>,
@@ -340,16 +346,18 @@ impl Family {
             }
         }
         tuples.sort_by_key(|t| t.first);
-        Self { list, tuples, ids }
+        Self {
+            list,
+            index: Some(Box::new(Index { tuples, ids })),
+        }
     }
 
-    #[inline]
-    fn lookup(&self, k: &FlowKey) -> Option<&Policy> {
-        if self.tuples.is_empty() {
-            return self.list.iter().find(|p| p.selector.matches(k));
-        }
+    /// First match through the index (long lists only; kept out of line so the short-list
+    /// scan stays as tight as it was).
+    #[inline(never)]
+    fn indexed(&self, ix: &Index, k: &FlowKey) -> Option<&Policy> {
         let mut best = u32::MAX;
-        for t in &self.tuples {
+        for t in &ix.tuples {
             // Tuples come by their first position: none after this one can do better.
             if t.first >= best {
                 break;
@@ -357,7 +365,7 @@ impl Family {
             let Some(&(a, b)) = t.buckets.get(&(k.dst & t.mask)) else {
                 continue;
             };
-            for &i in &self.ids[a as usize..b as usize] {
+            for &i in &ix.ids[a as usize..b as usize] {
                 if i >= best {
                     break;
                 }
@@ -400,10 +408,18 @@ impl Spd {
         self.v4.list.iter().chain(self.v6.list.iter())
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&self, k: &FlowKey) -> Lookup {
         let family = if k.v6 { &self.v6 } else { &self.v4 };
-        match family.lookup(k) {
+        let Some(ix) = &family.index else {
+            for p in &family.list {
+                if p.selector.matches(k) {
+                    return Lookup::Matched(p.action);
+                }
+            }
+            return Lookup::Default(self.default);
+        };
+        match family.indexed(ix, k) {
             Some(p) => Lookup::Matched(p.action),
             None => Lookup::Default(self.default),
         }
