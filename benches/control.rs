@@ -25,32 +25,23 @@ fn cfg() -> Config {
     Config::parse(Path::new("gw-a.toml"), &text).unwrap()
 }
 
-fn batch(c: &mut Criterion) {
+/// Times one request on a fresh control thread per iteration; its answer must contain `want`.
+fn time_request(c: &mut Criterion, name: &str, secs: u64, req: &str, want: &str) {
     let cfg = cfg();
-    let sas: Vec<serde_json::Value> = (0..N)
-        .map(|i| {
-            serde_json::json!({"tunnel": "to-b", "direction": "in", "spi": 0x10000 + i,
-                "key": format!("{:040x}", (i as u128) * 0x9e37_79b9_7f4a_7c15 + 1)})
-        })
-        .collect();
-    let req = serde_json::json!({"op": "sa_add_batch", "sas": sas}).to_string();
     let mut g = c.benchmark_group("control");
-    g.sample_size(10).measurement_time(Duration::from_secs(20));
-    g.bench_function("sa_add_batch_100k", |b| {
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(secs));
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut t = Duration::ZERO;
             for _ in 0..iters {
                 let dp = Arc::new(cfg.build_dataplane(1).unwrap());
                 let mut ctl = Control::new(&cfg, dp);
                 let s = Instant::now();
-                let r = ctl.handle(&req, 1);
+                let r = ctl.handle(req, 1);
                 t += s.elapsed();
                 match r {
-                    Reply::Line(l) => assert!(
-                        l.contains("\"installed\":100000"),
-                        "{}",
-                        &l[..l.len().min(300)]
-                    ),
+                    Reply::Line(l) => assert!(l.contains(want), "{}", &l[..l.len().min(300)]),
                     Reply::Subscribe => unreachable!(),
                 }
             }
@@ -58,6 +49,17 @@ fn batch(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+fn batch(c: &mut Criterion) {
+    let sas: Vec<serde_json::Value> = (0..N)
+        .map(|i| {
+            serde_json::json!({"tunnel": "to-b", "direction": "in", "spi": 0x10000 + i,
+                "key": format!("{:040x}", (i as u128) * 0x9e37_79b9_7f4a_7c15 + 1)})
+        })
+        .collect();
+    let req = serde_json::json!({"op": "sa_add_batch", "sas": sas}).to_string();
+    time_request(c, "sa_add_batch_100k", 20, &req, "\"installed\":100000");
 }
 
 fn tick(c: &mut Criterion) {
@@ -101,7 +103,6 @@ fn tick(c: &mut Criterion) {
 /// One `policy_add_batch` of 100,000 host policies (parse, validate, one SPD rebuild with its
 /// index).
 fn policies(c: &mut Criterion) {
-    let cfg = cfg();
     let list: Vec<serde_json::Value> = (0..N)
         .map(|i| {
             serde_json::json!({"src": "fd00:a::/64", "dst": format!("fd00:c::{:x}:{:x}/128", i >> 16, i & 0xffff),
@@ -109,26 +110,7 @@ fn policies(c: &mut Criterion) {
         })
         .collect();
     let req = serde_json::json!({"op": "policy_add_batch", "policies": list}).to_string();
-    let mut g = c.benchmark_group("control");
-    g.sample_size(10).measurement_time(Duration::from_secs(10));
-    g.bench_function("policy_add_batch_100k", |b| {
-        b.iter_custom(|iters| {
-            let mut t = Duration::ZERO;
-            for _ in 0..iters {
-                let dp = Arc::new(cfg.build_dataplane(1).unwrap());
-                let mut ctl = Control::new(&cfg, dp);
-                let s = Instant::now();
-                let r = ctl.handle(&req, 1);
-                t += s.elapsed();
-                match r {
-                    Reply::Line(l) => assert!(l.contains("\"added\":100000"), "{l}"),
-                    Reply::Subscribe => unreachable!(),
-                }
-            }
-            t
-        })
-    });
-    g.finish();
+    time_request(c, "policy_add_batch_100k", 10, &req, "\"added\":100000");
 }
 
 criterion_group!(benches, batch, tick, policies);

@@ -267,20 +267,25 @@ impl Control {
         }
     }
 
+    /// Puts the soft and hard deadlines of `key` (those that exist) on the timer heap.
+    fn schedule(&mut self, key: (u32, Direction), (soft, hard): (u64, u64)) {
+        for t in [soft, hard] {
+            if t != u64::MAX {
+                self.timers.push(Reverse((t, key.0, key.1)));
+            }
+        }
+    }
+
     /// Schedules the time limits of the just-registered SA `key`.
     fn arm(&mut self, key: (u32, Direction)) {
         let g = epoch::pin();
         let Some(sa) = self.lookup(key, &g) else {
             return;
         };
-        let (soft, hard) = sa.lifetime.deadlines();
+        let deadlines = sa.lifetime.deadlines();
         let by_use = sa.lifetime.by_use();
         drop(g);
-        for t in [soft, hard] {
-            if t != u64::MAX {
-                self.timers.push(Reverse((t, key.0, key.1)));
-            }
-        }
+        self.schedule(key, deadlines);
         if by_use {
             self.unused.insert(key);
         }
@@ -367,13 +372,9 @@ impl Control {
                 self.unused.remove(&key);
                 continue;
             };
-            if let Some((soft, hard)) = sa.lifetime.use_deadlines() {
+            if let Some(deadlines) = sa.lifetime.use_deadlines() {
                 self.unused.remove(&key);
-                for t in [soft, hard] {
-                    if t != u64::MAX {
-                        self.timers.push(Reverse((t, key.0, key.1)));
-                    }
-                }
+                self.schedule(key, deadlines);
                 due.push(key);
             }
         }
