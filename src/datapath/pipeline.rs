@@ -730,6 +730,7 @@ fn icmp6_too_big(buf: &mut [u8], l3: &L3, src: Ipv6Addr, mtu: u32) -> Option<(us
     .emit(&mut buf[start..]);
     Some((start, HDR + quoted))
 }
+
 /// Below this many inbound SAs their state stays cached and the inbound prefetch passes cost
 /// more (~11 ns per packet) than they save.
 const PREFETCH_ABOVE_SAS: u32 = 4096;
