@@ -619,3 +619,63 @@ fn prefetch_passes_change_no_verdict() {
         "{got:?}"
     );
 }
+
+/// With more than 4096 tunnels holding an outbound SA the outbound path first looks every
+/// frame's policy up (and prefetches its SA), then reuses those lookups: the verdicts and the
+/// bytes on the wire are exactly those of a gateway without the extra tunnels.
+#[test]
+fn outbound_prefetch_pass_changes_nothing() {
+    let text = example_text("gw-a.toml") + "\n[control]\ntunnel_capacity = 8192\n";
+    let big = Gw::from_toml(&text);
+    let small = Gw::from_toml(&text);
+    let template = big
+        .cfg
+        .sas
+        .iter()
+        .find(|(_, p)| p.direction == Direction::Outbound)
+        .unwrap()
+        .1
+        .clone();
+    for t in 1..5000u32 {
+        let mut p = template.clone();
+        p.spi = 0x10_0000 + t;
+        big.dp
+            .sas
+            .set_outbound(t, Some(Sa::new(&p, 1, 1).unwrap()))
+            .unwrap();
+    }
+    assert!(big.dp.sas.outbound_len() > 4096);
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    for i in 0..150u16 {
+        let f = match i % 6 {
+            0 => frame(
+                "192.0.2.10",
+                "198.51.100.20",
+                17,
+                i,
+                2,
+                &payload(i as usize, 1),
+            ),
+            1 => frame(
+                "fd00:a::10",
+                "fd00:b::20",
+                6,
+                i,
+                2,
+                &payload(i as usize * 3, 2),
+            ),
+            // No policy: the default (discard, 13916).
+            2 => frame("192.0.2.10", "203.0.113.99", 17, i, 2, &payload(10, 3)),
+            // To the gateway itself: punted.
+            3 => frame("192.0.2.10", "192.0.2.1", 17, i, 2, &payload(10, 4)),
+            // Truncated.
+            4 => frame("192.0.2.10", "198.51.100.20", 17, i, 2, &payload(50, 5))[..30].to_vec(),
+            _ => vec![0x86; (i % 20) as usize],
+        };
+        batch.push(f);
+    }
+    let got_big = big.out(&batch);
+    let got_small = small.out(&batch);
+    assert_eq!(got_big, got_small);
+    assert_eq!(got_big.iter().filter(|(a, _)| *a == Action::Tx).count(), 50);
+}

@@ -210,13 +210,45 @@ impl<'a> Pipeline<'a> {
         let spd = self.dp.spd(&guard);
         self.refill_icmp(now);
         let n = frames.len();
-        for (i, (f, a)) in frames.iter_mut().zip(actions.iter_mut()).enumerate() {
-            self.stats.rx_packets.add(1);
-            self.stats.rx_bytes.add(f.len() as u64);
-            *a = self.outbound_one(f, now, spd, &guard, (n - i) as u64);
-            self.account(f, *a);
+        let prefetch = self.dp.sas.outbound_len() > PREFETCH_ABOVE_SAS;
+        let mut i = 0;
+        for (fs, acts) in frames.chunks_mut(64).zip(actions.chunks_mut(64)) {
+            // With many tunnels, a first pass looks every frame's policy up and starts loading
+            // its SA, so the batch's misses overlap; the second pass reuses the lookups.
+            let mut hints = [None; 64];
+            if prefetch {
+                for (f, h) in fs.iter_mut().zip(hints.iter_mut()) {
+                    *h = self.policy_hint(f, spd, &guard);
+                }
+            }
+            for ((f, a), hint) in fs.iter_mut().zip(acts.iter_mut()).zip(hints) {
+                self.stats.rx_packets.add(1);
+                self.stats.rx_bytes.add(f.len() as u64);
+                *a = self.outbound_one(f, now, spd, &guard, (n - i) as u64, hint);
+                self.account(f, *a);
+                i += 1;
+            }
         }
         self.seq_block = (0, 1, 0);
+    }
+
+    /// The SPD verdict of a frame, when it is one the outbound path will look up, with the
+    /// loading of its tunnel's SA started.
+    fn policy_hint<F: FrameMut>(&self, f: &mut F, spd: &Spd, guard: &Guard) -> Option<Lookup> {
+        let (off, flen) = (f.offset(), f.len());
+        let frame = f.buf_mut().get(off..off + flen)?;
+        let l3 = parse_l3(frame, off).ok()??;
+        if self.dp.is_local(l3.v6, l3.key.dst) {
+            return None;
+        }
+        let l = spd.lookup(&l3.key);
+        if let Lookup::Matched(PolicyAction::Protect(t)) | Lookup::Default(PolicyAction::Protect(t)) =
+            l
+            && let Some(sa) = self.dp.sas.outbound(t, guard)
+        {
+            sa.prefetch_head();
+        }
+        Some(l)
     }
 
     /// Processes a batch of frames from the cipher side.
@@ -329,6 +361,7 @@ impl<'a> Pipeline<'a> {
         spd: &Spd,
         guard: &Guard,
         left: u64,
+        hint: Option<Lookup>,
     ) -> Action {
         let (off, flen) = (f.offset(), f.len());
         let buf = f.buf_mut();
@@ -343,7 +376,8 @@ impl<'a> Pipeline<'a> {
         if self.dp.is_local(l3.v6, l3.key.dst) {
             return Action::Punt;
         }
-        let tunnel = match spd.lookup(&l3.key) {
+        // `hint` is this frame's lookup in the same SPD, made by the prefetch pass.
+        let tunnel = match hint.unwrap_or_else(|| spd.lookup(&l3.key)) {
             Lookup::Matched(PolicyAction::Protect(t))
             | Lookup::Default(PolicyAction::Protect(t)) => t,
             Lookup::Matched(PolicyAction::Bypass) | Lookup::Default(PolicyAction::Bypass) => {
@@ -731,8 +765,8 @@ fn icmp6_too_big(buf: &mut [u8], l3: &L3, src: Ipv6Addr, mtu: u32) -> Option<(us
     Some((start, HDR + quoted))
 }
 
-/// Below this many inbound SAs their state stays cached and the inbound prefetch passes cost
-/// more (~11 ns per packet) than they save.
+/// Below this many inbound SAs (outbound: tunnels with an SA) their state stays cached and the
+/// prefetch passes cost more (~11 ns per packet) than they save.
 const PREFETCH_ABOVE_SAS: u32 = 4096;
 
 /// The SPI and sequence number of an ESP (or UDP-encapsulated ESP) frame, read without

@@ -238,15 +238,18 @@ impl Sa {
         self.aead.open(nonce, aad, data, tag)
     }
 
-    /// Starts loading the SA's own hot lines: the fields every packet reads and the lifetime
-    /// state (addresses inside the SA: no load needed to compute them). The inbound pipeline
-    /// calls this for a whole batch, then `prefetch_state`.
+    /// Starts loading the SA's own hot lines: the fields every packet reads, the lifetime state
+    /// and (outbound) the sequence counter: addresses inside the SA, no load needed to compute
+    /// them. The pipeline calls this for a whole batch (inbound then `prefetch_state`).
     #[inline]
     pub fn prefetch_head(&self) {
         crate::sys::prefetch(self);
         crate::sys::prefetch(&self.replay);
         crate::sys::prefetch(&self.outer_v4);
         self.lifetime.prefetch_head();
+        if self.direction == Direction::Outbound {
+            crate::sys::prefetch(&*self.seq);
+        }
     }
 
     /// Starts loading what packet `seq` on `core` touches behind the SA's pointers: its replay

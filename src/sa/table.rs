@@ -92,6 +92,8 @@ pub struct SaTable {
     tunnels: Box<[Atomic<Sa>]>,
     /// Installed inbound SAs (written under `alloc`, read by workers once per batch).
     installed: AtomicU32,
+    /// Tunnels with an outbound SA (likewise).
+    outbound_installed: AtomicU32,
     cores: usize,
     alloc: Mutex<Alloc>,
 }
@@ -107,6 +109,7 @@ impl SaTable {
             slot_bits: cap.trailing_zeros(),
             tunnels: (0..tunnels).map(|_| Atomic::null()).collect(),
             installed: AtomicU32::new(0),
+            outbound_installed: AtomicU32::new(0),
             cores: cores.max(1),
             alloc: Mutex::new(Alloc {
                 used: vec![false; cap as usize],
@@ -129,6 +132,11 @@ impl SaTable {
     #[inline]
     pub fn inbound_len(&self) -> u32 {
         self.installed.load(Ordering::Relaxed)
+    }
+    /// Number of tunnels with an outbound SA.
+    #[inline]
+    pub fn outbound_len(&self) -> u32 {
+        self.outbound_installed.load(Ordering::Relaxed)
     }
 
     // ---- worker side: no locks, no allocation ----
@@ -283,6 +291,11 @@ impl SaTable {
         let guard = epoch::pin();
         let new = sa.map_or(Shared::null(), |s| Owned::new(s).into_shared(&guard));
         let old = cell.swap(new, Ordering::AcqRel, &guard);
+        match (old.is_null(), new.is_null()) {
+            (true, false) => _ = self.outbound_installed.fetch_add(1, Ordering::Relaxed),
+            (false, true) => _ = self.outbound_installed.fetch_sub(1, Ordering::Relaxed),
+            _ => {}
+        }
         let old_spi = deref(old).map(|s| s.spi);
         retire(old, &guard);
         Ok(old_spi)
@@ -290,13 +303,7 @@ impl SaTable {
 
     /// Installed SAs, inbound and outbound.
     pub fn len(&self) -> usize {
-        let guard = epoch::pin();
-        self.inbound_len() as usize
-            + self
-                .tunnels
-                .iter()
-                .filter(|a| !a.load(Ordering::Acquire, &guard).is_null())
-                .count()
+        self.inbound_len() as usize + self.outbound_len() as usize
     }
 
     pub fn is_empty(&self) -> bool {
