@@ -40,3 +40,8 @@ try:
         print(f"  {b:<12} 10^3 SAs {s3:4.0f}  10^6 SAs {s6:4.0f}  ratio {s6 / s3:.2f}")
 except FileNotFoundError:
     print("\n(run `cargo bench --bench scale` for the inbound pipeline at scale)")
+try:
+    o1, o5 = per("scale", "outbound_x64", "10"), per("scale", "outbound_x64", "100000")
+    print(f"\noutbound pipeline ns/packet, 64 B IPv6, random tunnel: 10 tunnels {o1:.0f}, 10^5 tunnels {o5:.0f}, ratio {o5 / o1:.2f}")
+except FileNotFoundError:
+    print("\n(run `cargo bench --bench scale` for the outbound pipeline at scale)")
