@@ -222,19 +222,13 @@ const UNUSED_PER_PASS: usize = 20_000;
 impl Control {
     /// Takes over the dataplane built from `cfg` (its static SAs become registered SAs).
     pub fn new(cfg: &Config, dp: Arc<Dataplane>) -> Control {
-        let sas: BTreeMap<(u32, Direction), u32> = cfg
-            .sas
-            .iter()
-            .map(|(t, p)| ((p.spi, p.direction), *t))
-            .collect();
-        let keys: Vec<(u32, Direction)> = sas.keys().copied().collect();
         let mut c = Control {
             dp,
             defaults: (cfg.backend, cfg.replay_window),
             tunnels: cfg.tunnels.clone(),
             policies: cfg.policies.clone(),
             default_policy: cfg.default_policy,
-            sas,
+            sas: BTreeMap::new(),
             retiring: Vec::new(),
             lingering: Vec::new(),
             mm: MmTable::default(),
@@ -249,8 +243,8 @@ impl Control {
             unused: BTreeSet::new(),
             unused_cursor: None,
         };
-        for k in keys {
-            c.arm(k);
+        for (t, p) in &cfg.sas {
+            c.register((p.spi, p.direction), *t);
         }
         c
     }
@@ -274,6 +268,13 @@ impl Control {
                 self.timers.push(Reverse((t, key.0, key.1)));
             }
         }
+    }
+
+    /// Records the installed SA `key` (of tunnel `t`) and schedules its time limits: every SA
+    /// the control thread installs goes through here.
+    fn register(&mut self, key: (u32, Direction), t: u32) {
+        self.sas.insert(key, t);
+        self.arm(key);
     }
 
     /// Schedules the time limits of the just-registered SA `key`.
@@ -544,8 +545,7 @@ impl Control {
                     .map_err(|e| e.to_string())?;
             }
         }
-        self.sas.insert(key, t);
-        self.arm(key);
+        self.register(key, t);
         self.counters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -678,8 +678,7 @@ impl Control {
                             .map_err(|e| e.to_string())?;
                     }
                 }
-                self.sas.insert(key, t);
-                self.arm(key);
+                self.register(key, t);
                 Ok(json!({ "spi": spi_str(key.0) }))
             }
             Request::SaDelete { spi, direction } => {
@@ -891,8 +890,7 @@ impl Control {
                 if let Some(o) = old {
                     self.sas.remove(&(o, Direction::Outbound));
                 }
-                self.sas.insert((new_spi, Direction::Outbound), t);
-                self.arm((new_spi, Direction::Outbound));
+                self.register((new_spi, Direction::Outbound), t);
                 // 3. The old inbound SA keeps accepting packets in flight for the grace period.
                 if let Some(r) = retire {
                     self.retiring

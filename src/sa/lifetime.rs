@@ -327,19 +327,11 @@ impl Lifetime {
     /// Timer check for the control thread (catches SAs that carry no traffic): returns
     /// (soft fired now, hard fired now), each true at most once over the SA's life.
     pub fn tick(&self, now: u64) -> (bool, bool) {
-        let used_for = || {
-            let first = self.first_use.load(Ordering::Acquire);
-            (first != 0).then(|| now.saturating_sub(first - 1))
-        };
-        let hard = now >= self.hard_deadline
-            || used_for()
-                .is_some_and(|u| self.limits.hard_use_seconds.is_some_and(|h| u >= h * NS));
-        if hard {
+        let (use_soft, use_hard) = self.use_deadlines().unwrap_or((u64::MAX, u64::MAX));
+        if now >= self.hard_deadline || now >= use_hard {
             return (false, self.expire());
         }
-        let soft = now >= self.soft_deadline
-            || used_for()
-                .is_some_and(|u| self.limits.soft_use_seconds.is_some_and(|s| u >= s * NS));
+        let soft = now >= self.soft_deadline || now >= use_soft;
         (soft && self.fire_soft(), false)
     }
 
