@@ -84,7 +84,7 @@ fn lookup(c: &mut Criterion) {
 
 /// SPD lookup with 10, 10^3 and 10^5 policies: one per remote-access client (its /32 address
 /// → its tunnel, as a concentrator has), a few site /24s and a final catch-all, random packets
-/// to the clients.
+/// to the clients; `spd_lookup/scan/N` is a first-match scan of the same policies.
 fn spd(c: &mut Criterion) {
     use espd::sa::policy::{FlowKey, Policy, PolicyAction, PortRange, Prefix, Selector, Spd};
     use std::net::{IpAddr, Ipv4Addr};
@@ -130,6 +130,17 @@ fn spd(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) & 4095;
                 spd.lookup(black_box(&keys[i]))
+            })
+        });
+        // The same policies scanned in order for the first match: what the SPD did before it
+        // had an index, kept as the baseline.
+        g.bench_with_input(BenchmarkId::new("scan", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) & 4095;
+                let k = black_box(&keys[i]);
+                spd.policies()
+                    .find(|p| p.selector.matches(k))
+                    .map(|p| p.action)
             })
         });
     }

@@ -97,6 +97,7 @@ struct RawDataplane {
     complete_checksums: Option<bool>,
     icmp_too_big: Option<bool>,
     icmp_rate: Option<u32>,
+    prefetch_above: Option<u32>,
     xdp_mode: Option<String>,
 }
 
@@ -306,6 +307,8 @@ pub struct Config {
     pub complete_checksums: bool,
     pub icmp_too_big: bool,
     pub icmp_rate: u32,
+    /// Prefetch passes above this many inbound SAs (outbound: tunnels with an SA).
+    pub prefetch_above: u32,
     pub xdp_mode: XdpMode,
     pub plain: Interface,
     pub cipher: Interface,
@@ -779,6 +782,7 @@ impl Config {
             complete_checksums: d.complete_checksums.unwrap_or(false),
             icmp_too_big: d.icmp_too_big.unwrap_or(true),
             icmp_rate,
+            prefetch_above: d.prefetch_above.unwrap_or(4096),
             xdp_mode,
             plain,
             cipher,
@@ -822,6 +826,11 @@ impl Config {
         Ok(Dataplane::new(table, spd, &local))
     }
 
+    /// The first static SA of direction `d`.
+    pub fn sa_params(&self, d: Direction) -> Option<&SaParams> {
+        self.sas.iter().map(|(_, p)| p).find(|p| p.direction == d)
+    }
+
     /// Pipeline settings (MACs from the config, if given; the daemon overrides them).
     pub fn pipeline_config(&self) -> PipelineConfig {
         let l2 = |i: &Interface| L2 {
@@ -832,6 +841,7 @@ impl Config {
             complete_checksums: self.complete_checksums,
             icmp_too_big: self.icmp_too_big,
             icmp_rate: self.icmp_rate,
+            prefetch_above: self.prefetch_above,
             plain: l2(&self.plain),
             cipher: l2(&self.cipher),
             plain_v4: self.plain.addresses.iter().find_map(|a| match a {

@@ -179,3 +179,18 @@ fn keys_never_appear_in_errors_or_debug() {
     });
     assert_eq!(n, 2);
 }
+
+#[test]
+fn prefetch_above_defaults_and_parses() {
+    let parse = |t: &str| Config::parse(Path::new("gw.toml"), t).unwrap();
+    assert_eq!(parse(&base()).pipeline_config().prefetch_above, 4096);
+    let t = base().replace("[dataplane]\n", "[dataplane]\nprefetch_above = 0\n");
+    assert_eq!(parse(&t).pipeline_config().prefetch_above, 0);
+    let t = base().replace("[dataplane]\n", "[dataplane]\nprefetch_above = -1\n");
+    // A type error points at the line and column of the value (serde's TOML message).
+    let e = err(&t);
+    assert!(
+        e.starts_with("gw.toml: line ") && e.contains("expected u32"),
+        "{e}"
+    );
+}

@@ -523,7 +523,7 @@ fn sequence_numbers_are_consecutive_across_batches_and_never_wrap() {
     let _ = b;
 }
 
-/// With more than 4096 inbound SAs the pipeline prefetches each batch's SA state in three
+/// With more inbound SAs than `prefetch_above` (4096) the pipeline prefetches each batch's SA state in three
 /// passes that read the frames unvalidated. Those passes must change nothing: every frame of a
 /// batch of valid, malformed, forged and foreign frames gets the same verdict and bytes as on
 /// a gateway without them, and valid ESP for the extra SAs is accepted.
@@ -531,14 +531,7 @@ fn sequence_numbers_are_consecutive_across_batches_and_never_wrap() {
 fn prefetch_passes_change_no_verdict() {
     let (a, big) = pair();
     let (_, small) = pair();
-    let template = big
-        .cfg
-        .sas
-        .iter()
-        .find(|(_, p)| p.direction == Direction::Inbound)
-        .unwrap()
-        .1
-        .clone();
+    let template = big.cfg.sa_params(Direction::Inbound).unwrap().clone();
     let mut extra = Vec::new();
     for _ in 0..5000 {
         let mut p = template.clone();
@@ -549,7 +542,10 @@ fn prefetch_passes_change_no_verdict() {
             .unwrap();
         extra.push(p.spi);
     }
-    assert!(big.dp.sas.inbound_len() > 4096);
+    assert!(
+        big.dp.sas.inbound_len() > big.pcfg.prefetch_above,
+        "the prefetch passes run"
+    );
 
     let pkts: Vec<Vec<u8>> = (0..40)
         .map(|i| {
@@ -589,14 +585,7 @@ fn prefetch_passes_change_no_verdict() {
     assert!(got_big.iter().filter(|(a, _)| *a == Action::Tx).count() >= 40);
 
     // ESP for some of the extra SAs (made by outbound twins) passes on the big gateway.
-    let out_template = a
-        .cfg
-        .sas
-        .iter()
-        .find(|(_, p)| p.direction == Direction::Outbound)
-        .unwrap()
-        .1
-        .clone();
+    let out_template = a.cfg.sa_params(Direction::Outbound).unwrap().clone();
     let mut frames = Vec::new();
     for &spi in extra.iter().step_by(97) {
         let mut p = out_template.clone();
@@ -620,7 +609,7 @@ fn prefetch_passes_change_no_verdict() {
     );
 }
 
-/// With more than 4096 tunnels holding an outbound SA the outbound path first looks every
+/// With more tunnels than `prefetch_above` (4096) holding an outbound SA the outbound path first looks every
 /// frame's policy up (and prefetches its SA), then reuses those lookups: the verdicts and the
 /// bytes on the wire are exactly those of a gateway without the extra tunnels.
 #[test]
@@ -628,14 +617,7 @@ fn outbound_prefetch_pass_changes_nothing() {
     let text = example_text("gw-a.toml") + "\n[control]\ntunnel_capacity = 8192\n";
     let big = Gw::from_toml(&text);
     let small = Gw::from_toml(&text);
-    let template = big
-        .cfg
-        .sas
-        .iter()
-        .find(|(_, p)| p.direction == Direction::Outbound)
-        .unwrap()
-        .1
-        .clone();
+    let template = big.cfg.sa_params(Direction::Outbound).unwrap().clone();
     for t in 1..5000u32 {
         let mut p = template.clone();
         p.spi = 0x10_0000 + t;
@@ -644,7 +626,10 @@ fn outbound_prefetch_pass_changes_nothing() {
             .set_outbound(t, Some(Sa::new(&p, 1, 1).unwrap()))
             .unwrap();
     }
-    assert!(big.dp.sas.outbound_len() > 4096);
+    assert!(
+        big.dp.sas.outbound_len() > big.pcfg.prefetch_above,
+        "the prefetch pass runs"
+    );
     let mut batch: Vec<Vec<u8>> = Vec::new();
     for i in 0..150u16 {
         let f = match i % 6 {

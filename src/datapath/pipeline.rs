@@ -133,6 +133,10 @@ pub struct PipelineConfig {
     pub icmp_too_big: bool,
     /// ICMP errors per second per core (RFC 1812 §4.3.2.8 rate limit).
     pub icmp_rate: u32,
+    /// Batches prefetch SA state (in extra passes) once more than this many inbound SAs, or
+    /// tunnels with an outbound SA, are installed: below, the state stays cached and the passes
+    /// cost more (~11 ns per packet) than they save.
+    pub prefetch_above: u32,
     pub plain: L2,
     pub cipher: L2,
     /// Source addresses for ICMP errors sent to the plain side.
@@ -210,7 +214,7 @@ impl<'a> Pipeline<'a> {
         let spd = self.dp.spd(&guard);
         self.refill_icmp(now);
         let n = frames.len();
-        let prefetch = self.dp.sas.outbound_len() > PREFETCH_ABOVE_SAS;
+        let prefetch = self.dp.sas.outbound_len() > self.cfg.prefetch_above;
         let mut i = 0;
         for (fs, acts) in frames.chunks_mut(64).zip(actions.chunks_mut(64)) {
             // With many tunnels, a first pass looks every frame's policy up and starts loading
@@ -255,43 +259,43 @@ impl<'a> Pipeline<'a> {
     pub fn inbound<F: FrameMut>(&mut self, frames: &mut [F], now: u64, actions: &mut [Action]) {
         let guard = epoch::pin();
         let spd = self.dp.spd(&guard);
-        if self.dp.sas.inbound_len() > PREFETCH_ABOVE_SAS {
-            self.prefetch_inbound(frames, &guard);
-        }
-        for (f, a) in frames.iter_mut().zip(actions.iter_mut()) {
-            self.stats.rx_packets.add(1);
-            self.stats.rx_bytes.add(f.len() as u64);
-            *a = self.inbound_one(f, now, spd, &guard);
-            self.account(f, *a);
+        let prefetch = self.dp.sas.inbound_len() > self.cfg.prefetch_above;
+        for (fs, acts) in frames.chunks_mut(64).zip(actions.chunks_mut(64)) {
+            if prefetch {
+                self.prefetch_inbound(fs, &guard);
+            }
+            for (f, a) in fs.iter_mut().zip(acts.iter_mut()) {
+                self.stats.rx_packets.add(1);
+                self.stats.rx_bytes.add(f.len() as u64);
+                *a = self.inbound_one(f, now, spd, &guard);
+                self.account(f, *a);
+            }
         }
     }
 
-    /// Starts loading the SA state the batch will touch, in three passes so that each pass
-    /// issues independent cache misses that overlap instead of being paid one by one: the
-    /// slots (16 MB at 10^6 SAs), then each SA's hot lines, then what hangs off them.
+    /// Starts loading the SA state up to 64 frames will touch, in three passes so that each
+    /// pass issues independent cache misses that overlap instead of being paid one by one: the
+    /// slots (16 MB at 10^6 SAs), then each SA's hot lines, then what hangs off them (replay
+    /// word, per-core counters and leases).
     fn prefetch_inbound<F: FrameMut>(&self, frames: &mut [F], guard: &Guard) {
-        for f in frames.iter_mut() {
+        let mut esp = [None; 64];
+        for (f, e) in frames.iter_mut().zip(esp.iter_mut()) {
             let off = f.offset();
-            if let Some((spi, _)) = f.buf_mut().get(off..).and_then(guess_esp) {
+            *e = f.buf_mut().get(off..).and_then(guess_esp);
+            if let Some((spi, _)) = *e {
                 self.dp.sas.prefetch_inbound(spi);
             }
         }
-        // Second pass: with the slots (mostly) in cache, start loading each SA's hot lines;
-        // third pass: what hangs off them (replay word, per-core counters and leases).
-        for f in frames.iter_mut() {
-            let off = f.offset();
-            if let Some((spi, _)) = f.buf_mut().get(off..).and_then(guess_esp)
-                && let Some(sa) = self.dp.sas.inbound(spi, guard)
-            {
+        let mut sas: [Option<&Sa>; 64] = [None; 64];
+        for (e, s) in esp.iter().zip(sas.iter_mut()) {
+            *s = e.and_then(|(spi, _)| self.dp.sas.inbound(spi, guard));
+            if let Some(sa) = s {
                 sa.prefetch_head();
             }
         }
-        for f in frames.iter_mut() {
-            let off = f.offset();
-            if let Some((spi, seq)) = f.buf_mut().get(off..).and_then(guess_esp)
-                && let Some(sa) = self.dp.sas.inbound(spi, guard)
-            {
-                sa.prefetch_state(self.core, u64::from(seq));
+        for (e, s) in esp.iter().zip(sas) {
+            if let (Some((_, seq)), Some(sa)) = (e, s) {
+                sa.prefetch_state(self.core, u64::from(*seq));
             }
         }
     }
@@ -764,10 +768,6 @@ fn icmp6_too_big(buf: &mut [u8], l3: &L3, src: Ipv6Addr, mtu: u32) -> Option<(us
     .emit(&mut buf[start..]);
     Some((start, HDR + quoted))
 }
-
-/// Below this many inbound SAs (outbound: tunnels with an SA) their state stays cached and the
-/// prefetch passes cost more (~11 ns per packet) than they save.
-const PREFETCH_ABOVE_SAS: u32 = 4096;
 
 /// The SPI and sequence number of an ESP (or UDP-encapsulated ESP) frame, read without
 /// validation: only a hint for prefetching; the real parse happens later.
