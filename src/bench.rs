@@ -602,16 +602,21 @@ fn throughput_svg(r: &Value) -> String {
         }
     }
     for (si, name) in res.keys().enumerate() {
-        let _ = write!(
-            s,
-            r#"<rect x="{}" y="30" width="12" height="12" fill="{}"/><text x="{}" y="40">{name}</text>"#,
-            left + 10.0 + si as f64 * 110.0,
-            COLORS[si % 4],
-            left + 26.0 + si as f64 * 110.0
-        );
+        legend(&mut s, left, si, name);
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// The legend entry (colour swatch and name) of series `si`.
+fn legend(s: &mut String, left: f64, si: usize, name: &str) {
+    let _ = write!(
+        s,
+        r#"<rect x="{}" y="30" width="12" height="12" fill="{}"/><text x="{}" y="40">{name}</text>"#,
+        left + 10.0 + si as f64 * 110.0,
+        COLORS[si % 4],
+        left + 26.0 + si as f64 * 110.0
+    );
 }
 
 fn latency_svg(r: &Value) -> String {
@@ -666,13 +671,7 @@ fn latency_svg(r: &Value) -> String {
             COLORS[si % 4],
             pts.join(" ")
         );
-        let _ = write!(
-            s,
-            r#"<rect x="{}" y="30" width="12" height="12" fill="{}"/><text x="{}" y="40">{name}</text>"#,
-            left + 10.0 + si as f64 * 110.0,
-            COLORS[si % 4],
-            left + 26.0 + si as f64 * 110.0
-        );
+        legend(&mut s, left, si, name);
     }
     s.push_str("</svg>\n");
     s
