@@ -25,6 +25,7 @@ pub mod offline;
 pub mod pcap;
 pub mod rig;
 pub mod sa;
+pub mod sync;
 pub mod sys;
 pub mod traffic;
 pub mod wire;
