@@ -192,6 +192,9 @@ pub struct SaSpec {
     pub backend: Option<String>,
     pub replay_window: Option<u32>,
     pub lifetime: Option<Limits>,
+    /// State to resume from (sequence counter, replay window, consumed lifetime), as `sa_get`
+    /// returns it: an SA taken over from another gateway.
+    pub state: Option<crate::sa::SaState>,
 }
 
 impl SaSpec {
@@ -716,7 +719,14 @@ impl Config {
 
         let mut sas = Vec::new();
         let mut spis = HashMap::new();
+        let mut keys = HashMap::new();
         for (i, spec) in raw.sas.iter().enumerate() {
+            if spec.state.is_some() {
+                return Err(cx.err(
+                    format!("sas[{i}].state"),
+                    "is for `sa_add` over the control socket; a static SA resumes its sequence numbers from the state file (dataplane.state_dir)".to_string(),
+                ));
+            }
             let (t, p) = spec
                 .to_params(&tunnels, &policies, backend, replay_window)
                 .map_err(|(field, reason)| {
@@ -731,6 +741,15 @@ impl Config {
                 return Err(cx.err(
                     format!("sas[{i}].spi"),
                     format!("{:#x} is also used by sas[{prev}]", p.spi),
+                ));
+            }
+            // RFC 4106 §3.1: two SAs of one direction under one key would reuse nonces.
+            if let Some(prev) = keys.insert((crate::sa::sa::key_id(&p.keymat), p.direction), i) {
+                return Err(cx.err(
+                    format!("sas[{i}].key"),
+                    format!(
+                        "the same key is already used by sas[{prev}] in this direction (GCM nonces would repeat); give every SA its own key"
+                    ),
                 ));
             }
             sas.push((t, p));

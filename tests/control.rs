@@ -482,7 +482,7 @@ fn idle_sa_timers_by_install_and_by_first_use_across_30k_sas() {
     assert_eq!(r["installed"], 30_000, "{r}");
     let r = s.req(
         json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0x38000",
-            "key": "00112233445566778899aabbccddeeff01020304",
+            "key": "10112233445566778899aabbccddeeff01020304",
             "lifetime": {"soft_seconds": 7, "hard_seconds": 9}}}),
         S,
     );

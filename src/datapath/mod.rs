@@ -25,6 +25,9 @@ pub enum DropReason {
     LifetimeExpired,
     /// Sequence number space exhausted: the SA must be replaced (13911).
     SeqExhausted,
+    /// Sequence numbers past the persisted high-water mark of a static SA: refused until the
+    /// control thread has saved the next block (13911).
+    SeqUnsaved,
     /// Inner packet does not match the SA's selectors (13912).
     WrongSa,
     /// Replayed or too old (13913).
@@ -52,11 +55,12 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::BadSpi,
         DropReason::NoSa,
         DropReason::LifetimeExpired,
         DropReason::SeqExhausted,
+        DropReason::SeqUnsaved,
         DropReason::WrongSa,
         DropReason::Replay,
         DropReason::Malformed,
@@ -75,7 +79,7 @@ impl DropReason {
         use DropReason::*;
         match self {
             BadSpi | NoSa => codes::BAD_SPI,
-            LifetimeExpired | SeqExhausted => codes::SA_LIFETIME_EXPIRED,
+            LifetimeExpired | SeqExhausted | SeqUnsaved => codes::SA_LIFETIME_EXPIRED,
             WrongSa => codes::WRONG_SA,
             Replay => codes::REPLAY_CHECK_FAILED,
             Malformed | BadPadding | BadNextHeader | BadAlignment | Fragment | Dummy | TooBig => {
@@ -93,6 +97,7 @@ impl DropReason {
             NoSa => "no_sa",
             LifetimeExpired => "lifetime_expired",
             SeqExhausted => "seq_exhausted",
+            SeqUnsaved => "seq_unsaved",
             WrongSa => "wrong_sa",
             Replay => "replay",
             Malformed => "malformed",

@@ -22,7 +22,7 @@ use crossbeam_queue::ArrayQueue;
 use super::{CoreStats, DropReason};
 use crate::esp::{self, EspError};
 use crate::sa::policy::{FlowKey, Lookup, PolicyAction, raw};
-use crate::sa::{Admit, Direction, Mode, Sa, SaTable, Spd};
+use crate::sa::{Admit, Direction, Mode, Sa, SaTable, SeqShort, Spd};
 use crate::wire::esp::{ICV_LEN, TRAILER_LEN};
 use crate::wire::ethernet::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Mac};
 use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
@@ -346,16 +346,16 @@ impl<'a> Pipeline<'a> {
 
     /// The next sequence number of `sa`, from this batch's block when it has one left.
     #[inline]
-    fn next_seq(&mut self, sa: &Sa, frames_left: u64) -> Option<u64> {
+    fn next_seq(&mut self, sa: &Sa, frames_left: u64) -> Result<u64, SeqShort> {
         let addr = sa as *const Sa as usize;
         let (cur, next, last) = self.seq_block;
         if cur == addr && next <= last {
             self.seq_block.1 += 1;
-            return Some(next);
+            return Ok(next);
         }
         let (first, last) = sa.take_seqs(frames_left.clamp(1, SEQ_BLOCK))?;
         self.seq_block = (addr, first + 1, last);
-        Some(first)
+        Ok(first)
     }
 
     fn outbound_one<F: FrameMut>(
@@ -415,12 +415,16 @@ impl<'a> Pipeline<'a> {
         if let Some(r) = self.lifetime(sa, sa.lifetime.admit(self.core, l3.len as u64, now)) {
             return Action::Drop(r);
         }
-        let Some(seq) = self.next_seq(sa, left) else {
-            // RFC 4303 §3.3.3: the counter must not cycle; the SA is dead.
-            if sa.lifetime.expire() {
-                self.notify(sa, SaEventKind::Hard);
+        let seq = match self.next_seq(sa, left) {
+            Ok(seq) => seq,
+            Err(SeqShort::Exhausted) => {
+                // RFC 4303 §3.3.3: the counter must not cycle; the SA is dead.
+                if sa.lifetime.expire() {
+                    self.notify(sa, SaEventKind::Hard);
+                }
+                return Action::Drop(DropReason::SeqExhausted);
             }
-            return Action::Drop(DropReason::SeqExhausted);
+            Err(SeqShort::Unsaved) => return Action::Drop(DropReason::SeqUnsaved),
         };
         let (start, len) = match esp::encap(sa, seq, buf, l3.at, l3.len) {
             Ok(r) => r,
