@@ -99,6 +99,7 @@ struct RawDataplane {
     icmp_rate: Option<u32>,
     prefetch_above: Option<u32>,
     xdp_mode: Option<String>,
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +313,9 @@ pub struct Config {
     pub icmp_rate: u32,
     /// Prefetch passes above this many inbound SAs (outbound: tunnels with an SA).
     pub prefetch_above: u32,
+    /// Where the sequence-number high-water marks of static outbound SAs are kept
+    /// (`dataplane.state_file`; default: next to the config, `NAME.seq`).
+    pub state_file: PathBuf,
     pub xdp_mode: XdpMode,
     pub plain: Interface,
     pub cipher: Interface,
@@ -802,6 +806,11 @@ impl Config {
             icmp_too_big: d.icmp_too_big.unwrap_or(true),
             icmp_rate,
             prefetch_above: d.prefetch_above.unwrap_or(4096),
+            state_file: match &d.state_file {
+                Some(f) if f.is_relative() => path.parent().unwrap_or(Path::new(".")).join(f),
+                Some(f) => f.clone(),
+                None => crate::control::seqstate::default_path(path),
+            },
             xdp_mode,
             plain,
             cipher,

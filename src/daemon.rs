@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub copy: Copy,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
+    /// Static outbound SAs without saved sequence state start at 1 (their keys are new).
+    pub fresh_keys: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub enum DaemonError {
     Socket(String, std::io::Error),
     #[error("worker {0} did not start")]
     WorkerLost(usize),
+    #[error(transparent)]
+    SeqState(#[from] crate::control::seqstate::SeqStateError),
 }
 
 /// What `espd run` prints (as JSON) when it stops.
@@ -231,6 +235,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         cfg.build_dataplane(crate::now_ns())
             .map_err(|e| DaemonError::NoInterface(e.to_string()))?,
     );
+    // Static outbound SAs resume after their saved sequence numbers before any worker runs.
+    let mut seqs =
+        crate::control::seqstate::SeqStore::open(&cfg.state_file, cfg, &dp, opts.fresh_keys)?;
     let stats: Arc<[CoreStats]> = (0..cfg.workers).map(|_| CoreStats::default()).collect();
     let events: Arc<ArrayQueue<SaEvent>> = Arc::new(ArrayQueue::new(4096));
     let stop = Arc::new(AtomicBool::new(false));
@@ -372,6 +379,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         }
         if last_tick.elapsed() >= Duration::from_millis(20) {
             control.tick(crate::now_ns(), &events);
+            if let Err(e) = seqs.maintain() {
+                // Workers stop at the saved mark (counted as seq_unsaved) until this succeeds.
+                tracing::error!("{}: cannot save sequence state: {e}", seqs.path().display());
+            }
             last_tick = Instant::now();
         }
         let every = if known {

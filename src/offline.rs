@@ -48,6 +48,8 @@ pub enum OfflineError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    SeqState(#[from] crate::control::seqstate::SeqStateError),
 }
 
 const BATCH: usize = 64;
@@ -59,6 +61,7 @@ pub fn run_pcap(
     dir: Direction,
     input: &Path,
     output: &Path,
+    fresh_keys: bool,
 ) -> Result<Summary, OfflineError> {
     fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> OfflineError + '_ {
         move |e| OfflineError::Io {
@@ -73,6 +76,16 @@ pub fn run_pcap(
     })?;
     let now = crate::now_ns();
     let dp = cfg.build_dataplane(now)?;
+    // Encrypting reuses no nonce of an earlier run: static SAs resume from the state file.
+    let mut seqs = match dir {
+        Direction::Outbound => Some(crate::control::seqstate::SeqStore::open(
+            &cfg.state_file,
+            cfg,
+            &dp,
+            fresh_keys,
+        )?),
+        Direction::Inbound => None,
+    };
     let stats = CoreStats::default();
     let events = ArrayQueue::new(1024);
     let mut pipe = Pipeline::new(&dp, 0, &stats, &events, cfg.pipeline_config());
@@ -80,6 +93,9 @@ pub fn run_pcap(
     let mut frames: Vec<Frame> = Vec::with_capacity(BATCH);
     let mut actions = [Action::Punt; BATCH];
     for chunk in records.chunks(BATCH) {
+        if let Some(s) = seqs.as_mut() {
+            s.maintain().map_err(io_err(s.path()))?;
+        }
         frames.clear();
         frames.extend(chunk.iter().map(|r| Frame::from_packet(&r.data)));
         let acts = &mut actions[..frames.len()];

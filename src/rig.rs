@@ -346,6 +346,11 @@ rekey_grace_ms = 1000
                 .map_err(|e| RigError::Io(p.clone(), e))?;
             std::io::Write::write_all(&mut f, self.config(me).as_bytes())
                 .map_err(|e| RigError::Io(p.clone(), e))?;
+            // The rig made these keys just now: their sequence state starts fresh.
+            let cfg = crate::config::Config::load(p)
+                .map_err(|e| RigError::Io(p.clone(), std::io::Error::other(e.to_string())))?;
+            crate::control::seqstate::write_fresh(&cfg.state_file, &cfg)
+                .map_err(|e| RigError::Io(cfg.state_file.clone(), e))?;
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ pub mod api;
 pub mod events;
 pub mod metrics;
 pub mod mm;
+pub mod seqstate;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};

@@ -473,6 +473,11 @@ impl Sa {
         &self.seq
     }
 
+    /// A handle on the outbound sequence counter, for the state file that persists it.
+    pub fn seq_handle(&self) -> Arc<CachePadded<SeqCounter>> {
+        self.seq.clone()
+    }
+
     /// The precomputed outer IPv4 header, if this SA sends tunnel mode over IPv4.
     #[inline]
     pub fn outer_v4(&self) -> Option<&([u8; 20], u32)> {
