@@ -86,6 +86,8 @@ pub struct Summary {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub punted: u64,
+    pub bypassed: u64,
+    pub prefragmented: u64,
     pub icmp_sent: u64,
     pub tx_ring_full: u64,
     pub kernel_rx_dropped: u64,
@@ -454,6 +456,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         s.tx_packets += c.tx_packets.get();
         s.tx_bytes += c.tx_bytes.get();
         s.punted += c.punted.get();
+        s.bypassed += c.bypassed.get();
+        s.prefragmented += c.prefragmented.get();
         s.icmp_sent += c.icmp_sent.get();
         s.tx_ring_full += c.tx_ring_full.get();
         s.kernel_rx_dropped += c.kernel_rx_dropped.get();

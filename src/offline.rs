@@ -92,6 +92,9 @@ pub fn run_pcap(
     let mut out: Vec<(u32, u32, Vec<u8>)> = Vec::new();
     let mut frames: Vec<Frame> = Vec::with_capacity(BATCH);
     let mut actions = [Action::Punt; BATCH];
+    // Frames for the fragments of packets fragmented before encapsulation.
+    let mut spare: Vec<Frame> = (0..4 * BATCH).map(|_| Frame::from_packet(&[])).collect();
+    let mut extra: Vec<Frame> = Vec::with_capacity(4 * BATCH);
     for chunk in records.chunks(BATCH) {
         if let Some(s) = seqs.as_mut() {
             s.maintain().map_err(io_err(s.path()))?;
@@ -100,12 +103,21 @@ pub fn run_pcap(
         frames.extend(chunk.iter().map(|r| Frame::from_packet(&r.data)));
         let acts = &mut actions[..frames.len()];
         match dir {
-            Direction::Outbound => pipe.outbound(&mut frames, now, acts),
+            Direction::Outbound => {
+                pipe.outbound_with(&mut frames, now, acts, &mut spare, &mut extra)
+            }
             Direction::Inbound => pipe.inbound(&mut frames, now, acts),
         }
         for ((f, a), r) in frames.iter().zip(acts.iter()).zip(chunk) {
             if matches!(a, Action::Tx | Action::TxBack) {
                 out.push((r.ts_sec, r.ts_frac, f.bytes().to_vec()));
+            }
+        }
+        // Fragments go out after the batch, as `espd run` sends them, stamped with its end.
+        if let Some(r) = chunk.last() {
+            for f in extra.drain(..) {
+                out.push((r.ts_sec, r.ts_frac, f.bytes().to_vec()));
+                spare.push(f);
             }
         }
     }
