@@ -747,12 +747,13 @@ impl Config {
                     format!("{:#x} is also used by sas[{prev}]", p.spi),
                 ));
             }
-            // RFC 4106 §3.1: two SAs of one direction under one key would reuse nonces.
-            if let Some(prev) = keys.insert((crate::sa::sa::key_id(&p.keymat), p.direction), i) {
+            // RFC 4106 §3.1: two SAs under one key would reuse nonces (in either direction: the
+            // peer encrypts under it too, and could have our own packets reflected to us).
+            if let Some(prev) = keys.insert(crate::sa::sa::key_id(&p.keymat), i) {
                 return Err(cx.err(
                     format!("sas[{i}].key"),
                     format!(
-                        "the same key is already used by sas[{prev}] in this direction (GCM nonces would repeat); give every SA its own key"
+                        "the same key is already used by sas[{prev}] (GCM nonces would repeat); give every SA its own key"
                     ),
                 ));
             }

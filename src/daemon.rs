@@ -238,7 +238,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             .map_err(|e| DaemonError::NoInterface(e.to_string()))?,
     );
     // Static outbound SAs resume after their saved sequence numbers before any worker runs.
-    let mut seqs =
+    let seqs =
         crate::control::seqstate::SeqStore::open(&cfg.state_file, cfg, &dp, opts.fresh_keys)?;
     let stats: Arc<[CoreStats]> = (0..cfg.workers).map(|_| CoreStats::default()).collect();
     let events: Arc<ArrayQueue<SaEvent>> = Arc::new(ArrayQueue::new(4096));
@@ -341,6 +341,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     let mut control = crate::control::Control::new(cfg, dp.clone());
     let (api_tx, api_rx) = std::sync::mpsc::channel::<ApiMsg>();
     let mut threads = Vec::new();
+    if !seqs.is_empty() {
+        threads.push(spawn_seq_saver(seqs, stop.clone()));
+    }
     if let Some(path) = &cfg.control.socket {
         threads.push(
             crate::control::api::serve(path, api_tx.clone(), stop.clone())
@@ -381,10 +384,6 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         }
         if last_tick.elapsed() >= Duration::from_millis(20) {
             control.tick(crate::now_ns(), &events);
-            if let Err(e) = seqs.maintain() {
-                // Workers stop at the saved mark (counted as seq_unsaved) until this succeeds.
-                tracing::error!("{}: cannot save sequence state: {e}", seqs.path().display());
-            }
             last_tick = Instant::now();
         }
         let every = if known {
@@ -475,6 +474,39 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     drop(xdp_plain);
     drop(xdp_cipher);
     Ok(s)
+}
+
+/// Extends the saved sequence marks of static outbound SAs every 20 ms, on a thread of its
+/// own so that a slow control request cannot hold the workers at their caps.
+fn spawn_seq_saver(
+    mut seqs: crate::control::seqstate::SeqStore,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("espd-seq".into())
+        .spawn(move || {
+            let mut failing = false;
+            while !stop.load(Ordering::Acquire) {
+                match seqs.maintain() {
+                    // Workers stop at the saved mark (counted as seq_unsaved) until it works.
+                    Err(e) if !failing => {
+                        tracing::error!(
+                            "{}: cannot save sequence state: {e}",
+                            seqs.path().display()
+                        );
+                        failing = true;
+                    }
+                    Err(_) => {}
+                    Ok(_) if failing => {
+                        tracing::info!("{}: sequence state saved again", seqs.path().display());
+                        failing = false;
+                    }
+                    Ok(_) => {}
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .expect("spawn")
 }
 
 fn totals(stats: &[CoreStats]) -> (u64, u64, u64) {

@@ -152,7 +152,7 @@ fn duplicate_spis_and_slot_collisions() {
     assert!(err(&text).contains("sas[2].spi: 0xb001 is also used by sas[1]"));
     // A different SPI in the same table slot (capacity 65536): refused when building.
     let mut text = base();
-    text.push_str("\n[[sas]]\ntunnel = \"to-b\"\ndirection = \"in\"\nspi = 0x0001b001\nkey = \"00112233445566778899aabbccddeeff01020304\"\n");
+    text.push_str("\n[[sas]]\ntunnel = \"to-b\"\ndirection = \"in\"\nspi = 0x0001b001\nkey = \"a0112233445566778899aabbccddeeff01020304\"\n");
     let c = Config::parse(Path::new("gw.toml"), &text).unwrap();
     let e = c.build_dataplane(1).err().unwrap().to_string();
     assert!(e.contains("sas[2]: spi: 0x1b001 needs slot"), "{e}");

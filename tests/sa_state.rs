@@ -226,11 +226,14 @@ fn a_key_is_refused_on_a_second_sa_of_the_same_direction() {
         {"tunnel": "to-b", "direction": "in", "spi": "0xb004", "key": "aa112233445566778899aabbccddeeff01020304"}]}));
     let e = r["error"].as_str().unwrap_or_default();
     assert!(e.starts_with("sas[1].key: already in use"), "{r}");
-    // The other direction may carry it (that is the peer's key for its own traffic).
-    a.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb005", "key": "bb112233445566778899aabbccddeeff01020304"}}));
-    // Once the SA holding a key is gone the key is free again.
-    a.ok(json!({"op": "sa_delete", "spi": "0xb005", "direction": "in"}));
-    a.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb006", "key": "bb112233445566778899aabbccddeeff01020304"}}));
+    // Nor in the other direction: the peer would encrypt under it too (nonces repeat on the
+    // wire), and our own packets reflected back to us would pass.
+    let r = a.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb005", "key": KEY_AB}}));
+    let e = r["error"].as_str().unwrap_or_default();
+    assert!(
+        e.starts_with("key: already in use by outbound SA 0x0000a001"),
+        "{r}"
+    );
     // The config file refuses it too, naming the field.
     let text = example_text("gw-a.toml")
         + "\n[[sas]]\ntunnel = \"to-b\"\ndirection = \"in\"\nspi = 0xb009\nkey = \""
@@ -421,4 +424,41 @@ fn esn_sa_imported_below_2_pow_32_crosses_the_boundary_both_ways() {
             assert_eq!(pt[pt.len() - 1], 4, "next header, packet {i}");
         }
     }
+}
+
+#[test]
+fn a_key_that_comes_back_continues_where_it_stopped() {
+    // Review finding: a key that left (delete, update to another key, rekey away) and came back
+    // started again at sequence 1, and its inbound window empty.
+    let mut a = side("gw-a.toml");
+    let mut b = side("gw-b.toml");
+    let first = sent(&a.run(&pkts(5), true));
+    assert!(b.run(&first, false).iter().all(|x| x.0 == Action::Tx));
+    // Outbound: away to another key and back again.
+    let key2 = "0f0e0d0c0b0a09080706050403020100aabbccdd";
+    a.ok(update("out", "0xa001", key2, json!({})));
+    assert_eq!(esp_seq(&sent(&a.run(&pkts(1), true))[0]), 1);
+    a.ok(update("out", "0xa001", KEY_AB, json!({})));
+    assert_eq!(
+        esp_seq(&sent(&a.run(&pkts(1), true))[0]),
+        6,
+        "a returning key restarted its sequence numbers"
+    );
+    // Inbound: deleted and added again under another SPI, the old packets stay refused.
+    b.ok(json!({"op": "sa_delete", "spi": "0xa001", "direction": "in"}));
+    b.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB}}));
+    assert!(
+        b.run(&first, false)
+            .iter()
+            .all(|x| x.0 == Action::Drop(DropReason::Replay)),
+        "a returning inbound key accepted old packets again"
+    );
+    // A key once used in one direction never serves the other.
+    a.ok(update("out", "0xa001", key2, json!({})));
+    let r = a.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb007", "key": KEY_AB}}));
+    let e = r["error"].as_str().unwrap_or_default();
+    assert!(
+        e.starts_with("key: was used by an outbound SA before"),
+        "{r}"
+    );
 }

@@ -12,7 +12,7 @@ pub mod mm;
 pub mod seqstate;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +25,7 @@ use crate::config::{Config, PolicySpec, SaSpec, SpiValue, Tunnel, TunnelSpec};
 use crate::datapath::pipeline::Dataplane;
 use crate::datapath::{SaEvent, SaEventKind};
 use crate::sa::policy::{Policy, PolicyAction, Spd};
-use crate::sa::{Direction, Sa, SaParams};
+use crate::sa::{Direction, Sa, SaParams, SaState};
 use events::{Event, MmCause, spi_str};
 use mm::{MmRecord, MmTable};
 
@@ -198,9 +198,13 @@ pub struct Control {
     sas: BTreeMap<(u32, Direction), u32>,
     /// Keys in use: (key fingerprint, direction) → SPI. RFC 4106 §3.1: one key on two SAs of
     /// one direction would repeat nonces, so a second install is refused.
-    keys: HashMap<([u8; 16], Direction), u32>,
-    /// The key fingerprint of each registered SA (to free it in `keys` on removal).
-    key_of: HashMap<(u32, Direction), [u8; 16]>,
+    keys: HashMap<[u8; 16], (Direction, u32)>,
+    /// The key of each registered SA and a handle on its sequence counter or replay window.
+    key_of: HashMap<(u32, Direction), ([u8; 16], KeyUse)>,
+    /// Keys whose SAs are gone: direction and the last sequence number used or accepted. A
+    /// key that comes back continues after it (oldest forgotten beyond `RETIRED_KEYS`).
+    retired: HashMap<[u8; 16], (Direction, u64)>,
+    retired_order: VecDeque<[u8; 16]>,
     /// Old inbound SAs to remove at the given time (after a rekey).
     retiring: Vec<(u64, u32)>,
     /// Hard-expired SAs to remove at the given time.
@@ -222,6 +226,16 @@ pub struct Control {
     unused_cursor: Option<(u32, Direction)>,
 }
 
+/// Keys of removed SAs remembered (48 bytes each): a key that comes back within the last
+/// 2^20 removals continues its sequence numbers and replay window.
+const RETIRED_KEYS: usize = 1 << 20;
+
+/// What a key is used for (see `Control::key_of`).
+enum KeyUse {
+    Out(Arc<crossbeam_utils::CachePadded<crate::sa::SeqCounter>>),
+    In(Arc<crate::esp::replay::ReplayWindow>),
+}
+
 /// Largest `state.age_seconds` accepted (100 years; keeps the arithmetic in range).
 const MAX_AGE_SECONDS: u64 = 100 * 365 * 86_400;
 
@@ -240,6 +254,8 @@ impl Control {
             sas: BTreeMap::new(),
             keys: HashMap::new(),
             key_of: HashMap::new(),
+            retired: HashMap::new(),
+            retired_order: VecDeque::new(),
             retiring: Vec::new(),
             lingering: Vec::new(),
             mm: MmTable::default(),
@@ -286,9 +302,13 @@ impl Control {
     fn register(&mut self, key: (u32, Direction), t: u32) {
         self.sas.insert(key, t);
         let g = epoch::pin();
-        if let Some(id) = self.lookup(key, &g).map(|sa| sa.key_id) {
-            self.keys.insert((id, key.1), key.0);
-            self.key_of.insert(key, id);
+        if let Some(sa) = self.lookup(key, &g) {
+            let used = match &sa.replay {
+                Some(w) => KeyUse::In(w.clone()),
+                None => KeyUse::Out(sa.seq_handle()),
+            };
+            self.keys.insert(sa.key_id, (key.1, key.0));
+            self.key_of.insert(key, (sa.key_id, used));
         }
         drop(g);
         self.arm(key);
@@ -297,20 +317,68 @@ impl Control {
     /// Drops the record of SA `key` (already out of the dataplane) and frees its key.
     fn forget(&mut self, key: (u32, Direction)) {
         self.sas.remove(&key);
-        if let Some(id) = self.key_of.remove(&key)
-            && self.keys.get(&(id, key.1)) == Some(&key.0)
+        let Some((id, used)) = self.key_of.remove(&key) else {
+            return;
+        };
+        if self.keys.get(&id) == Some(&(key.1, key.0)) {
+            self.keys.remove(&id);
+        }
+        let last = match used {
+            KeyUse::Out(c) => c.last(),
+            KeyUse::In(w) => w.top(),
+        };
+        match self.retired.get_mut(&id) {
+            Some(r) => r.1 = r.1.max(last),
+            None => {
+                self.retired.insert(id, (key.1, last));
+                self.retired_order.push_back(id);
+                if self.retired_order.len() > RETIRED_KEYS
+                    && let Some(old) = self.retired_order.pop_front()
+                {
+                    self.retired.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// A key that was used before (by an SA now gone) continues where it stopped: outbound
+    /// after its last sequence number, inbound refusing every number up to the last one
+    /// accepted (RFC 4106 §3.1, RFC 4303 §3.4.3). Call before `sa` is published.
+    fn resume_key(&self, sa: &Sa) {
+        if let Some(&(d, last)) = self.retired.get(&sa.key_id)
+            && d == sa.direction
+            && last > 0
         {
-            self.keys.remove(&(id, key.1));
+            let st = match d {
+                Direction::Outbound => SaState {
+                    seq: Some(last),
+                    ..SaState::default()
+                },
+                Direction::Inbound => SaState {
+                    replay_top: Some(last),
+                    ..SaState::default()
+                },
+            };
+            let _ = sa.import_state(&st);
         }
     }
 
     /// Refuses `sa` if its key is in use by another SA (not `except`) of its direction.
     fn check_key(&self, sa: &Sa, except: Option<u32>) -> Result<(), String> {
-        match self.keys.get(&(sa.key_id, sa.direction)) {
-            Some(&spi) if Some(spi) != except => Err(format!(
-                "key: already in use by {} SA {} (RFC 4106: one key on two SAs repeats GCM nonces); every SA needs its own key",
-                dir_name(sa.direction),
-                spi_str(spi)
+        match self.keys.get(&sa.key_id) {
+            Some(&(d, spi)) if !(d == sa.direction && Some(spi) == except) => {
+                return Err(format!(
+                    "key: already in use by {} SA {} (RFC 4106: one key on two SAs repeats GCM nonces); every SA needs its own key",
+                    dir_name(d),
+                    spi_str(spi)
+                ));
+            }
+            _ => {}
+        }
+        match self.retired.get(&sa.key_id) {
+            Some(&(d, _)) if d != sa.direction => Err(format!(
+                "key: was used by an {} SA before; a key serves one direction only (a peer could reflect packets back)",
+                dir_name(d)
             )),
             _ => Ok(()),
         }
@@ -581,6 +649,7 @@ impl Control {
             ));
         }
         self.check_key(&sa, None)?;
+        self.resume_key(&sa);
         match sa.direction {
             Direction::Inbound => self.dp.sas.install_inbound(sa).map_err(|e| e.to_string())?,
             Direction::Outbound => {
@@ -635,7 +704,7 @@ impl Control {
         Ok(())
     }
 
-    fn sa_json(&self, spi: u32, d: Direction, now: u64) -> Option<Value> {
+    fn sa_json(&self, spi: u32, d: Direction, now: u64, with_state: bool) -> Option<Value> {
         let t = *self.sas.get(&(spi, d))?;
         let g = epoch::pin();
         let sa = match d {
@@ -658,7 +727,7 @@ impl Control {
             "consumed": sa.lifetime.consumed(packets, bytes, now),
             "expired": sa.lifetime.is_expired(),
             "age_s": now.saturating_sub(sa.lifetime.installed_ns()) as f64 / 1e9,
-            "state": sa.state(now),
+            "state": with_state.then(|| sa.state(now)),
         }))
     }
 
@@ -743,6 +812,9 @@ impl Control {
                 let s = Sa::successor(&p, self.cores, now, prev).map_err(|e| e.to_string())?;
                 drop(g);
                 self.check_key(&s, Some(key.0))?;
+                self.resume_key(&s);
+                // An SA waiting for removal after a hard expiry lives on under its new limits.
+                self.lingering.retain(|&(_, spi, d)| (spi, d) != key);
                 match s.direction {
                     Direction::Inbound => {
                         self.dp.sas.replace_inbound(s).map_err(|e| e.to_string())?;
@@ -777,7 +849,7 @@ impl Control {
                     spi.get().map_err(|e| format!("spi: {e}"))?,
                     dir(&direction)?,
                 );
-                self.sa_json(spi, d, now)
+                self.sa_json(spi, d, now, true)
                     .ok_or_else(|| not_installed(spi, d))
             }
             Request::SaList { direction, limit } => {
@@ -787,7 +859,7 @@ impl Control {
                 let list: Vec<Value> = keys
                     .into_iter()
                     .take(limit.unwrap_or(1000))
-                    .filter_map(|(s, d)| self.sa_json(s, d, now))
+                    .filter_map(|(s, d)| self.sa_json(s, d, now, false))
                     .collect();
                 Ok(json!({ "total": total, "sas": list }))
             }
@@ -955,6 +1027,7 @@ impl Control {
                 }
                 self.check_key(&new_out, None)
                     .map_err(|e| format!("outbound.{e}"))?;
+                self.resume_key(&new_out);
                 // 1. The new inbound SA first: the peer may switch to it at any moment.
                 if let Some((ti, s)) = new_in {
                     self.install(ti, s).map_err(|e| format!("inbound.{e}"))?;

@@ -8,12 +8,15 @@
 //! point, the SA resumes after the saved mark: every number a previous run could have used is
 //! at or below it. The cost is at most one block ([`BLOCK`]) of numbers skipped per restart.
 //!
-//! The file holds one line per SA: SPI, a fingerprint of the key (SHA-256 of a label and the
-//! key material, 128 bits: names the key without revealing it), and the mark. A changed key
-//! has a new fingerprint and starts afresh (its nonces are new); an SA with a known key and no
-//! entry is refused unless the operator says the key is fresh (`espd run --fresh-keys`), since
-//! its previous numbers are unknown. Lines of SAs no longer configured are kept.
+//! The file (mode 0600) holds one line per key: the SPI it last had, a fingerprint of the key
+//! (SHA-256 of a label and the key material, 128 bits: names the key without revealing it),
+//! and the mark. A key is found by its fingerprint whatever its SPI; a key the file has never
+//! seen is refused unless the operator says it is fresh (`espd run --fresh-keys`), since its
+//! previous numbers are unknown. Lines are never dropped, so a key that comes back (a
+//! rollback, another SPI) continues after its mark. One process at a time holds the file
+//! (an exclusive lock on `FILE.lock`).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +57,10 @@ pub enum SeqStateError {
         path: String,
     },
     #[error(
+        "{path}: in use by another espd process (a daemon or `espd pcap` on the same config); two processes would send the same sequence numbers under one key"
+    )]
+    Busy { path: String },
+    #[error(
         "sas[{index}]: outbound SA {spi:#010x} has used its whole sequence space under this key (state file {path}); configure a new key"
     )]
     Exhausted {
@@ -86,21 +93,34 @@ struct Tracked {
     seq: Arc<CachePadded<SeqCounter>>,
 }
 
-/// The state file and the static outbound SAs it covers.
+/// The state file and the static outbound SAs it covers. Holds an exclusive lock on
+/// `FILE.lock` for its life: a second process on the same file (another daemon, `espd pcap`
+/// on the running daemon's config) is refused instead of continuing the same numbers.
 pub struct SeqStore {
     path: PathBuf,
     tracked: Vec<Tracked>,
-    /// Lines of SAs not in the current config, written back unchanged.
-    others: Vec<Line>,
+    /// Every line of the file by key fingerprint (the highest mark of each key ever seen),
+    /// kept for good: a key that comes back (rollback, another SPI) continues after it.
+    lines: HashMap<[u8; 16], Line>,
+    _lock: std::fs::File,
 }
 
-/// The default state file of a config: next to it, `NAME.seq` for `NAME.toml`.
+/// The default state file of a config: next to it, the config's file name plus `.seq`
+/// (`gw.toml` → `gw.toml.seq`), so two configs never share one.
 pub fn default_path(config: &Path) -> PathBuf {
-    config.with_extension("seq")
+    let mut name = config.file_name().unwrap_or_default().to_os_string();
+    name.push(".seq");
+    config.with_file_name(name)
 }
 
 fn hexfp(fp: &[u8; 16]) -> String {
     fp.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
 }
 
 fn read(path: &Path) -> Result<Option<Vec<Line>>, SeqStateError> {
@@ -131,7 +151,7 @@ fn read(path: &Path) -> Result<Option<Vec<Line>>, SeqStateError> {
         };
         let spi = u32::from_str_radix(spi.trim_start_matches("0x"), 16)
             .map_err(|_| bad("spi: not a hexadecimal 32-bit number"))?;
-        if fp.len() != 32 {
+        if fp.len() != 32 || !fp.is_ascii() {
             return Err(bad("fingerprint: expected 32 hex digits"));
         }
         let mut fpb = [0u8; 16];
@@ -148,16 +168,19 @@ fn read(path: &Path) -> Result<Option<Vec<Line>>, SeqStateError> {
 }
 
 fn write_atomically(path: &Path, lines: &[Line]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let tmp = path.with_extension("seq.tmp");
+    let tmp = sibling(path, &format!(".tmp{}", std::process::id()));
     {
+        // 0600: the fingerprints confirm a guessed key to whoever can read them.
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(&tmp)?;
         let mut text = String::from(HEADER);
         text.push('\n');
@@ -171,19 +194,49 @@ fn write_atomically(path: &Path, lines: &[Line]) -> std::io::Result<()> {
     std::fs::File::open(&dir)?.sync_all()
 }
 
+fn lock(path: &Path) -> Result<std::fs::File, SeqStateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lp = sibling(path, ".lock");
+    let io = |source| SeqStateError::Io {
+        path: lp.display().to_string(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lp)
+        .map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SeqStateError::Busy {
+            path: path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
+
 impl SeqStore {
     /// Resumes every static outbound SA of `cfg` (installed in `dp`) from the state file at
     /// `path`, saves a first block ahead and caps the counters at it. Nothing is sent before
-    /// this returns. `fresh`: SAs without an entry start at 1 (the operator vouches their
-    /// keys are new).
+    /// this returns. A key is found by its fingerprint whatever its SPI, at the highest mark
+    /// any line gives it. `fresh`: keys the file has never seen start at 1 (the operator
+    /// vouches they are new); a key the file knows always continues after its mark.
     pub fn open(
         path: &Path,
         cfg: &Config,
         dp: &Dataplane,
         fresh: bool,
     ) -> Result<SeqStore, SeqStateError> {
-        let saved = read(path)?;
-        let mut others = saved.clone().unwrap_or_default();
+        let lock = lock(path)?;
+        let mut lines: HashMap<[u8; 16], Line> = HashMap::new();
+        for l in read(path)?.unwrap_or_default() {
+            let e = lines.entry(l.fp).or_insert(l);
+            if l.mark > e.mark {
+                *e = l;
+            }
+        }
         let mut tracked = Vec::new();
         let g = crossbeam_epoch::pin();
         for (index, (t, p)) in cfg.sas.iter().enumerate() {
@@ -195,12 +248,11 @@ impl SeqStore {
             };
             let fp = fingerprint(&p.keymat);
             let seq = sa.seq_handle();
-            let known = others.iter().position(|l| l.spi == p.spi && l.fp == fp);
-            let mark = match known {
-                Some(i) => others.remove(i).mark,
+            let mark = match lines.get(&fp) {
+                Some(l) => l.mark,
                 None if fresh => 0,
-                // A different key under this SPI (or a new SPI) with no entry: the key may have
-                // been used before by a run whose state is lost. Only a fresh key may start at 1.
+                // A key the file has never seen may have been used by a run whose state is
+                // lost. Only a fresh key may start at 1.
                 None => {
                     return Err(SeqStateError::Missing {
                         index,
@@ -218,22 +270,20 @@ impl SeqStore {
             }
             seq.advance_to(mark);
             seq.set_cap(mark);
-            tracked.push(Tracked {
-                line: Line {
-                    spi: p.spi,
-                    fp,
-                    mark,
-                },
-                seq,
-            });
+            let line = Line {
+                spi: p.spi,
+                fp,
+                mark,
+            };
+            lines.insert(fp, line);
+            tracked.push(Tracked { line, seq });
         }
         drop(g);
-        // Entries replaced by a new key under the same SPI are dropped: that key is gone.
-        others.retain(|l| !tracked.iter().any(|t| t.line.spi == l.spi));
         let mut store = SeqStore {
             path: path.to_path_buf(),
             tracked,
-            others,
+            lines,
+            _lock: lock,
         };
         if !store.tracked.is_empty() {
             store.extend(true).map_err(|source| SeqStateError::Io {
@@ -258,37 +308,35 @@ impl SeqStore {
         self.tracked.is_empty()
     }
 
-    /// Extends the saved mark of every SA within half a block of it (the control thread calls
-    /// this every tick). Returns whether the file was written. On an I/O error the caps stay
-    /// where they are: workers refuse numbers past them (counted as `seq_unsaved`) rather than
-    /// use numbers that a crash could make them use again.
+    /// Extends the saved mark of every SA within half a block of it (called every 20 ms by a
+    /// thread of its own, so a busy control thread cannot starve it). Returns whether the file
+    /// was written. On an I/O error the caps stay where they are: workers refuse numbers past
+    /// them (counted as `seq_unsaved`) rather than use numbers that a crash could make them
+    /// use again.
     pub fn maintain(&mut self) -> std::io::Result<bool> {
         self.extend(false)
     }
 
     fn extend(&mut self, force: bool) -> std::io::Result<bool> {
-        let mut due = force;
+        let mut due = false;
         let mut next = Vec::with_capacity(self.tracked.len());
         for t in &self.tracked {
             let last = t.seq.last();
-            let mark = if t.line.mark.saturating_sub(last) < BLOCK / 2 || force {
-                due = true;
-                last.saturating_add(BLOCK).min(t.seq.max())
-            } else {
-                t.line.mark
-            };
-            next.push(mark.max(t.line.mark));
+            let mut mark = t.line.mark;
+            if force || t.line.mark.saturating_sub(last) < BLOCK / 2 {
+                mark = mark.max(last.saturating_add(BLOCK).min(t.seq.max()));
+            }
+            // Only a higher mark is worth a write (a key at the end of its space has none).
+            due |= mark > t.line.mark;
+            next.push(mark);
         }
         if !due {
             return Ok(false);
         }
-        let lines: Vec<Line> = self
-            .tracked
-            .iter()
-            .zip(&next)
-            .map(|(t, &mark)| Line { mark, ..t.line })
-            .chain(self.others.iter().copied())
-            .collect();
+        for (t, &mark) in self.tracked.iter().zip(&next) {
+            self.lines.insert(t.line.fp, Line { mark, ..t.line });
+        }
+        let lines: Vec<Line> = self.lines.values().copied().collect();
         // RFC 4106 §3.1: the mark reaches the disk before any number below it can be used.
         write_atomically(&self.path, &lines)?;
         for (t, mark) in self.tracked.iter_mut().zip(next) {
@@ -381,6 +429,41 @@ mod tests {
         );
         // A saved file that disagrees about the key starts that SA afresh but keeps no
         // stale line for the old key.
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn one_process_at_a_time_and_a_key_is_found_under_any_spi() {
+        let d = dir("lock");
+        let path = d.join("s.seq");
+        let c = cfg();
+        let dp = c.build_dataplane(1).unwrap();
+        let st = SeqStore::open(&path, &c, &dp, true).unwrap();
+        let dp2 = c.build_dataplane(1).unwrap();
+        let e = SeqStore::open(&path, &c, &dp2, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("in use by another espd process"), "{e}");
+        let used = take_all(&dp, 10);
+        drop(st);
+        // The same key under another SPI continues after its mark, even with --fresh-keys.
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gw-a.toml"),
+        )
+        .unwrap()
+        .replace("spi = 0x0000a001", "spi = 0x0000a0f1");
+        let c2 = Config::parse(Path::new("gw.toml"), &text).unwrap();
+        let dp3 = c2.build_dataplane(1).unwrap();
+        let _st = SeqStore::open(&path, &c2, &dp3, true).unwrap();
+        let next = take_all(&dp3, 1);
+        assert!(
+            next[0] > used[9],
+            "a key restarted under a new SPI: {next:?}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -404,9 +404,10 @@ impl Sa {
             // Bit i: number top - i was accepted (i < window).
             let w = r.window();
             let mut bits = vec![0u64; w.div_ceil(64) as usize];
+            // Anything the window would not take now is marked accepted (a number that fell
+            // out of the window while we looked was accepted or is too old: refused either way).
             for i in 0..w.min(top) {
-                let s = top - i;
-                if r.check(s) == Err(crate::esp::replay::ReplayError::Duplicate) {
+                if r.check(top - i).is_err() {
                     bits[(i / 64) as usize] |= 1 << (i % 64);
                 }
             }
@@ -444,7 +445,9 @@ impl Sa {
                     ));
                 }
                 let w = r.window();
-                let bits = st.replay_bitmap.as_deref().unwrap_or(&[]);
+                // No bitmap: every number up to the top counts as accepted (the safe side).
+                let all = vec![u64::MAX; w.div_ceil(64) as usize];
+                let bits = st.replay_bitmap.as_deref().unwrap_or(&all);
                 if bits.len() as u64 > w.div_ceil(64) {
                     return Err(format!(
                         "state.replay_bitmap: {} bits, more than the window ({w})",
