@@ -664,3 +664,109 @@ fn outbound_prefetch_pass_changes_nothing() {
     assert_eq!(got_big, got_small);
     assert_eq!(got_big.iter().filter(|(a, _)| *a == Action::Tx).count(), 50);
 }
+
+/// The name of the drop reason of `a` (a drop expected).
+fn reason(a: Action) -> &'static str {
+    match a {
+        Action::Drop(r) => r.name(),
+        other => panic!("expected a drop, got {other:?}"),
+    }
+}
+
+/// Gateway B whose only IPv4 protect policy is the given one (IPv6 policy kept).
+fn b_with_policy(extra: &str) -> Gw {
+    let text = example_text("gw-b.toml").replacen(
+        "dst = \"192.0.2.0/24\"\n",
+        &format!("dst = \"192.0.2.0/24\"\n{extra}"),
+        1,
+    );
+    Gw::from_toml(&text)
+}
+
+/// An IPv4 frame from A's LAN with the flags/fragment-offset word set to `frag`.
+fn fragment(proto: u8, sport: u16, dport: u16, frag: u16) -> Vec<u8> {
+    let mut f = frame(
+        "192.0.2.10",
+        "198.51.100.20",
+        proto,
+        sport,
+        dport,
+        b"fragment",
+    );
+    f[14 + 6..14 + 8].copy_from_slice(&frag.to_be_bytes());
+    espd::wire::ipv4::fill_checksum(&mut f[14..]);
+    f
+}
+
+/// RFC 4301 §5.2: a peer allowed only UDP from source port 2000 cannot send TCP/22 (or UDP
+/// from another port) through the tunnel; fragments, whose ports are not examined, pass only
+/// SAs whose selectors allow any port.
+#[test]
+fn inbound_selectors_check_protocol_and_ports() {
+    let (a, any) = pair();
+    let b = b_with_policy("protocol = \"udp\"\ndst_ports = \"2000\"\n");
+    let send = |b: &Gw, pkt: Vec<u8>| {
+        let (act, esp) = a.out(&[pkt]).remove(0);
+        assert_eq!(act, Action::Tx);
+        b.inn(&[esp]).remove(0).0
+    };
+    let allowed = frame("192.0.2.10", "198.51.100.20", 17, 2000, 53, b"dns");
+    assert_eq!(send(&b, allowed), Action::Tx);
+    let ssh = frame("192.0.2.10", "198.51.100.20", 6, 2000, 22, b"ssh");
+    assert_eq!(reason(send(&b, ssh)), "wrong_sa");
+    let other_port = frame("192.0.2.10", "198.51.100.20", 17, 2001, 53, b"dns");
+    assert_eq!(reason(send(&b, other_port)), "wrong_sa");
+    let ssh6 = frame(
+        "fd00:a::10",
+        "fd00:b::20",
+        6,
+        2000,
+        22,
+        b"v6 policy allows any",
+    );
+    assert_eq!(send(&b, ssh6), Action::Tx);
+    // Fragments: first (MF) and later (offset 8) ones carry no ports the selector can use.
+    for frag in [0x2000, 0x0001, 0x2001] {
+        assert_eq!(reason(send(&b, fragment(17, 2000, 53, frag))), "wrong_sa");
+        assert_eq!(send(&any, fragment(17, 2000, 53, frag)), Action::Tx);
+    }
+    assert_eq!(b.stats.drops_by_code()[&13912], 5);
+}
+
+/// Transport-mode SAs check their selectors too: they apply to the packet itself.
+#[test]
+fn transport_mode_inbound_checks_selectors() {
+    let text = example_text("gw-b.toml")
+        .replace("mtu = 1500", "mtu = 1500\nmode = \"transport\"")
+        .replacen(
+            "src = \"198.51.100.0/24\"\ndst = \"192.0.2.0/24\"\n",
+            "src = \"203.0.113.2/32\"\ndst = \"203.0.113.1/32\"\nprotocol = \"udp\"\ndst_ports = \"2000\"\n",
+            1,
+        );
+    let b = Gw::from_toml(&text);
+    let mut p = b.cfg.sa_params(Direction::Inbound).unwrap().clone();
+    p.direction = Direction::Outbound;
+    let twin = Sa::new(&p, 1, 1).unwrap();
+    let esp = |proto: u8, sport: u16, dport: u16, seq: u64| {
+        let pkt = frame("203.0.113.1", "203.0.113.2", proto, sport, dport, b"hello");
+        let mut f = vec![0u8; 512];
+        f[128..128 + pkt.len() - 14].copy_from_slice(&pkt[14..]);
+        let (start, len) = encap(&twin, seq, &mut f, 128, pkt.len() - 14).unwrap();
+        let mut e = pkt[..14].to_vec();
+        e.extend_from_slice(&f[start..start + len]);
+        (e, pkt)
+    };
+    let (ok, plain) = esp(17, 2000, 53, 1);
+    let (act, out) = b.inn(&[ok]).remove(0);
+    assert_eq!(act, Action::Tx);
+    assert_eq!(ip(&out), ip(&plain), "transport mode leaves the TTL alone");
+    assert_eq!(
+        reason(b.inn(&[esp(6, 2000, 22, 2).0]).remove(0).0),
+        "wrong_sa"
+    );
+    assert_eq!(
+        reason(b.inn(&[esp(17, 2001, 53, 3).0]).remove(0).0),
+        "wrong_sa"
+    );
+    assert_eq!(b.stats.drops_by_code()[&13912], 2);
+}

@@ -22,7 +22,7 @@ use crossbeam_queue::ArrayQueue;
 use super::{CoreStats, DropReason};
 use crate::esp::{self, EspError};
 use crate::sa::policy::{FlowKey, Lookup, PolicyAction, raw};
-use crate::sa::{Admit, Direction, Mode, Sa, SaTable, Spd};
+use crate::sa::{Admit, Direction, Sa, SaTable, Spd};
 use crate::wire::esp::{ICV_LEN, TRAILER_LEN};
 use crate::wire::ethernet::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Mac};
 use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
@@ -516,7 +516,11 @@ impl<'a> Pipeline<'a> {
         if let Some(r) = self.lifetime(sa, sa.lifetime.admit(self.core, d.len as u64, now)) {
             return Action::Drop(r);
         }
-        if sa.mode == Mode::Tunnel && !inner_matches(sa, &buf[d.start..d.start + d.len], d.v6) {
+        // The decapsulated packet: the inner one (tunnel) or the rebuilt one (transport).
+        let Ok(inner) = parse_ip(&buf[d.start..d.start + d.len], d.start, d.v6) else {
+            return Action::Drop(DropReason::BadNextHeader);
+        };
+        if !inner_matches(sa, &inner) {
             return Action::Drop(DropReason::WrongSa);
         }
         sa.count(self.core, d.len as u64);
@@ -598,11 +602,24 @@ fn esp_drop(e: EspError) -> DropReason {
 /// Parses Ethernet and IP. `Ok(None)`: not IP (punt). `frame` starts at buffer offset `off`.
 #[inline]
 fn parse_l3(frame: &[u8], off: usize) -> Result<Option<L3>, DropReason> {
-    let et = ethernet::ethertype(frame).map_err(|_| DropReason::Malformed)?;
-    let at = off + ethernet::HEADER_LEN;
-    let ip = &frame[ethernet::HEADER_LEN..];
-    let mut l3 = match et {
-        ETHERTYPE_IPV4 => {
+    let v6 = match ethernet::ethertype(frame).map_err(|_| DropReason::Malformed)? {
+        ETHERTYPE_IPV4 => false,
+        ETHERTYPE_IPV6 => true,
+        _ => return Ok(None),
+    };
+    parse_ip(
+        &frame[ethernet::HEADER_LEN..],
+        off + ethernet::HEADER_LEN,
+        v6,
+    )
+    .map(Some)
+}
+
+/// Parses the IP packet `ip` (of the family `v6` says), which starts at buffer offset `at`.
+#[inline]
+fn parse_ip(ip: &[u8], at: usize, v6: bool) -> Result<L3, DropReason> {
+    let mut l3 = match v6 {
+        false => {
             let p = Ipv4Packet::new_checked(ip).map_err(|_| DropReason::Malformed)?;
             L3 {
                 at,
@@ -621,7 +638,7 @@ fn parse_l3(frame: &[u8], off: usize) -> Result<Option<L3>, DropReason> {
                 },
             }
         }
-        ETHERTYPE_IPV6 => {
+        true => {
             let p = Ipv6Packet::new_checked(ip).map_err(|_| DropReason::Malformed)?;
             let u = ipv6::upper_layer(ip, p.total_len()).map_err(|_| DropReason::Malformed)?;
             L3 {
@@ -641,14 +658,13 @@ fn parse_l3(frame: &[u8], off: usize) -> Result<Option<L3>, DropReason> {
                 },
             }
         }
-        _ => return Ok(None),
     };
     let l4 = &ip[l3.hdr_len..l3.len];
     if matches!(l3.key.protocol, proto::TCP | proto::UDP) && l4.len() >= 4 && !l3.fragment {
         l3.key.src_port = be16(l4, 0);
         l3.key.dst_port = be16(l4, 2);
     }
-    Ok(Some(l3))
+    Ok(l3)
 }
 
 /// Completes a TCP/UDP checksum left partial by checksum offload: the field then holds the
@@ -695,27 +711,18 @@ fn complete_checksum(buf: &mut [u8], l3: &L3) -> bool {
     true
 }
 
-/// RFC 4301 §5.2: the inner addresses must match the SA's selectors.
+/// RFC 4301 §5.2: the decapsulated packet must match one of the SA's selectors: addresses,
+/// protocol and ports. A fragment (first or later) is matched without ports (RFC 4301 §7,
+/// OPAQUE), so only selectors that allow any port carry fragments; the outbound SPD lookup,
+/// which reads no ports from fragments either, sends them the same way.
 #[inline]
-fn inner_matches(sa: &Sa, inner: &[u8], v6: bool) -> bool {
-    if sa.inner.is_empty() {
-        return true;
-    }
-    let (s, d) = if v6 {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&inner[8..24]);
-        let s = u128::from_be_bytes(a);
-        a.copy_from_slice(&inner[24..40]);
-        (s, u128::from_be_bytes(a))
-    } else {
-        (
-            crate::wire::be32(inner, 12) as u128,
-            crate::wire::be32(inner, 16) as u128,
-        )
-    };
-    sa.inner
-        .iter()
-        .any(|(ps, pd)| ps.contains_raw(v6, s) && pd.contains_raw(v6, d))
+fn inner_matches(sa: &Sa, inner: &L3) -> bool {
+    sa.inner.is_empty()
+        || if inner.fragment {
+            sa.inner.iter().any(|s| s.matches_without_ports(&inner.key))
+        } else {
+            sa.inner.iter().any(|s| s.matches(&inner.key))
+        }
 }
 
 /// Writes an ICMPv4 "fragmentation needed" (type 3 code 4, RFC 1191) in front of the packet.

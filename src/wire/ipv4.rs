@@ -91,6 +91,11 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn is_fragment(&self) -> bool {
         self.flags_frag() & (FLAG_MF | FRAG_OFFSET) != 0
     }
+    /// True for a fragment other than the first (non-zero offset): it has no upper-layer header.
+    #[inline]
+    pub fn is_later_fragment(&self) -> bool {
+        self.flags_frag() & FRAG_OFFSET != 0
+    }
     #[inline]
     pub fn src(&self) -> Ipv4Addr {
         let b = self.b();

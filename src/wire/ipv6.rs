@@ -92,6 +92,9 @@ pub struct UpperLayer {
     pub nh_field: usize,
     /// A Fragment header was crossed.
     pub fragment: bool,
+    /// ... with a non-zero offset: what follows it is not a header, and the walk stops there
+    /// (`protocol` is the Fragment header's Next Header, `offset` just past it).
+    pub later_fragment: bool,
     /// Offset just past the last header that must stay in front of ESP in transport mode
     /// (hop-by-hop, routing, fragment; RFC 4303 §3.1.1).
     pub esp_insert: usize,
@@ -106,6 +109,7 @@ pub fn upper_layer(pkt: &[u8], total: usize) -> Result<UpperLayer, WireError> {
     let mut nh_field = field::NEXT_HEADER;
     let mut off = HEADER_LEN;
     let mut fragment = false;
+    let mut later_fragment = false;
     let mut esp_insert = HEADER_LEN;
     let mut esp_insert_nh_field = field::NEXT_HEADER;
     let mut in_front = true;
@@ -118,7 +122,12 @@ pub fn upper_layer(pkt: &[u8], total: usize) -> Result<UpperLayer, WireError> {
                 (pkt[off + 1] as usize + 1) * 8
             }
             proto::IPV6_FRAG => {
+                if off + 8 > total {
+                    return Err(WireError::Truncated);
+                }
                 fragment = true;
+                // RFC 8200 §4.5: the offset is in the upper 13 bits of bytes 2..4.
+                later_fragment = be16(pkt, off + 2) & 0xfff8 != 0;
                 8
             }
             proto::AH => {
@@ -133,6 +142,7 @@ pub fn upper_layer(pkt: &[u8], total: usize) -> Result<UpperLayer, WireError> {
                     offset: off,
                     nh_field,
                     fragment,
+                    later_fragment,
                     esp_insert,
                     esp_insert_nh_field,
                 });
@@ -149,6 +159,17 @@ pub fn upper_layer(pkt: &[u8], total: usize) -> Result<UpperLayer, WireError> {
         if in_front {
             esp_insert = off;
             esp_insert_nh_field = nh_field;
+        }
+        if later_fragment {
+            return Ok(UpperLayer {
+                protocol: nh,
+                offset: off,
+                nh_field,
+                fragment,
+                later_fragment,
+                esp_insert,
+                esp_insert_nh_field,
+            });
         }
     }
     Err(WireError::Malformed)
@@ -233,6 +254,26 @@ mod tests {
         assert_eq!(u.esp_insert, 40 + 8 + 24 + 8);
         assert_eq!(u.nh_field, 40 + 8 + 24 + 8);
         assert_eq!(u.esp_insert_nh_field, 40 + 8 + 24);
+    }
+
+    #[test]
+    fn later_fragment_stops_the_walk() {
+        // Offset 8 bytes: the bytes after the Fragment header are payload, not a header.
+        let mut frag = vec![0u8; 8];
+        frag[3] = 8;
+        let mut p = packet(&[(proto::IPV6_FRAG, frag)], proto::IPV6_OPTS, 16);
+        p[49] = 0xff; // would be a huge destination-options length if walked
+        let u = upper_layer(&p, p.len()).unwrap();
+        assert_eq!(
+            (u.protocol, u.offset, u.fragment, u.later_fragment),
+            (proto::IPV6_OPTS, 48, true, true)
+        );
+        let first = packet(&[(proto::IPV6_FRAG, vec![0u8; 8])], proto::UDP, 8);
+        let u = upper_layer(&first, first.len()).unwrap();
+        assert_eq!(
+            (u.protocol, u.fragment, u.later_fragment),
+            (proto::UDP, true, false)
+        );
     }
 
     #[test]
