@@ -49,10 +49,15 @@ pub enum DropReason {
     ClearText,
     /// An explicit discard policy matched (13916).
     PolicyDiscard,
+    /// Inner TTL / hop limit ran out at the encapsulator or decapsulator; ICMP time exceeded
+    /// sent when possible (13914).
+    TtlExceeded,
+    /// Outer CE on a Not-ECT inner packet: RFC 6040 §4.2 drops it (13914).
+    EcnNotEct,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::BadSpi,
         DropReason::NoSa,
         DropReason::LifetimeExpired,
@@ -69,6 +74,8 @@ impl DropReason {
         DropReason::Integrity,
         DropReason::ClearText,
         DropReason::PolicyDiscard,
+        DropReason::TtlExceeded,
+        DropReason::EcnNotEct,
     ];
 
     pub fn code(self) -> Code {
@@ -78,9 +85,8 @@ impl DropReason {
             LifetimeExpired | SeqExhausted => codes::SA_LIFETIME_EXPIRED,
             WrongSa => codes::WRONG_SA,
             Replay => codes::REPLAY_CHECK_FAILED,
-            Malformed | BadPadding | BadNextHeader | BadAlignment | Fragment | Dummy | TooBig => {
-                codes::INVALID_PACKET
-            }
+            Malformed | BadPadding | BadNextHeader | BadAlignment | Fragment | Dummy | TooBig
+            | TtlExceeded | EcnNotEct => codes::INVALID_PACKET,
             Integrity => codes::INTEGRITY_CHECK_FAILED,
             ClearText | PolicyDiscard => codes::CLEAR_TEXT_DROP,
         }
@@ -105,6 +111,8 @@ impl DropReason {
             Integrity => "integrity",
             ClearText => "clear_text",
             PolicyDiscard => "policy_discard",
+            TtlExceeded => "ttl_exceeded",
+            EcnNotEct => "ecn_not_ect",
         }
     }
 }

@@ -81,6 +81,31 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     }
 }
 
+/// RFC 8200 §3: decrements the hop limit of the IPv6 header at the start of `hdr`. Returns
+/// false, leaving it as it is, when the hop limit would reach 0.
+#[inline]
+pub fn decrement_hop_limit(hdr: &mut [u8]) -> bool {
+    let h = hdr[field::HOP_LIMIT];
+    if h <= 1 {
+        return false;
+    }
+    hdr[field::HOP_LIMIT] = h - 1;
+    true
+}
+
+/// The ECN field (RFC 3168 §5, the low two bits of the traffic class) of the IPv6 header at
+/// the start of `hdr`.
+#[inline]
+pub fn ecn(hdr: &[u8]) -> u8 {
+    (hdr[1] >> 4) & 3
+}
+
+/// Sets the ECN field of the IPv6 header at the start of `hdr`.
+#[inline]
+pub fn set_ecn(hdr: &mut [u8], ecn: u8) {
+    hdr[1] = (hdr[1] & !0x30) | ((ecn & 3) << 4);
+}
+
 /// Where the upper-layer header starts after the extension headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UpperLayer {
@@ -254,6 +279,19 @@ mod tests {
         assert_eq!(u.esp_insert, 40 + 8 + 24 + 8);
         assert_eq!(u.nh_field, 40 + 8 + 24 + 8);
         assert_eq!(u.esp_insert_nh_field, 40 + 8 + 24);
+    }
+
+    #[test]
+    fn hop_limit_and_ecn() {
+        let mut p = packet(&[], proto::UDP, 0);
+        p[field::HOP_LIMIT] = 2;
+        assert!(decrement_hop_limit(&mut p));
+        assert!(!decrement_hop_limit(&mut p));
+        assert_eq!(p[field::HOP_LIMIT], 1);
+        assert_eq!(ecn(&p), 0); // traffic class 0xb8
+        set_ecn(&mut p, 1);
+        let v = Ipv6Packet::new_checked(&p[..]).unwrap();
+        assert_eq!((v.traffic_class(), ecn(&p)), (0xb9, 1));
     }
 
     #[test]
