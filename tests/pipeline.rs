@@ -994,3 +994,44 @@ fn ecn_at_decapsulation_follows_rfc6040() {
     }
     assert_eq!(b.stats.drops_by_code()[&13914], dropped);
 }
+
+/// Defect 12: the outer IPv4 header checksum is verified on inbound (13914).
+#[test]
+fn outer_ipv4_checksum_is_verified() {
+    let (_, b, esp) = esp_from_a();
+    let mut bad = esp.clone();
+    bad[14 + 10] ^= 0x40;
+    assert_eq!(reason(b.inn(&[bad]).remove(0).0), "bad_ip_checksum");
+    assert_eq!(b.stats.drops_by_code()[&13914], 1);
+    // The genuine packet still passes: nothing was consumed by the bad one.
+    assert_eq!(b.inn(&[esp]).remove(0).0, Action::Tx);
+}
+
+/// Defect 12: ESP in UDP is as long as the UDP length says; bytes after the UDP datagram in
+/// the IP payload are not ESP. A UDP length past the IP payload, or one that leaves no room
+/// for ESP, is malformed.
+#[test]
+fn esp_in_udp_length_comes_from_the_udp_header() {
+    let enc = |t: &str| t.replace("mtu = 1500", "mtu = 1500\nencap = \"udp\"");
+    let a = Gw::from_toml(&enc(&example_text("gw-a.toml")));
+    let b = Gw::from_toml(&enc(&example_text("gw-b.toml")));
+    let pkt = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, &payload(200, 4));
+    let (act, esp) = a.out(std::slice::from_ref(&pkt)).remove(0);
+    assert_eq!(act, Action::Tx);
+    // Four bytes after the UDP datagram, inside the IP packet.
+    let mut longer = esp.clone();
+    longer.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    fix_ipv4(&mut longer);
+    let (act, out) = b.inn(&[longer]).remove(0);
+    assert_eq!(act, Action::Tx);
+    assert_eq!(ip(&out), ip(&aged(&pkt, 2)));
+    // A UDP length past the IP payload.
+    let mut over = esp.clone();
+    let ulen = u16::from_be_bytes([over[38], over[39]]);
+    over[38..40].copy_from_slice(&(ulen + 4).to_be_bytes());
+    assert_eq!(reason(b.inn(&[over]).remove(0).0), "malformed");
+    // A UDP length that leaves 12 bytes: a non-zero marker but no ESP packet.
+    let mut short = esp.clone();
+    short[38..40].copy_from_slice(&20u16.to_be_bytes());
+    assert_eq!(reason(b.inn(&[short]).remove(0).0), "malformed");
+}

@@ -54,10 +54,12 @@ pub enum DropReason {
     TtlExceeded,
     /// Outer CE on a Not-ECT inner packet: RFC 6040 §4.2 drops it (13914).
     EcnNotEct,
+    /// Outer IPv4 header checksum wrong (13914).
+    IpChecksum,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::BadSpi,
         DropReason::NoSa,
         DropReason::LifetimeExpired,
@@ -76,6 +78,7 @@ impl DropReason {
         DropReason::PolicyDiscard,
         DropReason::TtlExceeded,
         DropReason::EcnNotEct,
+        DropReason::IpChecksum,
     ];
 
     pub fn code(self) -> Code {
@@ -86,7 +89,7 @@ impl DropReason {
             WrongSa => codes::WRONG_SA,
             Replay => codes::REPLAY_CHECK_FAILED,
             Malformed | BadPadding | BadNextHeader | BadAlignment | Fragment | Dummy | TooBig
-            | TtlExceeded | EcnNotEct => codes::INVALID_PACKET,
+            | TtlExceeded | EcnNotEct | IpChecksum => codes::INVALID_PACKET,
             Integrity => codes::INTEGRITY_CHECK_FAILED,
             ClearText | PolicyDiscard => codes::CLEAR_TEXT_DROP,
         }
@@ -113,6 +116,7 @@ impl DropReason {
             PolicyDiscard => "policy_discard",
             TtlExceeded => "ttl_exceeded",
             EcnNotEct => "ecn_not_ect",
+            IpChecksum => "bad_ip_checksum",
         }
     }
 }

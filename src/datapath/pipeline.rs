@@ -481,12 +481,18 @@ impl<'a> Pipeline<'a> {
             Ok(None) => return Action::Punt,
             Err(r) => return Action::Drop(r),
         };
+        // RFC 1122 §3.2.1.2: a datagram whose header checksum fails is discarded.
+        if !l3.v6 && !ipv4::checksum_ok(&buf[l3.at..l3.at + l3.hdr_len]) {
+            return Action::Drop(DropReason::IpChecksum);
+        }
         let to_us = self.dp.is_local(l3.v6, l3.key.dst);
         let ul = l3.at + l3.hdr_len;
         let ul_len = l3.len - l3.hdr_len;
-        let esp_at = match l3.key.protocol {
-            proto::ESP if to_us => ul,
+        let (esp_at, esp_len) = match l3.key.protocol {
+            proto::ESP if to_us => (ul, ul_len),
             proto::UDP if to_us && l3.key.dst_port == udp::NAT_T_PORT && !l3.fragment => {
+                // The UDP length (checked: at least the header, at most the IP payload) bounds
+                // the ESP packet (RFC 768, RFC 3948 §2.2); IP payload bytes after it are not ESP.
                 let Ok((_, _, ulen)) = udp::parse(&buf[ul..ul + ul_len]) else {
                     return Action::Drop(DropReason::Malformed);
                 };
@@ -495,7 +501,7 @@ impl<'a> Pipeline<'a> {
                 if payload.len() < 4 || payload[..4] == [0, 0, 0, 0] {
                     return Action::Punt;
                 }
-                ul + udp::HEADER_LEN
+                (ul + udp::HEADER_LEN, payload.len())
             }
             _ if to_us => return Action::Punt,
             _ => {
@@ -517,7 +523,6 @@ impl<'a> Pipeline<'a> {
         if l3.fragment {
             return Action::Drop(DropReason::Fragment);
         }
-        let esp_len = l3.at + l3.len - esp_at;
         let Some(spi) = crate::wire::esp::peek_spi(&buf[esp_at..esp_at + esp_len]) else {
             return Action::Drop(DropReason::Malformed);
         };
