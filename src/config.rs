@@ -228,12 +228,13 @@ impl SaSpec {
             .map_err(|e| ("replay_window", e))?;
         let limits = self.lifetime.unwrap_or_default();
         limits.validate().map_err(|e| ("lifetime", e))?;
-        // Inbound selectors: the reverse of the tunnel's protect policies (RFC 4301 §5.2).
-        let inner = if direction == Direction::Inbound && tun.mode == Mode::Tunnel {
+        // Inbound selectors: the reverse of the tunnel's protect policies (RFC 4301 §5.2), in
+        // both modes (transport: they apply to the packet itself).
+        let inner = if direction == Direction::Inbound {
             policies
                 .iter()
                 .filter(|p| p.action == PolicyAction::Protect(t))
-                .map(|p| (p.selector.dst, p.selector.src))
+                .map(|p| p.selector.reversed())
                 .collect()
         } else {
             Vec::new()

@@ -195,7 +195,7 @@ fn malformed_requests_get_clear_errors() {
         .as_str()
         .unwrap()
         .to_string();
-    let r = a.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": spi, "key": "00112233445566778899aabbccddeeff01020304"}}), 1);
+    let r = a.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": spi, "key": "20112233445566778899aabbccddeeff01020304"}}), 1);
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(
         a.req(json!({"op": "sa_get", "spi": spi, "direction": "in"}), 1)["spi"],

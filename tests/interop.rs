@@ -199,9 +199,10 @@ fn scapy_and_espd_interoperate_both_ways() {
     let got = read_pcap(&e_out);
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
+        // RFC 4301 §5.1.2.1: espd, the decapsulator, decrements the inner TTL / hop limit.
         assert_eq!(
             &g[14..],
-            &w[14..],
+            &aged(w, 1)[14..],
             "espd's decryption of scapy's ESP differs"
         );
     }
@@ -225,9 +226,10 @@ fn scapy_and_espd_interoperate_both_ways() {
     let got = read_pcap(&dec);
     assert_eq!(got.len(), frames.len());
     for (g, w) in got.iter().zip(&frames) {
+        // espd, the encapsulator, decremented the inner TTL / hop limit.
         assert_eq!(
             &g[14..],
-            &w[14..],
+            &aged(w, 1)[14..],
             "scapy's decryption of espd's ESP differs"
         );
     }
@@ -283,4 +285,79 @@ fn bad_input_files_are_clear_errors() {
         err.contains("junk.pcap") && err.contains("not a pcap file"),
         "{err}"
     );
+}
+
+/// The decapsulator's ICMP time exceeded (RFC 4301 §5.1.2.1) for packets whose TTL / hop limit
+/// runs out at gateway B goes back into the tunnel: tshark decrypts B's answer with B's
+/// outbound SA and finds a good ICV and a valid ICMP / ICMPv6 time exceeded inside.
+#[test]
+fn tshark_decrypts_time_exceeded_from_the_decapsulator() {
+    if !tool("tshark", &["--version"]) {
+        return;
+    }
+    let (plain, esp, back) = (tmp("x-plain.pcap"), tmp("x-esp.pcap"), tmp("x-back.pcap"));
+    let frames: Vec<Vec<u8>> = (0..6u16)
+        .map(|i| {
+            let (s, d) = if i % 2 == 0 {
+                ("192.0.2.10", "198.51.100.20")
+            } else {
+                ("fd00:a::10", "fd00:b::20")
+            };
+            // TTL 2: 1 after gateway A, out at gateway B.
+            with_ttl(
+                &frame(s, d, 17, 50000 + i, 33333, &payload(100 * i as usize, 1)),
+                2,
+            )
+        })
+        .collect();
+    write_pcap(&plain, &frames);
+    espd_pcap("gw-a.toml", "outbound", &plain, &esp);
+    let s = espd_pcap("gw-b.toml", "inbound", &esp, &back);
+    assert_eq!(s["frames_out"], frames.len(), "{s}");
+    assert_eq!(s["drops_by_code"]["13914"], frames.len(), "{s}");
+    let sa_b = r#"uat:esp_sa:"IPv4","203.0.113.2","203.0.113.1","0x0000b001","AES-GCM with 16 octet ICV [RFC4106]","0xffeeddccbbaa99887766554433221100a0b0c0d0","NULL","""#;
+    let o = Command::new("tshark")
+        .arg("-r")
+        .arg(&back)
+        .args([
+            "-o",
+            "esp.enable_encryption_decode:TRUE",
+            "-o",
+            "esp.enable_authentication_check:TRUE",
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            sa_b,
+        ])
+        .args(["-T", "fields", "-E", "separator=|"])
+        .args(["-e", "esp.icv_good", "-e", "icmp.type", "-e", "icmpv6.type"])
+        .args(["-e", "icmp.checksum.status", "-e", "icmpv6.checksum.status"])
+        .args(["-e", "ip.checksum.status"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), frames.len(), "{out}");
+    for (i, l) in lines.iter().enumerate() {
+        let f: Vec<&str> = l.split('|').collect();
+        assert_eq!(f[0], "1", "answer {i}: ICV not good: {l}");
+        if i % 2 == 0 {
+            assert_eq!(
+                (f[1], f[3]),
+                ("11", "1"),
+                "answer {i}: ICMP 11, checksum good: {l}"
+            );
+            assert!(
+                !f[5].split(',').any(|c| c == "0"),
+                "answer {i}: an IPv4 header checksum is bad: {l}"
+            );
+        } else {
+            assert_eq!(
+                (f[2], f[4]),
+                ("3", "1"),
+                "answer {i}: ICMPv6 3, checksum good: {l}"
+            );
+        }
+    }
 }

@@ -44,7 +44,7 @@ fn a_to_b_and_back_every_byte() {
             let pkt = frame(s, d, *p, 40000 + i as u16, 5001, &payload(n, i as u8));
             let (act, out) = through_pair(&a, &b, &pkt);
             assert_eq!(act, Action::Tx);
-            assert_eq!(ip(&out), ip(&pkt), "A→B inner packet changed");
+            assert_eq!(ip(&out), ip(&aged(&pkt, 2)), "A→B inner packet changed");
             assert_eq!(
                 &out[..6],
                 &b.cfg.plain.next_hop_mac.unwrap(),
@@ -54,7 +54,7 @@ fn a_to_b_and_back_every_byte() {
             let back = frame(d, s, *p, 5001, 40000 + i as u16, &payload(n, 99));
             let (act, out) = through_pair(&b, &a, &back);
             assert_eq!(act, Action::Tx);
-            assert_eq!(ip(&out), ip(&back), "B→A inner packet changed");
+            assert_eq!(ip(&out), ip(&aged(&back, 2)), "B→A inner packet changed");
         }
     }
     assert_eq!(a.stats.drops_by_code().len(), 0);
@@ -432,7 +432,11 @@ fn completes_partial_checksums() {
     let (act, out) = through_pair(&a, &b, &pkt);
     assert_eq!(act, Action::Tx);
     let good = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, &payload(64, 1));
-    assert_eq!(ip(&out), ip(&good), "checksum completed before sealing");
+    assert_eq!(
+        ip(&out),
+        ip(&aged(&good, 2)),
+        "checksum completed before sealing"
+    );
     assert_eq!(a.stats.checksums_completed.get(), 1);
 }
 
@@ -452,7 +456,7 @@ fn udp_encapsulation_pair() {
     );
     let (act, out) = b.inn(&[esp]).remove(0);
     assert_eq!(act, Action::Tx);
-    assert_eq!(ip(&out), ip(&pkt));
+    assert_eq!(ip(&out), ip(&aged(&pkt, 2)));
 }
 
 proptest! {
@@ -663,6 +667,373 @@ fn outbound_prefetch_pass_changes_nothing() {
     let got_small = small.out(&batch);
     assert_eq!(got_big, got_small);
     assert_eq!(got_big.iter().filter(|(a, _)| *a == Action::Tx).count(), 50);
+}
+
+/// The name of the drop reason of `a` (a drop expected).
+fn reason(a: Action) -> &'static str {
+    match a {
+        Action::Drop(r) => r.name(),
+        other => panic!("expected a drop, got {other:?}"),
+    }
+}
+
+/// Gateway B whose only IPv4 protect policy is the given one (IPv6 policy kept).
+fn b_with_policy(extra: &str) -> Gw {
+    let text = example_text("gw-b.toml").replacen(
+        "dst = \"192.0.2.0/24\"\n",
+        &format!("dst = \"192.0.2.0/24\"\n{extra}"),
+        1,
+    );
+    Gw::from_toml(&text)
+}
+
+/// An IPv4 frame from A's LAN with the flags/fragment-offset word set to `frag`.
+fn fragment(proto: u8, sport: u16, dport: u16, frag: u16) -> Vec<u8> {
+    let mut f = frame(
+        "192.0.2.10",
+        "198.51.100.20",
+        proto,
+        sport,
+        dport,
+        b"fragment",
+    );
+    f[14 + 6..14 + 8].copy_from_slice(&frag.to_be_bytes());
+    espd::wire::ipv4::fill_checksum(&mut f[14..]);
+    f
+}
+
+/// RFC 4301 §5.2: a peer allowed only UDP from source port 2000 cannot send TCP/22 (or UDP
+/// from another port) through the tunnel; fragments, whose ports are not examined, pass only
+/// SAs whose selectors allow any port.
+#[test]
+fn inbound_selectors_check_protocol_and_ports() {
+    let (a, any) = pair();
+    let b = b_with_policy("protocol = \"udp\"\ndst_ports = \"2000\"\n");
+    let send = |b: &Gw, pkt: Vec<u8>| {
+        let (act, esp) = a.out(&[pkt]).remove(0);
+        assert_eq!(act, Action::Tx);
+        b.inn(&[esp]).remove(0).0
+    };
+    let allowed = frame("192.0.2.10", "198.51.100.20", 17, 2000, 53, b"dns");
+    assert_eq!(send(&b, allowed), Action::Tx);
+    let ssh = frame("192.0.2.10", "198.51.100.20", 6, 2000, 22, b"ssh");
+    assert_eq!(reason(send(&b, ssh)), "wrong_sa");
+    let other_port = frame("192.0.2.10", "198.51.100.20", 17, 2001, 53, b"dns");
+    assert_eq!(reason(send(&b, other_port)), "wrong_sa");
+    let ssh6 = frame(
+        "fd00:a::10",
+        "fd00:b::20",
+        6,
+        2000,
+        22,
+        b"v6 policy allows any",
+    );
+    assert_eq!(send(&b, ssh6), Action::Tx);
+    // Fragments: first (MF) and later (offset 8) ones carry no ports the selector can use.
+    for frag in [0x2000, 0x0001, 0x2001] {
+        assert_eq!(reason(send(&b, fragment(17, 2000, 53, frag))), "wrong_sa");
+        assert_eq!(send(&any, fragment(17, 2000, 53, frag)), Action::Tx);
+    }
+    assert_eq!(b.stats.drops_by_code()[&13912], 5);
+}
+
+/// Transport-mode SAs check their selectors too: they apply to the packet itself.
+#[test]
+fn transport_mode_inbound_checks_selectors() {
+    let text = example_text("gw-b.toml")
+        .replace("mtu = 1500", "mtu = 1500\nmode = \"transport\"")
+        .replacen(
+            "src = \"198.51.100.0/24\"\ndst = \"192.0.2.0/24\"\n",
+            "src = \"203.0.113.2/32\"\ndst = \"203.0.113.1/32\"\nprotocol = \"udp\"\ndst_ports = \"2000\"\n",
+            1,
+        );
+    let b = Gw::from_toml(&text);
+    let mut p = b.cfg.sa_params(Direction::Inbound).unwrap().clone();
+    p.direction = Direction::Outbound;
+    let twin = Sa::new(&p, 1, 1).unwrap();
+    let esp = |proto: u8, sport: u16, dport: u16, seq: u64| {
+        let pkt = frame("203.0.113.1", "203.0.113.2", proto, sport, dport, b"hello");
+        let mut f = vec![0u8; 512];
+        f[128..128 + pkt.len() - 14].copy_from_slice(&pkt[14..]);
+        let (start, len) = encap(&twin, seq, &mut f, 128, pkt.len() - 14).unwrap();
+        let mut e = pkt[..14].to_vec();
+        e.extend_from_slice(&f[start..start + len]);
+        (e, pkt)
+    };
+    let (ok, plain) = esp(17, 2000, 53, 1);
+    let (act, out) = b.inn(&[ok]).remove(0);
+    assert_eq!(act, Action::Tx);
+    assert_eq!(ip(&out), ip(&plain), "transport mode leaves the TTL alone");
+    assert_eq!(
+        reason(b.inn(&[esp(6, 2000, 22, 2).0]).remove(0).0),
+        "wrong_sa"
+    );
+    assert_eq!(
+        reason(b.inn(&[esp(17, 2001, 53, 3).0]).remove(0).0),
+        "wrong_sa"
+    );
+    assert_eq!(b.stats.drops_by_code()[&13912], 2);
+}
+
+/// RFC 4301 §5.1.2.1: the encapsulator and the decapsulator each decrement the inner TTL /
+/// hop limit (IPv4 checksum updated); the payload is untouched.
+#[test]
+fn inner_ttl_is_decremented_on_both_sides() {
+    let (a, b) = pair();
+    for (s, d) in [
+        ("192.0.2.10", "198.51.100.20"),
+        ("fd00:a::10", "fd00:b::20"),
+    ] {
+        let pkt = with_ttl(&frame(s, d, 17, 1, 2, &payload(99, 5)), 3);
+        let (act, out) = through_pair(&a, &b, &pkt);
+        assert_eq!(act, Action::Tx);
+        assert_eq!(ip(&out), ip(&aged(&pkt, 2)));
+        if s.contains('.') {
+            assert!(Ipv4Packet::new_checked(ip(&out)).unwrap().verify_checksum());
+        }
+    }
+}
+
+/// The ICMP message in an Ethernet frame (IPv4: after a 20-byte header, IPv6: after 40).
+fn icmp_of(f: &[u8]) -> &[u8] {
+    if f[14] >> 4 == 4 { &f[34..] } else { &f[54..] }
+}
+
+/// A packet whose TTL / hop limit runs out at the encapsulator is dropped (counted) and
+/// answered with ICMP time exceeded back to its sender, from the gateway's LAN address.
+#[test]
+fn ttl_expiry_at_encapsulation_answers_time_exceeded() {
+    let (a, _) = pair();
+    let pkt = with_ttl(
+        &frame("192.0.2.10", "198.51.100.20", 17, 1, 2, &payload(30, 1)),
+        1,
+    );
+    let (act, f) = a.out(std::slice::from_ref(&pkt)).remove(0);
+    assert_eq!(act, Action::TxBack);
+    assert_eq!(&f[..6], &pkt[6..12], "sent back to the sender's MAC");
+    let p = Ipv4Packet::new_checked(ip(&f)).unwrap();
+    assert!(p.verify_checksum());
+    assert_eq!(
+        (p.protocol(), p.src().to_string(), p.dst().to_string()),
+        (1, "192.0.2.1".into(), "192.0.2.10".into())
+    );
+    let icmp = p.payload();
+    assert_eq!((icmp[0], icmp[1]), (11, 0));
+    assert_eq!(espd::wire::checksum::checksum(icmp), 0);
+    assert_eq!(
+        &icmp[8..],
+        ip(&pkt),
+        "the expired packet is quoted as it arrived"
+    );
+    // TTL 2 still passes (1 on the wire).
+    let two = with_ttl(&pkt, 2);
+    assert_eq!(a.out(&[two]).remove(0).0, Action::Tx);
+    // IPv6: ICMPv6 time exceeded (type 3 code 0) from the LAN address.
+    let pkt6 = with_ttl(&frame("fd00:a::10", "fd00:b::20", 17, 1, 2, b"six"), 1);
+    let (act, f) = a.out(std::slice::from_ref(&pkt6)).remove(0);
+    assert_eq!(act, Action::TxBack);
+    assert_eq!(
+        (f[14 + 6], &f[14 + 8..14 + 24]),
+        (
+            58,
+            &[0xfd, 0, 0, 0xa, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1][..]
+        )
+    );
+    let icmp6 = icmp_of(&f);
+    assert_eq!((icmp6[0], icmp6[1]), (3, 0));
+    let psum = espd::wire::checksum::pseudo_v6(
+        &"fd00:a::1".parse().unwrap(),
+        &"fd00:a::10".parse().unwrap(),
+        58,
+        icmp6.len() as u32,
+    );
+    assert_eq!(
+        espd::wire::checksum::fold(espd::wire::checksum::sum(psum, icmp6)),
+        0xffff
+    );
+    assert_eq!(&icmp6[8..], ip(&pkt6));
+    assert_eq!(a.stats.drops_by_code()[&13914], 2);
+    assert_eq!(a.stats.icmp_sent.get(), 2);
+}
+
+/// A packet whose TTL runs out at the decapsulator is answered with ICMP time exceeded to its
+/// source, on the far side of the tunnel: the answer is encrypted into the tunnel and leaves
+/// through the interface the packet came in on.
+#[test]
+fn ttl_expiry_at_decapsulation_answers_through_the_tunnel() {
+    let (a, b) = pair();
+    let pkt = with_ttl(&frame("192.0.2.10", "198.51.100.20", 6, 1, 2, b"ttl 2"), 2);
+    let (act, back) = through_pair(&a, &b, &pkt);
+    assert_eq!(act, Action::TxBack);
+    assert_eq!(&back[..6], &b.cfg.cipher.next_hop_mac.unwrap());
+    let outer = Ipv4Packet::new_checked(ip(&back)).unwrap();
+    assert_eq!(
+        (outer.protocol(), outer.dst().to_string()),
+        (50, "203.0.113.1".into())
+    );
+    assert_eq!(b.stats.drops_by_code()[&13914], 1);
+    // A decrypts it: ICMP 11/0 from B's LAN address to the sender, quoting the packet as it
+    // reached B (TTL 1).
+    let (act, f) = a.inn(&[back]).remove(0);
+    assert_eq!(act, Action::Tx);
+    let p = Ipv4Packet::new_checked(ip(&f)).unwrap();
+    assert!(p.verify_checksum());
+    assert_eq!(
+        (p.protocol(), p.src().to_string(), p.dst().to_string()),
+        (1, "198.51.100.1".into(), "192.0.2.10".into())
+    );
+    let icmp = p.payload();
+    assert_eq!((icmp[0], icmp[1]), (11, 0));
+    assert_eq!(espd::wire::checksum::checksum(icmp), 0);
+    assert_eq!(&icmp[8..], ip(&aged(&pkt, 1)));
+    // IPv6 the same way.
+    let pkt6 = with_ttl(&frame("fd00:a::10", "fd00:b::20", 17, 1, 2, b"six"), 2);
+    let (act, back) = through_pair(&a, &b, &pkt6);
+    assert_eq!(act, Action::TxBack);
+    let (act, f) = a.inn(&[back]).remove(0);
+    assert_eq!(act, Action::Tx);
+    assert_eq!((f[14 + 6], icmp_of(&f)[0], icmp_of(&f)[1]), (58, 3, 0));
+    assert_eq!(&icmp_of(&f)[8..], ip(&aged(&pkt6, 1)));
+}
+
+/// Time-exceeded answers share the ICMP rate limit, and ICMP errors are never answered.
+#[test]
+fn time_exceeded_is_rate_limited_and_not_sent_for_icmp_errors() {
+    let a = Gw::from_toml(&example_text("gw-a.toml").replace(
+        "complete_checksums = true",
+        "complete_checksums = true\nicmp_rate = 2",
+    ));
+    let pkt = with_ttl(&frame("192.0.2.10", "198.51.100.20", 17, 1, 2, b"x"), 1);
+    let acts: Vec<Action> = a.out(&vec![pkt; 3]).into_iter().map(|(a, _)| a).collect();
+    assert_eq!(&acts[..2], &[Action::TxBack; 2]);
+    assert_eq!(reason(acts[2]), "ttl_exceeded");
+    let a = Gw::example("gw-a.toml");
+    let mut err = vec![11, 0, 0, 0, 0, 0, 0, 0];
+    err.extend_from_slice(&payload(28, 1));
+    let c = espd::wire::checksum::checksum(&err);
+    err[2..4].copy_from_slice(&c.to_be_bytes());
+    let icmp_err = with_ttl(
+        &eth(
+            0x0800,
+            &ipv4(
+                "192.0.2.10".parse().unwrap(),
+                "198.51.100.20".parse().unwrap(),
+                1,
+                err,
+            ),
+        ),
+        1,
+    );
+    assert_eq!(reason(a.out(&[icmp_err]).remove(0).0), "ttl_exceeded");
+    assert_eq!(a.stats.icmp_sent.get(), 0);
+}
+
+/// RFC 6040 §4.2 (normal mode) at decapsulation: outer CE marks an ECN-capable inner packet
+/// CE, and drops a Not-ECT one; outer ECT(1) onto ECT(0) gives ECT(1); otherwise the inner
+/// ECN field is kept. DSCP is never touched.
+#[test]
+fn ecn_at_decapsulation_follows_rfc6040() {
+    let (a, b) = pair();
+    // (inner, outer) → inner after decapsulation; None: dropped.
+    let table = [
+        (0, 0, Some(0)),
+        (0, 1, Some(0)),
+        (0, 2, Some(0)),
+        (0, 3, None),
+        (2, 0, Some(2)),
+        (2, 2, Some(2)),
+        (2, 1, Some(1)),
+        (2, 3, Some(3)),
+        (1, 0, Some(1)),
+        (1, 2, Some(1)),
+        (1, 3, Some(3)),
+        (3, 0, Some(3)),
+        (3, 1, Some(3)),
+    ];
+    let mut dropped = 0;
+    for (s, d) in [
+        ("192.0.2.10", "198.51.100.20"),
+        ("fd00:a::10", "fd00:b::20"),
+    ] {
+        for (inner, outer, want) in table {
+            let mut pkt = frame(s, d, 17, 1, 2, b"ecn");
+            // DSCP AF41 (0x88) stays as it is.
+            if s.contains('.') {
+                pkt[15] = 0x88;
+            } else {
+                pkt[14] = 0x68;
+            }
+            let pkt = with_ecn(&pkt, inner);
+            let (act, esp) = a.out(std::slice::from_ref(&pkt)).remove(0);
+            assert_eq!(act, Action::Tx);
+            assert_eq!(
+                ecn(&esp),
+                inner,
+                "RFC 6040 §4.1: the encapsulator copies ECN"
+            );
+            let (act, out) = b.inn(&[with_ecn(&esp, outer)]).remove(0);
+            match want {
+                Some(e) => {
+                    assert_eq!(act, Action::Tx, "{s} inner {inner} outer {outer}");
+                    assert_eq!(
+                        ip(&out),
+                        ip(&aged(&with_ecn(&pkt, e), 2)),
+                        "{s} inner {inner} outer {outer}"
+                    );
+                }
+                None => {
+                    assert_eq!(
+                        reason(act),
+                        "ecn_not_ect",
+                        "{s} inner {inner} outer {outer}"
+                    );
+                    dropped += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(b.stats.drops_by_code()[&13914], dropped);
+}
+
+/// Defect 12: the outer IPv4 header checksum is verified on inbound (13914).
+#[test]
+fn outer_ipv4_checksum_is_verified() {
+    let (_, b, esp) = esp_from_a();
+    let mut bad = esp.clone();
+    bad[14 + 10] ^= 0x40;
+    assert_eq!(reason(b.inn(&[bad]).remove(0).0), "bad_ip_checksum");
+    assert_eq!(b.stats.drops_by_code()[&13914], 1);
+    // The genuine packet still passes: nothing was consumed by the bad one.
+    assert_eq!(b.inn(&[esp]).remove(0).0, Action::Tx);
+}
+
+/// Defect 12: ESP in UDP is as long as the UDP length says; bytes after the UDP datagram in
+/// the IP payload are not ESP. A UDP length past the IP payload, or one that leaves no room
+/// for ESP, is malformed.
+#[test]
+fn esp_in_udp_length_comes_from_the_udp_header() {
+    let enc = |t: &str| t.replace("mtu = 1500", "mtu = 1500\nencap = \"udp\"");
+    let a = Gw::from_toml(&enc(&example_text("gw-a.toml")));
+    let b = Gw::from_toml(&enc(&example_text("gw-b.toml")));
+    let pkt = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, &payload(200, 4));
+    let (act, esp) = a.out(std::slice::from_ref(&pkt)).remove(0);
+    assert_eq!(act, Action::Tx);
+    // Four bytes after the UDP datagram, inside the IP packet.
+    let mut longer = esp.clone();
+    longer.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    fix_ipv4(&mut longer);
+    let (act, out) = b.inn(&[longer]).remove(0);
+    assert_eq!(act, Action::Tx);
+    assert_eq!(ip(&out), ip(&aged(&pkt, 2)));
+    // A UDP length past the IP payload.
+    let mut over = esp.clone();
+    let ulen = u16::from_be_bytes([over[38], over[39]]);
+    over[38..40].copy_from_slice(&(ulen + 4).to_be_bytes());
+    assert_eq!(reason(b.inn(&[over]).remove(0).0), "malformed");
+    // A UDP length that leaves 12 bytes: a non-zero marker but no ESP packet.
+    let mut short = esp.clone();
+    short[38..40].copy_from_slice(&20u16.to_be_bytes());
+    assert_eq!(reason(b.inn(&[short]).remove(0).0), "malformed");
 }
 
 /// gw-a's example config with `extra` policies placed before the protect ones (first match

@@ -58,10 +58,17 @@ pub enum DropReason {
     PolicyDiscard,
     /// No free frame for a fragment of a pre-fragmented packet (13859).
     NoFrame,
+    /// Inner TTL / hop limit ran out at the encapsulator or decapsulator; ICMP time exceeded
+    /// sent when possible (13914).
+    TtlExceeded,
+    /// Outer CE on a Not-ECT inner packet: RFC 6040 §4.2 drops it (13914).
+    EcnNotEct,
+    /// Outer IPv4 header checksum wrong (13914).
+    IpChecksum,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::BadSpi,
         DropReason::NoSa,
         DropReason::LifetimeExpired,
@@ -80,6 +87,9 @@ impl DropReason {
         DropReason::ClearText,
         DropReason::PolicyDiscard,
         DropReason::NoFrame,
+        DropReason::TtlExceeded,
+        DropReason::EcnNotEct,
+        DropReason::IpChecksum,
     ];
 
     pub fn code(self) -> Code {
@@ -89,9 +99,8 @@ impl DropReason {
             LifetimeExpired | SeqExhausted | SeqUnsaved => codes::SA_LIFETIME_EXPIRED,
             WrongSa => codes::WRONG_SA,
             Replay => codes::REPLAY_CHECK_FAILED,
-            Malformed | BadPadding | BadNextHeader | BadAlignment | Fragment | Dummy | TooBig => {
-                codes::INVALID_PACKET
-            }
+            Malformed | BadPadding | BadNextHeader | BadAlignment | Fragment | Dummy | TooBig
+            | TtlExceeded | EcnNotEct | IpChecksum => codes::INVALID_PACKET,
             Integrity => codes::INTEGRITY_CHECK_FAILED,
             ClearText | PolicyDiscard => codes::CLEAR_TEXT_DROP,
             NoFrame => codes::IKE_OUT_OF_MEMORY,
@@ -119,6 +128,9 @@ impl DropReason {
             ClearText => "clear_text",
             PolicyDiscard => "policy_discard",
             NoFrame => "no_frame",
+            TtlExceeded => "ttl_exceeded",
+            EcnNotEct => "ecn_not_ect",
+            IpChecksum => "bad_ip_checksum",
         }
     }
 }

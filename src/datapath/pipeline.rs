@@ -3,13 +3,17 @@
 //!
 //! Outbound (plain side → cipher side):
 //!   Ethernet → inner IP → SPD lookup (bypass: new MACs, `Tx` in the clear) → tunnel's current
-//!   SA → MTU check (IPv4 without DF: fragments, each taken through the rest on its own frame)
+//!   SA → inner TTL / hop limit → MTU check (IPv4 without DF: fragments, each taken through
+//!   the rest on its own frame)
 //!   → lifetime check (inline, clock read once per batch by the caller) → sequence number →
 //!   ESP encap/seal in place → outer Ethernet → `Tx`.
 //! Inbound (cipher side → plain side):
 //!   Ethernet → outer IP → ESP (raw or UDP/4500) → SA by SPI → replay pre-check → open →
 //!   replay commit → trailer checks → lifetime count (after authentication) → selector check
-//!   → inner Ethernet → `Tx`.
+//!   → ECN (RFC 6040) and inner TTL / hop limit (tunnel mode) → inner Ethernet → `Tx`.
+//! An inner packet whose TTL / hop limit runs out is answered with ICMP time exceeded: back to
+//! the plain side at the encapsulator, through the tunnel (the outbound path) at the
+//! decapsulator; both leave through the interface the packet came in on (`TxBack`).
 //!
 //! Pure: no syscalls, no locks, no allocation, no clock reads, no `dyn`. Drops are counted per
 //! core under a [`DropReason`]; lifetime notifications go to a bounded lock-free queue (a full
@@ -207,6 +211,8 @@ struct L3 {
     /// Offset (from `at`) of the Next Header byte naming the upper layer.
     nh_field: usize,
     fragment: bool,
+    /// A fragment other than the first: no upper-layer header in it.
+    later_fragment: bool,
     key: FlowKey,
 }
 
@@ -311,6 +317,7 @@ impl<'a> Pipeline<'a> {
     pub fn inbound<F: FrameMut>(&mut self, frames: &mut [F], now: u64, actions: &mut [Action]) {
         let guard = epoch::pin();
         let spd = self.dp.spd(&guard);
+        self.refill_icmp(now);
         let prefetch = self.dp.sas.inbound_len() > self.cfg.prefetch_above;
         for (fs, acts) in frames.chunks_mut(64).zip(actions.chunks_mut(64)) {
             if prefetch {
@@ -446,6 +453,19 @@ impl<'a> Pipeline<'a> {
         // families; fragments cross a gateway in tunnel mode (RFC 4301 §7).
         if sa.mode == Mode::Transport && l3.fragment {
             return Action::Drop(DropReason::Fragment);
+        }
+        // RFC 4301 §5.1.2.1: the forwarding encapsulator decrements the inner TTL / hop limit
+        // (tunnel mode; transport mode protects the packet end to end and leaves it alone).
+        if sa.mode == Mode::Tunnel && !decrement_hops(&mut buf[l3.at..l3.at + l3.len], l3.v6) {
+            return match self.expired(buf, off, &l3) {
+                Some((start, len)) => {
+                    // The packet itself is dropped (counted); the ICMP error goes back.
+                    self.stats.drop(DropReason::TtlExceeded);
+                    f.set(start, len);
+                    Action::TxBack
+                }
+                None => Action::Drop(DropReason::TtlExceeded),
+            };
         }
         // MTU: the outer packet must fit (RFC 4301 §8: PMTU handling by the gateway).
         let (head, _) = esp::overhead(sa);
@@ -681,12 +701,18 @@ impl<'a> Pipeline<'a> {
             Ok(None) => return Action::Punt,
             Err(r) => return Action::Drop(r),
         };
+        // RFC 1122 §3.2.1.2: a datagram whose header checksum fails is discarded.
+        if !l3.v6 && !ipv4::checksum_ok(&buf[l3.at..l3.at + l3.hdr_len]) {
+            return Action::Drop(DropReason::IpChecksum);
+        }
         let to_us = self.dp.is_local(l3.v6, l3.key.dst);
         let ul = l3.at + l3.hdr_len;
         let ul_len = l3.len - l3.hdr_len;
-        let esp_at = match l3.key.protocol {
-            proto::ESP if to_us => ul,
+        let (esp_at, esp_len) = match l3.key.protocol {
+            proto::ESP if to_us => (ul, ul_len),
             proto::UDP if to_us && l3.key.dst_port == udp::NAT_T_PORT && !l3.fragment => {
+                // The UDP length (checked: at least the header, at most the IP payload) bounds
+                // the ESP packet (RFC 768, RFC 3948 §2.2); IP payload bytes after it are not ESP.
                 let Ok((_, _, ulen)) = udp::parse(&buf[ul..ul + ul_len]) else {
                     return Action::Drop(DropReason::Malformed);
                 };
@@ -695,7 +721,7 @@ impl<'a> Pipeline<'a> {
                 if payload.len() < 4 || payload[..4] == [0, 0, 0, 0] {
                     return Action::Punt;
                 }
-                ul + udp::HEADER_LEN
+                (ul + udp::HEADER_LEN, payload.len())
             }
             _ if to_us => return Action::Punt,
             _ => {
@@ -719,7 +745,6 @@ impl<'a> Pipeline<'a> {
         if l3.fragment {
             return Action::Drop(DropReason::Fragment);
         }
-        let esp_len = l3.at + l3.len - esp_at;
         let Some(spi) = crate::wire::esp::peek_spi(&buf[esp_at..esp_at + esp_len]) else {
             return Action::Drop(DropReason::Malformed);
         };
@@ -737,8 +762,27 @@ impl<'a> Pipeline<'a> {
         if let Some(r) = self.lifetime(sa, sa.lifetime.admit(self.core, d.len as u64, now)) {
             return Action::Drop(r);
         }
-        if sa.mode == Mode::Tunnel && !inner_matches(sa, &buf[d.start..d.start + d.len], d.v6) {
+        // The decapsulated packet: the inner one (tunnel) or the rebuilt one (transport).
+        let Ok(inner) = parse_ip(&buf[d.start..d.start + d.len], d.start, d.v6) else {
+            return Action::Drop(DropReason::BadNextHeader);
+        };
+        if !inner_matches(sa, &inner) {
             return Action::Drop(DropReason::WrongSa);
+        }
+        if sa.mode == Mode::Tunnel {
+            // RFC 6040 §4.2 (normal mode): the outer ECN field onto the inner one.
+            let outer_ecn = ecn_of(&buf[l3.at..], l3.v6);
+            let pkt = &mut buf[d.start..d.start + d.len];
+            let inner_ecn = ecn_of(pkt, d.v6);
+            match esp::decap::ecn_decap(inner_ecn, outer_ecn) {
+                None => return Action::Drop(DropReason::EcnNotEct),
+                Some(e) if e != inner_ecn => set_ecn(pkt, d.v6, e),
+                Some(_) => {}
+            }
+            // RFC 4301 §5.1.2.1: the forwarding decapsulator decrements the inner TTL too.
+            if !decrement_hops(pkt, d.v6) {
+                return self.expired_inbound(f, &inner, now, spd, guard);
+            }
         }
         sa.count(self.core, d.len as u64);
         let eth = d.start - ethernet::HEADER_LEN;
@@ -792,6 +836,71 @@ impl<'a> Pipeline<'a> {
         Some((eth, len + ethernet::HEADER_LEN))
     }
 
+    /// Writes ICMP time exceeded in transit (RFC 792 type 11 code 0, RFC 4443 §3.3 type 3
+    /// code 0) for the packet `l3` in front of it, from the gateway's LAN address, quoting at
+    /// most `quote` bytes; rate-limited with the other ICMP errors. Returns the bounds of the
+    /// ICMP packet (IP header onwards), or `None` when no answer may or can be sent.
+    fn time_exceeded(&mut self, buf: &mut [u8], l3: &L3, quote: usize) -> Option<(usize, usize)> {
+        if self.icmp_tokens == 0 || !may_answer(buf, l3) {
+            return None;
+        }
+        let r = if l3.v6 {
+            icmp6_error(buf, l3, self.cfg.plain_v6?, [3, 0, 0, 0, 0, 0, 0, 0], quote)?
+        } else {
+            icmp4_error(
+                buf,
+                l3,
+                self.cfg.plain_v4?,
+                [11, 0, 0, 0, 0, 0, 0, 0],
+                quote,
+            )?
+        };
+        self.icmp_tokens -= 1;
+        Some(r)
+    }
+
+    /// Rewrites the frame of a packet from the plain side whose TTL ran out into ICMP time
+    /// exceeded back to its sender. Returns the new frame bounds, or `None` to just drop.
+    fn expired(&mut self, buf: &mut [u8], off: usize, l3: &L3) -> Option<(usize, usize)> {
+        let (dst_mac, src_mac) = ethernet::addrs(&buf[off..]);
+        let (start, len) = self.time_exceeded(buf, l3, usize::MAX)?;
+        self.stats.icmp_sent.add(1);
+        let eth = start - ethernet::HEADER_LEN;
+        ethernet::emit(&mut buf[eth..], &src_mac, &dst_mac, ethertype(l3.v6));
+        Some((eth, len + ethernet::HEADER_LEN))
+    }
+
+    /// An inner packet whose TTL ran out at decapsulation: dropped (counted) and answered with
+    /// ICMP time exceeded to its source, which lies behind the tunnel. The answer takes the
+    /// outbound path (SPD, SA, encapsulation) like a packet from the LAN and leaves through the
+    /// cipher-side interface the packet came in on; without a policy protecting it, or an SA,
+    /// it is not sent.
+    fn expired_inbound<F: FrameMut>(
+        &mut self,
+        f: &mut F,
+        inner: &L3,
+        now: u64,
+        spd: &Spd,
+        guard: &Guard,
+    ) -> Action {
+        let buf = f.buf_mut();
+        let Some((start, len)) = self.time_exceeded(buf, inner, TUNNEL_QUOTE) else {
+            return Action::Drop(DropReason::TtlExceeded);
+        };
+        // The outbound path reads the frame from its Ethernet header and writes a new one.
+        let eth = start - ethernet::HEADER_LEN;
+        ethernet::emit(&mut buf[eth..], &[0; 6], &[0; 6], ethertype(inner.v6));
+        f.set(eth, len + ethernet::HEADER_LEN);
+        let sent = self.outbound_one(f, now, spd, guard, 1, None, &mut NoFrames, &mut Vec::new());
+        self.seq_block = (0, 1, 0);
+        if sent != Action::Tx {
+            return Action::Drop(DropReason::TtlExceeded);
+        }
+        self.stats.drop(DropReason::TtlExceeded);
+        self.stats.icmp_sent.add(1);
+        Action::TxBack
+    }
+
     #[inline]
     fn refill_icmp(&mut self, now: u64) {
         let sec = now / 1_000_000_000;
@@ -827,11 +936,24 @@ fn esp_drop(e: EspError) -> DropReason {
 /// Parses Ethernet and IP. `Ok(None)`: not IP (punt). `frame` starts at buffer offset `off`.
 #[inline]
 fn parse_l3(frame: &[u8], off: usize) -> Result<Option<L3>, DropReason> {
-    let et = ethernet::ethertype(frame).map_err(|_| DropReason::Malformed)?;
-    let at = off + ethernet::HEADER_LEN;
-    let ip = &frame[ethernet::HEADER_LEN..];
-    let mut l3 = match et {
-        ETHERTYPE_IPV4 => {
+    let v6 = match ethernet::ethertype(frame).map_err(|_| DropReason::Malformed)? {
+        ETHERTYPE_IPV4 => false,
+        ETHERTYPE_IPV6 => true,
+        _ => return Ok(None),
+    };
+    parse_ip(
+        &frame[ethernet::HEADER_LEN..],
+        off + ethernet::HEADER_LEN,
+        v6,
+    )
+    .map(Some)
+}
+
+/// Parses the IP packet `ip` (of the family `v6` says), which starts at buffer offset `at`.
+#[inline]
+fn parse_ip(ip: &[u8], at: usize, v6: bool) -> Result<L3, DropReason> {
+    let mut l3 = match v6 {
+        false => {
             let p = Ipv4Packet::new_checked(ip).map_err(|_| DropReason::Malformed)?;
             L3 {
                 at,
@@ -840,6 +962,7 @@ fn parse_l3(frame: &[u8], off: usize) -> Result<Option<L3>, DropReason> {
                 hdr_len: p.header_len(),
                 nh_field: ipv4::field::PROTOCOL,
                 fragment: p.is_fragment(),
+                later_fragment: p.is_later_fragment(),
                 key: FlowKey {
                     v6: false,
                     src: u32::from(p.src()) as u128,
@@ -850,7 +973,7 @@ fn parse_l3(frame: &[u8], off: usize) -> Result<Option<L3>, DropReason> {
                 },
             }
         }
-        ETHERTYPE_IPV6 => {
+        true => {
             let p = Ipv6Packet::new_checked(ip).map_err(|_| DropReason::Malformed)?;
             let u = ipv6::upper_layer(ip, p.total_len()).map_err(|_| DropReason::Malformed)?;
             L3 {
@@ -860,6 +983,7 @@ fn parse_l3(frame: &[u8], off: usize) -> Result<Option<L3>, DropReason> {
                 hdr_len: u.offset,
                 nh_field: u.nh_field,
                 fragment: u.fragment,
+                later_fragment: u.later_fragment,
                 key: FlowKey {
                     v6: true,
                     src: u128::from(p.src()),
@@ -870,14 +994,13 @@ fn parse_l3(frame: &[u8], off: usize) -> Result<Option<L3>, DropReason> {
                 },
             }
         }
-        _ => return Ok(None),
     };
     let l4 = &ip[l3.hdr_len..l3.len];
     if matches!(l3.key.protocol, proto::TCP | proto::UDP) && l4.len() >= 4 && !l3.fragment {
         l3.key.src_port = be16(l4, 0);
         l3.key.dst_port = be16(l4, 2);
     }
-    Ok(Some(l3))
+    Ok(l3)
 }
 
 /// Completes a TCP/UDP checksum left partial by checksum offload: the field then holds the
@@ -924,40 +1047,99 @@ fn complete_checksum(buf: &mut [u8], l3: &L3) -> bool {
     true
 }
 
-/// RFC 4301 §5.2: the inner addresses must match the SA's selectors.
+/// RFC 4301 §5.2: the decapsulated packet must match one of the SA's selectors: addresses,
+/// protocol and ports. A fragment (first or later) is matched without ports (RFC 4301 §7,
+/// OPAQUE), so only selectors that allow any port carry fragments; the outbound SPD lookup,
+/// which reads no ports from fragments either, sends them the same way.
 #[inline]
-fn inner_matches(sa: &Sa, inner: &[u8], v6: bool) -> bool {
-    if sa.inner.is_empty() {
-        return true;
-    }
-    let (s, d) = if v6 {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&inner[8..24]);
-        let s = u128::from_be_bytes(a);
-        a.copy_from_slice(&inner[24..40]);
-        (s, u128::from_be_bytes(a))
+fn inner_matches(sa: &Sa, inner: &L3) -> bool {
+    sa.inner.is_empty()
+        || if inner.fragment {
+            sa.inner.iter().any(|s| s.matches_without_ports(&inner.key))
+        } else {
+            sa.inner.iter().any(|s| s.matches(&inner.key))
+        }
+}
+
+/// Most bytes of an expired packet quoted in a time-exceeded answer that goes into a tunnel:
+/// the answer (≤ 48 + 400 bytes) then fits the smallest tunnel MTU (576) after the largest
+/// encapsulation overhead (IPv6, UDP, ESP: 85 bytes).
+const TUNNEL_QUOTE: usize = 400;
+
+#[inline]
+fn ethertype(v6: bool) -> u16 {
+    if v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 }
+}
+
+#[inline]
+fn ecn_of(ip: &[u8], v6: bool) -> u8 {
+    if v6 { ipv6::ecn(ip) } else { ipv4::ecn(ip) }
+}
+
+#[inline]
+fn set_ecn(ip: &mut [u8], v6: bool, ecn: u8) {
+    if v6 {
+        ipv6::set_ecn(ip, ecn)
     } else {
-        (
-            crate::wire::be32(inner, 12) as u128,
-            crate::wire::be32(inner, 16) as u128,
-        )
+        ipv4::set_ecn(ip, ecn)
+    }
+}
+
+/// Decrements the TTL / hop limit of the IP packet `ip`; false when it runs out.
+#[inline]
+fn decrement_hops(ip: &mut [u8], v6: bool) -> bool {
+    if v6 {
+        ipv6::decrement_hop_limit(ip)
+    } else {
+        ipv4::decrement_ttl(ip)
+    }
+}
+
+/// RFC 1812 §4.3.2.7, RFC 4443 §2.4 (e): no ICMP error about an ICMP error, a fragment other
+/// than the first, or a packet from an unspecified, multicast or broadcast source or to a
+/// multicast or broadcast destination.
+fn may_answer(buf: &[u8], l3: &L3) -> bool {
+    let (src, dst) = (l3.key.src, l3.key.dst);
+    let bad_address = if l3.v6 {
+        src == 0 || src >> 120 == 0xff || dst >> 120 == 0xff
+    } else {
+        src == 0 || src >= 0xe000_0000 || dst >= 0xe000_0000
     };
-    sa.inner
-        .iter()
-        .any(|(ps, pd)| ps.contains_raw(v6, s) && pd.contains_raw(v6, d))
+    if l3.later_fragment || bad_address {
+        return false;
+    }
+    let ul = l3.at + l3.hdr_len;
+    let icmp_type = (l3.hdr_len < l3.len).then(|| buf[ul]);
+    match (l3.v6, l3.key.protocol) {
+        (false, proto::ICMP) => !matches!(icmp_type, Some(3 | 4 | 5 | 11 | 12)),
+        (true, proto::ICMPV6) => !matches!(icmp_type, Some(0..128)),
+        _ => true,
+    }
 }
 
 /// Writes an ICMPv4 "fragmentation needed" (type 3 code 4, RFC 1191) in front of the packet.
 fn icmp4_too_big(buf: &mut [u8], l3: &L3, src: Ipv4Addr, mtu: u16) -> Option<(usize, usize)> {
+    let mut m = [3, 4, 0, 0, 0, 0, 0, 0];
+    put16(&mut m, 6, mtu);
+    icmp4_error(buf, l3, src, m, usize::MAX)
+}
+
+/// Writes an ICMPv4 error with the 8-byte header `msg` (checksum zero) in front of the packet,
+/// quoting at most `quote` bytes of it.
+fn icmp4_error(
+    buf: &mut [u8],
+    l3: &L3,
+    src: Ipv4Addr,
+    msg: [u8; 8],
+    quote: usize,
+) -> Option<(usize, usize)> {
     const HDR: usize = ipv4::MIN_HEADER_LEN + 8;
     // RFC 1812 §4.3.2.3: include as much of the original as fits in 576 bytes.
-    let quoted = l3.len.min(576 - HDR);
+    let quoted = l3.len.min(576 - HDR).min(quote);
     let start = l3.at.checked_sub(HDR + ethernet::HEADER_LEN)? + ethernet::HEADER_LEN;
     let dst = Ipv4Addr::from(l3.key.src as u32);
     let icmp_at = start + ipv4::MIN_HEADER_LEN;
-    let m = &mut buf[icmp_at..icmp_at + 8];
-    m.copy_from_slice(&[3, 4, 0, 0, 0, 0, 0, 0]);
-    put16(m, 6, mtu);
+    buf[icmp_at..icmp_at + 8].copy_from_slice(&msg);
     let c = checksum::checksum(&buf[icmp_at..icmp_at + 8 + quoted]);
     put16(buf, icmp_at + 2, c);
     Ipv4Repr {
@@ -975,14 +1157,27 @@ fn icmp4_too_big(buf: &mut [u8], l3: &L3, src: Ipv4Addr, mtu: u16) -> Option<(us
 
 /// Writes an ICMPv6 "packet too big" (type 2, RFC 4443 §3.2) in front of the packet.
 fn icmp6_too_big(buf: &mut [u8], l3: &L3, src: Ipv6Addr, mtu: u32) -> Option<(usize, usize)> {
+    let mut m = [2, 0, 0, 0, 0, 0, 0, 0];
+    m[4..8].copy_from_slice(&mtu.to_be_bytes());
+    icmp6_error(buf, l3, src, m, usize::MAX)
+}
+
+/// Writes an ICMPv6 error with the 8-byte header `msg` (checksum zero) in front of the packet,
+/// quoting at most `quote` bytes of it.
+fn icmp6_error(
+    buf: &mut [u8],
+    l3: &L3,
+    src: Ipv6Addr,
+    msg: [u8; 8],
+    quote: usize,
+) -> Option<(usize, usize)> {
     const HDR: usize = ipv6::HEADER_LEN + 8;
-    let quoted = l3.len.min(1280 - HDR);
+    // RFC 4443 §2.4 (c): as much of the original as fits in the minimum IPv6 MTU.
+    let quoted = l3.len.min(1280 - HDR).min(quote);
     let start = l3.at.checked_sub(HDR + ethernet::HEADER_LEN)? + ethernet::HEADER_LEN;
     let dst = Ipv6Addr::from(l3.key.src);
     let icmp_at = start + ipv6::HEADER_LEN;
-    let m = &mut buf[icmp_at..icmp_at + 8];
-    m.copy_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
-    m[4..8].copy_from_slice(&mtu.to_be_bytes());
+    buf[icmp_at..icmp_at + 8].copy_from_slice(&msg);
     let psum = checksum::pseudo_v6(&src, &dst, proto::ICMPV6, (8 + quoted) as u32);
     let c = !checksum::fold(checksum::sum(psum, &buf[icmp_at..icmp_at + 8 + quoted]));
     put16(buf, icmp_at + 2, c);

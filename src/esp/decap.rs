@@ -134,3 +134,53 @@ pub fn decap(
         }
     }
 }
+
+/// ECN codepoints (RFC 3168 §5).
+pub mod ecn {
+    pub const NOT_ECT: u8 = 0;
+    pub const ECT1: u8 = 1;
+    pub const ECT0: u8 = 2;
+    pub const CE: u8 = 3;
+}
+
+/// RFC 6040 §4.2 (normal mode): the ECN field the inner header leaves the decapsulator with,
+/// given the arriving inner and outer ECN fields; `None`: the packet must be dropped (outer CE
+/// on a Not-ECT inner packet: the congestion mark cannot be passed on).
+#[inline]
+pub fn ecn_decap(inner: u8, outer: u8) -> Option<u8> {
+    use ecn::*;
+    match (inner & 3, outer & 3) {
+        (NOT_ECT, CE) => None,
+        (NOT_ECT, _) => Some(NOT_ECT),
+        (_, CE) => Some(CE),
+        (ECT0, ECT1) => Some(ECT1),
+        (i, _) => Some(i),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ecn::*;
+    use super::ecn_decap;
+
+    /// The table of RFC 6040 §4.2, row by row (inner) and column by column (outer).
+    #[test]
+    fn rfc6040_table() {
+        let cols = [NOT_ECT, ECT0, ECT1, CE];
+        let table = [
+            (NOT_ECT, [Some(NOT_ECT), Some(NOT_ECT), Some(NOT_ECT), None]),
+            (ECT0, [Some(ECT0), Some(ECT0), Some(ECT1), Some(CE)]),
+            (ECT1, [Some(ECT1), Some(ECT1), Some(ECT1), Some(CE)]),
+            (CE, [Some(CE), Some(CE), Some(CE), Some(CE)]),
+        ];
+        for (inner, row) in table {
+            for (outer, want) in cols.iter().zip(row) {
+                assert_eq!(
+                    ecn_decap(inner, *outer),
+                    want,
+                    "inner {inner} outer {outer}"
+                );
+            }
+        }
+    }
+}

@@ -216,6 +216,29 @@ impl Selector {
             && self.src_ports.contains(k.src_port)
             && self.dst_ports.contains(k.dst_port)
     }
+
+    /// Match for a packet whose ports cannot be read (a fragment: RFC 4301 §4.4.1.1 OPAQUE,
+    /// §7): addresses and protocol as usual, and only a selector that allows any port matches.
+    #[inline]
+    pub fn matches_without_ports(&self, k: &FlowKey) -> bool {
+        self.src.contains_raw(k.v6, k.src)
+            && self.dst.contains_raw(k.v6, k.dst)
+            && self.protocol.is_none_or(|p| p == k.protocol)
+            && self.src_ports == PortRange::ANY
+            && self.dst_ports == PortRange::ANY
+    }
+
+    /// The selector of the same traffic seen in the other direction (an inbound SA's
+    /// selectors are the reverse of the outbound policy's, RFC 4301 §4.4.2).
+    pub fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            protocol: self.protocol,
+            src_ports: self.dst_ports,
+            dst_ports: self.src_ports,
+        }
+    }
 }
 
 /// What to do with a matching packet.
@@ -475,6 +498,26 @@ mod tests {
                 .contains("203.0.113.9".parse().unwrap())
         );
         assert!("bogus/8".parse::<Prefix>().is_err());
+    }
+
+    #[test]
+    fn reversed_and_portless_matching() {
+        let s = Selector {
+            src_ports: "2000".parse().unwrap(),
+            ..sel("198.51.100.0/24", "192.0.2.0/24", Some(17), "53")
+        };
+        let r = s.reversed();
+        let mut k = key("192.0.2.5", "198.51.100.9", 17, 2000);
+        k.src_port = 53;
+        assert!(r.matches(&k));
+        assert!(!s.matches(&k));
+        assert_eq!(r.reversed(), s);
+        // Without ports only an any-port selector matches; protocol and addresses still count.
+        assert!(!r.matches_without_ports(&k));
+        let any = sel("192.0.2.0/24", "198.51.100.0/24", Some(17), "0-65535");
+        assert!(any.matches_without_ports(&k));
+        k.protocol = 6;
+        assert!(!any.matches_without_ports(&k));
     }
 
     #[test]

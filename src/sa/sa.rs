@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::lifetime::{Lifetime, Limits};
-use super::policy::Prefix;
+use super::policy::Selector;
 use crate::esp::aead::{Aead, AeadFailure, AeadKey, Backend, Nonce, TAG_LEN};
 use crate::esp::replay::ReplayWindow;
 
@@ -60,9 +60,10 @@ pub struct SaParams {
     pub backend: Backend,
     pub limits: Limits,
     pub replay_window: u32,
-    /// Inbound tunnel mode: the inner (source, destination) must fall in one of these prefix
-    /// pairs (RFC 4301 §5.2). Empty: no check.
-    pub inner: Vec<(Prefix, Prefix)>,
+    /// Inbound: the decapsulated packet (the inner one in tunnel mode, the packet itself in
+    /// transport mode) must match one of these selectors: addresses, protocol and ports
+    /// (RFC 4301 §5.2). Empty: no check.
+    pub inner: Vec<Selector>,
     /// Largest outer packet (IP header onwards) the cipher side carries.
     pub mtu: u16,
 }
@@ -154,7 +155,7 @@ pub struct Sa {
     salt: [u8; 4],
     pub backend: Backend,
     aead: AeadKey,
-    pub inner: Box<[(Prefix, Prefix)]>,
+    pub inner: Box<[Selector]>,
     cores: Box<[CachePadded<SaCoreStats>]>,
     /// Inbound anti-replay window. Shared with the SA's same-key successors (`sa_update`), so
     /// a number accepted before an update is still refused after it.

@@ -36,6 +36,13 @@ pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum(0, data))
 }
 
+/// RFC 1624 eqn. 3: the new value of checksum field `field` after a 16-bit word it covers
+/// changed from `old` to `new` (HC' = ~(~HC + ~m + m')).
+#[inline]
+pub fn update(field: u16, old: u16, new: u16) -> u16 {
+    !fold(u64::from(!field) + u64::from(!old) + u64::from(new))
+}
+
 /// Pseudo-header sum for IPv4 (RFC 768 / RFC 793).
 #[inline]
 pub fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: u16) -> u64 {
@@ -62,6 +69,25 @@ mod tests {
         let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum(0, &d)), 0xddf2);
         assert_eq!(checksum(&d), !0xddf2);
+    }
+
+    #[test]
+    fn incremental_update_equals_recomputation() {
+        // Every value of one word, against a full recomputation (RFC 1624 §4: no -0 result).
+        let mut h: [u8; 20] = [
+            0x45, 0x00, 0x00, 0x54, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0, 0, 192, 0, 2, 1, 198,
+            51, 100, 7,
+        ];
+        let c = checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        for v in 0..=u16::MAX {
+            let mut g = h;
+            let old = u16::from_be_bytes([g[8], g[9]]);
+            g[8..10].copy_from_slice(&v.to_be_bytes());
+            let inc = update(c, old, v);
+            g[10..12].copy_from_slice(&[0, 0]);
+            assert_eq!(inc, checksum(&g), "word {v:#06x}");
+        }
     }
 
     #[test]

@@ -91,6 +91,11 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     pub fn is_fragment(&self) -> bool {
         self.flags_frag() & (FLAG_MF | FRAG_OFFSET) != 0
     }
+    /// True for a fragment other than the first (non-zero offset): it has no upper-layer header.
+    #[inline]
+    pub fn is_later_fragment(&self) -> bool {
+        self.flags_frag() & FRAG_OFFSET != 0
+    }
     #[inline]
     pub fn src(&self) -> Ipv4Addr {
         let b = self.b();
@@ -120,6 +125,47 @@ pub fn fill_checksum(hdr: &mut [u8]) {
     put16(hdr, field::CHECKSUM, 0);
     let c = checksum::checksum(&hdr[..ihl]);
     put16(hdr, field::CHECKSUM, c);
+}
+
+/// True when the header checksum of the IPv4 header `hdr` (exactly the header) verifies.
+#[inline]
+pub fn checksum_ok(hdr: &[u8]) -> bool {
+    checksum::fold(checksum::sum(0, hdr)) == 0xffff
+}
+
+/// Sets byte `at` of the IPv4 header at the start of `hdr` and updates the checksum
+/// incrementally (RFC 1624).
+#[inline]
+fn set_byte(hdr: &mut [u8], at: usize, v: u8) {
+    let w = at & !1;
+    let old = be16(hdr, w);
+    hdr[at] = v;
+    let c = checksum::update(be16(hdr, field::CHECKSUM), old, be16(hdr, w));
+    put16(hdr, field::CHECKSUM, c);
+}
+
+/// RFC 1812 §5.3.1: decrements the TTL of the IPv4 header at the start of `hdr` (checksum
+/// updated, RFC 1624). Returns false, leaving the header as it is, when the TTL would reach 0.
+#[inline]
+pub fn decrement_ttl(hdr: &mut [u8]) -> bool {
+    let ttl = hdr[field::TTL];
+    if ttl <= 1 {
+        return false;
+    }
+    set_byte(hdr, field::TTL, ttl - 1);
+    true
+}
+
+/// The ECN field (RFC 3168 §5) of the IPv4 header at the start of `hdr`.
+#[inline]
+pub fn ecn(hdr: &[u8]) -> u8 {
+    hdr[field::TOS] & 3
+}
+
+/// Sets the ECN field of the IPv4 header at the start of `hdr` (checksum updated).
+#[inline]
+pub fn set_ecn(hdr: &mut [u8], ecn: u8) {
+    set_byte(hdr, field::TOS, (hdr[field::TOS] & !3) | (ecn & 3));
 }
 
 /// The fields of an option-less IPv4 header that espd emits.
@@ -208,6 +254,34 @@ mod tests {
             Ipv4Packet::new_checked(&b[..]).unwrap_err(),
             WireError::Truncated
         );
+    }
+
+    #[test]
+    fn ttl_and_ecn_keep_the_checksum_valid() {
+        let mut b = [0u8; 20];
+        Ipv4Repr {
+            src: Ipv4Addr::new(192, 0, 2, 1),
+            dst: Ipv4Addr::new(198, 51, 100, 7),
+            protocol: 6,
+            payload_len: 0,
+            tos: 0xb8 | 2,
+            ttl: 2,
+            dont_frag: true,
+        }
+        .emit(&mut b);
+        assert!(decrement_ttl(&mut b));
+        assert_eq!(b[field::TTL], 1);
+        assert!(checksum_ok(&b));
+        let before = b;
+        assert!(!decrement_ttl(&mut b), "TTL 1 would reach 0");
+        assert_eq!(b, before);
+        b[field::TTL] = 0;
+        fill_checksum(&mut b);
+        assert!(!decrement_ttl(&mut b));
+        set_ecn(&mut b, 3);
+        assert_eq!((b[field::TOS], ecn(&b)), (0xbb, 3));
+        assert!(checksum_ok(&b));
+        assert!(Ipv4Packet::new_checked(&b[..]).unwrap().verify_checksum());
     }
 
     #[test]

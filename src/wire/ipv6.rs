@@ -81,6 +81,31 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
     }
 }
 
+/// RFC 8200 §3: decrements the hop limit of the IPv6 header at the start of `hdr`. Returns
+/// false, leaving it as it is, when the hop limit would reach 0.
+#[inline]
+pub fn decrement_hop_limit(hdr: &mut [u8]) -> bool {
+    let h = hdr[field::HOP_LIMIT];
+    if h <= 1 {
+        return false;
+    }
+    hdr[field::HOP_LIMIT] = h - 1;
+    true
+}
+
+/// The ECN field (RFC 3168 §5, the low two bits of the traffic class) of the IPv6 header at
+/// the start of `hdr`.
+#[inline]
+pub fn ecn(hdr: &[u8]) -> u8 {
+    (hdr[1] >> 4) & 3
+}
+
+/// Sets the ECN field of the IPv6 header at the start of `hdr`.
+#[inline]
+pub fn set_ecn(hdr: &mut [u8], ecn: u8) {
+    hdr[1] = (hdr[1] & !0x30) | ((ecn & 3) << 4);
+}
+
 /// Where the upper-layer header starts after the extension headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UpperLayer {
@@ -92,6 +117,9 @@ pub struct UpperLayer {
     pub nh_field: usize,
     /// A Fragment header was crossed.
     pub fragment: bool,
+    /// ... with a non-zero offset: what follows it is not a header, and the walk stops there
+    /// (`protocol` is the Fragment header's Next Header, `offset` just past it).
+    pub later_fragment: bool,
     /// Offset just past the last header that must stay in front of ESP in transport mode
     /// (hop-by-hop, routing, fragment; RFC 4303 §3.1.1).
     pub esp_insert: usize,
@@ -106,6 +134,7 @@ pub fn upper_layer(pkt: &[u8], total: usize) -> Result<UpperLayer, WireError> {
     let mut nh_field = field::NEXT_HEADER;
     let mut off = HEADER_LEN;
     let mut fragment = false;
+    let mut later_fragment = false;
     let mut esp_insert = HEADER_LEN;
     let mut esp_insert_nh_field = field::NEXT_HEADER;
     let mut in_front = true;
@@ -118,7 +147,12 @@ pub fn upper_layer(pkt: &[u8], total: usize) -> Result<UpperLayer, WireError> {
                 (pkt[off + 1] as usize + 1) * 8
             }
             proto::IPV6_FRAG => {
+                if off + 8 > total {
+                    return Err(WireError::Truncated);
+                }
                 fragment = true;
+                // RFC 8200 §4.5: the offset is in the upper 13 bits of bytes 2..4.
+                later_fragment = be16(pkt, off + 2) & 0xfff8 != 0;
                 8
             }
             proto::AH => {
@@ -133,6 +167,7 @@ pub fn upper_layer(pkt: &[u8], total: usize) -> Result<UpperLayer, WireError> {
                     offset: off,
                     nh_field,
                     fragment,
+                    later_fragment,
                     esp_insert,
                     esp_insert_nh_field,
                 });
@@ -149,6 +184,17 @@ pub fn upper_layer(pkt: &[u8], total: usize) -> Result<UpperLayer, WireError> {
         if in_front {
             esp_insert = off;
             esp_insert_nh_field = nh_field;
+        }
+        if later_fragment {
+            return Ok(UpperLayer {
+                protocol: nh,
+                offset: off,
+                nh_field,
+                fragment,
+                later_fragment,
+                esp_insert,
+                esp_insert_nh_field,
+            });
         }
     }
     Err(WireError::Malformed)
@@ -233,6 +279,39 @@ mod tests {
         assert_eq!(u.esp_insert, 40 + 8 + 24 + 8);
         assert_eq!(u.nh_field, 40 + 8 + 24 + 8);
         assert_eq!(u.esp_insert_nh_field, 40 + 8 + 24);
+    }
+
+    #[test]
+    fn hop_limit_and_ecn() {
+        let mut p = packet(&[], proto::UDP, 0);
+        p[field::HOP_LIMIT] = 2;
+        assert!(decrement_hop_limit(&mut p));
+        assert!(!decrement_hop_limit(&mut p));
+        assert_eq!(p[field::HOP_LIMIT], 1);
+        assert_eq!(ecn(&p), 0); // traffic class 0xb8
+        set_ecn(&mut p, 1);
+        let v = Ipv6Packet::new_checked(&p[..]).unwrap();
+        assert_eq!((v.traffic_class(), ecn(&p)), (0xb9, 1));
+    }
+
+    #[test]
+    fn later_fragment_stops_the_walk() {
+        // Offset 8 bytes: the bytes after the Fragment header are payload, not a header.
+        let mut frag = vec![0u8; 8];
+        frag[3] = 8;
+        let mut p = packet(&[(proto::IPV6_FRAG, frag)], proto::IPV6_OPTS, 16);
+        p[49] = 0xff; // would be a huge destination-options length if walked
+        let u = upper_layer(&p, p.len()).unwrap();
+        assert_eq!(
+            (u.protocol, u.offset, u.fragment, u.later_fragment),
+            (proto::IPV6_OPTS, 48, true, true)
+        );
+        let first = packet(&[(proto::IPV6_FRAG, vec![0u8; 8])], proto::UDP, 8);
+        let u = upper_layer(&first, first.len()).unwrap();
+        assert_eq!(
+            (u.protocol, u.fragment, u.later_fragment),
+            (proto::UDP, true, false)
+        );
     }
 
     #[test]

@@ -202,3 +202,49 @@ pub fn example_text(name: &str) -> String {
     )
     .unwrap()
 }
+
+/// `f` (an Ethernet frame with an IPv4 or IPv6 packet) as it leaves after `hops` routers
+/// decremented its TTL / hop limit (the IPv4 header checksum recomputed).
+pub fn aged(f: &[u8], hops: u8) -> Vec<u8> {
+    let mut f = f.to_vec();
+    if f[14] >> 4 == 4 {
+        f[14 + 8] -= hops;
+        espd::wire::ipv4::fill_checksum(&mut f[14..]);
+    } else {
+        f[14 + 7] -= hops;
+    }
+    f
+}
+
+/// Sets the TTL / hop limit of the frame's IP packet (IPv4 checksum recomputed).
+pub fn with_ttl(f: &[u8], ttl: u8) -> Vec<u8> {
+    let mut f = f.to_vec();
+    if f[14] >> 4 == 4 {
+        f[14 + 8] = ttl;
+        espd::wire::ipv4::fill_checksum(&mut f[14..]);
+    } else {
+        f[14 + 7] = ttl;
+    }
+    f
+}
+
+/// The ECN field (RFC 3168) of the frame's IP packet.
+pub fn ecn(f: &[u8]) -> u8 {
+    if f[14] >> 4 == 4 {
+        f[15] & 3
+    } else {
+        (f[15] >> 4) & 3
+    }
+}
+
+/// Sets the ECN field of the frame's IP packet (IPv4 checksum recomputed).
+pub fn with_ecn(f: &[u8], ecn: u8) -> Vec<u8> {
+    let mut f = f.to_vec();
+    if f[14] >> 4 == 4 {
+        f[15] = (f[15] & !3) | ecn;
+        espd::wire::ipv4::fill_checksum(&mut f[14..]);
+    } else {
+        f[15] = (f[15] & !0x30) | (ecn << 4);
+    }
+    f
+}
