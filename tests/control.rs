@@ -570,3 +570,146 @@ fn policy_add_batch_ten_thousand_hosts() {
     assert_eq!(after["policies"].as_array().unwrap().len(), n0 + 10_000);
     assert_eq!(send(&a, &host(20_000)), Action::Drop(DropReason::ClearText));
 }
+
+/// Issue 11, defect 8: time limits and grace periods are bounded (seconds at most 2^32 - 1,
+/// milliseconds at most 1000 times that) on the control socket; nothing overflows, the error
+/// names the field and the allowed range, and a refused rekey changes nothing.
+#[test]
+fn huge_times_on_the_control_socket_are_refused_with_the_range() {
+    let mut a = side("gw-a.toml", "");
+    let key = "00112233445566778899aabbccddeeff01020304";
+    let sa = |spi: &str, dir: &str, lifetime: Value| json!({"tunnel": "to-b", "direction": dir, "spi": spi, "key": key, "lifetime": lifetime});
+    // 18446744074 s * 10^9 wraps to 0.29 s in release builds and panics in debug builds.
+    for (field, v) in [
+        ("hard_seconds", 18_446_744_074u64),
+        ("soft_seconds", 4_294_967_296),
+        ("hard_use_seconds", u64::MAX),
+        ("soft_use_seconds", 18_446_744_074),
+    ] {
+        let r = a.req(
+            json!({"op": "sa_add", "sa": sa("0x4001", "in", json!({ field: v }))}),
+            S,
+        );
+        assert_eq!(
+            r["error"].as_str(),
+            Some(format!("lifetime.{field}: must be at most 4294967295 s (136 years)").as_str()),
+            "{r}"
+        );
+    }
+    let r = a.req(
+        json!({"op": "sa_add_batch", "sas": [sa("0x4001", "in", json!({"hard_seconds": 18_446_744_074u64}))]}),
+        S,
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("sas[0].lifetime.hard_seconds: must be at most 4294967295 s"),
+        "{r}"
+    );
+    // The largest allowed value works and is far away.
+    let r = a.req(
+        json!({"op": "sa_add", "sa": sa("0x4001", "in", json!({"hard_seconds": 4_294_967_295u64}))}),
+        S,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    a.ctl.tick(100 * S, &a.events.clone());
+    let g = a.req(
+        json!({"op": "sa_get", "spi": "0x4001", "direction": "in"}),
+        100 * S,
+    );
+    assert_eq!(g["expired"], false, "{g}");
+    assert!(a.events().is_empty());
+
+    // rekey: grace_ms * 10^6 overflowed after the outbound SA had already been swapped.
+    let rekey = |spi: &str, grace: u64| {
+        json!({"op": "rekey", "tunnel": "to-b", "outbound": sa(spi, "out", Value::Null),
+            "retire_inbound": "0xb001", "grace_ms": grace})
+    };
+    let r = a.req(rekey("0x5001", u64::MAX), 2 * S);
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("grace_ms: must be at most 4294967295000 ms (136 years)"),
+        "{r}"
+    );
+    let out = a.req(
+        json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}),
+        2 * S,
+    );
+    assert_eq!(
+        out["ok"], true,
+        "the refused rekey left the outbound SA: {out}"
+    );
+    let r = a.req(rekey("0x5001", 4_294_967_295_000), 2 * S);
+    assert_eq!(r["new_spi"], "0x00005001", "{r}");
+    a.ctl.tick(3 * S, &a.events.clone());
+    let old_in = a.req(
+        json!({"op": "sa_get", "spi": "0xb001", "direction": "in"}),
+        3 * S,
+    );
+    assert_eq!(old_in["ok"], true, "still in its grace period: {old_in}");
+
+    // mm_add: a kilobyte lifetime is multiplied by 1024 on every tick.
+    let r = a.req(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+            "lifetime_s": 10, "lifetime_kb": u64::MAX}),
+        3 * S,
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("lifetime_kb: must be at most 18014398509481983"),
+        "{r}"
+    );
+    let r = a.req(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+            "lifetime_s": 18_446_744_074u64}),
+        3 * S,
+    );
+    assert_eq!(
+        r["error"].as_str(),
+        Some("lifetime_s: must be at most 4294967295 s (136 years)"),
+        "{r}"
+    );
+    a.ctl.tick(4 * S, &a.events.clone());
+}
+
+/// Issue 11, defect 8, the config file: the same bounds, the error names the key.
+#[test]
+fn huge_times_in_the_config_file_are_refused_with_the_range() {
+    let text = example_text("gw-a.toml");
+    let parse = |t: String| Config::parse(std::path::Path::new("gw-a.toml"), &t);
+    let with_sa_lifetime = text.replacen(
+        "spi = 0x0000a001\n",
+        "spi = 0x0000a001\nlifetime = { soft_seconds = 10, hard_seconds = 18446744074 }\n",
+        1,
+    );
+    assert_ne!(with_sa_lifetime, text);
+    let e = parse(with_sa_lifetime).expect_err("refused");
+    assert_eq!(e.key, "sas[0].lifetime.hard_seconds", "{e}");
+    assert_eq!(e.reason, "must be at most 4294967295 s (136 years)", "{e}");
+    for key in ["rekey_grace_ms", "expired_linger_ms"] {
+        let e = parse(format!("{text}\n[control]\n{key} = 9223372036854775807\n"))
+            .expect_err("refused");
+        assert_eq!(e.key, format!("control.{key}"), "{e}");
+        assert_eq!(
+            e.reason, "must be at most 4294967295000 ms (136 years)",
+            "{e}"
+        );
+    }
+    // The largest allowed values are accepted and the control thread takes them.
+    let ok = parse(
+        text.replacen(
+            "spi = 0x0000a001\n",
+            "spi = 0x0000a001\nlifetime = { hard_seconds = 4294967295 }\n",
+            1,
+        ) + "\n[control]\nrekey_grace_ms = 4294967295000\nexpired_linger_ms = 4294967295000\n",
+    )
+    .unwrap();
+    let dp = Arc::new(ok.build_dataplane(1).unwrap());
+    let mut ctl = Control::new(&ok, dp);
+    ctl.tick(10 * S, &ArrayQueue::new(4));
+}

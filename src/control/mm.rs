@@ -28,6 +28,9 @@ impl MmRecord {
     }
 }
 
+/// Largest `lifetime_kb`: its byte count must fit in 64 bits.
+pub const MAX_KB: u64 = u64::MAX / 1024;
+
 /// The records, keyed by the cookie pair (the ISAKMP SA's SPI).
 #[derive(Debug, Default)]
 pub struct MmTable {
@@ -36,6 +39,14 @@ pub struct MmTable {
 
 impl MmTable {
     pub fn add(&mut self, r: MmRecord) -> Result<(), String> {
+        crate::config::check_seconds(r.lifetime_s).map_err(|e| format!("lifetime_s: {e}"))?;
+        if let Some(kb) = r.lifetime_kb
+            && kb > MAX_KB
+        {
+            return Err(format!(
+                "lifetime_kb: must be at most {MAX_KB} (2^64 bytes in KiB, minus one)"
+            ));
+        }
         if self
             .records
             .iter()
@@ -65,7 +76,11 @@ impl MmTable {
         let mut gone = Vec::new();
         self.records.retain(|r| {
             let by_kb = r.lifetime_kb.is_some_and(|kb| {
-                r.children.iter().map(|c| child_bytes(*c)).sum::<u64>() >= kb * 1024
+                r.children
+                    .iter()
+                    .map(|c| child_bytes(*c))
+                    .fold(0u64, u64::saturating_add)
+                    >= kb.saturating_mul(1024)
             });
             if now >= r.expires_ns() || by_kb {
                 gone.push(r.clone());

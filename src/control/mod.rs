@@ -104,6 +104,7 @@ pub enum Request {
         outbound: SaSpec,
         inbound: Option<SaSpec>,
         retire_inbound: Option<SpiValue>,
+        #[serde(default, deserialize_with = "crate::config::deserialize_grace_ms")]
         grace_ms: Option<u64>,
     },
     MmAdd {
