@@ -713,3 +713,76 @@ fn huge_times_in_the_config_file_are_refused_with_the_range() {
     let mut ctl = Control::new(&ok, dp);
     ctl.tick(10 * S, &ArrayQueue::new(4));
 }
+
+/// Issue 11, defect 9: a metrics client that connects, sends its request and never reads
+/// (tiny receive buffer, 40,000 SAs: a body of megabytes) must not keep the next scrape from
+/// being answered, nor shutdown from returning.
+#[test]
+fn stalled_metrics_client_blocks_neither_the_next_scrape_nor_shutdown() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut s = side("gw-b.toml", "");
+    let n = 40_000u32;
+    let sas: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"tunnel": "to-a", "direction": "in", "spi": 0x20000 + i,
+                "key": format!("{:040x}", u128::from(i) + 1)})
+        })
+        .collect();
+    let r = s.req(json!({"op": "sa_add_batch", "sas": sas}), S);
+    assert_eq!(r["installed"], n, "{r}");
+    let src = espd::control::metrics::MetricsSource {
+        stats: s.stats.iter().map(|_| CoreStats::default()).collect(),
+        dp: s.dp.clone(),
+        counters: s.ctl.counters.clone(),
+        sa_limit: 100_000,
+    };
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = espd::control::metrics::serve_on(l, src, stop.clone()).unwrap();
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    espd::sys::set_rcvbuf(&stalled, 1);
+    stalled.write_all(request).unwrap();
+
+    // The next scrape gets the whole body (bounded waits: a failure, not a hang).
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(request).unwrap();
+    let mut body = String::new();
+    let got = c.read_to_string(&mut body);
+    assert!(
+        got.is_ok(),
+        "next scrape: {got:?} after {} bytes",
+        body.len()
+    );
+    assert!(
+        body.starts_with("HTTP/1.1 200 OK"),
+        "{}",
+        &body[..body.len().min(200)]
+    );
+    // gw-b has one static SA each way.
+    assert!(
+        body.contains(&format!("\nespd_sas {}\n", n + 2)),
+        "all SAs counted"
+    );
+    assert!(
+        body.contains("espd_sa_packets_total{spi=\"0x00029c3f\",direction=\"inbound\"} 0"),
+        "the last SA's series is there"
+    );
+
+    // Shutdown returns although the stalled client still holds its connection.
+    stop.store(true, Ordering::Release);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(server.join().is_ok());
+    });
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "the metrics thread did not return after stop"
+    );
+    drop(stalled);
+}
