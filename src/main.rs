@@ -112,6 +112,7 @@ enum MmOp {
         lifetime: u64,
         #[arg(long)]
         kb: Option<u64>,
+        /// A child SA and its direction, `in:SPI` or `out:SPI` (repeatable).
         #[arg(long = "child")]
         children: Vec<String>,
     },

@@ -213,7 +213,7 @@ fn malformed_requests_get_clear_errors() {
 fn main_mode_13885_for_both_causes_and_children_keep_forwarding() {
     let mut a = side("gw-a.toml", "");
     let b = side("gw-b.toml", "");
-    let r = a.req(json!({"op": "mm_add", "icookie": "1111111111111111", "rcookie": "2222222222222222", "peer": "203.0.113.2", "lifetime_s": 10, "children": ["0xa001", "0xb001"]}), S);
+    let r = a.req(json!({"op": "mm_add", "icookie": "1111111111111111", "rcookie": "2222222222222222", "peer": "203.0.113.2", "lifetime_s": 10, "children": [{"spi": "0xa001", "direction": "out"}, "in:0xb001"]}), S);
     assert_eq!(r["ok"], true, "{r}");
     a.req(json!({"op": "mm_add", "icookie": "33", "rcookie": "44", "peer": "203.0.113.2", "lifetime_s": 1000}), S);
     a.ctl.tick(5 * S, &a.events.clone());
@@ -237,7 +237,10 @@ fn main_mode_13885_for_both_causes_and_children_keep_forwarding() {
         (e["icookie"].as_str(), e["rcookie"].as_str()),
         (Some("1111111111111111"), Some("2222222222222222"))
     );
-    assert_eq!(e["children"], json!(["0x0000a001", "0x0000b001"]));
+    assert_eq!(
+        e["children"],
+        json!([{"spi": "0x0000a001", "direction": "outbound"}, {"spi": "0x0000b001", "direction": "inbound"}])
+    );
     // Peer delete.
     assert_eq!(
         a.req(
@@ -785,4 +788,69 @@ fn stalled_metrics_client_blocks_neither_the_next_scrape_nor_shutdown() {
         "the metrics thread did not return after stop"
     );
     drop(stalled);
+}
+
+/// Issue 11, defect 12: an inbound and an outbound child SA with the same number are named
+/// apart in `mm_add`, `mm_list` and the 13885 event (the demo printed
+/// `children=["0x00040002","0x00040002"]`), and each counts once against `lifetime_kb`.
+#[test]
+fn main_mode_children_carry_their_direction() {
+    let mut a = side("gw-a.toml", "");
+    // gw-a sends on 0xa001; give it an inbound SA with the same number.
+    let r = a.req(
+        json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xa001",
+            "key": "0102030405060708090a0b0c0d0e0f1011121314"}}),
+        S,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = a.req(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+            "lifetime_s": 1000, "lifetime_kb": 1, "children": ["0xa001"]}),
+        S,
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("children[0]: expected {\"spi\": SPI, \"direction\": \"in\" or \"out\"}"),
+        "a bare SPI is ambiguous: {r}"
+    );
+    let r = a.req(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+            "lifetime_s": 1000, "lifetime_kb": 1, "children": ["in:0xa001", {"spi": 40961, "direction": "outbound"}]}),
+        S,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let both = json!([{"spi": "0x0000a001", "direction": "inbound"}, {"spi": "0x0000a001", "direction": "outbound"}]);
+    let l = a.req(json!({"op": "mm_list"}), S);
+    assert_eq!(l["main_modes"][0]["children"], both, "{l}");
+    // Outbound traffic only: its bytes count once, not once per child with that number.
+    let bytes = |a: &mut Side| {
+        a.req(
+            json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}),
+            S,
+        )["bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let mut n = 0u8;
+    while bytes(&mut a) < 600 {
+        n += 1;
+        assert_eq!(a.run(0, &[pkt(n)], S, true)[0].0, Action::Tx);
+    }
+    assert!(bytes(&mut a) < 1024);
+    a.ctl.tick(2 * S, &a.events.clone());
+    assert!(a.events().is_empty(), "under 1 KiB, counted once");
+    while bytes(&mut a) < 1024 {
+        n += 1;
+        assert_eq!(a.run(0, &[pkt(n)], S, true)[0].0, Action::Tx);
+    }
+    a.ctl.tick(3 * S, &a.events.clone());
+    let ev = a.events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (ev[0]["event"].as_str(), ev[0]["cause"].as_str()),
+        (Some("mm_expired"), Some("lifetime"))
+    );
+    assert_eq!(ev[0]["children"], both);
 }
