@@ -79,6 +79,12 @@ impl MetricsSource {
             "Lifetime notifications lost to a full worker queue.",
             per_core(&|c| c.events_dropped.get()),
         );
+        metric(
+            "espd_bad_descriptors_total",
+            "counter",
+            "Descriptors from the kernel outside the UMEM, dropped.",
+            per_core(&|c| c.bad_descs.get()),
+        );
         let mut drops = Vec::new();
         for (i, c) in self.stats.iter().enumerate() {
             for r in DropReason::ALL {

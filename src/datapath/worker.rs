@@ -166,6 +166,10 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
             xsk.flush(!from_plain);
             xsk.flush(from_plain);
         }
+        let bad = xsk.take_bad_descs();
+        if bad > 0 {
+            stats.bad_descs.add(bad);
+        }
         if busy {
             idle = 0;
         } else {
