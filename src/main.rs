@@ -134,11 +134,14 @@ enum RigOp {
         queues: u32,
         #[arg(long, value_enum, default_value = "native")]
         xdp_mode: Mode,
-        #[arg(long, default_value = "/run/espd-rig")]
+        #[arg(long, default_value = espd::rig::DEFAULT_DIR)]
         dir: PathBuf,
     },
-    /// Remove every namespace of the rig (works after a crash too).
-    Down,
+    /// Remove every namespace of the rig and the configs `up` wrote (works after a crash too).
+    Down {
+        #[arg(long, default_value = espd::rig::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
     /// Show what exists.
     Status,
 }
@@ -518,8 +521,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                     rig.keep();
                 }
-                RigOp::Down => {
-                    espd::rig::down();
+                RigOp::Down { dir } => {
+                    espd::rig::teardown(&dir);
                     println!("rig down");
                 }
                 RigOp::Status => print!("{}", espd::rig::status()),
