@@ -245,6 +245,12 @@ impl XskPair {
         })
     }
 
+    /// Duplicates of both sockets' descriptors (plain, cipher), for the XSKMAP: they stay
+    /// valid whatever the worker does meanwhile.
+    pub fn dup_fds(&self) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), XskError> {
+        Ok((self.plain.dup_fd()?, self.cipher.dup_fd()?))
+    }
+
     pub fn free_frames(&self) -> usize {
         self.free.len()
     }
@@ -538,6 +544,18 @@ fn bind(umem: &Umem, iface: &str, queue: u32, first: bool, mode: u16) -> Result<
 }
 
 impl Port {
+    /// A duplicate of the socket's descriptor (it refers to the same socket).
+    pub fn dup_fd(&self) -> Result<std::os::fd::OwnedFd, XskError> {
+        self.borrowed_fd()
+            .try_clone_to_owned()
+            .map_err(|source| XskError::Socket {
+                op: "dup",
+                iface: self.iface.clone(),
+                queue: self.queue,
+                source,
+            })
+    }
+
     /// The socket as a borrowed descriptor (for the XSKMAP).
     pub fn borrowed_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         // SAFETY: the descriptor is owned by this port's rings and stays open while `self`
