@@ -10,8 +10,10 @@
  *     cipher side, ESP (50)                             -> espd
  *     cipher side, UDP/4500 without the zero marker     -> espd  (ESP in UDP, RFC 3948)
  *     anything else (IKE on 500/4500, ping, ssh, ...)   -> kernel
- *   anything else (traffic crossing the gateway)        -> espd  (plain side: to encrypt;
- *                                                          cipher side: counted as 13916)
+ *   anything else (traffic crossing the gateway)        -> espd  (plain side: encrypted, or
+ *                                                          forwarded in the clear by a bypass
+ *                                                          policy; cipher side: forwarded by a
+ *                                                          bypass policy, else 13916)
  *
  * When no socket is bound on the rx queue, crossing traffic is dropped (fail closed: never
  * forwarded in the clear) and counted in `stats`.

@@ -30,6 +30,8 @@ macro_rules! codes {
 }
 
 codes! {
+    IKE_OUT_OF_MEMORY = 13859, "ERROR_IPSEC_IKE_OUT_OF_MEMORY",
+        "Memory allocation failed.";
     IKE_MM_EXPIRED = 13885, "ERROR_IPSEC_IKE_MM_EXPIRED",
         "Main mode SA lifetime expired or peer sent a main mode delete.";
     IKE_PEER_MM_ASSUMED_INVALID = 13886, "ERROR_IPSEC_IKE_PEER_MM_ASSUMED_INVALID",

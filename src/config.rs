@@ -99,6 +99,7 @@ struct RawDataplane {
     icmp_rate: Option<u32>,
     prefetch_above: Option<u32>,
     xdp_mode: Option<String>,
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -192,6 +193,9 @@ pub struct SaSpec {
     pub backend: Option<String>,
     pub replay_window: Option<u32>,
     pub lifetime: Option<Limits>,
+    /// State to resume from (sequence counter, replay window, consumed lifetime), as `sa_get`
+    /// returns it: an SA taken over from another gateway.
+    pub state: Option<crate::sa::SaState>,
 }
 
 impl SaSpec {
@@ -310,6 +314,9 @@ pub struct Config {
     pub icmp_rate: u32,
     /// Prefetch passes above this many inbound SAs (outbound: tunnels with an SA).
     pub prefetch_above: u32,
+    /// Where the sequence-number high-water marks of static outbound SAs are kept
+    /// (`dataplane.state_file`; default: next to the config, `NAME.seq`).
+    pub state_file: PathBuf,
     pub xdp_mode: XdpMode,
     pub plain: Interface,
     pub cipher: Interface,
@@ -768,7 +775,14 @@ impl Config {
 
         let mut sas = Vec::new();
         let mut spis = HashMap::new();
+        let mut keys = HashMap::new();
         for (i, spec) in raw.sas.iter().enumerate() {
+            if spec.state.is_some() {
+                return Err(cx.err(
+                    format!("sas[{i}].state"),
+                    "is for `sa_add` over the control socket; a static SA resumes its sequence numbers from the state file (dataplane.state_dir)".to_string(),
+                ));
+            }
             let (t, p) = spec
                 .to_params(&tunnels, &policies, backend, replay_window)
                 .map_err(|(field, reason)| {
@@ -783,6 +797,15 @@ impl Config {
                 return Err(cx.err(
                     format!("sas[{i}].spi"),
                     format!("{:#x} is also used by sas[{prev}]", p.spi),
+                ));
+            }
+            // RFC 4106 §3.1: two SAs of one direction under one key would reuse nonces.
+            if let Some(prev) = keys.insert((crate::sa::sa::key_id(&p.keymat), p.direction), i) {
+                return Err(cx.err(
+                    format!("sas[{i}].key"),
+                    format!(
+                        "the same key is already used by sas[{prev}] in this direction (GCM nonces would repeat); give every SA its own key"
+                    ),
                 ));
             }
             sas.push((t, p));
@@ -837,6 +860,11 @@ impl Config {
             icmp_too_big: d.icmp_too_big.unwrap_or(true),
             icmp_rate,
             prefetch_above: d.prefetch_above.unwrap_or(4096),
+            state_file: match &d.state_file {
+                Some(f) if f.is_relative() => path.parent().unwrap_or(Path::new(".")).join(f),
+                Some(f) => f.clone(),
+                None => crate::control::seqstate::default_path(path),
+            },
             xdp_mode,
             plain,
             cipher,

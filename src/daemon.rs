@@ -36,6 +36,8 @@ pub struct RunOptions {
     pub copy: Copy,
     /// Stop by itself after this long.
     pub duration: Option<Duration>,
+    /// Static outbound SAs without saved sequence state start at 1 (their keys are new).
+    pub fresh_keys: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub enum DaemonError {
     Socket(String, std::io::Error),
     #[error("worker {0} did not start")]
     WorkerLost(usize),
+    #[error(transparent)]
+    SeqState(#[from] crate::control::seqstate::SeqStateError),
 }
 
 /// What `espd run` prints (as JSON) when it stops.
@@ -82,6 +86,8 @@ pub struct Summary {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub punted: u64,
+    pub bypassed: u64,
+    pub prefragmented: u64,
     pub icmp_sent: u64,
     pub tx_ring_full: u64,
     pub kernel_rx_dropped: u64,
@@ -231,6 +237,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         cfg.build_dataplane(crate::now_ns())
             .map_err(|e| DaemonError::NoInterface(e.to_string()))?,
     );
+    // Static outbound SAs resume after their saved sequence numbers before any worker runs.
+    let mut seqs =
+        crate::control::seqstate::SeqStore::open(&cfg.state_file, cfg, &dp, opts.fresh_keys)?;
     let stats: Arc<[CoreStats]> = (0..cfg.workers).map(|_| CoreStats::default()).collect();
     let events: Arc<ArrayQueue<SaEvent>> = Arc::new(ArrayQueue::new(4096));
     let stop = Arc::new(AtomicBool::new(false));
@@ -371,6 +380,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         }
         if last_tick.elapsed() >= Duration::from_millis(20) {
             control.tick(crate::now_ns(), &events);
+            if let Err(e) = seqs.maintain() {
+                // Workers stop at the saved mark (counted as seq_unsaved) until this succeeds.
+                tracing::error!("{}: cannot save sequence state: {e}", seqs.path().display());
+            }
             last_tick = Instant::now();
         }
         let every = if known {
@@ -442,6 +455,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         s.tx_packets += c.tx_packets.get();
         s.tx_bytes += c.tx_bytes.get();
         s.punted += c.punted.get();
+        s.bypassed += c.bypassed.get();
+        s.prefragmented += c.prefragmented.get();
         s.icmp_sent += c.icmp_sent.get();
         s.tx_ring_full += c.tx_ring_full.get();
         s.kernel_rx_dropped += c.kernel_rx_dropped.get();

@@ -210,6 +210,9 @@ pub fn capture_wan(
         "tcpdump",
         "-i",
         "br0",
+        // Without it, frames still in a TPACKET_V3 block when tcpdump is stopped are never
+        // written: "N packets captured" then falls short of "received by filter".
+        "--immediate-mode",
         "-U",
         "-s",
         snap.as_str(),

@@ -232,6 +232,10 @@ enum Cmd {
         /// Stop after this many seconds.
         #[arg(long)]
         duration: Option<f64>,
+        /// Static outbound SAs with no saved sequence state start at 1: say this only when
+        /// their keys are new (otherwise their GCM nonces would repeat).
+        #[arg(long)]
+        fresh_keys: bool,
     },
     /// The main job: two gateways on the veth rig with live traffic, then a report.
     Demo {
@@ -303,6 +307,9 @@ enum Cmd {
         direction: Dir,
         input: PathBuf,
         output: PathBuf,
+        /// Static outbound SAs with no saved sequence state start at 1 (new keys only).
+        #[arg(long)]
+        fresh_keys: bool,
     },
 }
 
@@ -333,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             xdp_mode,
             copy,
             duration,
+            fresh_keys,
         } => {
             let c = Config::load(&config)?;
             let opts = espd::daemon::RunOptions {
@@ -348,6 +356,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     espd::datapath::xsk::Copy::Auto
                 },
                 duration: duration.map(std::time::Duration::from_secs_f64),
+                fresh_keys,
             };
             let summary = espd::daemon::run(&c, &opts)?;
             println!("{}", serde_json::to_string(&summary)?);
@@ -605,13 +614,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             direction,
             input,
             output,
+            fresh_keys,
         } => {
             let c = Config::load(&config)?;
             let d = match direction {
                 Dir::Outbound => Direction::Outbound,
                 Dir::Inbound => Direction::Inbound,
             };
-            let summary = run_pcap(&c, d, &input, &output)?;
+            let summary = run_pcap(&c, d, &input, &output, fresh_keys)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(())
         }

@@ -48,6 +48,8 @@ pub enum OfflineError {
     },
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    SeqState(#[from] crate::control::seqstate::SeqStateError),
 }
 
 const BATCH: usize = 64;
@@ -59,6 +61,7 @@ pub fn run_pcap(
     dir: Direction,
     input: &Path,
     output: &Path,
+    fresh_keys: bool,
 ) -> Result<Summary, OfflineError> {
     fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> OfflineError + '_ {
         move |e| OfflineError::Io {
@@ -73,23 +76,48 @@ pub fn run_pcap(
     })?;
     let now = crate::now_ns();
     let dp = cfg.build_dataplane(now)?;
+    // Encrypting reuses no nonce of an earlier run: static SAs resume from the state file.
+    let mut seqs = match dir {
+        Direction::Outbound => Some(crate::control::seqstate::SeqStore::open(
+            &cfg.state_file,
+            cfg,
+            &dp,
+            fresh_keys,
+        )?),
+        Direction::Inbound => None,
+    };
     let stats = CoreStats::default();
     let events = ArrayQueue::new(1024);
     let mut pipe = Pipeline::new(&dp, 0, &stats, &events, cfg.pipeline_config());
     let mut out: Vec<(u32, u32, Vec<u8>)> = Vec::new();
     let mut frames: Vec<Frame> = Vec::with_capacity(BATCH);
     let mut actions = [Action::Punt; BATCH];
+    // Frames for the fragments of packets fragmented before encapsulation.
+    let mut spare: Vec<Frame> = (0..4 * BATCH).map(|_| Frame::from_packet(&[])).collect();
+    let mut extra: Vec<Frame> = Vec::with_capacity(4 * BATCH);
     for chunk in records.chunks(BATCH) {
+        if let Some(s) = seqs.as_mut() {
+            s.maintain().map_err(io_err(s.path()))?;
+        }
         frames.clear();
         frames.extend(chunk.iter().map(|r| Frame::from_packet(&r.data)));
         let acts = &mut actions[..frames.len()];
         match dir {
-            Direction::Outbound => pipe.outbound(&mut frames, now, acts),
+            Direction::Outbound => {
+                pipe.outbound_with(&mut frames, now, acts, &mut spare, &mut extra)
+            }
             Direction::Inbound => pipe.inbound(&mut frames, now, acts),
         }
         for ((f, a), r) in frames.iter().zip(acts.iter()).zip(chunk) {
             if matches!(a, Action::Tx | Action::TxBack) {
                 out.push((r.ts_sec, r.ts_frac, f.bytes().to_vec()));
+            }
+        }
+        // Fragments go out after the batch, as `espd run` sends them, stamped with its end.
+        if let Some(r) = chunk.last() {
+            for f in extra.drain(..) {
+                out.push((r.ts_sec, r.ts_frac, f.bytes().to_vec()));
+                spare.push(f);
             }
         }
     }

@@ -349,6 +349,11 @@ rekey_grace_ms = 1000
                 .map_err(|e| RigError::Io(p.clone(), e))?;
             std::io::Write::write_all(&mut f, self.config(me).as_bytes())
                 .map_err(|e| RigError::Io(p.clone(), e))?;
+            // The rig made these keys just now: their sequence state starts fresh.
+            let cfg = crate::config::Config::load(p)
+                .map_err(|e| RigError::Io(p.clone(), std::io::Error::other(e.to_string())))?;
+            crate::control::seqstate::write_fresh(&cfg.state_file, &cfg)
+                .map_err(|e| RigError::Io(cfg.state_file.clone(), e))?;
         }
         Ok(())
     }
@@ -389,11 +394,14 @@ pub fn teardown(dir: &Path) {
     remove_configs(dir);
 }
 
-/// Removes what the rig writes in `dir` (gateway configs, control sockets), then `dir` itself
-/// if nothing else is in it. Never removes other files: `dir` is the operator's choice.
+/// Removes what the rig writes in `dir` (gateway configs, their sequence state files, control
+/// sockets), then `dir` itself if nothing else is in it. Never removes other files: `dir` is
+/// the operator's choice.
 pub fn remove_configs(dir: &Path) {
-    for f in ["gw-a.toml", "gw-b.toml", "gw-a.sock", "gw-b.sock"] {
-        let _ = std::fs::remove_file(dir.join(f));
+    for gw in ["gw-a", "gw-b"] {
+        for ext in ["toml", "seq", "seq.tmp", "sock"] {
+            let _ = std::fs::remove_file(dir.join(format!("{gw}.{ext}")));
+        }
     }
     let _ = std::fs::remove_dir(dir);
 }

@@ -485,7 +485,7 @@ fn idle_sa_timers_by_install_and_by_first_use_across_30k_sas() {
     assert_eq!(r["installed"], 30_000, "{r}");
     let r = s.req(
         json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0x38000",
-            "key": "00112233445566778899aabbccddeeff01020304",
+            "key": "10112233445566778899aabbccddeeff01020304",
             "lifetime": {"soft_seconds": 7, "hard_seconds": 9}}}),
         S,
     );
@@ -626,7 +626,9 @@ fn huge_times_on_the_control_socket_are_refused_with_the_range() {
 
     // rekey: grace_ms * 10^6 overflowed after the outbound SA had already been swapped.
     let rekey = |spi: &str, grace: u64| {
-        json!({"op": "rekey", "tunnel": "to-b", "outbound": sa(spi, "out", Value::Null),
+        let outbound = json!({"tunnel": "to-b", "direction": "out", "spi": spi,
+            "key": "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3"});
+        json!({"op": "rekey", "tunnel": "to-b", "outbound": outbound,
             "retire_inbound": "0xb001", "grace_ms": grace})
     };
     let r = a.req(rekey("0x5001", u64::MAX), 2 * S);

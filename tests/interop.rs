@@ -32,13 +32,22 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn espd_pcap(cfg: &str, dir: &str, input: &Path, output: &Path) -> serde_json::Value {
+    // A private copy of the config, so its sequence state file (NAME.seq) lands in the
+    // test's directory; the example keys are fresh there.
+    let copy = tmp(&format!(
+        "{}-{cfg}",
+        output.file_stem().unwrap().to_string_lossy()
+    ));
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(cfg),
+        &copy,
+    )
+    .unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_espd"))
-        .args(["pcap", "--config"])
-        .arg(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("examples")
-                .join(cfg),
-        )
+        .args(["pcap", "--fresh-keys", "--config"])
+        .arg(&copy)
         .args(["--direction", dir])
         .arg(input)
         .arg(output)

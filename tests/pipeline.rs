@@ -664,3 +664,357 @@ fn outbound_prefetch_pass_changes_nothing() {
     assert_eq!(got_big, got_small);
     assert_eq!(got_big.iter().filter(|(a, _)| *a == Action::Tx).count(), 50);
 }
+
+/// gw-a's example config with `extra` policies placed before the protect ones (first match
+/// wins) and `default_policy` set to `default`.
+fn with_policies(name: &str, extra: &str, default: &str) -> Gw {
+    let text = example_text(name).replace(
+        "default_policy = \"discard\"",
+        &format!("default_policy = \"{default}\""),
+    );
+    let at = text.find("[[policies]]").unwrap();
+    Gw::from_toml(&format!("{}{extra}\n{}", &text[..at], &text[at..]))
+}
+
+/// Defect 7: a bypass policy forwards the packet in the clear out of the other interface, to
+/// that side's next hop, unchanged above Ethernet; a discard policy drops it (13916). Both
+/// directions, and the default policy `bypass` too.
+#[test]
+fn bypass_forwards_in_the_clear_and_discard_drops() {
+    let a = with_policies(
+        "gw-a.toml",
+        r#"[[policies]]
+src = "192.0.2.0/24"
+dst = "198.51.100.0/24"
+protocol = "udp"
+dst_ports = "7000"
+action = "bypass"
+
+[[policies]]
+src = "192.0.2.0/24"
+dst = "198.51.100.0/24"
+protocol = "udp"
+dst_ports = "7001"
+action = "discard"
+"#,
+        "bypass",
+    );
+    let clear = frame(
+        "192.0.2.10",
+        "198.51.100.20",
+        17,
+        4000,
+        7000,
+        b"in the clear",
+    );
+    let (act, out) = a.out(std::slice::from_ref(&clear)).remove(0);
+    assert_eq!(act, Action::Tx, "bypass is forwarded");
+    assert_eq!(&out[..6], &a.cfg.cipher.next_hop_mac.unwrap());
+    assert_eq!(&out[6..12], &a.cfg.cipher.mac.unwrap());
+    assert_eq!(&out[12..], &clear[12..], "nothing above Ethernet changes");
+    let discard = frame("192.0.2.10", "198.51.100.20", 17, 4000, 7001, b"never");
+    assert_eq!(
+        a.out(&[discard]).remove(0).0,
+        Action::Drop(DropReason::PolicyDiscard)
+    );
+    // No policy matches: the default, here bypass.
+    let other = frame("192.0.2.10", "203.0.113.99", 17, 1, 2, b"x");
+    let (act, out) = a.out(std::slice::from_ref(&other)).remove(0);
+    assert_eq!(act, Action::Tx);
+    assert_eq!(&out[12..], &other[12..]);
+    // Protected traffic is still encrypted.
+    let prot = frame("192.0.2.10", "198.51.100.20", 17, 4000, 5001, b"secret");
+    let (act, out) = a.out(&[prot]).remove(0);
+    assert_eq!((act, out[14 + 9]), (Action::Tx, 50));
+    assert_eq!(a.stats.bypassed.get(), 2);
+    assert_eq!(a.stats.drops_by_code()[&13916], 1);
+    // B: cleartext from A's LAN arriving on its cipher side, allowed by a bypass policy
+    // (matched in reverse, as for protect), goes to B's LAN next hop.
+    let b = with_policies(
+        "gw-b.toml",
+        r#"[[policies]]
+src = "198.51.100.0/24"
+dst = "192.0.2.0/24"
+protocol = "udp"
+src_ports = "7000"
+action = "bypass"
+"#,
+        "discard",
+    );
+    let (act, back) = b.inn(std::slice::from_ref(&out_of(&clear, &a))).remove(0);
+    assert_eq!(act, Action::Tx, "bypass is forwarded inbound too");
+    assert_eq!(&back[..6], &b.cfg.plain.next_hop_mac.unwrap());
+    assert_eq!(&back[6..12], &b.cfg.plain.mac.unwrap());
+    assert_eq!(&back[12..], &clear[12..]);
+    assert_eq!(b.stats.bypassed.get(), 1);
+    // Still 13916 for cleartext a bypass policy does not cover.
+    let other = frame("192.0.2.10", "198.51.100.20", 17, 4000, 7001, b"x");
+    assert_eq!(
+        b.inn(&[other]).remove(0).0,
+        Action::Drop(DropReason::ClearText)
+    );
+}
+
+/// `clear` as gateway A sends it (re-addressed to A's cipher next hop).
+fn out_of(clear: &[u8], a: &Gw) -> Vec<u8> {
+    let mut f = clear.to_vec();
+    f[..6].copy_from_slice(&a.cfg.cipher.next_hop_mac.unwrap());
+    f[6..12].copy_from_slice(&a.cfg.cipher.mac.unwrap());
+    f
+}
+
+/// An IPv4 frame with the given flags/fragment-offset word (header checksum fixed).
+fn v4_with_frag(mut f: Vec<u8>, flags_frag: u16) -> Vec<u8> {
+    f[14 + 6..14 + 8].copy_from_slice(&flags_frag.to_be_bytes());
+    espd::wire::ipv4::fill_checksum(&mut f[14..]);
+    f
+}
+
+/// An IPv6 frame whose UDP segment sits behind a Fragment header (`off_flags`: offset << 3
+/// | M).
+fn v6_fragment(off_flags: u16) -> Vec<u8> {
+    let seg = l4(17, 1, 2, &payload(64, 9));
+    let mut p = vec![0u8; 40];
+    espd::wire::ipv6::Ipv6Repr {
+        src: "fd00:a::10".parse().unwrap(),
+        dst: "fd00:b::20".parse().unwrap(),
+        next_header: 44,
+        payload_len: 8 + seg.len(),
+        traffic_class: 0,
+        hop_limit: 64,
+    }
+    .emit(&mut p);
+    p.extend_from_slice(&[17, 0]);
+    p.extend_from_slice(&off_flags.to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&seg);
+    eth(0x86dd, &p)
+}
+
+/// Defect 11: RFC 4303 §3.3.4: transport mode ESP applies to whole datagrams only, so a
+/// transport-mode SA refuses fragments of both families (13914 `fragment`); a tunnel-mode SA
+/// carries them (a gateway's case: RFC 4301 §7).
+#[test]
+fn transport_mode_refuses_fragments_of_both_families() {
+    let transport = Gw::from_toml(
+        &example_text("gw-a.toml").replace("mtu = 1500", "mtu = 1500\nmode = \"transport\""),
+    );
+    let tunnel = Gw::example("gw-a.toml");
+    let whole4 = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, &payload(64, 9));
+    let frags = [
+        v4_with_frag(whole4.clone(), 0x2000), // first fragment (MF)
+        v4_with_frag(whole4.clone(), 0x0010), // last fragment (offset 128)
+        v6_fragment(0x0001),                  // first fragment (M)
+        v6_fragment(16 << 3),                 // last fragment (offset 128)
+    ];
+    for (i, f) in frags.iter().enumerate() {
+        assert_eq!(
+            transport.out(std::slice::from_ref(f)).remove(0).0,
+            Action::Drop(DropReason::Fragment),
+            "transport mode, fragment {i}"
+        );
+        assert_eq!(
+            tunnel.out(std::slice::from_ref(f)).remove(0).0,
+            Action::Tx,
+            "tunnel mode, fragment {i}"
+        );
+    }
+    assert_eq!(transport.stats.drops_of(DropReason::Fragment), 4);
+    // Whole datagrams of both families still pass in transport mode.
+    let whole6 = frame("fd00:a::10", "fd00:b::20", 17, 1, 2, &payload(64, 9));
+    for f in [whole4, whole6] {
+        let (act, out) = transport.out(&[f]).remove(0);
+        assert_eq!(act, Action::Tx);
+        let nh = if out[12] == 0x86 {
+            out[14 + 6]
+        } else {
+            out[14 + 9]
+        };
+        assert_eq!(nh, 50, "ESP follows the IP header");
+    }
+}
+
+/// Runs `pkts` through A's outbound path with `spares` spare frames and room for `room` extra
+/// frames; returns the actions, the frames, and the extra frames.
+fn out_with(
+    a: &Gw,
+    pkts: &[Vec<u8>],
+    spares: usize,
+    room: usize,
+) -> (Vec<Action>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    use espd::datapath::Pipeline;
+    use espd::datapath::mem::Frame;
+    let mut p = Pipeline::new(&a.dp, 0, &a.stats, &a.events, a.pcfg);
+    let mut frames: Vec<Frame> = pkts.iter().map(|b| Frame::from_packet(b)).collect();
+    let mut acts = vec![Action::Punt; frames.len()];
+    let mut pool: Vec<Frame> = (0..spares).map(|_| Frame::from_packet(&[])).collect();
+    let mut extra = Vec::with_capacity(room);
+    p.outbound_with(&mut frames, 1, &mut acts, &mut pool, &mut extra);
+    assert_eq!(
+        pool.len() + extra.len(),
+        spares,
+        "every spare frame is accounted for"
+    );
+    let bytes = |v: &[Frame]| v.iter().map(|f| f.bytes().to_vec()).collect();
+    (acts, bytes(&frames), bytes(&extra))
+}
+
+/// An IPv4 packet without DF with `options` in its header and `n` bytes of UDP payload.
+fn no_df(options: &[u8], n: usize, seed: u8) -> Vec<u8> {
+    let f = v4_with_frag(
+        frame("192.0.2.10", "198.51.100.20", 17, 1, 2, &payload(n, seed)),
+        0,
+    );
+    if options.is_empty() {
+        return f;
+    }
+    let mut g = f[..34].to_vec();
+    g.extend_from_slice(options);
+    g.extend_from_slice(&f[34..]);
+    g[14] = 0x45 + (options.len() / 4) as u8;
+    let total = (g.len() - 14) as u16;
+    g[16..18].copy_from_slice(&total.to_be_bytes());
+    espd::wire::ipv4::fill_checksum(&mut g[14..]);
+    g
+}
+
+/// Reassembles IPv4 fragments (RFC 791) into the datagram: the first fragment's header with
+/// the fragment fields cleared, then the payloads in offset order.
+fn reassemble(mut frags: Vec<Vec<u8>>) -> Vec<u8> {
+    let off = |p: &[u8]| usize::from(u16::from_be_bytes([p[6], p[7]]) & 0x1fff) * 8;
+    frags.sort_by_key(|p| off(p));
+    let ihl = usize::from(frags[0][0] & 0xf) * 4;
+    let mut d = frags[0][..ihl].to_vec();
+    for p in &frags {
+        let h = usize::from(p[0] & 0xf) * 4;
+        assert_eq!(off(p), d.len() - ihl, "fragments are contiguous");
+        assert_eq!(&p[4..6], &frags[0][4..6], "same identification");
+        assert!(Ipv4Packet::new_checked(&p[..]).unwrap().verify_checksum());
+        d.extend_from_slice(&p[h..]);
+    }
+    let last = frags.last().unwrap();
+    assert_eq!(last[6] & 0x20, 0, "the last fragment has no MF");
+    for p in &frags[..frags.len() - 1] {
+        assert_eq!(p[6] & 0x20, 0x20, "MF on all but the last");
+    }
+    let total = d.len() as u16;
+    d[2..4].copy_from_slice(&total.to_be_bytes());
+    d[6..8].copy_from_slice(&[0, 0]);
+    espd::wire::ipv4::fill_checksum(&mut d);
+    d
+}
+
+/// Compares two IPv4 packets except TTL and header checksum (the TTL is a forwarding matter).
+fn same_but_ttl(a: &[u8], b: &[u8]) {
+    let strip = |p: &[u8]| {
+        let mut p = p.to_vec();
+        p[8] = 0;
+        p[10..12].copy_from_slice(&[0, 0]);
+        p
+    };
+    assert_eq!(strip(a), strip(b), "reassembled datagram differs");
+}
+
+/// Defect 15: an IPv4 packet without DF that does not fit the tunnel is fragmented before
+/// encapsulation (RFC 4301 §8.1), not refused with ICMP 3/4: each fragment in its own ESP
+/// packet within the MTU, consecutive sequence numbers; B decrypts them all and they
+/// reassemble into the original. Only copied options follow the first fragment. DF packets
+/// still get ICMP (see `too_big_gets_icmp_frag_needed`), IPv6 still gets "packet too big".
+#[test]
+fn too_big_without_df_is_fragmented_before_encapsulation() {
+    let (a, b) = pair();
+    // A copied option (0x83, 7 bytes), a NOP, a non-copied one (record route, 7 bytes), EOL.
+    let opts = [0x83, 7, 4, 1, 2, 3, 4, 1, 7, 7, 4, 0, 0, 0, 0, 0];
+    let cases = [
+        (no_df(&[], 1472, 1), 2),   // 1500 bytes: two fragments
+        (no_df(&[], 3000, 2), 3),   // 3028 bytes: three
+        (no_df(&opts, 2900, 3), 3), // with options
+    ];
+    let pkts: Vec<Vec<u8>> = cases.iter().map(|(p, _)| p.clone()).collect();
+    let (acts, frames, extra) = out_with(&a, &pkts, 16, 16);
+    assert_eq!(acts, [Action::Tx; 3]);
+    assert_eq!(a.stats.icmp_sent.get(), 0, "no ICMP for packets without DF");
+    assert_eq!(a.stats.prefragmented.get(), 3);
+    assert_eq!(extra.len(), 1 + 2 + 2);
+    let mut extra = extra.into_iter();
+    for (i, ((orig, pieces), first)) in cases.iter().zip(frames).enumerate() {
+        let mut esp = vec![first];
+        esp.extend(extra.by_ref().take(pieces - 1));
+        let seqs: Vec<u32> = esp
+            .iter()
+            .map(|f| {
+                let p = Ipv4Packet::new_checked(ip(f)).unwrap();
+                assert!(p.total_len() <= 1500, "case {i}: {} bytes", p.total_len());
+                assert_eq!(p.protocol(), 50);
+                assert_eq!(&f[..6], &a.cfg.cipher.next_hop_mac.unwrap());
+                u32::from_be_bytes(p.payload()[4..8].try_into().unwrap())
+            })
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "case {i}: sequence numbers {seqs:?}"
+        );
+        let got = b.inn(&esp);
+        let inner: Vec<Vec<u8>> = got
+            .into_iter()
+            .map(|(act, f)| {
+                assert_eq!(act, Action::Tx, "case {i}: B refused a fragment");
+                ip(&f).to_vec()
+            })
+            .collect();
+        if i == 2 {
+            for p in &inner[1..] {
+                assert_eq!(p[0], 0x47, "copied options only, padded: {:02x?}", &p[..28]);
+                assert_eq!(&p[20..28], &[0x83, 7, 4, 1, 2, 3, 4, 0]);
+            }
+        }
+        same_but_ttl(&reassemble(inner), ip(orig));
+    }
+    assert_eq!(a.stats.drops_by_code().len(), 0);
+    assert_eq!(b.stats.drops_by_code().len(), 0);
+    // A fragment without DF is fragmented further: offsets continue, MF stays on the last.
+    let mid = [v4_with_frag(no_df(&[], 1600, 4), 0x2000 | 100)];
+    let (acts, frames, extra) = out_with(&a, &mid, 4, 4);
+    assert_eq!((acts[0], extra.len()), (Action::Tx, 1));
+    let inner: Vec<Vec<u8>> = b
+        .inn(&[frames[0].clone(), extra[0].clone()])
+        .into_iter()
+        .map(|(act, f)| {
+            assert_eq!(act, Action::Tx);
+            ip(&f).to_vec()
+        })
+        .collect();
+    let words: Vec<u16> = inner
+        .iter()
+        .map(|p| u16::from_be_bytes([p[6], p[7]]))
+        .collect();
+    assert_eq!(words[0], 0x2000 | 100);
+    assert_eq!(words[1] & 0x2000, 0x2000, "MF kept from the original");
+    assert!(words[1] & 0x1fff > 100);
+}
+
+/// Defect 15: with no spare frame (or no room for the fragments), the packet is dropped
+/// whole and counted (`no_frame`, 13859), nothing half-sent; spare frames go back.
+#[test]
+fn prefragmentation_without_a_free_frame_is_a_counted_drop() {
+    let (a, _) = pair();
+    let big = no_df(&[], 3000, 5); // three fragments
+    let (acts, _, extra) = out_with(&a, std::slice::from_ref(&big), 1, 8);
+    assert_eq!(acts[0], Action::Drop(DropReason::NoFrame));
+    assert!(extra.is_empty());
+    let (acts, _, extra) = out_with(&a, std::slice::from_ref(&big), 8, 1);
+    assert_eq!(acts[0], Action::Drop(DropReason::NoFrame));
+    assert!(extra.is_empty());
+    // The plain `outbound` has no spare frames.
+    assert_eq!(
+        a.out(std::slice::from_ref(&big)).remove(0).0,
+        Action::Drop(DropReason::NoFrame)
+    );
+    assert_eq!(a.stats.drops_of(DropReason::NoFrame), 3);
+    assert_eq!(a.stats.drops_by_code()[&13859], 3);
+    assert_eq!(a.stats.icmp_sent.get(), 0);
+    // Nothing was sealed: the next packet gets sequence number 1.
+    let small = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, b"x");
+    let (_, f) = a.out(&[small]).remove(0);
+    assert_eq!(&ip(&f)[24..28], &1u32.to_be_bytes());
+}

@@ -735,3 +735,242 @@ fn rig_down_removes_the_generated_configs() {
         );
     }
 }
+
+/// Puts `extra` policies in front of the generated ones (first match wins) in a gateway
+/// config, and applies `edit` to the rest.
+fn edit_config(path: &Path, extra: &str, edit: impl Fn(String) -> String) {
+    let text = edit(std::fs::read_to_string(path).unwrap());
+    let at = text.find("[[policies]]").unwrap();
+    std::fs::write(path, format!("{}{extra}\n{}", &text[..at], &text[at..])).unwrap();
+}
+
+/// IPv4 UDP frames in a pcap: (destination port of first fragments and whole datagrams,
+/// IP total length).
+fn udp_v4(pcap: &Path) -> Vec<(u16, usize)> {
+    let f = std::fs::File::open(pcap).unwrap();
+    espd::pcap::read(std::io::BufReader::new(f))
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.data.len() >= 42 && r.data[12..14] == [8, 0] && r.data[23] == 17)
+        .map(|r| {
+            let l4 = 14 + usize::from(r.data[14] & 0xf) * 4;
+            let port = r
+                .data
+                .get(l4 + 2..l4 + 4)
+                .map_or(0, |p| u16::from_be_bytes([p[0], p[1]]));
+            (
+                port,
+                usize::from(u16::from_be_bytes([r.data[16], r.data[17]])),
+            )
+        })
+        .collect()
+}
+
+/// Defect 7: under `espd run`, traffic a bypass policy covers crosses both gateways in the
+/// clear (forwarded by the workers, counted as `bypassed`) while traffic a discard policy
+/// covers never arrives (13916 `policy_discard`), and protected traffic is still ESP.
+#[test]
+fn bypass_and_discard_policies_end_to_end() {
+    let Some(_rig_lock) = serial("bypass_and_discard_policies_end_to_end") else {
+        return;
+    };
+    let r = rig("native", "bypass");
+    edit_config(
+        &r.gw_a,
+        r#"[[policies]]
+src = "192.0.2.0/24"
+dst = "198.51.100.0/24"
+protocol = "udp"
+dst_ports = "7000"
+action = "bypass"
+
+[[policies]]
+src = "192.0.2.0/24"
+dst = "198.51.100.0/24"
+protocol = "udp"
+dst_ports = "7001"
+action = "discard"
+"#,
+        |t| t,
+    );
+    // B matches inbound cleartext against the reverse of its policies, as for protect.
+    edit_config(
+        &r.gw_b,
+        r#"[[policies]]
+src = "198.51.100.0/24"
+dst = "192.0.2.0/24"
+protocol = "udp"
+src_ports = "7000"
+action = "bypass"
+"#,
+        |t| t,
+    );
+    let (mut cap, pcap) = capture_wan(&r, None, None).unwrap();
+    let (a, b) = start_gateways(&r, EXE, &[]).unwrap();
+    let (n, k) = (300u64, 100u64);
+    assert_all_arrived(
+        &udp(
+            "host-a",
+            "host-b",
+            "198.51.100.2:7000",
+            "0.0.0.0:7000",
+            n,
+            200,
+            2000,
+        ),
+        n,
+        "bypass",
+    );
+    let d = udp(
+        "host-a",
+        "host-b",
+        "198.51.100.2:7001",
+        "0.0.0.0:7001",
+        k,
+        200,
+        2000,
+    );
+    assert_eq!(d["unique"], 0, "discarded traffic arrived: {d}");
+    assert_all_arrived(
+        &udp(
+            "host-a",
+            "host-b",
+            "198.51.100.2:5001",
+            "0.0.0.0:5001",
+            n,
+            200,
+            2000,
+        ),
+        n,
+        "protected",
+    );
+    let (sa, sb) = (stop(a), stop(b));
+    std::thread::sleep(Duration::from_millis(300));
+    cap.stop(Duration::from_secs(2));
+    assert_eq!(
+        (sa["bypassed"].as_u64(), sb["bypassed"].as_u64()),
+        (Some(n), Some(n)),
+        "{sa} {sb}"
+    );
+    assert_eq!(sa["drops_by_reason"]["policy_discard"], k, "{sa}");
+    assert_eq!(sa["drops_by_code"]["13916"], k, "{sa}");
+    assert_eq!(sb["drops_by_code"], serde_json::json!({}), "{sb}");
+    // On the wire: the bypass flow in the clear, the discarded one absent, the rest ESP.
+    let clear = udp_v4(&pcap);
+    assert_eq!(clear.iter().filter(|(p, _)| *p == 7000).count() as u64, n);
+    assert_eq!(clear.iter().filter(|(p, _)| *p == 7001).count(), 0);
+    let wire = count_wire(&pcap);
+    assert_eq!(wire.cleartext_lan, n, "{wire:?}");
+    assert!(wire.esp >= n, "{wire:?}");
+}
+
+/// Defect 15: an inner IPv4 packet without DF that does not fit the tunnel (1428 bytes, tunnel
+/// MTU 1480: room for 1426) is fragmented before encapsulation (RFC 4301 §8.1): two ESP
+/// packets, each within the MTU, no ICMP; host-b's kernel reassembles every datagram intact,
+/// and tshark on host-b's link reassembles each one from its two fragments.
+#[test]
+fn non_df_ipv4_is_prefragmented_and_reassembled_far_side() {
+    let Some(_rig_lock) = serial("non_df_ipv4_is_prefragmented_and_reassembled_far_side") else {
+        return;
+    };
+    let r = Rig::up(RigSpec {
+        queues: 2,
+        xdp_mode: "native",
+        dir: std::env::temp_dir().join(format!("espd-rig-frag-{}", std::process::id())),
+        lan_mtu: 1500,
+    })
+    .expect("rig up");
+    for p in [&r.gw_a, &r.gw_b] {
+        edit_config(p, "", |t| {
+            t.replace("name = \"peer\"\n", "name = \"peer\"\nmtu = 1480\n")
+        });
+    }
+    // Sockets on host-a send without DF.
+    espd::rig::ns("host-a", &["sysctl", "-qw", "net.ipv4.ip_no_pmtu_disc=1"]).unwrap();
+    let (mut cap, wan_pcap) = capture_wan(&r, None, Some("ip proto 50")).unwrap();
+    let hb_pcap = r.dir().join("host-b.pcap");
+    let file = hb_pcap.to_string_lossy().to_string();
+    let mut hb_cap = Proc::spawn(
+        "tcpdump",
+        "host-b",
+        &[
+            "tcpdump",
+            "-i",
+            "eth0",
+            "--immediate-mode",
+            "-U",
+            "-w",
+            &file,
+            "ip and src host 192.0.2.2",
+        ],
+    )
+    .unwrap();
+    let (a, b) = start_gateways(&r, EXE, &[]).unwrap();
+    let n = 200u64;
+    // 1400 bytes of UDP payload: 1428-byte IP packets.
+    assert_all_arrived(
+        &udp(
+            "host-a",
+            "host-b",
+            "198.51.100.2:5009",
+            "0.0.0.0:5009",
+            n,
+            1400,
+            1000,
+        ),
+        n,
+        "1428-byte datagrams without DF",
+    );
+    let (sa, _sb) = (stop(a), stop(b));
+    std::thread::sleep(Duration::from_millis(300));
+    cap.stop(Duration::from_secs(2));
+    hb_cap.stop(Duration::from_secs(2));
+    assert_eq!(sa["icmp_sent"], 0, "no ICMP for packets without DF: {sa}");
+    assert_eq!(sa["prefragmented"], n, "{sa}");
+    assert_eq!(sa["drops_by_code"], serde_json::json!({}), "{sa}");
+    // Every ESP packet on the wire fits the tunnel MTU; two per datagram.
+    let f = std::fs::File::open(&wan_pcap).unwrap();
+    let esp: Vec<usize> = espd::pcap::read(std::io::BufReader::new(f))
+        .unwrap()
+        .into_iter()
+        .map(|r| usize::from(u16::from_be_bytes([r.data[16], r.data[17]])))
+        .collect();
+    assert_eq!(esp.len() as u64, 2 * n, "ESP packets A→B");
+    assert!(
+        esp.iter().all(|&l| l <= 1480),
+        "ESP over 1480 bytes: {esp:?}"
+    );
+    // host-b's link: fragments, which tshark reassembles into the 1408-byte UDP datagrams.
+    let frags = udp_v4(&hb_pcap);
+    assert_eq!(frags.len() as u64, 2 * n, "fragments on host-b's link");
+    assert!(frags.iter().all(|&(_, l)| l <= 1426), "{frags:?}");
+    let o = Command::new("tshark")
+        .arg("-r")
+        .arg(&hb_pcap)
+        .args([
+            "-o",
+            "ip.defragment:TRUE",
+            "-Y",
+            "udp.dstport == 5009",
+            "-T",
+            "fields",
+            "-e",
+            "ip.fragment.count",
+            "-e",
+            "udp.length",
+        ])
+        .output()
+        .expect("tshark");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len() as u64, n, "reassembled datagrams: {out}");
+    assert!(
+        lines.iter().all(|l| *l == "2\t1408"),
+        "each datagram from two fragments: {:?}",
+        lines
+            .iter()
+            .filter(|l| **l != "2\t1408")
+            .take(3)
+            .collect::<Vec<_>>()
+    );
+}

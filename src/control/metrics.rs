@@ -68,6 +68,18 @@ impl MetricsSource {
             per_core(&|c| c.punted.get()),
         );
         metric(
+            "espd_bypassed_total",
+            "counter",
+            "Frames a bypass policy forwarded in the clear.",
+            per_core(&|c| c.bypassed.get()),
+        );
+        metric(
+            "espd_prefragmented_total",
+            "counter",
+            "Inner IPv4 packets fragmented before encapsulation.",
+            per_core(&|c| c.prefragmented.get()),
+        );
+        metric(
             "espd_tx_ring_full_total",
             "counter",
             "Frames dropped because a tx ring was full.",

@@ -9,9 +9,10 @@ pub mod api;
 pub mod events;
 pub mod metrics;
 pub mod mm;
+pub mod seqstate;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -196,6 +197,11 @@ pub struct Control {
     default_policy: PolicyAction,
     /// Installed SAs: (spi, direction) → tunnel index.
     sas: BTreeMap<(u32, Direction), u32>,
+    /// Keys in use: (key fingerprint, direction) → SPI. RFC 4106 §3.1: one key on two SAs of
+    /// one direction would repeat nonces, so a second install is refused.
+    keys: HashMap<([u8; 16], Direction), u32>,
+    /// The key fingerprint of each registered SA (to free it in `keys` on removal).
+    key_of: HashMap<(u32, Direction), [u8; 16]>,
     /// Old inbound SAs to remove at the given time (after a rekey).
     retiring: Vec<(u64, u32)>,
     /// Hard-expired SAs to remove at the given time.
@@ -217,6 +223,9 @@ pub struct Control {
     unused_cursor: Option<(u32, Direction)>,
 }
 
+/// Largest `state.age_seconds` accepted (100 years; keeps the arithmetic in range).
+const MAX_AGE_SECONDS: u64 = 100 * 365 * 86_400;
+
 /// Use-time SAs visited per timer pass (every 100 ms): 10^5 of them take half a second a round.
 const UNUSED_PER_PASS: usize = 20_000;
 
@@ -230,6 +239,8 @@ impl Control {
             policies: cfg.policies.clone(),
             default_policy: cfg.default_policy,
             sas: BTreeMap::new(),
+            keys: HashMap::new(),
+            key_of: HashMap::new(),
             retiring: Vec::new(),
             lingering: Vec::new(),
             mm: MmTable::default(),
@@ -275,7 +286,35 @@ impl Control {
     /// the control thread installs goes through here.
     fn register(&mut self, key: (u32, Direction), t: u32) {
         self.sas.insert(key, t);
+        let g = epoch::pin();
+        if let Some(id) = self.lookup(key, &g).map(|sa| sa.key_id) {
+            self.keys.insert((id, key.1), key.0);
+            self.key_of.insert(key, id);
+        }
+        drop(g);
         self.arm(key);
+    }
+
+    /// Drops the record of SA `key` (already out of the dataplane) and frees its key.
+    fn forget(&mut self, key: (u32, Direction)) {
+        self.sas.remove(&key);
+        if let Some(id) = self.key_of.remove(&key)
+            && self.keys.get(&(id, key.1)) == Some(&key.0)
+        {
+            self.keys.remove(&(id, key.1));
+        }
+    }
+
+    /// Refuses `sa` if its key is in use by another SA (not `except`) of its direction.
+    fn check_key(&self, sa: &Sa, except: Option<u32>) -> Result<(), String> {
+        match self.keys.get(&(sa.key_id, sa.direction)) {
+            Some(&spi) if Some(spi) != except => Err(format!(
+                "key: already in use by {} SA {} (RFC 4106: one key on two SAs repeats GCM nonces); every SA needs its own key",
+                dir_name(sa.direction),
+                spi_str(spi)
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Schedules the time limits of the just-registered SA `key`.
@@ -510,7 +549,20 @@ impl Control {
                 self.defaults.1,
             )
             .map_err(|(f, r)| format!("{f}: {r}"))?;
-        let sa = Sa::new(&p, self.cores, now).map_err(|e| e.to_string())?;
+        // An imported SA keeps its age: its add-time limits count from its first install.
+        let installed = match spec.state.as_ref().and_then(|st| st.age_seconds) {
+            Some(age) if age > MAX_AGE_SECONDS => {
+                return Err(format!(
+                    "state.age_seconds: {age} is out of range (0..={MAX_AGE_SECONDS})"
+                ));
+            }
+            Some(age) => now.saturating_sub(age * 1_000_000_000),
+            None => now,
+        };
+        let sa = Sa::new(&p, self.cores, installed).map_err(|e| e.to_string())?;
+        if let Some(st) = &spec.state {
+            sa.import_state(st)?;
+        }
         Ok((t, sa))
     }
 
@@ -523,6 +575,7 @@ impl Control {
                 dir_name(sa.direction)
             ));
         }
+        self.check_key(&sa, None)?;
         match sa.direction {
             Direction::Inbound => self.dp.sas.install_inbound(sa).map_err(|e| e.to_string())?,
             Direction::Outbound => {
@@ -567,7 +620,7 @@ impl Control {
                 }
             }
         }
-        self.sas.remove(&(spi, d));
+        self.forget((spi, d));
         self.retiring
             .retain(|(_, s)| !(d == Direction::Inbound && *s == spi));
         self.counters
@@ -600,6 +653,7 @@ impl Control {
             "consumed": sa.lifetime.consumed(packets, bytes, now),
             "expired": sa.lifetime.is_expired(),
             "age_s": now.saturating_sub(sa.lifetime.installed_ns()) as f64 / 1e9,
+            "state": sa.state(now),
         }))
     }
 
@@ -653,18 +707,40 @@ impl Control {
                 Ok(json!({ "installed": added }))
             }
             Request::SaUpdate { sa } => {
-                let (t, s) = self.build(&sa, now)?;
-                let key = (s.spi, s.direction);
-                if !self.sas.contains_key(&key) {
-                    return Err(not_installed(s.spi, s.direction));
+                let (t, p) = sa
+                    .to_params(
+                        &self.tunnels,
+                        &self.policies,
+                        self.defaults.0,
+                        self.defaults.1,
+                    )
+                    .map_err(|(f, r)| format!("{f}: {r}"))?;
+                let key = (p.spi, p.direction);
+                if sa.state.is_some() {
+                    return Err("state: an update continues the installed SA's state; to import state, delete the SA and add it with `state`".into());
                 }
+                let Some(&old_t) = self.sas.get(&key) else {
+                    return Err(not_installed(p.spi, p.direction));
+                };
+                if old_t != t {
+                    return Err(format!(
+                        "tunnel: {} belongs to tunnel `{}`; an update cannot move it",
+                        spi_str(p.spi),
+                        self.tunnel_name(old_t).unwrap_or_default()
+                    ));
+                }
+                // RFC 4106 §3.1 / RFC 4303 §3.4.3: with the same key the new SA continues the
+                // old one's sequence counter, replay window and consumed lifetime.
+                let g = epoch::pin();
+                let prev = self
+                    .lookup(key, &g)
+                    .ok_or_else(|| not_installed(key.0, key.1))?;
+                let s = Sa::successor(&p, self.cores, now, prev).map_err(|e| e.to_string())?;
+                drop(g);
+                self.check_key(&s, Some(key.0))?;
                 match s.direction {
                     Direction::Inbound => {
-                        self.dp
-                            .sas
-                            .remove_inbound(s.spi)
-                            .map_err(|e| e.to_string())?;
-                        self.dp.sas.install_inbound(s).map_err(|e| e.to_string())?;
+                        self.dp.sas.replace_inbound(s).map_err(|e| e.to_string())?;
                     }
                     Direction::Outbound => {
                         self.dp
@@ -673,6 +749,7 @@ impl Control {
                             .map_err(|e| e.to_string())?;
                     }
                 }
+                self.forget(key);
                 self.register(key, t);
                 Ok(json!({ "spi": spi_str(key.0) }))
             }
@@ -871,6 +948,8 @@ impl Control {
                         spi_str(new_out.spi)
                     ));
                 }
+                self.check_key(&new_out, None)
+                    .map_err(|e| format!("outbound.{e}"))?;
                 // 1. The new inbound SA first: the peer may switch to it at any moment.
                 if let Some((ti, s)) = new_in {
                     self.install(ti, s).map_err(|e| format!("inbound.{e}"))?;
@@ -883,7 +962,7 @@ impl Control {
                     .set_outbound(t, Some(new_out))
                     .map_err(|e| e.to_string())?;
                 if let Some(o) = old {
-                    self.sas.remove(&(o, Direction::Outbound));
+                    self.forget((o, Direction::Outbound));
                 }
                 self.register((new_spi, Direction::Outbound), t);
                 // 3. The old inbound SA keeps accepting packets in flight for the grace period.

@@ -1,5 +1,6 @@
 //! The packet path: drop reasons, per-core counters, frames and the pipeline.
 
+pub mod frag;
 pub mod mem;
 pub mod pipeline;
 pub mod worker;
@@ -10,7 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::codes::{self, Code};
 
-pub use pipeline::{Action, Dataplane, FrameMut, Pipeline, PipelineConfig, SaEvent, SaEventKind};
+pub use pipeline::{
+    Action, Dataplane, FrameMut, FramePool, NoFrames, Pipeline, PipelineConfig, SaEvent,
+    SaEventKind,
+};
 
 /// Why the pipeline dropped a frame. `Copy`, counted per core, never formatted on the hot path.
 /// Each maps to one Windows IPsec code.
@@ -25,6 +29,9 @@ pub enum DropReason {
     LifetimeExpired,
     /// Sequence number space exhausted: the SA must be replaced (13911).
     SeqExhausted,
+    /// Sequence numbers past the persisted high-water mark of a static SA: refused until the
+    /// control thread has saved the next block (13911).
+    SeqUnsaved,
     /// Inner packet does not match the SA's selectors (13912).
     WrongSa,
     /// Replayed or too old (13913).
@@ -49,14 +56,17 @@ pub enum DropReason {
     ClearText,
     /// An explicit discard policy matched (13916).
     PolicyDiscard,
+    /// No free frame for a fragment of a pre-fragmented packet (13859).
+    NoFrame,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::BadSpi,
         DropReason::NoSa,
         DropReason::LifetimeExpired,
         DropReason::SeqExhausted,
+        DropReason::SeqUnsaved,
         DropReason::WrongSa,
         DropReason::Replay,
         DropReason::Malformed,
@@ -69,13 +79,14 @@ impl DropReason {
         DropReason::Integrity,
         DropReason::ClearText,
         DropReason::PolicyDiscard,
+        DropReason::NoFrame,
     ];
 
     pub fn code(self) -> Code {
         use DropReason::*;
         match self {
             BadSpi | NoSa => codes::BAD_SPI,
-            LifetimeExpired | SeqExhausted => codes::SA_LIFETIME_EXPIRED,
+            LifetimeExpired | SeqExhausted | SeqUnsaved => codes::SA_LIFETIME_EXPIRED,
             WrongSa => codes::WRONG_SA,
             Replay => codes::REPLAY_CHECK_FAILED,
             Malformed | BadPadding | BadNextHeader | BadAlignment | Fragment | Dummy | TooBig => {
@@ -83,6 +94,7 @@ impl DropReason {
             }
             Integrity => codes::INTEGRITY_CHECK_FAILED,
             ClearText | PolicyDiscard => codes::CLEAR_TEXT_DROP,
+            NoFrame => codes::IKE_OUT_OF_MEMORY,
         }
     }
 
@@ -93,6 +105,7 @@ impl DropReason {
             NoSa => "no_sa",
             LifetimeExpired => "lifetime_expired",
             SeqExhausted => "seq_exhausted",
+            SeqUnsaved => "seq_unsaved",
             WrongSa => "wrong_sa",
             Replay => "replay",
             Malformed => "malformed",
@@ -105,6 +118,7 @@ impl DropReason {
             Integrity => "integrity",
             ClearText => "clear_text",
             PolicyDiscard => "policy_discard",
+            NoFrame => "no_frame",
         }
     }
 }
@@ -135,6 +149,10 @@ pub struct CoreStats {
     pub tx_packets: Counter,
     pub tx_bytes: Counter,
     pub punted: Counter,
+    /// Packets a bypass policy (or the default policy `bypass`) forwarded in the clear.
+    pub bypassed: Counter,
+    /// Inner IPv4 packets fragmented before encapsulation (RFC 4301 §8.1).
+    pub prefragmented: Counter,
     pub icmp_sent: Counter,
     pub events_dropped: Counter,
     pub checksums_completed: Counter,

@@ -1,9 +1,11 @@
-//! THE hot path: a batch of frames in, one action per frame out.
+//! THE hot path: a batch of frames in, one action per frame out (plus the further fragments of
+//! packets fragmented before encapsulation, in frames from a pool).
 //!
 //! Outbound (plain side → cipher side):
-//!   Ethernet → inner IP → SPD lookup → tunnel's current SA → MTU check → lifetime check
-//!   (inline, clock read once per batch by the caller) → sequence number → ESP encap/seal in
-//!   place → outer Ethernet → `Tx`.
+//!   Ethernet → inner IP → SPD lookup (bypass: new MACs, `Tx` in the clear) → tunnel's current
+//!   SA → MTU check (IPv4 without DF: fragments, each taken through the rest on its own frame)
+//!   → lifetime check (inline, clock read once per batch by the caller) → sequence number →
+//!   ESP encap/seal in place → outer Ethernet → `Tx`.
 //! Inbound (cipher side → plain side):
 //!   Ethernet → outer IP → ESP (raw or UDP/4500) → SA by SPI → replay pre-check → open →
 //!   replay commit → trailer checks → lifetime count (after authentication) → selector check
@@ -18,10 +20,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crossbeam_epoch::{self as epoch, Guard};
 use crossbeam_queue::ArrayQueue;
 
+use super::frag::{self, FragError};
 use super::{CoreStats, DropReason};
 use crate::esp::{self, EspError};
 use crate::sa::policy::{FlowKey, Lookup, PolicyAction, raw};
-use crate::sa::{Admit, Direction, Mode, Sa, SaTable, Spd};
+use crate::sa::{Admit, Direction, Mode, Sa, SaTable, SeqShort, Spd};
 use crate::wire::esp::{ICV_LEN, TRAILER_LEN};
 use crate::wire::ethernet::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Mac};
 use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
@@ -50,6 +53,35 @@ pub trait FrameMut {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Where the pipeline takes empty frames when one input frame becomes several output frames
+/// (IPv4 fragmented before encapsulation). The worker's pool is its UMEM's free list.
+pub trait FramePool<F> {
+    /// An empty frame of the batch's frame size, or `None` when none is free.
+    fn take(&mut self) -> Option<F>;
+    /// Gives back a frame taken but not sent.
+    fn give(&mut self, f: F);
+}
+
+/// Spare frames held in a vector (tests, offline use).
+impl<F> FramePool<F> for Vec<F> {
+    fn take(&mut self) -> Option<F> {
+        self.pop()
+    }
+    fn give(&mut self, f: F) {
+        self.push(f);
+    }
+}
+
+/// No spare frames: a packet that must be fragmented is dropped as `no_frame`.
+pub struct NoFrames;
+
+impl<F> FramePool<F> for NoFrames {
+    fn take(&mut self) -> Option<F> {
+        None
+    }
+    fn give(&mut self, _: F) {}
 }
 
 /// A lifetime notification from a worker to the control thread.
@@ -197,8 +229,27 @@ impl<'a> Pipeline<'a> {
         self.cfg.cipher = cipher;
     }
 
-    /// Processes a batch of frames from the plain side. `now`: monotonic ns, read once.
+    /// Processes a batch of frames from the plain side. `now`: monotonic ns, read once. With
+    /// no spare frames, a packet that must be fragmented is dropped (`no_frame`): see
+    /// [`Pipeline::outbound_with`].
     pub fn outbound<F: FrameMut>(&mut self, frames: &mut [F], now: u64, actions: &mut [Action]) {
+        self.outbound_with(frames, now, actions, &mut NoFrames, &mut Vec::new());
+    }
+
+    /// [`Pipeline::outbound`] for packets that may become several frames: an IPv4 packet
+    /// without DF that does not fit its tunnel is fragmented (RFC 4301 §8.1); its first
+    /// fragment stays in its frame (action `Tx`), the others go in frames taken from `pool`,
+    /// appended to `extra` in order, each sealed and ready to send out of the cipher side
+    /// after the batch's `Tx` frames. `extra` never grows past its capacity: a packet whose
+    /// fragments do not all find a frame is dropped whole (`no_frame`).
+    pub fn outbound_with<F: FrameMut, P: FramePool<F>>(
+        &mut self,
+        frames: &mut [F],
+        now: u64,
+        actions: &mut [Action],
+        pool: &mut P,
+        extra: &mut Vec<F>,
+    ) {
         let guard = epoch::pin();
         let spd = self.dp.spd(&guard);
         self.refill_icmp(now);
@@ -217,7 +268,8 @@ impl<'a> Pipeline<'a> {
             for ((f, a), hint) in fs.iter_mut().zip(acts.iter_mut()).zip(hints) {
                 self.stats.rx_packets.add(1);
                 self.stats.rx_bytes.add(f.len() as u64);
-                *a = self.outbound_one(f, now, spd, &guard, (n - i) as u64, hint);
+                let left = (n - i) as u64;
+                *a = self.outbound_one(f, now, spd, &guard, left, hint, pool, extra);
                 self.account(f, *a);
                 i += 1;
             }
@@ -335,19 +387,12 @@ impl<'a> Pipeline<'a> {
 
     /// The next sequence number of `sa`, from this batch's block when it has one left.
     #[inline]
-    fn next_seq(&mut self, sa: &Sa, frames_left: u64) -> Option<u64> {
-        let addr = sa as *const Sa as usize;
-        let (cur, next, last) = self.seq_block;
-        if cur == addr && next <= last {
-            self.seq_block.1 += 1;
-            return Some(next);
-        }
-        let (first, last) = sa.take_seqs(frames_left.clamp(1, SEQ_BLOCK))?;
-        self.seq_block = (addr, first + 1, last);
-        Some(first)
+    fn next_seq(&mut self, sa: &Sa, frames_left: u64) -> Result<u64, SeqShort> {
+        self.next_seqs(sa, 1, frames_left)
     }
 
-    fn outbound_one<F: FrameMut>(
+    #[allow(clippy::too_many_arguments)]
+    fn outbound_one<F: FrameMut, P: FramePool<F>>(
         &mut self,
         f: &mut F,
         now: u64,
@@ -355,6 +400,8 @@ impl<'a> Pipeline<'a> {
         guard: &Guard,
         left: u64,
         hint: Option<Lookup>,
+        pool: &mut P,
+        extra: &mut Vec<F>,
     ) -> Action {
         let (off, flen) = (f.offset(), f.len());
         let buf = f.buf_mut();
@@ -374,7 +421,7 @@ impl<'a> Pipeline<'a> {
             Lookup::Matched(PolicyAction::Protect(t))
             | Lookup::Default(PolicyAction::Protect(t)) => t,
             Lookup::Matched(PolicyAction::Bypass) | Lookup::Default(PolicyAction::Bypass) => {
-                return Action::Punt;
+                return self.bypass(buf, off, self.cfg.cipher);
             }
             Lookup::Matched(PolicyAction::Discard) => {
                 return Action::Drop(DropReason::PolicyDiscard);
@@ -384,10 +431,23 @@ impl<'a> Pipeline<'a> {
         let Some(sa) = self.dp.sas.outbound(tunnel, guard) else {
             return Action::Drop(DropReason::NoSa);
         };
+        // RFC 4303 §3.3.4: transport mode ESP applies to whole datagrams only, in both
+        // families; fragments cross a gateway in tunnel mode (RFC 4301 §7).
+        if sa.mode == Mode::Transport && l3.fragment {
+            return Action::Drop(DropReason::Fragment);
+        }
         // MTU: the outer packet must fit (RFC 4301 §8: PMTU handling by the gateway).
         let (head, _) = esp::overhead(sa);
         let ct = (l3.len + TRAILER_LEN).div_ceil(4) * 4;
         if head + ct + ICV_LEN > sa.mtu as usize {
+            // ICMP "fragmentation needed" is for DF packets only (RFC 1191): IPv4 without DF
+            // is fragmented before encapsulation (RFC 4301 §8.1) where the mode allows.
+            if !l3.v6 && buf[l3.at + ipv4::field::FLAGS_FRAG] & 0x40 == 0 {
+                if sa.mode == Mode::Tunnel {
+                    return self.prefragment(f, now, &l3, sa, head, left, pool, extra);
+                }
+                return Action::Drop(DropReason::TooBig);
+            }
             return match self.too_big(buf, off, &l3, sa, head) {
                 Some((start, len)) => {
                     // The packet itself is dropped (counted); the ICMP error goes back.
@@ -404,19 +464,43 @@ impl<'a> Pipeline<'a> {
         if let Some(r) = self.lifetime(sa, sa.lifetime.admit(self.core, l3.len as u64, now)) {
             return Action::Drop(r);
         }
-        let Some(seq) = self.next_seq(sa, left) else {
-            // RFC 4303 §3.3.3: the counter must not cycle; the SA is dead.
-            if sa.lifetime.expire() {
-                self.notify(sa, SaEventKind::Hard);
+        let seq = match self.next_seq(sa, left) {
+            Ok(seq) => seq,
+            Err(SeqShort::Exhausted) => {
+                // RFC 4303 §3.3.3: the counter must not cycle; the SA is dead.
+                if sa.lifetime.expire() {
+                    self.notify(sa, SaEventKind::Hard);
+                }
+                return Action::Drop(DropReason::SeqExhausted);
             }
-            return Action::Drop(DropReason::SeqExhausted);
+            Err(SeqShort::Unsaved) => return Action::Drop(DropReason::SeqUnsaved),
         };
-        let (start, len) = match esp::encap(sa, seq, buf, l3.at, l3.len) {
+        match self.encap_frame(sa, seq, buf, l3.at, l3.len) {
+            Ok((eth, len)) => {
+                f.set(eth, len);
+                Action::Tx
+            }
+            Err(r) => Action::Drop(r),
+        }
+    }
+
+    /// ESP-encapsulates the inner packet at `buf[at..at + len]` and puts the cipher side's
+    /// Ethernet header in front; returns the frame's new bounds.
+    #[inline]
+    fn encap_frame(
+        &self,
+        sa: &Sa,
+        seq: u64,
+        buf: &mut [u8],
+        at: usize,
+        len: usize,
+    ) -> Result<(usize, usize), DropReason> {
+        let (start, outer_len) = match esp::encap(sa, seq, buf, at, len) {
             Ok(r) => r,
-            Err(EspError::NoRoom | EspError::TooLong) => return Action::Drop(DropReason::TooBig),
-            Err(_) => return Action::Drop(DropReason::Malformed),
+            Err(EspError::NoRoom | EspError::TooLong) => return Err(DropReason::TooBig),
+            Err(_) => return Err(DropReason::Malformed),
         };
-        sa.count(self.core, l3.len as u64);
+        sa.count(self.core, len as u64);
         let outer_v6 = buf[start] >> 4 == 6;
         let eth = start - ethernet::HEADER_LEN;
         let l2 = self.cfg.cipher;
@@ -430,7 +514,142 @@ impl<'a> Pipeline<'a> {
                 ETHERTYPE_IPV4
             },
         );
-        f.set(eth, len + ethernet::HEADER_LEN);
+        Ok((eth, outer_len + ethernet::HEADER_LEN))
+    }
+
+    /// Forwards a frame in the clear out of the other interface (a bypass policy, RFC 4301
+    /// §4.4.1: BYPASS): only the MAC addresses change, to that side's own and next hop's.
+    #[inline]
+    fn bypass(&self, buf: &mut [u8], off: usize, l2: L2) -> Action {
+        buf[off..off + 6].copy_from_slice(&l2.next_hop);
+        buf[off + 6..off + 12].copy_from_slice(&l2.mac);
+        self.stats.bypassed.add(1);
+        Action::Tx
+    }
+
+    /// `n` consecutive sequence numbers of `sa` (the first is returned), from this batch's
+    /// block when it has that many left.
+    #[inline]
+    fn next_seqs(&mut self, sa: &Sa, n: u64, frames_left: u64) -> Result<u64, SeqShort> {
+        let addr = sa as *const Sa as usize;
+        let (cur, next, last) = self.seq_block;
+        if cur == addr && next <= last && last - next >= n - 1 {
+            self.seq_block.1 += n;
+            return Ok(next);
+        }
+        let (first, last) = sa.take_seqs(n.max(frames_left.clamp(1, SEQ_BLOCK)))?;
+        if last - first < n - 1 {
+            // The space (or the saved part of it) ends inside the run: the numbers left are
+            // useless to this packet.
+            self.seq_block = (0, 1, 0);
+            return Err(if last >= sa.seq_counter().max() {
+                SeqShort::Exhausted
+            } else {
+                SeqShort::Unsaved
+            });
+        }
+        self.seq_block = (addr, first + n, last);
+        Ok(first)
+    }
+
+    /// RFC 4301 §8.1 pre-fragmentation: splits an inner IPv4 packet without DF that does not
+    /// fit the tunnel into fragments that do (RFC 791), each encapsulated in its own ESP packet
+    /// with consecutive sequence numbers. Fragment 0 stays in `f`; the others take frames from
+    /// `pool` and are appended to `extra`. The destination host reassembles.
+    #[allow(clippy::too_many_arguments)]
+    fn prefragment<F: FrameMut, P: FramePool<F>>(
+        &mut self,
+        f: &mut F,
+        now: u64,
+        l3: &L3,
+        sa: &Sa,
+        head: usize,
+        left: u64,
+        pool: &mut P,
+        extra: &mut Vec<F>,
+    ) -> Action {
+        // Largest inner packet that fits: ciphertext is a multiple of 4 and holds the trailer.
+        let max =
+            ((sa.mtu as usize).saturating_sub(head + ICV_LEN) & !3).saturating_sub(TRAILER_LEN);
+        let buf = f.buf_mut();
+        if self.cfg.complete_checksums && !l3.fragment && complete_checksum(buf, l3) {
+            self.stats.checksums_completed.add(1);
+        }
+        let plan = match frag::plan(&buf[l3.at..l3.at + l3.len], max) {
+            Ok(p) if p.pieces >= 2 => p,
+            Ok(_) | Err(FragError::TooSmall) => return Action::Drop(DropReason::TooBig),
+            Err(FragError::Malformed) => return Action::Drop(DropReason::Malformed),
+        };
+        // Every fragment's frame first: a shortage drops the whole packet, never a part.
+        let mark = extra.len();
+        if extra.capacity() - mark < plan.pieces - 1 {
+            return Action::Drop(DropReason::NoFrame);
+        }
+        let tail = TRAILER_LEN + 3 + ICV_LEN;
+        for k in 1..plan.pieces {
+            let Some(mut piece) = pool.take() else {
+                give_back(pool, extra, mark);
+                return Action::Drop(DropReason::NoFrame);
+            };
+            let out = piece.buf_mut();
+            if l3.at + plan.len(k) + tail > out.len() {
+                // Pool frames are as large as the batch's: not reached.
+                pool.give(piece);
+                give_back(pool, extra, mark);
+                return Action::Drop(DropReason::TooBig);
+            }
+            plan.write(&buf[l3.at..], k, &mut out[l3.at..]);
+            extra.push(piece);
+        }
+        plan.trim_first(&mut buf[l3.at..]);
+        self.stats.prefragmented.add(1);
+        if let Some(r) = self.lifetime(sa, sa.lifetime.admit(self.core, plan.len(0) as u64, now)) {
+            give_back(pool, extra, mark);
+            return Action::Drop(r);
+        }
+        let seq = match self.next_seqs(sa, plan.pieces as u64, left) {
+            Ok(seq) => seq,
+            Err(short) => {
+                give_back(pool, extra, mark);
+                if short == SeqShort::Unsaved {
+                    return Action::Drop(DropReason::SeqUnsaved);
+                }
+                // RFC 4303 §3.3.3: the counter must not cycle; the SA is dead.
+                if sa.lifetime.expire() {
+                    self.notify(sa, SaEventKind::Hard);
+                }
+                return Action::Drop(DropReason::SeqExhausted);
+            }
+        };
+        let (eth, len) = match self.encap_frame(sa, seq, buf, l3.at, plan.len(0)) {
+            Ok(r) => r,
+            Err(r) => {
+                give_back(pool, extra, mark);
+                return Action::Drop(r);
+            }
+        };
+        f.set(eth, len);
+        for k in 1..plan.pieces {
+            let len = plan.len(k);
+            let at = mark + k - 1;
+            let sealed = match self.lifetime(sa, sa.lifetime.admit(self.core, len as u64, now)) {
+                Some(r) => Err(r),
+                None => self.encap_frame(sa, seq + k as u64, extra[at].buf_mut(), l3.at, len),
+            };
+            match sealed {
+                Ok((eth, len)) => {
+                    extra[at].set(eth, len);
+                    self.stats.tx_packets.add(1);
+                    self.stats.tx_bytes.add(len as u64);
+                }
+                Err(r) => {
+                    // The fragments sent so far cannot be reassembled; send no more.
+                    self.stats.drop(r);
+                    give_back(pool, extra, at);
+                    break;
+                }
+            }
+        }
         Action::Tx
     }
 
@@ -480,7 +699,9 @@ impl<'a> Pipeline<'a> {
                     }
                     Lookup::Default(PolicyAction::Discard) => Action::Drop(DropReason::ClearText),
                     Lookup::Matched(PolicyAction::Bypass)
-                    | Lookup::Default(PolicyAction::Bypass) => Action::Punt,
+                    | Lookup::Default(PolicyAction::Bypass) => {
+                        self.bypass(buf, off, self.cfg.plain)
+                    }
                 };
             }
         };
@@ -567,6 +788,14 @@ impl<'a> Pipeline<'a> {
             self.icmp_second = sec;
             self.icmp_tokens = self.cfg.icmp_rate;
         }
+    }
+}
+
+/// Returns the frames `extra[from..]` to the pool.
+#[inline]
+fn give_back<F, P: FramePool<F>>(pool: &mut P, extra: &mut Vec<F>, from: usize) {
+    for f in extra.drain(from..) {
+        pool.give(f);
     }
 }
 

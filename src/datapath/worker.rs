@@ -11,12 +11,14 @@ use std::sync::mpsc::Sender;
 
 use crossbeam_queue::ArrayQueue;
 
-use super::pipeline::{Dataplane, L2, PipelineConfig};
+use super::pipeline::{Dataplane, FramePool, L2, PipelineConfig};
 use super::xsk::{Copy, XskError, XskFrame, XskPair};
 use super::{Action, CoreStats, Pipeline, SaEvent};
 use crate::wire::ethernet::Mac;
 
 pub const BATCH: u32 = 64;
+/// Extra frames a batch may emit (fragments of packets fragmented before encapsulation).
+pub const EXTRA: usize = 4 * BATCH as usize;
 /// Frames per worker UMEM (16 MiB at 4 KiB).
 pub const FRAMES: u32 = 4096;
 
@@ -64,6 +66,18 @@ impl L2State {
             },
             known,
         )
+    }
+}
+
+/// The worker takes fragments' frames from its UMEM's free list.
+impl FramePool<XskFrame> for XskPair {
+    #[inline]
+    fn take(&mut self) -> Option<XskFrame> {
+        self.alloc()
+    }
+    #[inline]
+    fn give(&mut self, f: XskFrame) {
+        self.recycle(&f);
     }
 }
 
@@ -131,6 +145,8 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
     let mut pipe = Pipeline::new(&spec.dp, spec.id, stats, &spec.events, spec.pcfg);
     let mut frames: Vec<XskFrame> = Vec::with_capacity(BATCH as usize);
     let mut actions = [Action::Punt; BATCH as usize];
+    let mut extra: Vec<XskFrame> = Vec::with_capacity(EXTRA);
+    let extra_acts = [Action::Tx; EXTRA];
     let mut idle = 0u32;
     let (mut plain_l2, mut cipher_l2, _) = spec.l2.load();
     pipe.set_l2(plain_l2, cipher_l2);
@@ -159,12 +175,15 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
                     stats,
                 );
             } else if from_plain {
-                pipe.outbound(&mut frames, now, acts);
+                pipe.outbound_with(&mut frames, now, acts, &mut xsk, &mut extra);
             } else {
                 pipe.inbound(&mut frames, now, acts);
             }
+            // Fragments after the batch's own frames (the first fragment is among those).
             let full = xsk.send_batch(!from_plain, &frames, acts, Action::Tx)
+                + xsk.send_batch(!from_plain, &extra, &extra_acts[..extra.len()], Action::Tx)
                 + xsk.send_batch(from_plain, &frames, acts, Action::TxBack);
+            extra.clear();
             stats.tx_ring_full.add(full);
             for (f, a) in frames.iter().zip(acts.iter()) {
                 if matches!(a, Action::Drop(_) | Action::Punt) {

@@ -424,6 +424,17 @@ impl XskPair {
         dropped
     }
 
+    /// An empty frame from the free list (its packet at offset 0, length 0).
+    #[inline]
+    pub fn alloc(&mut self) -> Option<XskFrame> {
+        let addr = self.free.pop()?;
+        self.frame(&XdpDesc {
+            addr,
+            len: 0,
+            options: 0,
+        })
+    }
+
     /// Gives a frame back (dropped or punted).
     #[inline]
     pub fn recycle(&mut self, frame: &XskFrame) {

@@ -188,6 +188,8 @@ fn encap_tunnel(
 
 /// Transport mode: the IP header (and IPv6 headers that must precede ESP) moves 16 bytes
 /// towards the headroom; ESP header and IV go in the gap; the payload is encrypted in place.
+/// Fragments of either family are refused: RFC 4303 §3.3.4 applies transport mode ESP to
+/// whole datagrams only (the pipeline counts them as `fragment` before getting here).
 fn encap_transport(
     sa: &Sa,
     seq: u64,
@@ -210,6 +212,9 @@ fn encap_transport(
                 return Err(EspError::Malformed);
             }
             let u = ipv6::upper_layer(pkt, len).map_err(|_| EspError::Malformed)?;
+            if u.fragment {
+                return Err(EspError::Malformed);
+            }
             (
                 u.esp_insert,
                 pkt[u.esp_insert_nh_field],

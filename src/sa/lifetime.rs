@@ -442,6 +442,69 @@ impl Lifetime {
     }
 }
 
+/// State carried from one SA to another (`sa_update` with the same key, state import).
+impl Budget {
+    /// Amount consumed so far, counting every unspent lease as consumed; afterwards nothing
+    /// more can be leased from this budget (its leases already handed out stay spendable).
+    fn drain(&self) -> u64 {
+        self.limit - self.left.swap(0, Ordering::AcqRel)
+    }
+
+    /// Amount admitted so far (leases handed out but unspent are not counted).
+    fn used(&self) -> u64 {
+        let leased: u64 = self.leases.iter().map(|l| l.load(Ordering::Acquire)).sum();
+        self.limit
+            .saturating_sub(self.left.load(Ordering::Acquire))
+            .saturating_sub(leased)
+    }
+
+    /// Counts `n` as already consumed (before the budget is shared with any worker).
+    fn charge(&self, n: u64) {
+        let _ = self
+            .left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| {
+                Some(l.saturating_sub(n))
+            });
+    }
+}
+
+impl Lifetime {
+    /// The lifetime of an SA that replaces `prev` under the same key: `limits` apply to the
+    /// key's whole life. Add-time limits count from `prev`'s install, use-time limits from its
+    /// first use, and byte/packet budgets start with what `prev` consumed (`prev`'s unspent
+    /// leases count as consumed and `prev` can lease no more, so a hard limit holds exactly
+    /// across updates). `prev_totals`: `prev`'s packet and byte counters, for limits that
+    /// `prev` did not have.
+    pub fn succeed(limits: Limits, cores: usize, prev: &Lifetime, prev_totals: (u64, u64)) -> Self {
+        let lt = Lifetime::new(limits, prev.installed_ns, cores);
+        lt.first_use
+            .store(prev.first_use.load(Ordering::Acquire), Ordering::Release);
+        let packets = prev.packets.as_ref().map_or(prev_totals.0, Budget::drain);
+        let bytes = prev.bytes.as_ref().map_or(prev_totals.1, Budget::drain);
+        lt.charge(packets, bytes);
+        lt
+    }
+
+    /// Packets and bytes counted against this lifetime so far; `totals` (the SA's counters)
+    /// stand in for a quantity without a limit.
+    pub fn used(&self, totals: (u64, u64)) -> (u64, u64) {
+        (
+            self.packets.as_ref().map_or(totals.0, Budget::used),
+            self.bytes.as_ref().map_or(totals.1, Budget::used),
+        )
+    }
+
+    /// Counts `packets` and `bytes` as already consumed (state import, before publication).
+    pub fn charge(&self, packets: u64, bytes: u64) {
+        if let Some(b) = &self.packets {
+            b.charge(packets);
+        }
+        if let Some(b) = &self.bytes {
+            b.charge(bytes);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,5 +9,5 @@ pub mod table;
 
 pub use lifetime::{Admit, Limits};
 pub use policy::{PolicyAction, Selector, Spd};
-pub use sa::{Direction, Endpoints, Mode, Sa, SaParams, UdpEncap};
+pub use sa::{Direction, Endpoints, Mode, Sa, SaParams, SaState, SeqCounter, SeqShort, UdpEncap};
 pub use table::SaTable;

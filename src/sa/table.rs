@@ -252,6 +252,24 @@ impl SaTable {
         Ok(())
     }
 
+    /// Replaces the installed inbound SA of `sa.spi` in one store: a packet finds the old SA
+    /// or the new one, never neither (`sa_update`). The old SA is retired.
+    pub fn replace_inbound(&self, sa: Sa) -> Result<(), TableError> {
+        let _a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
+        let spi = sa.spi;
+        let slot = (spi & self.mask) as usize;
+        let guard = epoch::pin();
+        match self.inbound[slot].sa.load(&guard) {
+            Some(old) if old.spi == spi && sa.direction == super::Direction::Inbound => {}
+            _ => return Err(TableError::UnknownSpi { spi }),
+        }
+        // Same SPI: the tag (SPI + version) stays as it is, so a lookup racing with the store
+        // validates and gets the old SA or the new one, both of this SPI; it never misses.
+        // The swap retires the old SA.
+        self.inbound[slot].sa.swap(Some(sa), &guard);
+        Ok(())
+    }
+
     /// Releases an SPI reserved by `allocate_spi` that was never installed.
     pub fn release_spi(&self, spi: u32) {
         let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,0 +1,420 @@
+//! Persisted sequence-number high-water marks of static outbound SAs (RFC 4106 §3.1: a nonce
+//! must never repeat under one key, and the IV is the sequence number).
+//!
+//! A static SA (from the config file) keeps its key across restarts, so its sequence counter
+//! must too. Before any worker may use a number, this module writes a high-water mark past it
+//! to the state file (write to a temporary file, fsync, rename, fsync the directory), and
+//! only then raises the SA's counter cap to that mark. After a restart, or a crash at any
+//! point, the SA resumes after the saved mark: every number a previous run could have used is
+//! at or below it. The cost is at most one block ([`BLOCK`]) of numbers skipped per restart.
+//!
+//! The file holds one line per SA: SPI, a fingerprint of the key (SHA-256 of a label and the
+//! key material, 128 bits: names the key without revealing it), and the mark. A changed key
+//! has a new fingerprint and starts afresh (its nonces are new); an SA with a known key and no
+//! entry is refused unless the operator says the key is fresh (`espd run --fresh-keys`), since
+//! its previous numbers are unknown. Lines of SAs no longer configured are kept.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam_utils::CachePadded;
+
+use crate::config::Config;
+use crate::datapath::pipeline::Dataplane;
+use crate::sa::{Direction, SeqCounter};
+
+/// Numbers saved ahead of use. The control thread extends the mark when less than half a
+/// block is left (checked every 20 ms): at 10^6 packets per second on one SA that is half a
+/// second of margin for the fsync.
+pub const BLOCK: u64 = 1 << 20;
+
+const HEADER: &str = "# espd sequence state v1: spi key-fingerprint high-water-mark";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeqStateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {reason}")]
+    Parse {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    #[error(
+        "sas[{index}]: outbound SA {spi:#010x} has no saved sequence state in {path}: its earlier sequence numbers (GCM nonces) are unknown. If its key is new, start once with --fresh-keys; otherwise restore the state file"
+    )]
+    Missing {
+        index: usize,
+        spi: u32,
+        path: String,
+    },
+    #[error(
+        "sas[{index}]: outbound SA {spi:#010x} has used its whole sequence space under this key (state file {path}); configure a new key"
+    )]
+    Exhausted {
+        index: usize,
+        spi: u32,
+        path: String,
+    },
+}
+
+/// Names key material without revealing it: SHA-256 of a label and the key, 128 bits.
+pub fn fingerprint(keymat: &[u8]) -> [u8; 16] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"espd sequence state v1\0");
+    ctx.update(keymat);
+    let d = ctx.finish();
+    let mut f = [0u8; 16];
+    f.copy_from_slice(&d.as_ref()[..16]);
+    f
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Line {
+    spi: u32,
+    fp: [u8; 16],
+    mark: u64,
+}
+
+struct Tracked {
+    line: Line,
+    seq: Arc<CachePadded<SeqCounter>>,
+}
+
+/// The state file and the static outbound SAs it covers.
+pub struct SeqStore {
+    path: PathBuf,
+    tracked: Vec<Tracked>,
+    /// Lines of SAs not in the current config, written back unchanged.
+    others: Vec<Line>,
+}
+
+/// The default state file of a config: next to it, `NAME.seq` for `NAME.toml`.
+pub fn default_path(config: &Path) -> PathBuf {
+    config.with_extension("seq")
+}
+
+fn hexfp(fp: &[u8; 16]) -> String {
+    fp.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read(path: &Path) -> Result<Option<Vec<Line>>, SeqStateError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SeqStateError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let mut lines = Vec::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: &str| SeqStateError::Parse {
+            path: path.display().to_string(),
+            line: i + 1,
+            reason: reason.to_string(),
+        };
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let [spi, fp, mark] = f[..] else {
+            return Err(bad("expected `spi fingerprint mark`"));
+        };
+        let spi = u32::from_str_radix(spi.trim_start_matches("0x"), 16)
+            .map_err(|_| bad("spi: not a hexadecimal 32-bit number"))?;
+        if fp.len() != 32 {
+            return Err(bad("fingerprint: expected 32 hex digits"));
+        }
+        let mut fpb = [0u8; 16];
+        for (k, b) in fpb.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&fp[2 * k..2 * k + 2], 16)
+                .map_err(|_| bad("fingerprint: not hexadecimal"))?;
+        }
+        let mark = mark
+            .parse::<u64>()
+            .map_err(|_| bad("mark: not a decimal number"))?;
+        lines.push(Line { spi, fp: fpb, mark });
+    }
+    Ok(Some(lines))
+}
+
+fn write_atomically(path: &Path, lines: &[Line]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = path.with_extension("seq.tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let mut text = String::from(HEADER);
+        text.push('\n');
+        for l in lines {
+            text.push_str(&format!("{:#010x} {} {}\n", l.spi, hexfp(&l.fp), l.mark));
+        }
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(&dir)?.sync_all()
+}
+
+impl SeqStore {
+    /// Resumes every static outbound SA of `cfg` (installed in `dp`) from the state file at
+    /// `path`, saves a first block ahead and caps the counters at it. Nothing is sent before
+    /// this returns. `fresh`: SAs without an entry start at 1 (the operator vouches their
+    /// keys are new).
+    pub fn open(
+        path: &Path,
+        cfg: &Config,
+        dp: &Dataplane,
+        fresh: bool,
+    ) -> Result<SeqStore, SeqStateError> {
+        let saved = read(path)?;
+        let mut others = saved.clone().unwrap_or_default();
+        let mut tracked = Vec::new();
+        let g = crossbeam_epoch::pin();
+        for (index, (t, p)) in cfg.sas.iter().enumerate() {
+            if p.direction != Direction::Outbound {
+                continue;
+            }
+            let Some(sa) = dp.sas.outbound(*t, &g).filter(|s| s.spi == p.spi) else {
+                continue;
+            };
+            let fp = fingerprint(&p.keymat);
+            let seq = sa.seq_handle();
+            let known = others.iter().position(|l| l.spi == p.spi && l.fp == fp);
+            let mark = match known {
+                Some(i) => others.remove(i).mark,
+                None if fresh => 0,
+                // A different key under this SPI (or a new SPI) with no entry: the key may have
+                // been used before by a run whose state is lost. Only a fresh key may start at 1.
+                None => {
+                    return Err(SeqStateError::Missing {
+                        index,
+                        spi: p.spi,
+                        path: path.display().to_string(),
+                    });
+                }
+            };
+            if mark >= seq.max() {
+                return Err(SeqStateError::Exhausted {
+                    index,
+                    spi: p.spi,
+                    path: path.display().to_string(),
+                });
+            }
+            seq.advance_to(mark);
+            seq.set_cap(mark);
+            tracked.push(Tracked {
+                line: Line {
+                    spi: p.spi,
+                    fp,
+                    mark,
+                },
+                seq,
+            });
+        }
+        drop(g);
+        // Entries replaced by a new key under the same SPI are dropped: that key is gone.
+        others.retain(|l| !tracked.iter().any(|t| t.line.spi == l.spi));
+        let mut store = SeqStore {
+            path: path.to_path_buf(),
+            tracked,
+            others,
+        };
+        if !store.tracked.is_empty() {
+            store.extend(true).map_err(|source| SeqStateError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        Ok(store)
+    }
+
+    /// Path of the state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of SAs covered.
+    pub fn len(&self) -> usize {
+        self.tracked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracked.is_empty()
+    }
+
+    /// Extends the saved mark of every SA within half a block of it (the control thread calls
+    /// this every tick). Returns whether the file was written. On an I/O error the caps stay
+    /// where they are: workers refuse numbers past them (counted as `seq_unsaved`) rather than
+    /// use numbers that a crash could make them use again.
+    pub fn maintain(&mut self) -> std::io::Result<bool> {
+        self.extend(false)
+    }
+
+    fn extend(&mut self, force: bool) -> std::io::Result<bool> {
+        let mut due = force;
+        let mut next = Vec::with_capacity(self.tracked.len());
+        for t in &self.tracked {
+            let last = t.seq.last();
+            let mark = if t.line.mark.saturating_sub(last) < BLOCK / 2 || force {
+                due = true;
+                last.saturating_add(BLOCK).min(t.seq.max())
+            } else {
+                t.line.mark
+            };
+            next.push(mark.max(t.line.mark));
+        }
+        if !due {
+            return Ok(false);
+        }
+        let lines: Vec<Line> = self
+            .tracked
+            .iter()
+            .zip(&next)
+            .map(|(t, &mark)| Line { mark, ..t.line })
+            .chain(self.others.iter().copied())
+            .collect();
+        // RFC 4106 §3.1: the mark reaches the disk before any number below it can be used.
+        write_atomically(&self.path, &lines)?;
+        for (t, mark) in self.tracked.iter_mut().zip(next) {
+            t.line.mark = mark;
+            t.seq.set_cap(mark);
+        }
+        Ok(true)
+    }
+}
+
+/// Writes a state file for `cfg` declaring every static outbound SA fresh (mark 0). For the
+/// tool that generated the keys (the rig), which knows they were never used.
+pub fn write_fresh(path: &Path, cfg: &Config) -> std::io::Result<()> {
+    let lines: Vec<Line> = cfg
+        .sas
+        .iter()
+        .filter(|(_, p)| p.direction == Direction::Outbound)
+        .map(|(_, p)| Line {
+            spi: p.spi,
+            fp: fingerprint(&p.keymat),
+            mark: 0,
+        })
+        .collect();
+    write_atomically(path, &lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gw-a.toml");
+        Config::load(&p).unwrap()
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("espd-seqstate-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn take_all(dp: &Dataplane, n: u64) -> Vec<u64> {
+        let g = crossbeam_epoch::pin();
+        let sa = dp.sas.outbound(0, &g).unwrap();
+        (0..n).filter_map(|_| sa.next_seq().ok()).collect()
+    }
+
+    #[test]
+    fn missing_state_is_refused_unless_fresh() {
+        let d = dir("missing");
+        let c = cfg();
+        let dp = c.build_dataplane(1).unwrap();
+        let e = SeqStore::open(&d.join("s.seq"), &c, &dp, false)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("sas[0]: outbound SA 0x0000a001 has no saved"),
+            "{e}"
+        );
+        assert!(SeqStore::open(&d.join("s.seq"), &c, &dp, true).is_ok());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn restarts_never_reuse_a_number_and_the_cap_holds_until_saved() {
+        let d = dir("restart");
+        let path = d.join("s.seq");
+        let c = cfg();
+        let mut used = Vec::new();
+        for run in 0..3 {
+            let dp = c.build_dataplane(1).unwrap();
+            let mut st = SeqStore::open(&path, &c, &dp, run == 0).unwrap();
+            // Up to the saved block only; past it the counter refuses until the mark moves.
+            let first = take_all(&dp, BLOCK / 2 + 10);
+            assert!(st.maintain().unwrap(), "half a block used: the mark moves");
+            let more = take_all(&dp, 1000);
+            used.extend(first);
+            used.extend(more);
+            // The process "crashes" here: nothing else is written.
+        }
+        let n = used.len();
+        used.sort_unstable();
+        used.dedup();
+        assert_eq!(
+            used.len(),
+            n,
+            "a sequence number was used twice across restarts"
+        );
+        // A saved file that disagrees about the key starts that SA afresh but keeps no
+        // stale line for the old key.
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn unsaved_numbers_are_refused() {
+        let d = dir("cap");
+        let c = cfg();
+        let dp = c.build_dataplane(1).unwrap();
+        let _st = SeqStore::open(&d.join("s.seq"), &c, &dp, true).unwrap();
+        let got = take_all(&dp, BLOCK + 5);
+        assert_eq!(got.len() as u64, BLOCK, "no number past the saved mark");
+        let g = crossbeam_epoch::pin();
+        assert_eq!(
+            dp.sas.outbound(0, &g).unwrap().next_seq(),
+            Err(crate::sa::SeqShort::Unsaved)
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_naming_the_line() {
+        let d = dir("corrupt");
+        let path = d.join("s.seq");
+        std::fs::write(&path, format!("{HEADER}\n0xa001 zz 5\n")).unwrap();
+        let c = cfg();
+        let dp = c.build_dataplane(1).unwrap();
+        let e = SeqStore::open(&path, &c, &dp, true)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.ends_with("s.seq:2: fingerprint: expected 32 hex digits"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -1,0 +1,424 @@
+//! SA state moves with the SA (issue 11, defect 1 and "SA state moves with the SA"):
+//! `sa_update` with the same key continues the sequence counter, the replay window and the
+//! consumed lifetime; a key is never installed on two SAs of one direction; `sa_get` exports
+//! the state and `sa_add` imports it, so a standby gateway continues an SA without reusing a
+//! nonce or accepting an old packet again; an ESN SA imported just below 2^32 carries
+//! traffic across the boundary, checked by Python `cryptography` with the ESN AAD.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use crossbeam_queue::ArrayQueue;
+use espd::config::Config;
+use espd::control::{Control, Reply};
+use espd::datapath::mem::Frame;
+use espd::datapath::{Action, CoreStats, DropReason, Pipeline, SaEvent};
+use serde_json::{Value, json};
+
+const KEY_AB: &str = "00112233445566778899aabbccddeeff01020304";
+const KEY_BA: &str = "ffeeddccbbaa99887766554433221100a0b0c0d0";
+
+struct Side {
+    ctl: Control,
+    dp: Arc<espd::datapath::pipeline::Dataplane>,
+    events: ArrayQueue<SaEvent>,
+    stats: CoreStats,
+    pcfg: espd::datapath::PipelineConfig,
+}
+
+fn side_text(text: &str) -> Side {
+    let cfg = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+    let dp = Arc::new(cfg.build_dataplane(1).unwrap());
+    Side {
+        ctl: Control::new(&cfg, dp.clone()),
+        dp,
+        events: ArrayQueue::new(1024),
+        stats: CoreStats::default(),
+        pcfg: cfg.pipeline_config(),
+    }
+}
+
+fn side(name: &str) -> Side {
+    side_text(&example_text(name))
+}
+
+impl Side {
+    fn req(&mut self, v: Value) -> Value {
+        match self.ctl.handle(&v.to_string(), 1) {
+            Reply::Line(l) => serde_json::from_str(&l).unwrap(),
+            Reply::Subscribe => Value::Null,
+        }
+    }
+    fn ok(&mut self, v: Value) -> Value {
+        let r = self.req(v.clone());
+        assert_eq!(r["ok"], true, "{v} -> {r}");
+        r
+    }
+    fn run(&self, pkts: &[Vec<u8>], out: bool) -> Vec<(Action, Vec<u8>)> {
+        let mut p = Pipeline::new(&self.dp, 0, &self.stats, &self.events, self.pcfg);
+        let mut frames: Vec<Frame> = pkts.iter().map(|b| Frame::from_packet(b)).collect();
+        let mut acts = vec![Action::Punt; frames.len()];
+        for (f, a) in frames.chunks_mut(64).zip(acts.chunks_mut(64)) {
+            if out {
+                p.outbound(f, 1, a)
+            } else {
+                p.inbound(f, 1, a)
+            }
+        }
+        frames
+            .iter()
+            .zip(acts)
+            .map(|(f, a)| (a, f.bytes().to_vec()))
+            .collect()
+    }
+    fn drops(&self, r: DropReason) -> u64 {
+        self.stats.drops[r as usize].get()
+    }
+}
+
+fn pkts(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            frame(
+                "192.0.2.10",
+                "198.51.100.20",
+                17,
+                1000,
+                2000,
+                &payload(64, i as u8),
+            )
+        })
+        .collect()
+}
+
+/// The ESP sequence number of an outer-IPv4 ESP frame (Ethernet + 20-byte IPv4 + SPI).
+fn esp_seq(f: &[u8]) -> u32 {
+    u32::from_be_bytes(f[38..42].try_into().unwrap())
+}
+
+fn sent(out: &[(Action, Vec<u8>)]) -> Vec<Vec<u8>> {
+    out.iter()
+        .map(|(a, f)| {
+            assert_eq!(*a, Action::Tx);
+            f.clone()
+        })
+        .collect()
+}
+
+fn update(dir: &str, spi: &str, key: &str, lifetime: Value) -> Value {
+    // gw-a's tunnel is `to-b`, gw-b's `to-a`; gw-b holds the inbound SA of A's traffic.
+    let tunnel = if dir == "in" { "to-a" } else { "to-b" };
+    json!({"op": "sa_update", "sa": {"tunnel": tunnel, "direction": dir, "spi": spi, "key": key, "lifetime": lifetime}})
+}
+
+#[test]
+fn update_with_same_key_continues_the_outbound_sequence() {
+    // Failed before the fix: after the update the sequence restarted at 1 (same key, same
+    // nonces: GCM's confidentiality and integrity are gone).
+    let mut a = side("gw-a.toml");
+    let before: Vec<u32> = sent(&a.run(&pkts(3), true))
+        .iter()
+        .map(|f| esp_seq(f))
+        .collect();
+    assert_eq!(before, [1, 2, 3]);
+    a.ok(update(
+        "out",
+        "0xa001",
+        KEY_AB,
+        json!({"hard_packets": 1000}),
+    ));
+    let after: Vec<u32> = sent(&a.run(&pkts(3), true))
+        .iter()
+        .map(|f| esp_seq(f))
+        .collect();
+    assert_eq!(after, [4, 5, 6], "sequence numbers (nonces) reused");
+    let st = &a.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}))["state"];
+    assert_eq!(st["seq"], 6, "{st}");
+    // A new key under the same SPI starts a new sequence: its nonces are new.
+    let key2 = "0f0e0d0c0b0a09080706050403020100aabbccdd";
+    a.ok(update("out", "0xa001", key2, json!({})));
+    assert_eq!(esp_seq(&sent(&a.run(&pkts(1), true))[0]), 1);
+}
+
+#[test]
+fn update_with_same_key_keeps_the_replay_window() {
+    // Failed before the fix: the updated inbound SA started with an empty window and accepted
+    // every captured packet a second time.
+    let a = side("gw-a.toml");
+    let mut b = side("gw-b.toml");
+    let esp = sent(&a.run(&pkts(5), true));
+    assert!(b.run(&esp, false).iter().all(|(act, _)| *act == Action::Tx));
+    b.ok(update(
+        "in",
+        "0xa001",
+        KEY_AB,
+        json!({"hard_bytes": 1_000_000}),
+    ));
+    let again = b.run(&esp, false);
+    assert!(
+        again
+            .iter()
+            .all(|(act, _)| *act == Action::Drop(DropReason::Replay)),
+        "replayed packets accepted after sa_update: {:?}",
+        again.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
+    // New packets still pass (the window moved on, nothing was lost).
+    let esp = sent(&a.run(&pkts(3), true));
+    assert!(b.run(&esp, false).iter().all(|(act, _)| *act == Action::Tx));
+    let st = &b.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "in"}))["state"];
+    assert_eq!(st["replay_top"], 8, "{st}");
+    assert_eq!(st["replay_bitmap"][0], 0xff, "{st}");
+}
+
+#[test]
+fn update_with_same_key_keeps_the_consumed_budget() {
+    // Failed before the fix: each update reset the budget, so 6 + 6 packets passed a hard
+    // limit of 10.
+    let mut a = side("gw-a.toml");
+    a.ok(update("out", "0xa001", KEY_AB, json!({"hard_packets": 10})));
+    let n = |r: &[(Action, Vec<u8>)]| r.iter().filter(|x| x.0 == Action::Tx).count();
+    assert_eq!(n(&a.run(&pkts(6), true)), 6);
+    a.ok(update("out", "0xa001", KEY_AB, json!({"hard_packets": 10})));
+    assert_eq!(
+        n(&a.run(&pkts(6), true)),
+        4,
+        "hard limit exceeded across updates"
+    );
+    assert_eq!(a.drops(DropReason::LifetimeExpired), 2);
+    // Raising the limit lets the same key carry on from where it was.
+    a.ok(update("out", "0xa001", KEY_AB, json!({"hard_packets": 12})));
+    assert_eq!(n(&a.run(&pkts(6), true)), 2);
+    // Updating lifetimes keeps the add-time clock: an SA does not get younger.
+    let st = &a.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}))["state"];
+    assert_eq!(st["packets"], 12, "{st}");
+}
+
+#[test]
+fn update_that_changes_esn_or_window_under_the_same_key_is_refused() {
+    let mut b = side("gw-b.toml");
+    let r = b.req(json!({"op": "sa_update", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB, "esn": true}}));
+    assert!(r["error"].as_str().unwrap().starts_with("esn:"), "{r}");
+    let r = b.req(json!({"op": "sa_update", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB, "replay_window": 64}}));
+    assert!(
+        r["error"].as_str().unwrap().starts_with("replay_window:"),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_key_is_refused_on_a_second_sa_of_the_same_direction() {
+    // Failed before the fix: all three were accepted (two SAs under one key reuse every
+    // nonce).
+    let mut a = side("gw-a.toml");
+    let r = a.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb002", "key": KEY_BA}}));
+    let e = r["error"].as_str().unwrap_or_default();
+    assert!(
+        e.starts_with("key: already in use by inbound SA 0x0000b001"),
+        "{r}"
+    );
+    let r = a.req(json!({"op": "rekey", "tunnel": "to-b", "outbound": {"tunnel": "to-b", "direction": "out", "spi": "0xa002", "key": KEY_AB}}));
+    let e = r["error"].as_str().unwrap_or_default();
+    assert!(e.starts_with("outbound.key: already in use"), "{r}");
+    let r = a.req(json!({"op": "sa_add_batch", "sas": [
+        {"tunnel": "to-b", "direction": "in", "spi": "0xb003", "key": "aa112233445566778899aabbccddeeff01020304"},
+        {"tunnel": "to-b", "direction": "in", "spi": "0xb004", "key": "aa112233445566778899aabbccddeeff01020304"}]}));
+    let e = r["error"].as_str().unwrap_or_default();
+    assert!(e.starts_with("sas[1].key: already in use"), "{r}");
+    // The other direction may carry it (that is the peer's key for its own traffic).
+    a.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb005", "key": "bb112233445566778899aabbccddeeff01020304"}}));
+    // Once the SA holding a key is gone the key is free again.
+    a.ok(json!({"op": "sa_delete", "spi": "0xb005", "direction": "in"}));
+    a.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb006", "key": "bb112233445566778899aabbccddeeff01020304"}}));
+    // The config file refuses it too, naming the field.
+    let text = example_text("gw-a.toml")
+        + "\n[[sas]]\ntunnel = \"to-b\"\ndirection = \"in\"\nspi = 0xb009\nkey = \""
+        + KEY_BA
+        + "\"\n";
+    let e = Config::parse(std::path::Path::new("gw.toml"), &text)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("sas[2].key: the same key is already used by sas[1]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_standby_takes_over_an_sa_without_reusing_a_nonce_or_a_packet() {
+    let mut a = side("gw-a.toml");
+    let mut b = side("gw-b.toml");
+    let esp = sent(&a.run(&pkts(40), true));
+    // Packet 3 is held back by the network; the rest arrive.
+    let (late, early): (Vec<_>, Vec<_>) =
+        esp.iter().cloned().enumerate().partition(|(i, _)| *i == 3);
+    let early: Vec<Vec<u8>> = early.into_iter().map(|x| x.1).collect();
+    assert!(b.run(&early, false).iter().all(|x| x.0 == Action::Tx));
+    let out_state =
+        a.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}))["state"].clone();
+    let in_state =
+        b.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "in"}))["state"].clone();
+    assert_eq!(out_state["seq"], 40);
+    assert_eq!(in_state["replay_top"], 40);
+
+    // Standbys: the same configs without the static SAs, which arrive with their state.
+    let strip = |name: &str| {
+        let t = example_text(name);
+        t[..t.find("[[sas]]").unwrap()].to_string()
+    };
+    let mut a2 = side_text(&strip("gw-a.toml"));
+    let mut b2 = side_text(&strip("gw-b.toml"));
+    a2.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "out", "spi": "0xa001", "key": KEY_AB, "state": out_state}}));
+    b2.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB, "state": in_state}}));
+    // The standby continues the sequence...
+    let next = sent(&a2.run(&pkts(2), true));
+    assert_eq!((esp_seq(&next[0]), esp_seq(&next[1])), (41, 42));
+    assert!(b2.run(&next, false).iter().all(|x| x.0 == Action::Tx));
+    // ... refuses what the active gateway accepted ...
+    let replays = b2.run(&early, false);
+    assert!(
+        replays
+            .iter()
+            .all(|x| x.0 == Action::Drop(DropReason::Replay))
+    );
+    // ... and still takes the packet that was late (never accepted before).
+    assert_eq!(b2.run(&[late[0].1.clone()], false)[0].0, Action::Tx);
+
+    // Bad state is refused with the field named.
+    let r = a2.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb001", "key": KEY_BA, "state": {"seq": 5}}}));
+    assert!(
+        r["error"].as_str().unwrap().starts_with("state.seq:"),
+        "{r}"
+    );
+    let r = b2.req(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "out", "spi": "0xb001", "key": KEY_BA, "state": {"seq": 1u64 << 33}}}));
+    assert!(
+        r["error"].as_str().unwrap().starts_with("state.seq:"),
+        "{r}"
+    );
+    let r = b2.req(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "out", "spi": "0xb001", "key": KEY_BA, "state": {"age_seconds": u64::MAX}}}));
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("state.age_seconds:"),
+        "{r}"
+    );
+    let r = b2.req(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "out", "spi": "0xb001", "key": KEY_BA, "state": {"sequence": 1}}}));
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `sequence`"),
+        "{r}"
+    );
+}
+
+/// Runs Python `cryptography` (an independent AES-GCM) over ESN ESP packets. Skipped
+/// outside CI when Python or the module is missing; a failure in CI.
+fn python_decrypts(
+    key: &str,
+    spi: u32,
+    frames: &[Vec<u8>],
+    seq_hi: &[u32],
+) -> Option<Vec<Vec<u8>>> {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !probe {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("python3 with cryptography is required in CI");
+        }
+        eprintln!("SKIPPED: python3 cryptography not available");
+        return None;
+    }
+    let script = r#"
+import sys, json
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+req = json.load(sys.stdin)
+km = bytes.fromhex(req["key"]); key, salt = km[:-4], km[-4:]
+out = []
+for f, hi in zip(req["frames"], req["seq_hi"]):
+    f = bytes.fromhex(f)
+    esp = f[14 + 20:]
+    spi, lo = esp[:4], esp[4:8]
+    assert int.from_bytes(spi, "big") == req["spi"]
+    iv = esp[8:16]
+    # RFC 4106 section 5: with ESN the AAD is SPI || seq high || seq low, and the IV
+    # espd sends is the full 64-bit sequence number.
+    aad = spi + hi.to_bytes(4, "big") + lo
+    assert iv == hi.to_bytes(4, "big") + lo, "IV is not the 64-bit sequence number"
+    pt = AESGCM(key).decrypt(salt + iv, esp[16:], aad)
+    out.append(pt.hex())
+print(json.dumps(out))
+"#;
+    let input = json!({
+        "key": key, "spi": spi,
+        "frames": frames.iter().map(|f| f.iter().map(|b| format!("{b:02x}")).collect::<String>()).collect::<Vec<_>>(),
+        "seq_hi": seq_hi,
+    });
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: Vec<String> = serde_json::from_slice(&o.stdout).unwrap();
+    Some(v.iter().map(|h| hex(h)).collect())
+}
+
+#[test]
+fn esn_sa_imported_below_2_pow_32_crosses_the_boundary_both_ways() {
+    let strip = |name: &str| {
+        let t = example_text(name);
+        t[..t.find("[[sas]]").unwrap()].to_string()
+    };
+    let mut a = side_text(&strip("gw-a.toml"));
+    let mut b = side_text(&strip("gw-b.toml"));
+    let below = (1u64 << 32) - 3;
+    a.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "out", "spi": "0xa001", "key": KEY_AB, "esn": true, "state": {"seq": below}}}));
+    b.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB, "esn": true, "state": {"replay_top": below, "replay_bitmap": [1]}}}));
+    let plain = pkts(6);
+    let esp = sent(&a.run(&plain, true));
+    let seqs: Vec<u32> = esp.iter().map(|f| esp_seq(f)).collect();
+    assert_eq!(seqs, [0xffff_fffe, 0xffff_ffff, 0, 1, 2, 3]);
+    let got = b.run(&esp, false);
+    for (i, (act, f)) in got.iter().enumerate() {
+        assert_eq!(*act, Action::Tx, "packet {i}");
+        assert_eq!(&f[14..], &plain[i][14..], "packet {i}");
+    }
+    let st = &b.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "in"}))["state"];
+    assert_eq!(st["replay_top"], (1u64 << 32) + 3, "{st}");
+    // Replays from both sides of the boundary are refused.
+    assert!(
+        b.run(&esp, false)
+            .iter()
+            .all(|x| x.0 == Action::Drop(DropReason::Replay))
+    );
+    // An independent AES-GCM decrypts every packet with the ESN AAD.
+    if let Some(pts) = python_decrypts(KEY_AB, 0xa001, &esp, &[0, 0, 1, 1, 1, 1]) {
+        for (i, pt) in pts.iter().enumerate() {
+            // The plaintext is the inner packet, padding, pad length and next header (4).
+            let inner = &plain[i][14..];
+            assert_eq!(&pt[..inner.len()], inner, "packet {i}");
+            assert_eq!(pt[pt.len() - 1], 4, "next header, packet {i}");
+        }
+    }
+}
