@@ -227,6 +227,7 @@ impl SaSpec {
         let replay_window = check_window(self.replay_window.unwrap_or(replay_window))
             .map_err(|e| ("replay_window", e))?;
         let limits = self.lifetime.unwrap_or_default();
+        check_time_limits(&limits)?;
         limits.validate().map_err(|e| ("lifetime", e))?;
         // Inbound selectors: the reverse of the tunnel's protect policies (RFC 4301 §5.2), in
         // both modes (transport: they apply to the packet itself).
@@ -386,6 +387,57 @@ fn parse_backend(s: &str) -> Result<Backend, String> {
         }
         _ => Err(format!("`{s}` is not a backend (aws-lc, rust-crypto)")),
     }
+}
+
+/// Longest time accepted anywhere a duration is given (SA and main-mode lifetimes, grace and
+/// linger periods): 2^32 - 1 s, about 136 years. Times become nanoseconds on the monotonic
+/// clock; this keeps every deadline far below 2^64 ns (584 years).
+pub const MAX_SECONDS: u64 = u32::MAX as u64;
+/// The same bound in milliseconds.
+pub const MAX_MS: u64 = MAX_SECONDS * 1000;
+
+/// `v` seconds, if within [`MAX_SECONDS`].
+pub fn check_seconds(v: u64) -> Result<u64, String> {
+    if v <= MAX_SECONDS {
+        Ok(v)
+    } else {
+        Err(format!("must be at most {MAX_SECONDS} s (136 years)"))
+    }
+}
+
+/// `v` milliseconds, if within [`MAX_MS`].
+pub fn check_ms(v: u64) -> Result<u64, String> {
+    if v <= MAX_MS {
+        Ok(v)
+    } else {
+        Err(format!("must be at most {MAX_MS} ms (136 years)"))
+    }
+}
+
+/// Serde `deserialize_with` for an optional millisecond field of a control request: refuses
+/// values above [`MAX_MS`] while parsing, before the request does anything.
+pub fn deserialize_grace_ms<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<u64>, D::Error> {
+    Option::<u64>::deserialize(d)?
+        .map(check_ms)
+        .transpose()
+        .map_err(|e| serde::de::Error::custom(format!("grace_ms: {e}")))
+}
+
+/// The time limits of `l` within [`MAX_SECONDS`]; the error names the field.
+fn check_time_limits(l: &Limits) -> Result<(), (&'static str, String)> {
+    for (field, v) in [
+        ("lifetime.soft_seconds", l.soft_seconds),
+        ("lifetime.hard_seconds", l.hard_seconds),
+        ("lifetime.soft_use_seconds", l.soft_use_seconds),
+        ("lifetime.hard_use_seconds", l.hard_use_seconds),
+    ] {
+        if let Some(v) = v {
+            check_seconds(v).map_err(|e| (field, e))?;
+        }
+    }
+    Ok(())
 }
 
 fn check_window(w: u32) -> Result<u32, String> {
@@ -790,8 +842,10 @@ impl Config {
         let control = ControlConfig {
             socket: rc.socket,
             metrics,
-            rekey_grace_ms: rc.rekey_grace_ms.unwrap_or(2000),
-            expired_linger_ms: rc.expired_linger_ms.unwrap_or(10_000),
+            rekey_grace_ms: check_ms(rc.rekey_grace_ms.unwrap_or(2000))
+                .map_err(|e| cx.err("control.rekey_grace_ms", e))?,
+            expired_linger_ms: check_ms(rc.expired_linger_ms.unwrap_or(10_000))
+                .map_err(|e| cx.err("control.expired_linger_ms", e))?,
             tunnel_capacity,
             metrics_sa_limit: rc.metrics_sa_limit.unwrap_or(10_000),
         };

@@ -6,6 +6,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use serde_json::{Value, json};
+use zeroize::Zeroizing;
 
 use crate::control::api::Client;
 
@@ -23,14 +24,16 @@ pub fn raw(socket: &Path, arg: &str) -> anyhow::Result<bool> {
     let mut c =
         Client::connect(socket).map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
     let mut ok = true;
-    let lines: Vec<String> = if arg == "-" {
+    // Lines can carry keys: each is wiped when dropped.
+    let lines: Vec<Zeroizing<String>> = if arg == "-" {
         std::io::stdin()
             .lock()
             .lines()
             .map_while(Result::ok)
+            .map(Zeroizing::new)
             .collect()
     } else {
-        vec![arg.to_string()]
+        vec![Zeroizing::new(arg.to_string())]
     };
     for l in lines.iter().filter(|l| !l.trim().is_empty()) {
         let v = c.call_raw(l)?;

@@ -304,13 +304,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             Ok(Ok(r)) => {
                 zero_copy &= r.zero_copy;
                 let w = r.id;
-                // The worker keeps its sockets open until it is joined, after `stop`.
+                // Duplicates of the worker's sockets: valid whatever the worker does meanwhile;
+                // closed here once the XSKMAP holds the sockets.
+                use std::os::fd::AsFd;
                 let res = xdp_plain
-                    .register(cfg.plain.queues[w], crate::sys::borrow_fd(r.plain_fd))
-                    .and_then(|_| {
-                        xdp_cipher
-                            .register(cfg.cipher.queues[w], crate::sys::borrow_fd(r.cipher_fd))
-                    });
+                    .register(cfg.plain.queues[w], r.plain_fd.as_fd())
+                    .and_then(|_| xdp_cipher.register(cfg.cipher.queues[w], r.cipher_fd.as_fd()));
                 if let Err(e) = res {
                     failure = Some(DaemonError::from(e));
                 }

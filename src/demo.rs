@@ -481,7 +481,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                     e["message"].as_str().unwrap_or(""),
                     e["cause"],
                     e["peer"],
-                    e["children"]
+                    children(&e["children"])
                 );
                 mm_events.push(e);
             } else if e["event"] == "rekeyed" {
@@ -593,4 +593,35 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         anyhow::bail!("some traffic did not arrive intact");
     }
     Ok(())
+}
+
+/// The children of a 13885 event, each with its direction: `[in 0x00040002, out 0x00040002]`.
+fn children(v: &serde_json::Value) -> String {
+    let list: Vec<String> = v
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| {
+            let d = match c["direction"].as_str() {
+                Some("inbound") => "in",
+                Some("outbound") => "out",
+                _ => "?",
+            };
+            format!("{d} {}", c["spi"].as_str().unwrap_or("?"))
+        })
+        .collect();
+    format!("[{}]", list.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mm_event_children_are_printed_with_their_direction() {
+        let e = serde_json::json!([
+            {"spi": "0x00040002", "direction": "inbound"},
+            {"spi": "0x00040002", "direction": "outbound"}
+        ]);
+        assert_eq!(super::children(&e), "[in 0x00040002, out 0x00040002]");
+    }
 }

@@ -113,10 +113,16 @@ impl Keyer {
         aws_lc_rs::rand::fill(&mut c).expect("system randomness");
         let ic: String = c[..8].iter().map(|x| format!("{x:02x}")).collect();
         let rc: String = c[8..].iter().map(|x| format!("{x:02x}")).collect();
-        let children: Vec<&String> = self.in_a.iter().chain(self.in_b.iter()).collect();
-        for (cl, peer, who) in [
-            (&mut self.a, "203.0.113.2", "gw-a"),
-            (&mut self.b, "203.0.113.1", "gw-b"),
+        // Each side's children: its inbound SA and its outbound SA (the peer's inbound).
+        let kids = |inb: &Option<String>, out: &Option<String>| -> Vec<serde_json::Value> {
+            let inb = inb.iter().map(|s| json!({"spi": s, "direction": "in"}));
+            inb.chain(out.iter().map(|s| json!({"spi": s, "direction": "out"})))
+                .collect()
+        };
+        let (kids_a, kids_b) = (kids(&self.in_a, &self.in_b), kids(&self.in_b, &self.in_a));
+        for (cl, peer, who, children) in [
+            (&mut self.a, "203.0.113.2", "gw-a", kids_a),
+            (&mut self.b, "203.0.113.1", "gw-b", kids_b),
         ] {
             ok(cl.call(&json!({"op": "mm_add", "icookie": ic, "rcookie": rc, "peer": peer, "lifetime_s": lifetime_s, "children": children}))?, who)?;
         }

@@ -112,6 +112,7 @@ enum MmOp {
         lifetime: u64,
         #[arg(long)]
         kb: Option<u64>,
+        /// A child SA and its direction, `in:SPI` or `out:SPI` (repeatable).
         #[arg(long = "child")]
         children: Vec<String>,
     },
@@ -133,11 +134,14 @@ enum RigOp {
         queues: u32,
         #[arg(long, value_enum, default_value = "native")]
         xdp_mode: Mode,
-        #[arg(long, default_value = "/run/espd-rig")]
+        #[arg(long, default_value = espd::rig::DEFAULT_DIR)]
         dir: PathBuf,
     },
-    /// Remove every namespace of the rig (works after a crash too).
-    Down,
+    /// Remove every namespace of the rig and the configs `up` wrote (works after a crash too).
+    Down {
+        #[arg(long, default_value = espd::rig::DEFAULT_DIR)]
+        dir: PathBuf,
+    },
     /// Show what exists.
     Status,
 }
@@ -526,8 +530,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                     rig.keep();
                 }
-                RigOp::Down => {
-                    espd::rig::down();
+                RigOp::Down { dir } => {
+                    espd::rig::teardown(&dir);
                     println!("rig down");
                 }
                 RigOp::Status => print!("{}", espd::rig::status()),

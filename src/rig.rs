@@ -11,13 +11,16 @@
 //! segmentation offload are switched off on every veth (FACTS.md: a veth hands over partial
 //! checksums, and GSO frames do not fit AF_XDP frames). [`Rig::up`] removes leftovers first;
 //! dropping the [`Rig`] (or `espd rig down`) deletes the namespaces, which removes the veths and
-//! any XDP program on them, also after a crash.
+//! any XDP program on them, also after a crash, and the generated gateway configs (they hold
+//! keys).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub const NAMESPACES: [&str; 5] = ["host-a", "gw-a", "wan", "gw-b", "host-b"];
+/// Where `espd rig up` writes the gateway configs unless told otherwise.
+pub const DEFAULT_DIR: &str = "/run/espd-rig";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RigError {
@@ -75,7 +78,7 @@ impl Default for RigSpec {
         RigSpec {
             queues: 2,
             xdp_mode: "native",
-            dir: PathBuf::from("/run/espd-rig"),
+            dir: PathBuf::from(DEFAULT_DIR),
             lan_mtu: 1400,
         }
     }
@@ -382,6 +385,25 @@ impl Drop for Rig {
             let _ = std::fs::remove_dir_all(&self.spec.dir);
         }
     }
+}
+
+/// `espd rig down`: deletes the namespaces and the files `espd rig up` wrote in `dir` (the
+/// gateway configs hold keys). Idempotent.
+pub fn teardown(dir: &Path) {
+    down();
+    remove_configs(dir);
+}
+
+/// Removes what the rig writes in `dir` (gateway configs, their sequence state files, control
+/// sockets), then `dir` itself if nothing else is in it. Never removes other files: `dir` is
+/// the operator's choice.
+pub fn remove_configs(dir: &Path) {
+    for gw in ["gw-a", "gw-b"] {
+        for ext in ["toml", "seq", "seq.tmp", "sock"] {
+            let _ = std::fs::remove_file(dir.join(format!("{gw}.{ext}")));
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Deletes every namespace of the rig (and with them veths and XDP programs). Idempotent.

@@ -1,27 +1,94 @@
-//! The few places outside AF_XDP where espd needs `unsafe`: epoch-protected pointers, a
-//! huge-page backed slice for the SA table, and syscalls.
+//! The few places outside AF_XDP where espd needs `unsafe`: epoch-protected pointers (with
+//! [`EpochPtr`] as their safe interface), a huge-page backed slice for the SA table, and
+//! syscalls.
 #![allow(unsafe_code)]
 
-use crossbeam_epoch::{Guard, Shared};
+use std::sync::atomic::Ordering;
+
+use crossbeam_epoch::{Atomic, Guard, Owned, Shared};
 
 /// Dereferences a pointer loaded from an `Atomic` under a pinned guard.
+///
+/// # Safety
+///
+/// `p` is null or was loaded, while the guard of lifetime `'g` was pinned, from an `Atomic`
+/// that only ever holds fully built objects (published with `Owned::new` and a Release store
+/// or swap) and frees them only through [`epoch_retire`] after unlinking them. (A `Shared` can
+/// also be made from any raw pointer, which is why this cannot be a safe function.)
 #[inline]
-pub fn epoch_deref<'g, T>(p: Shared<'g, T>) -> Option<&'g T> {
-    // SAFETY: every `Shared` passed here was loaded from an `Atomic` while the guard of lifetime
-    // 'g was pinned. Objects are only ever published fully built (`Owned::new` then a Release
-    // store/swap) and only freed through `epoch_retire` (`defer_destroy`), which waits until
-    // every guard pinned at retirement has been dropped. So the pointee lives for 'g.
+pub unsafe fn epoch_deref<'g, T>(p: Shared<'g, T>) -> Option<&'g T> {
+    // SAFETY: by the caller's contract the pointee was published fully built and is freed only
+    // by `defer_destroy`, which waits until every guard pinned at retirement (including the
+    // one `'g` borrows) has been dropped. So it lives for 'g.
     unsafe { p.as_ref() }
 }
 
-/// Frees `p` once no pinned guard can still hold it. `p` must already be unlinked.
+/// Frees `p` once no pinned guard can still hold it.
+///
+/// # Safety
+///
+/// `p` is null or points to an object allocated by `Owned::new` that has already been
+/// unlinked from every `Atomic` (so no new reader can load it), is retired exactly once, and
+/// whose type may be dropped on another thread at a later time (`Send + 'static`).
 #[inline]
-pub fn epoch_retire<T>(p: Shared<'_, T>, guard: &Guard) {
+pub unsafe fn epoch_retire<T>(p: Shared<'_, T>, guard: &Guard) {
     if !p.is_null() {
-        // SAFETY: callers unlink `p` from its `Atomic` (swap/store) before retiring it, and
-        // retire each pointer exactly once, so no new reader can load it and the deferred drop
-        // runs after every current reader's guard is gone.
+        // SAFETY: the caller unlinked `p` and retires it once, so no new reader can load it,
+        // and the deferred drop runs after every current reader's guard is gone.
         unsafe { guard.defer_destroy(p) };
+    }
+}
+
+/// An atomic pointer to an epoch-reclaimed `T` that it owns: the safe face of
+/// [`epoch_deref`] and [`epoch_retire`]. Readers pin a guard and get `&'g T`, valid while the
+/// guard is pinned; a writer replaces the value and the old one is freed once no guard pinned
+/// before the replacement remains. Lock-free, one allocation per published value.
+pub struct EpochPtr<T: Send + Sync + 'static>(Atomic<T>);
+
+impl<T: Send + Sync + 'static> EpochPtr<T> {
+    /// An empty cell.
+    pub fn null() -> Self {
+        EpochPtr(Atomic::null())
+    }
+
+    /// A cell holding `v`.
+    pub fn new(v: T) -> Self {
+        EpochPtr(Atomic::new(v))
+    }
+
+    /// The current value, valid while `guard` is pinned.
+    #[inline]
+    pub fn load<'g>(&self, guard: &'g Guard) -> Option<&'g T> {
+        // SAFETY: the cell's pointer is only ever set by `new`/`swap` (from `Owned::new`, fully
+        // built, AcqRel) and freed only by `swap`/`drop` through `epoch_retire` after unlinking;
+        // it is loaded under `guard`.
+        unsafe { epoch_deref(self.0.load(Ordering::Acquire, guard)) }
+    }
+
+    /// Publishes `new` (or empties the cell) and retires the previous value, which is
+    /// returned: it stays readable while `guard` is pinned.
+    pub fn swap<'g>(&self, new: Option<T>, guard: &'g Guard) -> Option<&'g T> {
+        let new = new.map_or(Shared::null(), |v| Owned::new(v).into_shared(guard));
+        let old = self.0.swap(new, Ordering::AcqRel, guard);
+        // SAFETY: `old` came from `new`/`swap` (an `Owned::new` allocation); this swap unlinked
+        // it and only this call received it, so it is retired exactly once; T: Send + 'static.
+        // It was loaded under `guard` and its destruction waits for `guard`, so the reference
+        // returned lives for 'g.
+        unsafe {
+            epoch_retire(old, guard);
+            epoch_deref(old)
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for EpochPtr<T> {
+    fn drop(&mut self) {
+        // A reader may still hold `&'g T` from a guard pinned before the cell went away (the
+        // reference's lifetime is the guard's, not the cell's): retire rather than free.
+        let guard = crossbeam_epoch::pin();
+        let old = self.0.swap(Shared::null(), Ordering::AcqRel, &guard);
+        // SAFETY: as in `swap`: unlinked by this swap, retired once.
+        unsafe { epoch_retire(old, &guard) };
     }
 }
 
@@ -31,11 +98,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Borrows a raw descriptor owned elsewhere (an AF_XDP socket of a running worker).
-pub fn borrow_fd<'a>(fd: i32) -> std::os::fd::BorrowedFd<'a> {
-    // SAFETY: callers pass descriptors of sockets that stay open for longer than the borrow:
-    // the daemon registers worker sockets in the XSKMAP while the workers, which own them,
-    // are running and joined only afterwards.
+/// Borrows a raw descriptor owned elsewhere.
+///
+/// # Safety
+///
+/// `fd` is an open descriptor and stays open (not closed, not reused for another file) for all
+/// of `'a`. Prefer passing an `OwnedFd` (e.g. `BorrowedFd::try_clone_to_owned`) across
+/// threads: the daemon registers duplicates of the workers' sockets and does not need this.
+pub unsafe fn borrow_fd<'a>(fd: i32) -> std::os::fd::BorrowedFd<'a> {
+    // SAFETY: the caller guarantees `fd` stays open for 'a.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 

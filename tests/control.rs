@@ -213,7 +213,7 @@ fn malformed_requests_get_clear_errors() {
 fn main_mode_13885_for_both_causes_and_children_keep_forwarding() {
     let mut a = side("gw-a.toml", "");
     let b = side("gw-b.toml", "");
-    let r = a.req(json!({"op": "mm_add", "icookie": "1111111111111111", "rcookie": "2222222222222222", "peer": "203.0.113.2", "lifetime_s": 10, "children": ["0xa001", "0xb001"]}), S);
+    let r = a.req(json!({"op": "mm_add", "icookie": "1111111111111111", "rcookie": "2222222222222222", "peer": "203.0.113.2", "lifetime_s": 10, "children": [{"spi": "0xa001", "direction": "out"}, "in:0xb001"]}), S);
     assert_eq!(r["ok"], true, "{r}");
     a.req(json!({"op": "mm_add", "icookie": "33", "rcookie": "44", "peer": "203.0.113.2", "lifetime_s": 1000}), S);
     a.ctl.tick(5 * S, &a.events.clone());
@@ -237,7 +237,10 @@ fn main_mode_13885_for_both_causes_and_children_keep_forwarding() {
         (e["icookie"].as_str(), e["rcookie"].as_str()),
         (Some("1111111111111111"), Some("2222222222222222"))
     );
-    assert_eq!(e["children"], json!(["0x0000a001", "0x0000b001"]));
+    assert_eq!(
+        e["children"],
+        json!([{"spi": "0x0000a001", "direction": "outbound"}, {"spi": "0x0000b001", "direction": "inbound"}])
+    );
     // Peer delete.
     assert_eq!(
         a.req(
@@ -569,4 +572,287 @@ fn policy_add_batch_ten_thousand_hosts() {
     let after = a.req(json!({"op": "policy_list"}), S);
     assert_eq!(after["policies"].as_array().unwrap().len(), n0 + 10_000);
     assert_eq!(send(&a, &host(20_000)), Action::Drop(DropReason::ClearText));
+}
+
+/// Issue 11, defect 8: time limits and grace periods are bounded (seconds at most 2^32 - 1,
+/// milliseconds at most 1000 times that) on the control socket; nothing overflows, the error
+/// names the field and the allowed range, and a refused rekey changes nothing.
+#[test]
+fn huge_times_on_the_control_socket_are_refused_with_the_range() {
+    let mut a = side("gw-a.toml", "");
+    let key = "00112233445566778899aabbccddeeff01020304";
+    let sa = |spi: &str, dir: &str, lifetime: Value| json!({"tunnel": "to-b", "direction": dir, "spi": spi, "key": key, "lifetime": lifetime});
+    // 18446744074 s * 10^9 wraps to 0.29 s in release builds and panics in debug builds.
+    for (field, v) in [
+        ("hard_seconds", 18_446_744_074u64),
+        ("soft_seconds", 4_294_967_296),
+        ("hard_use_seconds", u64::MAX),
+        ("soft_use_seconds", 18_446_744_074),
+    ] {
+        let r = a.req(
+            json!({"op": "sa_add", "sa": sa("0x4001", "in", json!({ field: v }))}),
+            S,
+        );
+        assert_eq!(
+            r["error"].as_str(),
+            Some(format!("lifetime.{field}: must be at most 4294967295 s (136 years)").as_str()),
+            "{r}"
+        );
+    }
+    let r = a.req(
+        json!({"op": "sa_add_batch", "sas": [sa("0x4001", "in", json!({"hard_seconds": 18_446_744_074u64}))]}),
+        S,
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("sas[0].lifetime.hard_seconds: must be at most 4294967295 s"),
+        "{r}"
+    );
+    // The largest allowed value works and is far away.
+    let r = a.req(
+        json!({"op": "sa_add", "sa": sa("0x4001", "in", json!({"hard_seconds": 4_294_967_295u64}))}),
+        S,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    a.ctl.tick(100 * S, &a.events.clone());
+    let g = a.req(
+        json!({"op": "sa_get", "spi": "0x4001", "direction": "in"}),
+        100 * S,
+    );
+    assert_eq!(g["expired"], false, "{g}");
+    assert!(a.events().is_empty());
+
+    // rekey: grace_ms * 10^6 overflowed after the outbound SA had already been swapped.
+    let rekey = |spi: &str, grace: u64| {
+        let outbound = json!({"tunnel": "to-b", "direction": "out", "spi": spi,
+            "key": "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3"});
+        json!({"op": "rekey", "tunnel": "to-b", "outbound": outbound,
+            "retire_inbound": "0xb001", "grace_ms": grace})
+    };
+    let r = a.req(rekey("0x5001", u64::MAX), 2 * S);
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("grace_ms: must be at most 4294967295000 ms (136 years)"),
+        "{r}"
+    );
+    let out = a.req(
+        json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}),
+        2 * S,
+    );
+    assert_eq!(
+        out["ok"], true,
+        "the refused rekey left the outbound SA: {out}"
+    );
+    let r = a.req(rekey("0x5001", 4_294_967_295_000), 2 * S);
+    assert_eq!(r["new_spi"], "0x00005001", "{r}");
+    a.ctl.tick(3 * S, &a.events.clone());
+    let old_in = a.req(
+        json!({"op": "sa_get", "spi": "0xb001", "direction": "in"}),
+        3 * S,
+    );
+    assert_eq!(old_in["ok"], true, "still in its grace period: {old_in}");
+
+    // mm_add: a kilobyte lifetime is multiplied by 1024 on every tick.
+    let r = a.req(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+            "lifetime_s": 10, "lifetime_kb": u64::MAX}),
+        3 * S,
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("lifetime_kb: must be at most 18014398509481983"),
+        "{r}"
+    );
+    let r = a.req(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+            "lifetime_s": 18_446_744_074u64}),
+        3 * S,
+    );
+    assert_eq!(
+        r["error"].as_str(),
+        Some("lifetime_s: must be at most 4294967295 s (136 years)"),
+        "{r}"
+    );
+    a.ctl.tick(4 * S, &a.events.clone());
+}
+
+/// Issue 11, defect 8, the config file: the same bounds, the error names the key.
+#[test]
+fn huge_times_in_the_config_file_are_refused_with_the_range() {
+    let text = example_text("gw-a.toml");
+    let parse = |t: String| Config::parse(std::path::Path::new("gw-a.toml"), &t);
+    let with_sa_lifetime = text.replacen(
+        "spi = 0x0000a001\n",
+        "spi = 0x0000a001\nlifetime = { soft_seconds = 10, hard_seconds = 18446744074 }\n",
+        1,
+    );
+    assert_ne!(with_sa_lifetime, text);
+    let e = parse(with_sa_lifetime).expect_err("refused");
+    assert_eq!(e.key, "sas[0].lifetime.hard_seconds", "{e}");
+    assert_eq!(e.reason, "must be at most 4294967295 s (136 years)", "{e}");
+    for key in ["rekey_grace_ms", "expired_linger_ms"] {
+        let e = parse(format!("{text}\n[control]\n{key} = 9223372036854775807\n"))
+            .expect_err("refused");
+        assert_eq!(e.key, format!("control.{key}"), "{e}");
+        assert_eq!(
+            e.reason, "must be at most 4294967295000 ms (136 years)",
+            "{e}"
+        );
+    }
+    // The largest allowed values are accepted and the control thread takes them.
+    let ok = parse(
+        text.replacen(
+            "spi = 0x0000a001\n",
+            "spi = 0x0000a001\nlifetime = { hard_seconds = 4294967295 }\n",
+            1,
+        ) + "\n[control]\nrekey_grace_ms = 4294967295000\nexpired_linger_ms = 4294967295000\n",
+    )
+    .unwrap();
+    let dp = Arc::new(ok.build_dataplane(1).unwrap());
+    let mut ctl = Control::new(&ok, dp);
+    ctl.tick(10 * S, &ArrayQueue::new(4));
+}
+
+/// Issue 11, defect 9: a metrics client that connects, sends its request and never reads
+/// (tiny receive buffer, 40,000 SAs: a body of megabytes) must not keep the next scrape from
+/// being answered, nor shutdown from returning.
+#[test]
+fn stalled_metrics_client_blocks_neither_the_next_scrape_nor_shutdown() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut s = side("gw-b.toml", "");
+    let n = 40_000u32;
+    let sas: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"tunnel": "to-a", "direction": "in", "spi": 0x20000 + i,
+                "key": format!("{:040x}", u128::from(i) + 1)})
+        })
+        .collect();
+    let r = s.req(json!({"op": "sa_add_batch", "sas": sas}), S);
+    assert_eq!(r["installed"], n, "{r}");
+    let src = espd::control::metrics::MetricsSource {
+        stats: s.stats.iter().map(|_| CoreStats::default()).collect(),
+        dp: s.dp.clone(),
+        counters: s.ctl.counters.clone(),
+        sa_limit: 100_000,
+    };
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = espd::control::metrics::serve_on(l, src, stop.clone()).unwrap();
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    espd::sys::set_rcvbuf(&stalled, 1);
+    stalled.write_all(request).unwrap();
+
+    // The next scrape gets the whole body (bounded waits: a failure, not a hang).
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(request).unwrap();
+    let mut body = String::new();
+    let got = c.read_to_string(&mut body);
+    assert!(
+        got.is_ok(),
+        "next scrape: {got:?} after {} bytes",
+        body.len()
+    );
+    assert!(
+        body.starts_with("HTTP/1.1 200 OK"),
+        "{}",
+        &body[..body.len().min(200)]
+    );
+    // gw-b has one static SA each way.
+    assert!(
+        body.contains(&format!("\nespd_sas {}\n", n + 2)),
+        "all SAs counted"
+    );
+    assert!(
+        body.contains("espd_sa_packets_total{spi=\"0x00029c3f\",direction=\"inbound\"} 0"),
+        "the last SA's series is there"
+    );
+
+    // Shutdown returns although the stalled client still holds its connection.
+    stop.store(true, Ordering::Release);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(server.join().is_ok());
+    });
+    assert_eq!(
+        done_rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "the metrics thread did not return after stop"
+    );
+    drop(stalled);
+}
+
+/// Issue 11, defect 12: an inbound and an outbound child SA with the same number are named
+/// apart in `mm_add`, `mm_list` and the 13885 event (the demo printed
+/// `children=["0x00040002","0x00040002"]`), and each counts once against `lifetime_kb`.
+#[test]
+fn main_mode_children_carry_their_direction() {
+    let mut a = side("gw-a.toml", "");
+    // gw-a sends on 0xa001; give it an inbound SA with the same number.
+    let r = a.req(
+        json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xa001",
+            "key": "0102030405060708090a0b0c0d0e0f1011121314"}}),
+        S,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let r = a.req(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+            "lifetime_s": 1000, "lifetime_kb": 1, "children": ["0xa001"]}),
+        S,
+    );
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("children[0]: expected {\"spi\": SPI, \"direction\": \"in\" or \"out\"}"),
+        "a bare SPI is ambiguous: {r}"
+    );
+    let r = a.req(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+            "lifetime_s": 1000, "lifetime_kb": 1, "children": ["in:0xa001", {"spi": 40961, "direction": "outbound"}]}),
+        S,
+    );
+    assert_eq!(r["ok"], true, "{r}");
+    let both = json!([{"spi": "0x0000a001", "direction": "inbound"}, {"spi": "0x0000a001", "direction": "outbound"}]);
+    let l = a.req(json!({"op": "mm_list"}), S);
+    assert_eq!(l["main_modes"][0]["children"], both, "{l}");
+    // Outbound traffic only: its bytes count once, not once per child with that number.
+    let bytes = |a: &mut Side| {
+        a.req(
+            json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}),
+            S,
+        )["bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let mut n = 0u8;
+    while bytes(&mut a) < 600 {
+        n += 1;
+        assert_eq!(a.run(0, &[pkt(n)], S, true)[0].0, Action::Tx);
+    }
+    assert!(bytes(&mut a) < 1024);
+    a.ctl.tick(2 * S, &a.events.clone());
+    assert!(a.events().is_empty(), "under 1 KiB, counted once");
+    while bytes(&mut a) < 1024 {
+        n += 1;
+        assert_eq!(a.run(0, &[pkt(n)], S, true)[0].0, Action::Tx);
+    }
+    a.ctl.tick(3 * S, &a.events.clone());
+    let ev = a.events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (ev[0]["event"].as_str(), ev[0]["cause"].as_str()),
+        (Some("mm_expired"), Some("lifetime"))
+    );
+    assert_eq!(ev[0]["children"], both);
 }

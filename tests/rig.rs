@@ -685,6 +685,57 @@ fn control_socket_events_and_metrics() {
     let _ = (stop(a), stop(b));
 }
 
+/// Issue 11, defect 12: `espd rig down` removes the gateway configs (with their keys) that
+/// `espd rig up` wrote, in the default directory and in one given with `--dir`.
+#[test]
+fn rig_down_removes_the_generated_configs() {
+    let Some(_rig_lock) = serial("rig_down_removes_the_generated_configs") else {
+        return;
+    };
+    let espd = |args: &[&str]| {
+        let o = Command::new(EXE).args(args).output().unwrap();
+        assert!(o.status.success(), "espd {args:?}: {o:?}");
+    };
+    let default = Path::new("/run/espd-rig");
+    let custom = std::env::temp_dir().join(format!("espd-rig-down-{}", std::process::id()));
+    for (up, down, dir) in [
+        (
+            vec!["rig", "up", "--queues", "1"],
+            vec!["rig", "down"],
+            default,
+        ),
+        (
+            vec![
+                "rig",
+                "up",
+                "--queues",
+                "1",
+                "--dir",
+                custom.to_str().unwrap(),
+            ],
+            vec!["rig", "down", "--dir", custom.to_str().unwrap()],
+            custom.as_path(),
+        ),
+    ] {
+        espd(&up);
+        assert!(dir.join("gw-a.toml").exists() && dir.join("gw-b.toml").exists());
+        espd(&down);
+        for f in ["gw-a.toml", "gw-b.toml"] {
+            assert!(
+                !dir.join(f).exists(),
+                "{} left behind",
+                dir.join(f).display()
+            );
+        }
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        assert!(
+            espd::rig::status().lines().all(|l| l.contains("absent")),
+            "{}",
+            espd::rig::status()
+        );
+    }
+}
+
 /// Puts `extra` policies in front of the generated ones (first match wins) in a gateway
 /// config, and applies `edit` to the rest.
 fn edit_config(path: &Path, extra: &str, edit: impl Fn(String) -> String) {

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::mm::Child;
 use crate::codes::{self, Code};
 
 /// Why a main-mode SA ended.
@@ -18,8 +19,8 @@ pub enum MmCause {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// 13885: a main-mode SA expired or the peer deleted it. Its child SAs keep forwarding
-    /// until their own lifetimes (IKEv1).
+    /// 13885: a main-mode SA expired or the peer deleted it. Its child SAs (each with its
+    /// direction) keep forwarding until their own lifetimes (IKEv1).
     MmExpired {
         code: u32,
         hex: String,
@@ -29,7 +30,7 @@ pub enum Event {
         peer: IpAddr,
         icookie: String,
         rcookie: String,
-        children: Vec<String>,
+        children: Vec<Child>,
         time: f64,
     },
     /// A child SA crossed a soft limit: rekey it.
@@ -92,7 +93,7 @@ impl Event {
         peer: IpAddr,
         icookie: u64,
         rcookie: u64,
-        children: &[u32],
+        children: &[Child],
         time: f64,
     ) -> Event {
         let c = codes::IKE_MM_EXPIRED;
@@ -105,7 +106,7 @@ impl Event {
             peer,
             icookie: format!("{icookie:016x}"),
             rcookie: format!("{rcookie:016x}"),
-            children: children.iter().map(|s| spi_str(*s)).collect(),
+            children: children.to_vec(),
             time,
         }
     }
@@ -140,7 +141,16 @@ mod tests {
             "203.0.113.2".parse().unwrap(),
             0x1122,
             0x3344,
-            &[0xa001],
+            &[
+                Child {
+                    spi: 0xa001,
+                    direction: crate::sa::Direction::Inbound,
+                },
+                Child {
+                    spi: 0xa001,
+                    direction: crate::sa::Direction::Outbound,
+                },
+            ],
             1.5,
         );
         let j: serde_json::Value = serde_json::to_value(&e).unwrap();
@@ -155,7 +165,13 @@ mod tests {
         assert_eq!(j["cause"], "peer_delete");
         assert_eq!(j["peer"], "203.0.113.2");
         assert_eq!(j["icookie"], "0000000000001122");
-        assert_eq!(j["children"][0], "0x0000a001");
+        assert_eq!(
+            j["children"],
+            serde_json::json!([
+                {"spi": "0x0000a001", "direction": "inbound"},
+                {"spi": "0x0000a001", "direction": "outbound"}
+            ])
+        );
         let h = serde_json::to_value(Event::sa_hard(0xb001, "inbound", None, 2.0)).unwrap();
         assert_eq!(
             (h["code"].as_u64(), h["symbol"].as_str()),

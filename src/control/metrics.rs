@@ -1,13 +1,14 @@
 //! Prometheus text exposition (version 0.0.4) on a configurable address: per-core and per-SA
 //! packets and bytes, drops by code and reason, lifetime consumed, rekeys, events by code,
-//! queue-full counts. Served by its own thread; it only reads counters and the SA table.
+//! queue-full counts. Served by its own thread, one short-lived thread per connection (a few at
+//! a time, each with a deadline); it only reads counters and the SA table.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::ControlCounters;
 use crate::datapath::pipeline::Dataplane;
@@ -90,6 +91,12 @@ impl MetricsSource {
             "Lifetime notifications lost to a full worker queue.",
             per_core(&|c| c.events_dropped.get()),
         );
+        metric(
+            "espd_bad_descriptors_total",
+            "counter",
+            "Descriptors from the kernel outside the UMEM, dropped.",
+            per_core(&|c| c.bad_descs.get()),
+        );
         let mut drops = Vec::new();
         for (i, c) in self.stats.iter().enumerate() {
             for r in DropReason::ALL {
@@ -113,10 +120,10 @@ impl MetricsSource {
         let mut sa_b = Vec::new();
         let mut sa_c = Vec::new();
         let now = crate::now_ns();
-        let mut n = 0usize;
+        let (mut n, mut bytes) = (0usize, 0usize);
         self.dp.sas.for_each(|_, sa| {
             n += 1;
-            if n > self.sa_limit {
+            if n > self.sa_limit || bytes > MAX_SA_SERIES_BYTES {
                 return std::ops::ControlFlow::Break(());
             }
             let (p, b) = sa.totals();
@@ -129,6 +136,8 @@ impl MetricsSource {
                     "outbound"
                 }
             );
+            // Three series of name + labels + a value of at most 20 digits.
+            bytes += 3 * (l.len() + 64);
             sa_c.push((l.clone(), (sa.lifetime.consumed(p, b, now) * 1e6) as u64));
             sa_p.push((l.clone(), p));
             sa_b.push((l, b));
@@ -187,27 +196,110 @@ impl MetricsSource {
     }
 }
 
+/// Connections served at once; more are closed unanswered (a scraper retries).
+pub const MAX_CONNECTIONS: usize = 4;
+/// Longest request read (one read; the request line and headers of a scrape fit).
+pub const MAX_REQUEST: usize = 4096;
+/// Per-SA series stop at this many bytes of body (as well as at `metrics_sa_limit` SAs).
+pub const MAX_SA_SERIES_BYTES: usize = 32 << 20;
+/// A client gets this long to send its request...
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// ...and this long to take the whole response; then the connection is closed.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// Longest single blocking write, so a handler notices `stop` and its deadline.
+const WRITE_SLICE: Duration = Duration::from_millis(200);
+
 /// Serves `GET /metrics` (any path) until `stop`.
+///
+/// The returned thread only accepts: each connection is served by a thread of its own (at most
+/// [`MAX_CONNECTIONS`] at a time) with a read timeout and a deadline for the whole response,
+/// so a client that never reads delays neither other scrapes nor shutdown, which joins only the
+/// acceptor. Connection threads give up within [`WRITE_SLICE`] of `stop`.
 pub fn serve(
     addr: SocketAddr,
     src: MetricsSource,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let l = TcpListener::bind(addr)?;
+    serve_on(TcpListener::bind(addr)?, src, stop)
+}
+
+/// Serves on a bound listener (tests bind port 0).
+pub fn serve_on(
+    l: TcpListener,
+    src: MetricsSource,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     l.set_nonblocking(true)?;
-    std::thread::Builder::new().name("espd-metrics".into()).spawn(move || {
-        while !stop.load(Ordering::Acquire) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut req = [0u8; 4096];
-                    let _ = s.read(&mut req);
-                    let body = src.render();
-                    let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let src = Arc::new(src);
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("espd-metrics".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                            active.fetch_sub(1, Ordering::AcqRel);
+                            continue; // dropped: closed unanswered
+                        }
+                        let (src, stop, done) = (src.clone(), stop.clone(), active.clone());
+                        let spawned = std::thread::Builder::new()
+                            .name("espd-metrics-conn".into())
+                            .spawn(move || {
+                                answer(s, &src, &stop);
+                                done.fetch_sub(1, Ordering::AcqRel);
+                            });
+                        if spawned.is_err() {
+                            active.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
+        })
+}
+
+/// Reads one request (bounded in size and time) and writes the exposition before the
+/// deadline, or gives up.
+fn answer(mut s: TcpStream, src: &MetricsSource, stop: &AtomicBool) {
+    if s.set_nonblocking(false).is_err() || s.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut req = [0u8; MAX_REQUEST];
+    if s.read(&mut req).is_err() {
+        return;
+    }
+    let body = src.render();
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let deadline = Instant::now() + WRITE_DEADLINE;
+    if write_by(&mut s, head.as_bytes(), deadline, stop) {
+        write_by(&mut s, body.as_bytes(), deadline, stop);
+    }
+}
+
+/// Writes all of `buf` unless `deadline` passes or `stop` is set first; true when written.
+fn write_by(s: &mut TcpStream, mut buf: &[u8], deadline: Instant, stop: &AtomicBool) -> bool {
+    while !buf.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stop.load(Ordering::Acquire) {
+            return false;
         }
-    })
+        if s.set_write_timeout(Some(left.min(WRITE_SLICE))).is_err() {
+            return false;
+        }
+        match s.write(buf) {
+            Ok(0) => return false,
+            Ok(n) => buf = &buf[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }

@@ -5,7 +5,64 @@
 
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use super::events::spi_str;
+use crate::config::SpiValue;
+use crate::sa::Direction;
+
+/// A child SA of a main mode: SPI and direction (an inbound and an outbound SA can have the
+/// same number). Serialised as `{"spi": "0x0000a001", "direction": "inbound"}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Child {
+    #[serde(serialize_with = "spi_hex")]
+    pub spi: u32,
+    pub direction: Direction,
+}
+
+fn spi_hex<S: serde::Serializer>(spi: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&spi_str(*spi))
+}
+
+/// A child as `mm_add` gives it: `{"spi": SPI, "direction": "in"|"out"}` or the short form
+/// `"in:SPI"` / `"out:SPI"` (what `espd ctl mm add --child` passes).
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct ChildSpec(serde_json::Value);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChildObject {
+    spi: SpiValue,
+    direction: String,
+}
+
+impl ChildSpec {
+    /// The child, checked; the error says the accepted forms (it never echoes the input).
+    pub fn get(self) -> Result<Child, String> {
+        let (spi, direction) = match self.0 {
+            serde_json::Value::Object(_) => {
+                let o: ChildObject = serde_json::from_value(self.0).map_err(|e| e.to_string())?;
+                (o.spi, o.direction)
+            }
+            serde_json::Value::String(t) => {
+                let Some((d, spi)) = t.split_once(':') else {
+                    return Err(CHILD_FORMS.into());
+                };
+                let spi = serde_json::from_value(serde_json::Value::String(spi.into()))
+                    .map_err(|e| e.to_string())?;
+                (spi, d.to_string())
+            }
+            _ => return Err(CHILD_FORMS.into()),
+        };
+        Ok(Child {
+            spi: spi.get().map_err(|e| format!("spi: {e}"))?,
+            direction: super::dir(&direction)?,
+        })
+    }
+}
+
+const CHILD_FORMS: &str = "expected {\"spi\": SPI, \"direction\": \"in\" or \"out\"} or \"in:SPI\" / \"out:SPI\" (a child SA and its direction)";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MmRecord {
@@ -16,7 +73,7 @@ pub struct MmRecord {
     /// IKEv1 kilobyte lifetime. espd does not carry IKE traffic; it counts the bytes of the
     /// child SAs listed here against it.
     pub lifetime_kb: Option<u64>,
-    pub children: Vec<u32>,
+    pub children: Vec<Child>,
     /// Registration time (control clock, ns).
     pub created_ns: u64,
 }
@@ -28,6 +85,9 @@ impl MmRecord {
     }
 }
 
+/// Largest `lifetime_kb`: its byte count must fit in 64 bits.
+pub const MAX_KB: u64 = u64::MAX / 1024;
+
 /// The records, keyed by the cookie pair (the ISAKMP SA's SPI).
 #[derive(Debug, Default)]
 pub struct MmTable {
@@ -36,6 +96,14 @@ pub struct MmTable {
 
 impl MmTable {
     pub fn add(&mut self, r: MmRecord) -> Result<(), String> {
+        crate::config::check_seconds(r.lifetime_s).map_err(|e| format!("lifetime_s: {e}"))?;
+        if let Some(kb) = r.lifetime_kb
+            && kb > MAX_KB
+        {
+            return Err(format!(
+                "lifetime_kb: must be at most {MAX_KB} (2^64 bytes in KiB, minus one)"
+            ));
+        }
         if self
             .records
             .iter()
@@ -60,12 +128,16 @@ impl MmTable {
     }
 
     /// Removes and returns the records whose lifetime ended at `now` (time, or kilobytes with
-    /// `child_bytes` giving the bytes carried by a child SA).
-    pub fn expire(&mut self, now: u64, child_bytes: impl Fn(u32) -> u64) -> Vec<MmRecord> {
+    /// `child_bytes` giving the bytes carried by a child SA, each direction counted once).
+    pub fn expire(&mut self, now: u64, child_bytes: impl Fn(Child) -> u64) -> Vec<MmRecord> {
         let mut gone = Vec::new();
         self.records.retain(|r| {
             let by_kb = r.lifetime_kb.is_some_and(|kb| {
-                r.children.iter().map(|c| child_bytes(*c)).sum::<u64>() >= kb * 1024
+                r.children
+                    .iter()
+                    .map(|c| child_bytes(*c))
+                    .fold(0u64, u64::saturating_add)
+                    >= kb.saturating_mul(1024)
             });
             if now >= r.expires_ns() || by_kb {
                 gone.push(r.clone());
@@ -93,7 +165,10 @@ mod tests {
             peer: "203.0.113.2".parse().unwrap(),
             lifetime_s: life,
             lifetime_kb: kb,
-            children: vec![0xa001],
+            children: vec![Child {
+                spi: 0xa001,
+                direction: Direction::Inbound,
+            }],
             created_ns: 0,
         }
     }

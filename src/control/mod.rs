@@ -105,6 +105,7 @@ pub enum Request {
         outbound: SaSpec,
         inbound: Option<SaSpec>,
         retire_inbound: Option<SpiValue>,
+        #[serde(default, deserialize_with = "crate::config::deserialize_grace_ms")]
         grace_ms: Option<u64>,
     },
     MmAdd {
@@ -114,7 +115,7 @@ pub enum Request {
         lifetime_s: u64,
         lifetime_kb: Option<u64>,
         #[serde(default)]
-        children: Vec<SpiValue>,
+        children: Vec<mm::ChildSpec>,
     },
     MmDelete {
         icookie: String,
@@ -536,19 +537,13 @@ impl Control {
             self.sa_event(spi, d, k, now);
         }
         // Main modes whose lifetime ended: 13885; their children keep forwarding.
-        let (dp, sas) = (&self.dp, &self.sas);
-        let child_bytes = |spi: u32| -> u64 {
+        let mut mm = std::mem::take(&mut self.mm);
+        let ended = mm.expire(now, |c| {
             let g = epoch::pin();
-            let inb = dp.sas.inbound(spi, &g).map(|s| s.totals().1).unwrap_or(0);
-            let out = sas
-                .get(&(spi, Direction::Outbound))
-                .and_then(|t| dp.sas.outbound(*t, &g))
-                .filter(|s| s.spi == spi)
-                .map(|s| s.totals().1)
-                .unwrap_or(0);
-            inb + out
-        };
-        let ended = self.mm.expire(now, child_bytes);
+            self.lookup((c.spi, c.direction), &g)
+                .map_or(0, |s| s.totals().1)
+        });
+        self.mm = mm;
         for r in ended {
             self.emit(Event::mm_expired(
                 MmCause::Lifetime,
@@ -1120,7 +1115,7 @@ impl Control {
                             "icookie": format!("{:016x}", r.icookie), "rcookie": format!("{:016x}", r.rcookie), "peer": r.peer,
                             "lifetime_s": r.lifetime_s, "lifetime_kb": r.lifetime_kb,
                             "expires_in_s": r.expires_ns().saturating_sub(now) as f64 / 1e9,
-                            "children": r.children.iter().map(|c| spi_str(*c)).collect::<Vec<_>>(),
+                            "children": r.children,
                         })
                     })
                     .collect();

@@ -173,6 +173,8 @@ pub struct CoreStats {
     /// Kernel-side drops on this worker's sockets (rx dropped, rx ring full), read at exit.
     pub kernel_rx_dropped: Counter,
     pub kernel_fill_empty: Counter,
+    /// Descriptors from the kernel outside the UMEM or past their chunk, dropped unused.
+    pub bad_descs: Counter,
     pub drops: [Counter; DropReason::ALL.len()],
 }
 

@@ -20,9 +20,8 @@
 //! queue is counted, never waited on).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::Ordering;
 
-use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned};
+use crossbeam_epoch::{self as epoch, Guard};
 use crossbeam_queue::ArrayQueue;
 
 use super::frag::{self, FragError};
@@ -108,7 +107,7 @@ pub enum SaEventKind {
 /// Everything the workers share: SAs, the SPD and the gateway's own addresses.
 pub struct Dataplane {
     pub sas: SaTable,
-    spd: Atomic<Spd>,
+    spd: crate::sys::EpochPtr<Spd>,
     local: Vec<(bool, u128)>,
 }
 
@@ -116,16 +115,14 @@ impl Dataplane {
     pub fn new(sas: SaTable, spd: Spd, local: &[IpAddr]) -> Self {
         Self {
             sas,
-            spd: Atomic::new(spd),
+            spd: crate::sys::EpochPtr::new(spd),
             local: local.iter().map(|a| raw(*a)).collect(),
         }
     }
 
     /// Publishes a new SPD; the old one is freed when no worker holds it.
     pub fn set_spd(&self, spd: Spd) {
-        let g = epoch::pin();
-        let old = self.spd.swap(Owned::new(spd), Ordering::AcqRel, &g);
-        crate::sys::epoch_retire(old, &g);
+        self.spd.swap(Some(spd), &epoch::pin());
     }
 
     /// The current SPD (cloned, for the control side).
@@ -136,20 +133,12 @@ impl Dataplane {
 
     #[inline]
     fn spd<'g>(&self, g: &'g Guard) -> &'g Spd {
-        crate::sys::epoch_deref(self.spd.load(Ordering::Acquire, g)).expect("SPD is never null")
+        self.spd.load(g).expect("SPD is never null")
     }
 
     #[inline]
     fn is_local(&self, v6: bool, a: u128) -> bool {
         self.local.iter().any(|&(l6, l)| l6 == v6 && l == a)
-    }
-}
-
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        let g = epoch::pin();
-        let old = self.spd.swap(epoch::Shared::null(), Ordering::AcqRel, &g);
-        crate::sys::epoch_retire(old, &g);
     }
 }
 

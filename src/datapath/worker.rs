@@ -102,8 +102,9 @@ pub struct WorkerSpec {
 /// What a worker reports once its sockets are bound (it then starts polling).
 pub struct Ready {
     pub id: usize,
-    pub plain_fd: i32,
-    pub cipher_fd: i32,
+    /// Duplicates of the sockets' descriptors for the XSKMAP (closed once registered).
+    pub plain_fd: std::os::fd::OwnedFd,
+    pub cipher_fd: std::os::fd::OwnedFd,
     pub zero_copy: bool,
 }
 
@@ -126,10 +127,17 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
             return;
         }
     };
+    let (plain_fd, cipher_fd) = match xsk.dup_fds() {
+        Ok(fds) => fds,
+        Err(e) => {
+            let _ = ready.send(Err((spec.id, e)));
+            return;
+        }
+    };
     let _ = ready.send(Ok(Ready {
         id: spec.id,
-        plain_fd: xsk.plain.fd(),
-        cipher_fd: xsk.cipher.fd(),
+        plain_fd,
+        cipher_fd,
         zero_copy: xsk.plain.zero_copy && xsk.cipher.zero_copy,
     }));
     drop(ready);
@@ -184,6 +192,10 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
             }
             xsk.flush(!from_plain);
             xsk.flush(from_plain);
+        }
+        let bad = xsk.take_bad_descs();
+        if bad > 0 {
+            stats.bad_descs.add(bad);
         }
         if busy {
             idle = 0;

@@ -159,6 +159,27 @@ pub struct XskPair {
     umem: Umem,
     area: Area,
     free: Vec<u64>,
+    /// Descriptors refused by [`rx_frame`] / [`completed_chunk`], not yet taken.
+    bad_descs: u64,
+}
+
+/// Chunk address and offset in the chunk of the frame an rx descriptor describes, if the frame
+/// lies inside one chunk of a UMEM of `umem_len` bytes (a whole number of chunks). The kernel
+/// only hands back addresses we gave it; this is defence in depth before the address becomes a
+/// pointer.
+#[inline]
+fn rx_frame(addr: u64, len: u32, umem_len: u64) -> Option<(u64, usize)> {
+    let chunk = addr & !(FRAME_SIZE as u64 - 1);
+    let off = addr - chunk;
+    (chunk < umem_len && off + u64::from(len) <= u64::from(FRAME_SIZE))
+        .then_some((chunk, off as usize))
+}
+
+/// The chunk of a completed transmission's address, if it lies inside the UMEM.
+#[inline]
+fn completed_chunk(addr: u64, umem_len: u64) -> Option<u64> {
+    let chunk = addr & !(FRAME_SIZE as u64 - 1);
+    (chunk < umem_len).then_some(chunk)
 }
 
 impl XskPair {
@@ -220,34 +241,63 @@ impl XskPair {
             umem,
             area,
             free,
+            bad_descs: 0,
         })
+    }
+
+    /// Duplicates of both sockets' descriptors (plain, cipher), for the XSKMAP: they stay
+    /// valid whatever the worker does meanwhile.
+    pub fn dup_fds(&self) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), XskError> {
+        Ok((self.plain.dup_fd()?, self.cipher.dup_fd()?))
     }
 
     pub fn free_frames(&self) -> usize {
         self.free.len()
     }
 
+    /// Descriptors the kernel handed back that lie outside the UMEM (or run past their chunk)
+    /// since the last call; they were dropped.
     #[inline]
-    fn frame(&self, desc: &XdpDesc) -> XskFrame {
-        let chunk_addr = desc.addr & !(FRAME_SIZE as u64 - 1);
-        // SAFETY: descriptors come from our own rings, so `chunk_addr` is a chunk offset inside
-        // the mapping; the addition stays in bounds.
-        let chunk = unsafe { self.area.ptr.as_ptr().add(chunk_addr as usize) };
-        XskFrame {
-            chunk,
-            chunk_addr,
-            off: (desc.addr - chunk_addr) as usize,
-            len: desc.len as usize,
-        }
+    pub fn take_bad_descs(&mut self) -> u64 {
+        std::mem::take(&mut self.bad_descs)
     }
 
-    /// Returns completed transmissions of both sockets to the free list.
+    /// The frame an rx descriptor describes, or `None` (counted) when it is not inside one
+    /// chunk of the UMEM; a chunk of ours with a bad length goes back to the free list.
+    #[inline]
+    fn frame(&mut self, desc: &XdpDesc) -> Option<XskFrame> {
+        let Some((chunk_addr, off)) = rx_frame(desc.addr, desc.len, self.area.len as u64) else {
+            self.bad_descs += 1;
+            let chunk = desc.addr & !(FRAME_SIZE as u64 - 1);
+            if chunk < self.area.len as u64 {
+                self.free.push(chunk);
+            }
+            return None;
+        };
+        // SAFETY: `rx_frame` checked `chunk_addr < area.len`, and the UMEM is a whole number of
+        // FRAME_SIZE chunks, so the chunk [chunk_addr, chunk_addr + FRAME_SIZE) lies inside the
+        // mapping and the addition stays in bounds.
+        let chunk = unsafe { self.area.ptr.as_ptr().add(chunk_addr as usize) };
+        Some(XskFrame {
+            chunk,
+            chunk_addr,
+            off,
+            len: desc.len as usize,
+        })
+    }
+
+    /// Returns completed transmissions of both sockets to the free list (addresses outside
+    /// the UMEM are counted and dropped).
     #[inline]
     pub fn reap(&mut self) {
+        let umem = self.area.len as u64;
         for dev in [&mut self.plain.device, &mut self.cipher.device] {
             let mut c = dev.complete(RING_SIZE);
             while let Some(addr) = c.read() {
-                self.free.push(addr & !(FRAME_SIZE as u64 - 1));
+                match completed_chunk(addr, umem) {
+                    Some(chunk) => self.free.push(chunk),
+                    None => self.bad_descs += 1,
+                }
             }
             c.release();
         }
@@ -321,7 +371,9 @@ impl XskPair {
             r.release();
         }
         for d in &descs[..n] {
-            out.push(self.frame(d));
+            if let Some(f) = self.frame(d) {
+                out.push(f);
+            }
         }
     }
 
@@ -376,11 +428,11 @@ impl XskPair {
     #[inline]
     pub fn alloc(&mut self) -> Option<XskFrame> {
         let addr = self.free.pop()?;
-        Some(self.frame(&XdpDesc {
+        self.frame(&XdpDesc {
             addr,
             len: 0,
             options: 0,
-        }))
+        })
     }
 
     /// Gives a frame back (dropped or punted).
@@ -503,10 +555,54 @@ fn bind(umem: &Umem, iface: &str, queue: u32, first: bool, mode: u16) -> Result<
 }
 
 impl Port {
+    /// A duplicate of the socket's descriptor (it refers to the same socket).
+    pub fn dup_fd(&self) -> Result<std::os::fd::OwnedFd, XskError> {
+        self.borrowed_fd()
+            .try_clone_to_owned()
+            .map_err(|source| XskError::Socket {
+                op: "dup",
+                iface: self.iface.clone(),
+                queue: self.queue,
+                source,
+            })
+    }
+
     /// The socket as a borrowed descriptor (for the XSKMAP).
     pub fn borrowed_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         // SAFETY: the descriptor is owned by this port's rings and stays open while `self`
         // is borrowed.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 11, defect 12: every address the kernel hands back is checked against the UMEM
+    /// before it becomes a pointer (defence in depth).
+    #[test]
+    fn descriptors_outside_the_umem_are_refused() {
+        let f = FRAME_SIZE as u64;
+        let umem = 4 * f;
+        assert_eq!(rx_frame(f + 256, 1500, umem), Some((f, 256)));
+        assert_eq!(
+            rx_frame(3 * f, FRAME_SIZE, umem),
+            Some((3 * f, 0)),
+            "a whole chunk"
+        );
+        assert_eq!(
+            rx_frame(3 * f + 1, FRAME_SIZE, umem),
+            None,
+            "runs past its chunk"
+        );
+        assert_eq!(rx_frame(f + 4000, 200, umem), None, "runs past its chunk");
+        assert_eq!(rx_frame(f + 256, u32::MAX, umem), None);
+        assert_eq!(rx_frame(4 * f, 64, umem), None, "past the end of the UMEM");
+        assert_eq!(rx_frame(u64::MAX, 64, umem), None);
+        assert_eq!(completed_chunk(2 * f + 300, umem), Some(2 * f));
+        assert_eq!(completed_chunk(0, umem), Some(0));
+        assert_eq!(completed_chunk(4 * f, umem), None);
+        assert_eq!(completed_chunk(u64::MAX, umem), None);
     }
 }

@@ -19,9 +19,10 @@ use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
-use crossbeam_epoch::{self as epoch, Atomic, Guard, Owned, Shared};
+use crossbeam_epoch::{self as epoch, Guard};
 
 use super::sa::Sa;
+use crate::sys::EpochPtr;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TableError {
@@ -57,27 +58,27 @@ struct Alloc {
 #[repr(C, align(16))]
 struct Slot {
     tag: AtomicU64,
-    sa: Atomic<Sa>,
+    sa: EpochPtr<Sa>,
 }
 
 impl Default for Slot {
     fn default() -> Self {
         Self {
             tag: AtomicU64::new(0),
-            sa: Atomic::null(),
+            sa: EpochPtr::null(),
         }
     }
 }
 
 impl Slot {
     /// Control side only (under the table mutex): publishes `sa` (or empties the slot) under
-    /// `spi` (0 when empty).
-    fn publish(&self, spi: u32, sa: Shared<'_, Sa>) {
+    /// `spi` (0 when empty); the SA it held is retired.
+    fn publish(&self, spi: u32, sa: Option<Sa>, guard: &Guard) {
         let v = (self.tag.load(Ordering::Relaxed) >> 32) as u32;
         let odd = u64::from(v.wrapping_add(1) | 1);
         self.tag.store(odd << 32, Ordering::Relaxed);
         fence(Ordering::Release);
-        self.sa.store(sa, Ordering::Release);
+        self.sa.swap(sa, guard);
         self.tag.store(
             (odd.wrapping_add(1) & 0xffff_ffff) << 32 | u64::from(spi),
             Ordering::Release,
@@ -89,7 +90,7 @@ pub struct SaTable {
     inbound: crate::sys::HugeSlice<Slot>,
     mask: u32,
     slot_bits: u32,
-    tunnels: Box<[Atomic<Sa>]>,
+    tunnels: Box<[EpochPtr<Sa>]>,
     /// Installed inbound SAs (written under `alloc`, read by workers once per batch).
     installed: AtomicU32,
     /// Tunnels with an outbound SA (likewise).
@@ -107,7 +108,7 @@ impl SaTable {
             inbound: crate::sys::HugeSlice::new(cap as usize),
             mask: cap - 1,
             slot_bits: cap.trailing_zeros(),
-            tunnels: (0..tunnels).map(|_| Atomic::null()).collect(),
+            tunnels: (0..tunnels).map(|_| EpochPtr::null()).collect(),
             installed: AtomicU32::new(0),
             outbound_installed: AtomicU32::new(0),
             cores: cores.max(1),
@@ -152,16 +153,16 @@ impl SaTable {
         }
         #[cfg(test)]
         tests::race_window();
-        let p = slot.sa.load(Ordering::Acquire, guard);
+        let sa = slot.sa.load(guard);
         #[cfg(test)]
         tests::race_window();
         fence(Ordering::Acquire);
-        // Unchanged tag: `p` is the SA published under `spi` (a rewrite in between makes the
+        // Unchanged tag: `sa` is the SA published under `spi` (a rewrite in between makes the
         // version odd or moves it on; 2^31 rewrites within one lookup cannot happen).
         if slot.tag.load(Ordering::Relaxed) != t1 {
             return None;
         }
-        deref(p)
+        sa
     }
 
     /// Starts loading the slot of `spi` into the cache, so that a batch can issue its misses
@@ -174,9 +175,7 @@ impl SaTable {
     /// Current outbound SA of tunnel `t`.
     #[inline]
     pub fn outbound<'g>(&self, t: u32, guard: &'g Guard) -> Option<&'g Sa> {
-        self.tunnels
-            .get(t as usize)
-            .and_then(|a| deref(a.load(Ordering::Acquire, guard)))
+        self.tunnels.get(t as usize).and_then(|a| a.load(guard))
     }
 
     // ---- control side ----
@@ -219,10 +218,7 @@ impl SaTable {
         let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         let slot = sa.spi & self.mask;
         let guard = epoch::pin();
-        let cur = self.inbound[slot as usize]
-            .sa
-            .load(Ordering::Acquire, &guard);
-        if let Some(holder) = deref(cur) {
+        if let Some(holder) = self.inbound[slot as usize].sa.load(&guard) {
             return Err(if holder.spi == sa.spi {
                 TableError::DuplicateSpi { spi: sa.spi }
             } else {
@@ -235,7 +231,7 @@ impl SaTable {
         }
         a.used[slot as usize] = true;
         let spi = sa.spi;
-        self.inbound[slot as usize].publish(spi, Owned::new(sa).into_shared(&guard));
+        self.inbound[slot as usize].publish(spi, Some(sa), &guard);
         self.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -245,15 +241,14 @@ impl SaTable {
         let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         let slot = (spi & self.mask) as usize;
         let guard = epoch::pin();
-        let cur = self.inbound[slot].sa.load(Ordering::Acquire, &guard);
-        match deref(cur) {
+        match self.inbound[slot].sa.load(&guard) {
             Some(sa) if sa.spi == spi => {}
             _ => return Err(TableError::UnknownSpi { spi }),
         }
-        self.inbound[slot].publish(0, Shared::null());
+        // Emptying the slot retires the SA: freed once no worker can hold it.
+        self.inbound[slot].publish(0, None, &guard);
         self.installed.fetch_sub(1, Ordering::Relaxed);
         a.used[slot] = false;
-        retire(cur, &guard);
         Ok(())
     }
 
@@ -264,17 +259,14 @@ impl SaTable {
         let spi = sa.spi;
         let slot = (spi & self.mask) as usize;
         let guard = epoch::pin();
-        let cur = self.inbound[slot].sa.load(Ordering::Acquire, &guard);
-        match deref(cur) {
+        match self.inbound[slot].sa.load(&guard) {
             Some(old) if old.spi == spi && sa.direction == super::Direction::Inbound => {}
             _ => return Err(TableError::UnknownSpi { spi }),
         }
         // Same SPI: the tag (SPI + version) stays as it is, so a lookup racing with the store
         // validates and gets the old SA or the new one, both of this SPI; it never misses.
-        self.inbound[slot]
-            .sa
-            .store(Owned::new(sa).into_shared(&guard), Ordering::Release);
-        retire(cur, &guard);
+        // The swap retires the old SA.
+        self.inbound[slot].sa.swap(Some(sa), &guard);
         Ok(())
     }
 
@@ -283,11 +275,7 @@ impl SaTable {
         let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         let slot = (spi & self.mask) as usize;
         let guard = epoch::pin();
-        if self.inbound[slot]
-            .sa
-            .load(Ordering::Acquire, &guard)
-            .is_null()
-        {
+        if self.inbound[slot].sa.load(&guard).is_none() {
             a.used[slot] = false;
         }
     }
@@ -310,15 +298,13 @@ impl SaTable {
             .ok_or(TableError::TunnelIndex(t, self.tunnels.len() as u32))?;
         let _a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         let guard = epoch::pin();
-        let new = sa.map_or(Shared::null(), |s| Owned::new(s).into_shared(&guard));
-        let old = cell.swap(new, Ordering::AcqRel, &guard);
-        match (old.is_null(), new.is_null()) {
-            (true, false) => _ = self.outbound_installed.fetch_add(1, Ordering::Relaxed),
-            (false, true) => _ = self.outbound_installed.fetch_sub(1, Ordering::Relaxed),
+        let installs = sa.is_some();
+        let old_spi = cell.swap(sa, &guard).map(|s| s.spi);
+        match (old_spi.is_none(), installs) {
+            (true, true) => _ = self.outbound_installed.fetch_add(1, Ordering::Relaxed),
+            (false, false) => _ = self.outbound_installed.fetch_sub(1, Ordering::Relaxed),
             _ => {}
         }
-        let old_spi = deref(old).map(|s| s.spi);
-        retire(old, &guard);
         Ok(old_spi)
     }
 
@@ -336,45 +322,20 @@ impl SaTable {
     pub fn for_each(&self, mut f: impl FnMut(Option<u32>, &Sa) -> ControlFlow<()>) {
         let guard = epoch::pin();
         for a in self.inbound.iter() {
-            if let Some(sa) = deref(a.sa.load(Ordering::Acquire, &guard))
+            if let Some(sa) = a.sa.load(&guard)
                 && f(None, sa).is_break()
             {
                 return;
             }
         }
         for (i, a) in self.tunnels.iter().enumerate() {
-            if let Some(sa) = deref(a.load(Ordering::Acquire, &guard))
+            if let Some(sa) = a.load(&guard)
                 && f(Some(i as u32), sa).is_break()
             {
                 return;
             }
         }
     }
-}
-
-impl Drop for SaTable {
-    fn drop(&mut self) {
-        // No worker can hold a reference any more: we have `&mut self`.
-        let guard = epoch::pin();
-        for a in self
-            .inbound
-            .iter()
-            .map(|s| &s.sa)
-            .chain(self.tunnels.iter())
-        {
-            let p = a.swap(Shared::null(), Ordering::AcqRel, &guard);
-            retire(p, &guard);
-        }
-    }
-}
-
-#[inline]
-fn deref<'g>(p: Shared<'g, Sa>) -> Option<&'g Sa> {
-    crate::sys::epoch_deref(p)
-}
-
-fn retire(p: Shared<'_, Sa>, guard: &Guard) {
-    crate::sys::epoch_retire(p, guard)
 }
 
 #[cfg(test)]
