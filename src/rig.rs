@@ -399,8 +399,22 @@ pub fn teardown(dir: &Path) {
 /// the operator's choice.
 pub fn remove_configs(dir: &Path) {
     for gw in ["gw-a", "gw-b"] {
-        for ext in ["toml", "seq", "seq.tmp", "sock"] {
+        for ext in ["toml", "toml.seq", "toml.seq.lock", "sock"] {
             let _ = std::fs::remove_file(dir.join(format!("{gw}.{ext}")));
+        }
+        // A temporary state file left by a crash mid-write: `gw-a.toml.seq.tmpPID`.
+        let tmp = format!("{gw}.toml.seq.tmp");
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name
+                    .strip_prefix(&tmp)
+                    .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
         }
     }
     let _ = std::fs::remove_dir(dir);
