@@ -25,6 +25,7 @@ use crossbeam_utils::CachePadded;
 
 use crate::config::Config;
 use crate::datapath::pipeline::Dataplane;
+use crate::esp::replay::ReplayWindow;
 use crate::sa::{Direction, SeqCounter};
 
 /// Numbers saved ahead of use. The control thread extends the mark when less than half a
@@ -88,6 +89,17 @@ struct Line {
     mark: u64,
 }
 
+/// A static inbound SA: the highest number its window accepted is saved (at most once per
+/// [`INBOUND_EVERY`]), so after a restart it refuses what it accepted before.
+struct TrackedIn {
+    line: Line,
+    window: Arc<ReplayWindow>,
+}
+
+/// How often a static inbound SA's replay top is saved: packets accepted within this long
+/// before a crash can be replayed once after the restart.
+pub const INBOUND_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Tracked {
     line: Line,
     seq: Arc<CachePadded<SeqCounter>>,
@@ -99,6 +111,8 @@ struct Tracked {
 pub struct SeqStore {
     path: PathBuf,
     tracked: Vec<Tracked>,
+    inbound: Vec<TrackedIn>,
+    inbound_saved: std::time::Instant,
     /// Every line of the file by key fingerprint (the highest mark of each key ever seen),
     /// kept for good: a key that comes back (rollback, another SPI) continues after it.
     lines: HashMap<[u8; 16], Line>,
@@ -239,8 +253,37 @@ impl SeqStore {
         }
         let mut tracked = Vec::new();
         let g = crossbeam_epoch::pin();
+        let mut inbound = Vec::new();
         for (index, (t, p)) in cfg.sas.iter().enumerate() {
-            if p.direction != Direction::Outbound {
+            if p.direction == Direction::Inbound {
+                // RFC 4303 §3.4.3 across a restart: refuse every number up to the saved top.
+                let Some(sa) = dp.sas.inbound(p.spi, &g) else {
+                    continue;
+                };
+                let Some(window) = sa.replay.clone() else {
+                    continue;
+                };
+                let fp = fingerprint(&p.keymat);
+                let mark = lines.get(&fp).map_or(0, |l| l.mark);
+                if mark > 0 {
+                    let st = crate::sa::SaState {
+                        replay_top: Some(mark),
+                        ..Default::default()
+                    };
+                    sa.import_state(&st)
+                        .map_err(|reason| SeqStateError::Parse {
+                            path: path.display().to_string(),
+                            line: 0,
+                            reason,
+                        })?;
+                }
+                let line = Line {
+                    spi: p.spi,
+                    fp,
+                    mark,
+                };
+                lines.insert(fp, line);
+                inbound.push(TrackedIn { line, window });
                 continue;
             }
             let Some(sa) = dp.sas.outbound(*t, &g).filter(|s| s.spi == p.spi) else {
@@ -282,10 +325,12 @@ impl SeqStore {
         let mut store = SeqStore {
             path: path.to_path_buf(),
             tracked,
+            inbound,
+            inbound_saved: std::time::Instant::now(),
             lines,
             _lock: lock,
         };
-        if !store.tracked.is_empty() {
+        if !store.is_empty() {
             store.extend(true).map_err(|source| SeqStateError::Io {
                 path: path.display().to_string(),
                 source,
@@ -301,11 +346,11 @@ impl SeqStore {
 
     /// Number of SAs covered.
     pub fn len(&self) -> usize {
-        self.tracked.len()
+        self.tracked.len() + self.inbound.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tracked.is_empty()
+        self.len() == 0
     }
 
     /// Extends the saved mark of every SA within half a block of it (called every 20 ms by a
@@ -330,10 +375,26 @@ impl SeqStore {
             due |= mark > t.line.mark;
             next.push(mark);
         }
+        // Inbound tops ride along, or go alone at most once per INBOUND_EVERY.
+        let in_due = force || self.inbound_saved.elapsed() >= INBOUND_EVERY;
+        let tops: Vec<u64> = self
+            .inbound
+            .iter()
+            .map(|t| t.window.top().max(t.line.mark))
+            .collect();
+        let in_moved = self
+            .inbound
+            .iter()
+            .zip(&tops)
+            .any(|(t, &top)| top > t.line.mark);
+        due |= in_due && in_moved;
         if !due {
             return Ok(false);
         }
         for (t, &mark) in self.tracked.iter().zip(&next) {
+            self.lines.insert(t.line.fp, Line { mark, ..t.line });
+        }
+        for (t, &mark) in self.inbound.iter().zip(&tops) {
             self.lines.insert(t.line.fp, Line { mark, ..t.line });
         }
         let lines: Vec<Line> = self.lines.values().copied().collect();
@@ -343,6 +404,10 @@ impl SeqStore {
             t.line.mark = mark;
             t.seq.set_cap(mark);
         }
+        for (t, mark) in self.inbound.iter_mut().zip(tops) {
+            t.line.mark = mark;
+        }
+        self.inbound_saved = std::time::Instant::now();
         Ok(true)
     }
 }
@@ -464,6 +529,35 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_static_inbound_sa_refuses_after_a_restart_what_it_accepted_before() {
+        let d = dir("inbound");
+        let path = d.join("s.seq");
+        let c = cfg();
+        let dp = c.build_dataplane(1).unwrap();
+        let mut st = SeqStore::open(&path, &c, &dp, true).unwrap();
+        {
+            let g = crossbeam_epoch::pin();
+            let w = dp.sas.inbound(0xb001, &g).unwrap().replay.clone().unwrap();
+            for s in 1..=100 {
+                w.commit(s).unwrap();
+            }
+        }
+        st.inbound_saved -= INBOUND_EVERY;
+        assert!(st.maintain().unwrap());
+        drop(st);
+        let dp2 = c.build_dataplane(1).unwrap();
+        let _st = SeqStore::open(&path, &c, &dp2, false).unwrap();
+        let g = crossbeam_epoch::pin();
+        let w = dp2.sas.inbound(0xb001, &g).unwrap().replay.clone().unwrap();
+        assert!(
+            (1..=100).all(|s| w.check(s).is_err()),
+            "replays accepted after a restart"
+        );
+        assert!(w.check(101).is_ok());
         let _ = std::fs::remove_dir_all(&d);
     }
 
