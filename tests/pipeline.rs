@@ -664,3 +664,27 @@ fn outbound_prefetch_pass_changes_nothing() {
     assert_eq!(got_big, got_small);
     assert_eq!(got_big.iter().filter(|(a, _)| *a == Action::Tx).count(), 50);
 }
+
+/// A's configuration with `lifetime` (TOML lines) on its outbound SA.
+fn a_with_lifetime(lifetime: &str) -> Gw {
+    let text = example_text("gw-a.toml");
+    let (head, tail) = text.split_at(text.find("# B → A").unwrap());
+    Gw::from_toml(&format!("{head}\n[sas.lifetime]\n{lifetime}\n\n{tail}"))
+}
+
+#[test]
+fn hard_time_limit_without_soft_holds_on_the_data_path() {
+    // No soft_seconds and no control thread: the worker alone refuses after hard_seconds.
+    let a = a_with_lifetime("hard_seconds = 20");
+    let pkt = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, b"x");
+    let s = 1_000_000_000u64;
+    assert_eq!(a.out_at(std::slice::from_ref(&pkt), 19 * s)[0].0, Action::Tx);
+    let acts: Vec<Action> = a
+        .out_at(&[pkt.clone(), pkt], 21 * s)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(acts, vec![Action::Drop(DropReason::LifetimeExpired); 2]);
+    let kinds: Vec<_> = a.events().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![SaEventKind::Hard]);
+}

@@ -224,6 +224,8 @@ pub struct Lifetime {
     fired: AtomicU8,
     /// A use-time limit is set (`first_use` is kept).
     by_use: bool,
+    /// The earlier of the two deadlines below: the one compare every packet makes.
+    next_deadline: u64,
     soft_deadline: u64,
     hard_deadline: u64,
     /// First use time + 1 (0: not used yet).
@@ -237,12 +239,14 @@ pub struct Lifetime {
 impl Lifetime {
     pub fn new(limits: Limits, installed_ns: u64, cores: usize) -> Self {
         let at = |s: Option<u64>| s.map_or(u64::MAX, |s| installed_ns.saturating_add(s * NS));
+        let (soft_deadline, hard_deadline) = (at(limits.soft_seconds), at(limits.hard_seconds));
         Self {
             by_use: limits.soft_use_seconds.is_some() || limits.hard_use_seconds.is_some(),
             limits,
             installed_ns,
-            soft_deadline: at(limits.soft_seconds),
-            hard_deadline: at(limits.hard_seconds),
+            next_deadline: soft_deadline.min(hard_deadline),
+            soft_deadline,
+            hard_deadline,
             first_use: AtomicU64::new(0),
             expired: AtomicBool::new(false),
             fired: AtomicU8::new(0),
@@ -385,7 +389,8 @@ impl Lifetime {
             return Admit::Refuse;
         }
         let mut soft = false;
-        if now >= self.soft_deadline {
+        // Each time limit holds by itself: one compare against the earlier deadline.
+        if now >= self.next_deadline {
             if now >= self.hard_deadline {
                 return self.refuse();
             }
