@@ -678,7 +678,10 @@ fn hard_time_limit_without_soft_holds_on_the_data_path() {
     let a = a_with_lifetime("hard_seconds = 20");
     let pkt = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, b"x");
     let s = 1_000_000_000u64;
-    assert_eq!(a.out_at(std::slice::from_ref(&pkt), 19 * s)[0].0, Action::Tx);
+    assert_eq!(
+        a.out_at(std::slice::from_ref(&pkt), 19 * s)[0].0,
+        Action::Tx
+    );
     let acts: Vec<Action> = a
         .out_at(&[pkt.clone(), pkt], 21 * s)
         .into_iter()
@@ -687,4 +690,18 @@ fn hard_time_limit_without_soft_holds_on_the_data_path() {
     assert_eq!(acts, vec![Action::Drop(DropReason::LifetimeExpired); 2]);
     let kinds: Vec<_> = a.events().iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec![SaEventKind::Hard]);
+}
+
+#[test]
+fn soft_packet_limit_without_hard_fires_at_its_value() {
+    let a = a_with_lifetime("soft_packets = 1000");
+    let pkt = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, b"x");
+    let acts = a.out(&vec![pkt.clone(); 999]);
+    assert!(acts.iter().all(|(a, _)| *a == Action::Tx));
+    assert_eq!(a.events(), vec![], "soft fired before 1000 packets");
+    // Tolerance: at most soft/64 + one packet after the value.
+    let acts = a.out(&vec![pkt; 1 + 1000 / 64 + 1]);
+    assert!(acts.iter().all(|(a, _)| *a == Action::Tx));
+    let kinds: Vec<_> = a.events().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![SaEventKind::Soft]);
 }

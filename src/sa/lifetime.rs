@@ -7,8 +7,15 @@
 //! operation. A core that cannot get enough first steals every other core's unused lease back
 //! into the remainder, so the admitted total never exceeds the limit and reaches it (to within
 //! one packet's size for bytes; exactly for packets) when demand exceeds it. Leases shrink as the
-//! remainder shrinks (at most 1/64 of the limit per core), which also bounds how early a soft
-//! limit can fire.
+//! remainder shrinks (at most 1/64 of it, and of the limit, shared by the cores).
+//!
+//! Soft byte and packet limits fire within a known tolerance: never before the amount admitted
+//! reaches the soft value, and at most `min(soft, hard - soft) / 64` (`soft / 64` without a
+//! hard limit) plus one packet after it, whatever the number of cores. Until the soft limit is
+//! crossed each lease is capped at `q = min(soft, hard - soft) / (64 cores)`, and the crossing
+//! is decided on the refill that brings the amount leased, other cores' leases apart, to
+//! `soft + (cores - 1) q`. Soft time limits fire on the first packet at or after their
+//! deadline. Every hard limit, of any kind, holds on the packet path by itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
@@ -72,10 +79,17 @@ const NS: u64 = 1_000_000_000;
 const FIRED_SOFT: u8 = 1;
 const FIRED_HARD: u8 = 2;
 
+/// A lease is at most `1/SHARE` of what is left (and of the limit), split among the cores.
+/// The loom models use tiny limits, so there every lease is a real share.
+#[cfg(not(feature = "loom"))]
+const SHARE: u64 = 64;
+#[cfg(feature = "loom")]
+const SHARE: u64 = 1;
+
 /// Outcome of taking from a [`Budget`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Take {
-    /// Taken. `true` when the amount leased so far has reached the soft limit.
+    /// Taken. `true` once the soft limit has been crossed (see `Budget::soft_point`).
     Ok(bool),
     /// Not enough left. `true` when the budget is certainly exhausted (no lease in flight).
     Short(bool),
@@ -127,10 +141,30 @@ impl Budget {
         self.left.load(Ordering::Acquire)
     }
 
+    /// The lease cap before the soft limit is crossed, `q`, and the crossing point `t`: the
+    /// soft limit counts as crossed on the refill that brings the amount leased, apart from
+    /// the other cores' leases, to `t = soft + (cores - 1) q`. Every lease granted before then
+    /// is at most `q`, so the amount actually spent is at least `soft` then, and at most
+    /// `soft + cores q` plus one take (see the module docs). `q` is at most `1/SHARE` of the
+    /// soft value and of the room between soft and hard, shared by the cores.
     #[inline]
-    fn chunk(&self, left: u64) -> u64 {
+    fn soft_point(&self) -> (u64, u64) {
+        if self.soft == u64::MAX {
+            return (u64::MAX, u64::MAX);
+        }
         let n = self.leases.len() as u64;
-        (left / (64 * n)).min(self.limit / (64 * n)).min(1 << 20)
+        let q = self.soft.min(self.limit - self.soft) / (SHARE * n);
+        (q, self.soft + (n - 1) * q)
+    }
+
+    /// The spare amount to lease along with a take that leaves `rest` unleased.
+    #[inline]
+    fn chunk(&self, rest: u64, (q, t): (u64, u64)) -> u64 {
+        let n = self.leases.len() as u64;
+        let c = (rest / (SHARE * n))
+            .min(self.limit / (SHARE * n))
+            .min(1 << 20);
+        if self.limit - rest < t { c.min(q) } else { c }
     }
 
     /// Takes `need` units for `core`.
@@ -154,19 +188,20 @@ impl Budget {
         let lease = &self.leases[core];
         let local = lease.swap(0, Ordering::AcqRel);
         let want = need.saturating_sub(local);
+        let soft = self.soft_point();
         let taken = self
             .left
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                (left >= want).then(|| left - (want + self.chunk(left - want)).min(left))
+                (left >= want).then(|| left - (want + self.chunk(left - want, soft)).min(left))
             });
         let result = match taken {
             Ok(prev) => {
-                let grant = (want + self.chunk(prev - want)).min(prev);
+                let grant = (want + self.chunk(prev - want, soft)).min(prev);
                 let rest = local + grant - need;
                 if rest > 0 {
                     lease.fetch_add(rest, Ordering::AcqRel);
                 }
-                Take::Ok(self.limit - (prev - grant) >= self.soft)
+                Take::Ok(self.limit - (prev - want) >= soft.1)
             }
             Err(_) => {
                 // Steal every other core's unused lease back, then try again.
@@ -184,7 +219,7 @@ impl Budget {
                             (left + pool >= need).then(|| left + pool - need)
                         });
                     if let Ok(prev) = r {
-                        break Take::Ok(self.limit - (prev + pool - need) >= self.soft);
+                        break Take::Ok(self.limit - (prev + pool - need) >= soft.1);
                     }
                     // Budget moves only inside refills (leases published, pools returned,
                     // both before a refill exits). No refill in flight now and none exited
@@ -644,6 +679,187 @@ mod tests {
                     assert!(
                         bytes > hb - size,
                         "byte limit reached within one packet: {bytes}"
+                    );
+                }
+            }
+        }
+    }
+    /// Packet index (0-based; packet i is sent at i seconds after install, 100 bytes each) at
+    /// which each limit of the table below takes effect.
+    const SOFT_PACKETS: (u64, u64) = (5, 4);
+    const HARD_PACKETS: (u64, u64) = (11, 11);
+    const SOFT_BYTES: (u64, u64) = (250, 2);
+    const HARD_BYTES: (u64, u64) = (1250, 12);
+    const SOFT_SECONDS: (u64, u64) = (7, 7);
+    const HARD_SECONDS: (u64, u64) = (9, 9);
+    const SOFT_USE: (u64, u64) = (3, 3);
+    const HARD_USE: (u64, u64) = (10, 10);
+
+    /// Every combination of the eight limits present or absent (256): each hard limit holds on
+    /// the data path by itself (the packet at its index is refused, notified once, and nothing
+    /// passes after it), and the earliest soft limit fires once, on the packet at its index.
+    #[test]
+    fn every_hard_limit_holds_inline_in_every_combination() {
+        for mask in 0u32..256 {
+            let pick = |bit: u32, (v, i): (u64, u64)| (mask & (1 << bit) != 0).then_some((v, i));
+            let table = [
+                pick(0, SOFT_PACKETS),
+                pick(1, HARD_PACKETS),
+                pick(2, SOFT_BYTES),
+                pick(3, HARD_BYTES),
+                pick(4, SOFT_SECONDS),
+                pick(5, HARD_SECONDS),
+                pick(6, SOFT_USE),
+                pick(7, HARD_USE),
+            ];
+            let v = |k: usize| table[k].map(|(v, _)| v);
+            let limits = Limits {
+                soft_packets: v(0),
+                hard_packets: v(1),
+                soft_bytes: v(2),
+                hard_bytes: v(3),
+                soft_seconds: v(4),
+                hard_seconds: v(5),
+                soft_use_seconds: v(6),
+                hard_use_seconds: v(7),
+            };
+            limits.validate().unwrap();
+            let first = |odd: usize| {
+                (0..8)
+                    .filter(|k| k % 2 == odd)
+                    .filter_map(|k| table[k].map(|(_, i)| i))
+                    .min()
+            };
+            let hard_at = first(1).unwrap_or(u64::MAX);
+            let soft_at = first(0).filter(|s| *s < hard_at);
+            // Outbound: one admit per packet. Inbound: the time pre-check, then admit.
+            let out = Lifetime::new(limits, 0, 1);
+            let inb = Lifetime::new(limits, 0, 1);
+            let (mut hard_out, mut hard_in) = (0, 0);
+            for i in 0..16u64 {
+                let now = i * NS;
+                let a = out.admit(0, 100, now);
+                let b = match inb.check_time(now) {
+                    Admit::Pass => inb.admit(0, 100, now),
+                    refused => refused,
+                };
+                for (a, hard) in [(a, &mut hard_out), (b, &mut hard_in)] {
+                    let want_pass = i < hard_at;
+                    let passed = matches!(a, Admit::Pass | Admit::PassSoft);
+                    assert_eq!(passed, want_pass, "{limits:?} packet {i}: {a:?}");
+                    assert_eq!(
+                        a == Admit::PassSoft,
+                        soft_at == Some(i),
+                        "{limits:?} packet {i}: {a:?}"
+                    );
+                    if a == Admit::RefuseHard {
+                        assert_eq!(i, hard_at, "{limits:?}: hard notified late");
+                        *hard += 1;
+                    }
+                }
+            }
+            let want_hard = u32::from(hard_at < 16);
+            assert_eq!((hard_out, hard_in), (want_hard, want_hard), "{limits:?}");
+        }
+    }
+
+    /// Admits packets of `size` from `cores` cores in a seeded pseudo-random order until the
+    /// soft limit fires; returns the total admitted (including the packet that fired).
+    fn admitted_when_soft_fires(limits: Limits, cores: usize, size: u64, seed: u64) -> u64 {
+        let l = Lifetime::new(limits, 0, cores);
+        let mut x = seed | 1;
+        let mut total = 0;
+        loop {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let a = l.admit((x % cores as u64) as usize, size, 0);
+            assert!(
+                matches!(a, Admit::Pass | Admit::PassSoft),
+                "{limits:?}: {a:?}"
+            );
+            total += if limits.soft_packets.is_some() {
+                1
+            } else {
+                size
+            };
+            if a == Admit::PassSoft {
+                return total;
+            }
+        }
+    }
+
+    /// A soft byte or packet limit fires no earlier than its value and at most
+    /// min(soft, hard - soft)/64 plus one packet after it (soft/64 without a hard limit), on 1
+    /// and on 4 cores.
+    #[test]
+    fn soft_limits_fire_within_tolerance_of_their_value() {
+        let cases = [
+            // (limits, packet size)
+            (
+                Limits {
+                    soft_packets: Some(1000),
+                    ..lim()
+                },
+                1,
+            ),
+            (
+                Limits {
+                    soft_packets: Some(3_000_000),
+                    ..lim()
+                },
+                1,
+            ),
+            (
+                Limits {
+                    soft_packets: Some(100_000),
+                    hard_packets: Some(120_000),
+                    ..lim()
+                },
+                1,
+            ),
+            (
+                Limits {
+                    soft_bytes: Some(4_000_000),
+                    ..lim()
+                },
+                1400,
+            ),
+            (
+                Limits {
+                    soft_bytes: Some(4_000_000),
+                    hard_bytes: Some(4_100_000),
+                    ..lim()
+                },
+                1400,
+            ),
+            (
+                Limits {
+                    soft_bytes: Some(900_000_000),
+                    hard_bytes: Some(1_000_000_000),
+                    ..lim()
+                },
+                9000,
+            ),
+        ];
+        for (limits, size) in cases {
+            let soft = limits.soft_packets.or(limits.soft_bytes).unwrap();
+            let hard = limits
+                .hard_packets
+                .or(limits.hard_bytes)
+                .unwrap_or(u64::MAX);
+            let unit = if limits.soft_packets.is_some() {
+                1
+            } else {
+                size
+            };
+            let late = soft.min(hard - soft) / 64 + unit;
+            for cores in [1, 4] {
+                for seed in [1, 7, 12345] {
+                    let at = admitted_when_soft_fires(limits, cores, size, seed);
+                    assert!(
+                        at >= soft && at <= soft + late,
+                        "{limits:?} on {cores} cores: soft fired at {at}"
                     );
                 }
             }
