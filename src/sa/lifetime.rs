@@ -257,6 +257,8 @@ impl Budget {
 pub struct Lifetime {
     expired: AtomicBool,
     fired: AtomicU8,
+    /// Notifications the control thread has announced (`FIRED_*` bits; see `announce`).
+    announced: AtomicU8,
     /// A use-time limit is set (`first_use` is kept).
     by_use: bool,
     /// The earlier of the two deadlines below: the one compare every packet makes.
@@ -285,6 +287,7 @@ impl Lifetime {
             first_use: AtomicU64::new(0),
             expired: AtomicBool::new(false),
             fired: AtomicU8::new(0),
+            announced: AtomicU8::new(0),
             packets: limits
                 .hard_packets
                 .map(|h| Budget::new(h, limits.soft_packets, cores))
@@ -346,6 +349,25 @@ impl Lifetime {
     pub fn expire(&self) -> bool {
         self.expired.store(true, Ordering::Release);
         self.fired.fetch_or(FIRED_HARD, Ordering::AcqRel) & FIRED_HARD == 0
+    }
+
+    /// Control thread: records that the soft (`hard == false`) or hard notification of this SA
+    /// has been announced. True the first time after it fired, so a notification that reached
+    /// the control thread twice (queued, and found by `unannounced`) is announced once. A
+    /// notification this SA never fired (an event of an SA it replaced) is not recorded: true.
+    pub fn announce(&self, hard: bool) -> bool {
+        let bit = if hard { FIRED_HARD } else { FIRED_SOFT };
+        if self.fired.load(Ordering::Acquire) & bit == 0 {
+            return true;
+        }
+        self.announced.fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Control thread: the (soft, hard) notifications that fired but were not announced yet,
+    /// e.g. because the worker found the queue to the control thread full.
+    pub fn unannounced(&self) -> (bool, bool) {
+        let open = self.fired.load(Ordering::Acquire) & !self.announced.load(Ordering::Acquire);
+        (open & FIRED_SOFT != 0, open & FIRED_HARD != 0)
     }
 
     #[inline]
@@ -684,6 +706,34 @@ mod tests {
             }
         }
     }
+    #[test]
+    fn each_notification_is_announced_once() {
+        let l = Lifetime::new(
+            Limits {
+                soft_packets: Some(1),
+                hard_packets: Some(2),
+                ..lim()
+            },
+            0,
+            1,
+        );
+        assert_eq!(l.unannounced(), (false, false));
+        assert!(
+            l.announce(false),
+            "an event this SA never fired is not recorded"
+        );
+        assert_eq!(l.admit(0, 1, 0), Admit::PassSoft);
+        assert_eq!(l.unannounced(), (true, false));
+        assert!(l.announce(false));
+        assert!(!l.announce(false), "announced twice");
+        assert_eq!(l.admit(0, 1, 0), Admit::Pass);
+        assert_eq!(l.admit(0, 1, 0), Admit::RefuseHard);
+        assert_eq!(l.unannounced(), (false, true));
+        assert!(l.announce(true));
+        assert!(!l.announce(true));
+        assert_eq!(l.unannounced(), (false, false));
+    }
+
     /// Packet index (0-based; packet i is sent at i seconds after install, 100 bytes each) at
     /// which each limit of the table below takes effect.
     const SOFT_PACKETS: (u64, u64) = (5, 4);
