@@ -17,7 +17,7 @@
 //! `soft + (cores - 1) q`. Soft time limits fire on the first packet at or after their
 //! deadline. Every hard limit, of any kind, holds on the packet path by itself.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
@@ -914,5 +914,157 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// Loom models of the budget protocol (`cargo test --release --features loom --lib loom_`):
+/// cores take leases, refill, steal each other's leases back and refuse, in every interleaving
+/// of their atomic operations with up to 3 preemptions (4 for the cheap soft-only model; with
+/// 4 the soft+hard and bytes models passed too, in 3-10 minutes each). `SHARE` is 1 here, so
+/// even tiny limits are leased in chunks of more than one unit.
+#[cfg(all(test, feature = "loom"))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+
+    /// One core's traffic: packets of `size` until it has passed `want` of them or the SA
+    /// expired. Returns (units passed, soft notifications, hard notifications).
+    fn drive(l: &Lifetime, core: usize, want: u64, size: u64) -> (u64, u32, u32) {
+        let (mut pass, mut soft, mut hard) = (0, 0, 0);
+        while pass < want * size && !l.is_expired() {
+            match l.admit(core, size, 0) {
+                Admit::Pass => pass += size,
+                Admit::PassSoft => {
+                    pass += size;
+                    soft += 1;
+                }
+                Admit::RefuseHard => hard += 1,
+                // Refused while another core holds budget in flight: try again later.
+                Admit::Refuse => loom::thread::yield_now(),
+            }
+        }
+        (pass, soft, hard)
+    }
+
+    /// Core i sends `want[i]` packets of `size[i]` units (bytes when `limits` limits bytes,
+    /// else packets of one unit) to an SA with `limits`; checks the budget's books balance, the
+    /// hard limit is never passed and is reached when demand exceeds it (to within one packet
+    /// for bytes), and each notification fires exactly once when due.
+    fn run(limits: Limits, want: &'static [u64], size: &'static [u64], bound: usize) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(bound);
+        b.check(move || {
+            let cores = want.len();
+            let l = Arc::new(Lifetime::new(limits, 0, cores));
+            let handles: Vec<_> = (1..cores)
+                .map(|core| {
+                    let l = l.clone();
+                    loom::thread::spawn(move || drive(&l, core, want[core], size[core]))
+                })
+                .collect();
+            let mut res = vec![drive(&l, 0, want[0], size[0])];
+            res.extend(handles.into_iter().map(|h| h.join().unwrap()));
+            let passed: u64 = res.iter().map(|r| r.0).sum();
+            let soft: u32 = res.iter().map(|r| r.1).sum();
+            let hard: u32 = res.iter().map(|r| r.2).sum();
+            let (budget, soft_limit, hard_limit) = match &l.packets {
+                Some(p) => (p, limits.soft_packets, limits.hard_packets),
+                None => (
+                    l.bytes.as_ref().unwrap(),
+                    limits.soft_bytes,
+                    limits.hard_bytes,
+                ),
+            };
+            let held: u64 = budget
+                .leases
+                .iter()
+                .map(|x| x.load(Ordering::Acquire))
+                .sum();
+            assert_eq!(budget.unleased() + held + passed, budget.limit(), "books");
+            let demand: u64 = want.iter().zip(size).map(|(w, s)| w * s).sum();
+            let largest = *size.iter().max().unwrap();
+            match hard_limit {
+                Some(h) => {
+                    assert!(passed <= h, "admitted {passed} past the hard limit {h}");
+                    if demand > h {
+                        assert!(passed > h - largest, "only {passed} of {h} admitted");
+                        if largest == 1 {
+                            assert_eq!(passed, h, "demand exceeded the limit: all admitted");
+                        }
+                        assert_eq!(hard, 1, "hard notified exactly once");
+                        assert!(l.is_expired());
+                    } else {
+                        assert_eq!((passed, hard), (demand, 0));
+                    }
+                }
+                None => assert_eq!((passed, hard), (demand, 0)),
+            }
+            if let Some(s) = soft_limit {
+                let (q, _) = budget.soft_point();
+                // Certain to be crossed once this much has passed (module docs).
+                if passed >= s + cores as u64 * q + largest {
+                    assert_eq!(soft, 1, "soft notified exactly once ({passed} passed)");
+                } else {
+                    assert!(soft <= 1);
+                }
+            } else {
+                assert_eq!(soft, 0);
+            }
+        });
+    }
+
+    /// Two cores against a hard limit of 4 with a soft limit of 2 (leases of 1, stealing at
+    /// the end): exactly 4 admitted, one soft and one hard notification.
+    #[test]
+    fn loom_two_cores_soft_and_hard() {
+        let limits = Limits {
+            soft_packets: Some(2),
+            hard_packets: Some(4),
+            ..Limits::default()
+        };
+        run(limits, &[3, 3], &[1, 1], 3);
+    }
+
+    /// Three cores against a hard limit of 5 without a soft limit: leases of 1 and steals
+    /// among three, exactly 5 admitted, one hard notification.
+    #[test]
+    fn loom_three_cores_hard_only() {
+        let limits = Limits {
+            hard_packets: Some(5),
+            ..Limits::default()
+        };
+        run(limits, &[2, 2, 2], &[1, 1, 1], 3);
+    }
+
+    /// Demand below the limit: nothing refused, nothing notified, books balance.
+    #[test]
+    fn loom_two_cores_under_the_limit() {
+        let limits = Limits {
+            hard_packets: Some(5),
+            ..Limits::default()
+        };
+        run(limits, &[2, 2], &[1, 1], 3);
+    }
+
+    /// A soft limit without a hard one: fires exactly once, leases capped until then.
+    #[test]
+    fn loom_two_cores_soft_only() {
+        let limits = Limits {
+            soft_packets: Some(3),
+            ..Limits::default()
+        };
+        run(limits, &[3, 3], &[1, 1], 4);
+    }
+
+    /// Bytes, packets of 2 and 1 bytes against 7 (soft 3): never past 7, at least 6 admitted,
+    /// one soft and one hard notification.
+    #[test]
+    fn loom_two_cores_bytes_mixed_sizes() {
+        let limits = Limits {
+            soft_bytes: Some(3),
+            hard_bytes: Some(7),
+            ..Limits::default()
+        };
+        run(limits, &[3, 3], &[2, 1], 3);
     }
 }
