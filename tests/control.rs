@@ -856,3 +856,59 @@ fn main_mode_children_carry_their_direction() {
     );
     assert_eq!(ev[0]["children"], both);
 }
+
+/// Soft and hard notifications that find the worker→control queue full are not lost: the
+/// control thread delivers each exactly once later (rekey request, 13895, removal), also when
+/// the queued copy of an event arrives after the control thread found it on its own.
+#[test]
+fn lifetime_events_survive_a_full_worker_queue() {
+    let text = {
+        let t = example_text("gw-a.toml");
+        let (h, tail) = t.split_at(t.find("# B → A").unwrap());
+        format!("{h}\n[sas.lifetime]\nsoft_packets = 3\nhard_packets = 5\n\n{tail}")
+    };
+    let dummy = SaEvent {
+        spi: 0x999,
+        direction: espd::sa::Direction::Inbound,
+        kind: espd::datapath::SaEventKind::Soft,
+    };
+    // capacity 1: both pushes fail; capacity 2: the soft one is queued, the hard one lost.
+    for capacity in [1, 2] {
+        let cfg = Config::parse(std::path::Path::new("a.toml"), &text).unwrap();
+        let dp = Arc::new(cfg.build_dataplane(1).unwrap());
+        let mut ctl = Control::new(&cfg, dp.clone());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1000);
+        ctl.subscribe(tx);
+        let events = ArrayQueue::new(capacity);
+        events.push(dummy).unwrap();
+        let stats = CoreStats::default();
+        let mut p = Pipeline::new(&dp, 0, &stats, &events, cfg.pipeline_config());
+        for i in 0..8u8 {
+            let mut f = [Frame::from_packet(&pkt(i))];
+            let mut a = [Action::Punt];
+            p.outbound(&mut f, S, &mut a);
+        }
+        assert_eq!(stats.events_dropped.get(), 3 - capacity as u64);
+        assert_eq!(events.pop(), Some(dummy));
+        // The control thread first finds the lost events itself, then drains the queue.
+        ctl.tick(S, &ArrayQueue::new(1));
+        ctl.tick(S + 1, &events);
+        for t in 2..10 {
+            ctl.tick(t * S, &events);
+        }
+        let names = |rx: &std::sync::mpsc::Receiver<String>| -> Vec<(String, String)> {
+            rx.try_iter()
+                .map(|l| serde_json::from_str::<Value>(&l).unwrap())
+                .map(|e| (e["event"].as_str().unwrap().into(), e["spi"].to_string()))
+                .collect()
+        };
+        let got = names(&rx);
+        let soft = ("sa_soft_expired".to_string(), "\"0x0000a001\"".to_string());
+        let hard = ("sa_hard_expired".to_string(), "\"0x0000a001\"".to_string());
+        assert_eq!(got, vec![soft, hard], "capacity {capacity}");
+        // The hard expiry still leads to removal.
+        ctl.tick(1000 * S, &events);
+        let got = names(&rx);
+        assert_eq!(got.last().unwrap().0, "sa_removed", "capacity {capacity}");
+    }
+}

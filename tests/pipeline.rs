@@ -1389,3 +1389,44 @@ fn prefragmentation_without_a_free_frame_is_a_counted_drop() {
     let (_, f) = a.out(&[small]).remove(0);
     assert_eq!(&ip(&f)[24..28], &1u32.to_be_bytes());
 }
+
+/// A's configuration with `lifetime` (TOML lines) on its outbound SA.
+fn a_with_lifetime(lifetime: &str) -> Gw {
+    let text = example_text("gw-a.toml");
+    let (head, tail) = text.split_at(text.find("# B → A").unwrap());
+    Gw::from_toml(&format!("{head}\n[sas.lifetime]\n{lifetime}\n\n{tail}"))
+}
+
+#[test]
+fn hard_time_limit_without_soft_holds_on_the_data_path() {
+    // No soft_seconds and no control thread: the worker alone refuses after hard_seconds.
+    let a = a_with_lifetime("hard_seconds = 20");
+    let pkt = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, b"x");
+    let s = 1_000_000_000u64;
+    assert_eq!(
+        a.out_at(std::slice::from_ref(&pkt), 19 * s)[0].0,
+        Action::Tx
+    );
+    let acts: Vec<Action> = a
+        .out_at(&[pkt.clone(), pkt], 21 * s)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(acts, vec![Action::Drop(DropReason::LifetimeExpired); 2]);
+    let kinds: Vec<_> = a.events().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![SaEventKind::Hard]);
+}
+
+#[test]
+fn soft_packet_limit_without_hard_fires_at_its_value() {
+    let a = a_with_lifetime("soft_packets = 1000");
+    let pkt = frame("192.0.2.10", "198.51.100.20", 17, 1, 2, b"x");
+    let acts = a.out(&vec![pkt.clone(); 999]);
+    assert!(acts.iter().all(|(a, _)| *a == Action::Tx));
+    assert_eq!(a.events(), vec![], "soft fired before 1000 packets");
+    // Tolerance: at most soft/64 + one packet after the value.
+    let acts = a.out(&vec![pkt; 1 + 1000 / 64 + 1]);
+    assert!(acts.iter().all(|(a, _)| *a == Action::Tx));
+    let kinds: Vec<_> = a.events().iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, vec![SaEventKind::Soft]);
+}

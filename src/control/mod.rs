@@ -517,6 +517,11 @@ impl Control {
                 due.push((spi, d));
             }
             self.visit_unused(&mut due);
+            // A worker found the queue full: some notification fired but never reached us.
+            // Only then, look at every SA for fired-but-unannounced ones (at most once a pass).
+            if self.dp.take_lost_events() {
+                self.find_unannounced(&mut fired);
+            }
             due.sort_unstable();
             due.dedup();
             let g = epoch::pin();
@@ -591,7 +596,35 @@ impl Control {
         }
     }
 
+    /// Notifications that fired on an installed SA without being announced (the worker's push
+    /// failed). Visits every SA: `tick` calls it only after a worker reported a lost event.
+    fn find_unannounced(&self, fired: &mut Vec<(u32, Direction, SaEventKind)>) {
+        let g = epoch::pin();
+        for &key in self.sas.keys() {
+            let Some(sa) = self.lookup(key, &g) else {
+                continue;
+            };
+            let (soft, hard) = sa.lifetime.unannounced();
+            if soft {
+                fired.push((key.0, key.1, SaEventKind::Soft));
+            }
+            if hard {
+                fired.push((key.0, key.1, SaEventKind::Hard));
+            }
+        }
+    }
+
     fn sa_event(&mut self, spi: u32, d: Direction, kind: SaEventKind, now: u64) {
+        {
+            // Announced once, whether it came through the queue, was found by
+            // `find_unannounced`, or both.
+            let g = epoch::pin();
+            if let Some(sa) = self.lookup((spi, d), &g)
+                && !sa.lifetime.announce(kind == SaEventKind::Hard)
+            {
+                return;
+            }
+        }
         let tunnel = self.sas.get(&(spi, d)).and_then(|t| self.tunnel_name(*t));
         match kind {
             SaEventKind::Soft => self.emit(Event::SaSoftExpired {

@@ -20,6 +20,7 @@
 //! queue is counted, never waited on).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::Ordering;
 
 use crossbeam_epoch::{self as epoch, Guard};
 use crossbeam_queue::ArrayQueue;
@@ -109,6 +110,9 @@ pub struct Dataplane {
     pub sas: SaTable,
     spd: crate::sys::EpochPtr<Spd>,
     local: Vec<(bool, u128)>,
+    /// A worker found the queue to the control thread full: some SA fired a lifetime
+    /// notification the control thread has not heard of (it looks for it, see `Control::tick`).
+    lost_events: std::sync::atomic::AtomicBool,
 }
 
 impl Dataplane {
@@ -117,7 +121,13 @@ impl Dataplane {
             sas,
             spd: crate::sys::EpochPtr::new(spd),
             local: local.iter().map(|a| raw(*a)).collect(),
+            lost_events: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// True (once) when a lifetime notification could not be queued since the last call.
+    pub fn take_lost_events(&self) -> bool {
+        self.lost_events.load(Ordering::Relaxed) && self.lost_events.swap(false, Ordering::AcqRel)
     }
 
     /// Publishes a new SPD; the old one is freed when no worker holds it.
@@ -371,7 +381,9 @@ impl<'a> Pipeline<'a> {
             })
             .is_err()
         {
+            // The SA's fired flag is already set: the control thread finds it from this flag.
             self.stats.events_dropped.add(1);
+            self.dp.lost_events.store(true, Ordering::Release);
         }
     }
 
