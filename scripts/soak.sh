@@ -62,6 +62,8 @@ mkdir -p "$logs"
 sa=$rig/gw-a.sock
 sb=$rig/gw-b.sock
 pids=()          # every background process this script started
+# Background processes run in their own session (setsid, same PID): a Ctrl-C reaches only this
+# script, whose trap then stops them in order (gateways last) and removes the rig.
 rig_up=0
 passed=0
 reported=0
@@ -70,7 +72,7 @@ fail_reason=""
 alive() { [ -e "/proc/$1" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]; }
 
 # SIGTERM, wait up to $2 tenths of a second, then SIGKILL; by PID only.
-# Sets stop_status to the exit status (143: it ended on our SIGTERM).
+# Sets stop_status to its exit status.
 stop_pid() {
   local p=$1 tenths=${2:-50}
   stop_status=0
@@ -82,21 +84,40 @@ stop_pid() {
   wait "$p" 2>/dev/null || stop_status=$?
 }
 
+NAMESPACES="host-a gw-a wan gw-b host-b"
+ns_ids=""        # "name:inode ..." of the rig's namespaces once built
+ns_id() { stat -c %i "/run/netns/$1" 2>/dev/null || echo none; }
+# Empty while the rig's namespaces are the ones this script built; else what changed.
+rig_changed() {
+  local e
+  for e in $ns_ids; do
+    [ "$(ns_id "${e%%:*}")" = "${e#*:}" ] || echo -n "${e%%:*} "
+  done
+  return 0
+}
+
 teardown() {
-  local p
-  for p in "${pids[@]}"; do stop_pid "$p" 50; done
+  local k e
+  for ((k = ${#pids[@]} - 1; k >= 0; k--)); do stop_pid "${pids[k]}" 50; done # gateways last
   pids=()
-  if [ "$rig_up" = 1 ]; then
-    # Deleting the namespaces removes the veths and the XDP programs attached to them.
-    "$B" rig down >/dev/null 2>&1 || true
-    rig_up=0
+  # Deleting the namespaces removes the veths and the XDP programs attached to them. Only ours:
+  # a namespace of the same name built by someone else (a rig test run outside the lock) stays.
+  if [ -n "$ns_ids" ]; then
+    for e in $ns_ids; do
+      [ "$(ns_id "${e%%:*}")" = "${e#*:}" ] && ip netns del "${e%%:*}" 2>/dev/null
+    done
+    ns_ids=""
+  elif [ "$rig_up" = 1 ]; then
+    "$B" rig down >/dev/null 2>&1 || true # stopped inside `rig up`
   fi
+  rig_up=0
   rm -rf "$rig"
 }
 
 on_exit() {
   local rc=$?
-  trap - EXIT INT TERM
+  trap - EXIT
+  trap '' INT TERM # a second Ctrl-C must not cut the clean-up short
   teardown
   if [ "$reported" = 0 ]; then
     # Stopped before the report (start-up failure, Ctrl-C): say so in the JSON too.
@@ -135,7 +156,7 @@ sample() {
 # in a file). The SPIs are written to $2.
 batch_add() {
   local s=$1 out=$2
-  yes '{"op":"allocate_spi"}' | head -n "$BATCH" | ctl "$s" raw - | sed -n 's/.*"spi":"\(0x[0-9a-f]*\)".*/\1/p' >"$out"
+  printf '{"op":"allocate_spi"}\n%.0s' $(seq "$BATCH") | ctl "$s" raw - | sed -n 's/.*"spi":"\(0x[0-9a-f]*\)".*/\1/p' >"$out"
   [ "$(wc -l <"$out")" = "$BATCH" ] || { echo "allocate_spi on $s: $(wc -l <"$out") of $BATCH" >&2; return 1; }
   od -An -v -tx1 -N$((20 * BATCH)) /dev/urandom | tr -d ' \n' | fold -w 40 | paste -d' ' "$out" - |
     awk -v n="$BATCH" '
@@ -158,20 +179,27 @@ batch_delete() {
   sed 's/.*/{"op":"sa_delete","spi":"&","direction":"in"}/' "$spis" | ctl "$s" raw - >"$spis.deleted"
 }
 
-note_fail() { [ -n "$fail_reason" ] || fail_reason=$1; echo "soak: $1" >&2; }
+note_fail() {
+  local msg=$1 changed
+  changed=$(rig_changed)
+  [ -z "$changed" ] || msg+=" (namespaces ${changed% } were deleted or replaced by someone else: a rig test outside flock /tmp/espd-rig.lock?)"
+  [ -n "$fail_reason" ] || fail_reason=$msg
+  echo "soak: $msg" >&2
+}
 
 echo "== soak: $minutes min; UDP $PPS pps each way ($SIZE B, every datagram checked); rekey every 100 ms;"
 echo "   main mode add+delete every second; $BATCH inbound SAs added and deleted every $BATCH_EVERY s"
-existing=$(ip netns list | awk '{print $1}' | grep -xE 'host-a|gw-a|wan|gw-b|host-b' | tr '\n' ' ' || true)
+existing=$(for n in $NAMESPACES; do [ -e "/run/netns/$n" ] && echo -n "$n "; done || true)
 if [ -n "$existing" ]; then
   # Someone's rig (a test run outside the lock) or a leftover: not ours to delete.
   note_fail "rig namespaces exist already ($existing): another rig is running, or remove a leftover with \`espd rig down\`"
   exit 1
 fi
+rig_up=1 # from here on the clean-up runs `espd rig down` (harmless if `rig up` did not finish)
 "$B" rig up --queues 2 --xdp-mode "$XDP_MODE" --dir "$rig" >/dev/null
-rig_up=1
+for n in $NAMESPACES; do ns_ids+="$n:$(ns_id "$n") "; done
 for g in a b; do
-  ip netns exec "gw-$g" "$B" run --config "$rig/gw-$g.toml" --stats >"$logs/gw-$g.out" 2>"$logs/gw-$g.log" &
+  ip netns exec "gw-$g" setsid "$B" run --config "$rig/gw-$g.toml" --stats >"$logs/gw-$g.out" 2>"$logs/gw-$g.log" &
   pids+=($!)
   eval "pid_$g=$!"
 done
@@ -204,17 +232,17 @@ echo "== gateways up (pids $pid_a and $pid_b), path ready"
 # The measured traffic: sinks first, then senders (the sender stops on its own after `count`).
 # The senders pace by spinning (a core each): at nice 19 they take only what the gateways leave,
 # and a sender that fell behind catches up in a burst.
-ip netns exec host-b "$B" traffic udp-recv --bind 0.0.0.0:5001 --expect "$count" --idle 5 >"$logs/sink-ab.json" 2>"$logs/sink-ab.log" &
+ip netns exec host-b setsid "$B" traffic udp-recv --bind 0.0.0.0:5001 --expect "$count" --idle 5 >"$logs/sink-ab.json" 2>"$logs/sink-ab.log" &
 sink_ab=$!; pids+=($sink_ab)
-ip netns exec host-a "$B" traffic udp-recv --bind "[::]:5002" --expect "$count" --idle 5 >"$logs/sink-ba.json" 2>"$logs/sink-ba.log" &
+ip netns exec host-a setsid "$B" traffic udp-recv --bind "[::]:5002" --expect "$count" --idle 5 >"$logs/sink-ba.json" 2>"$logs/sink-ba.log" &
 sink_ba=$!; pids+=($sink_ba)
 sleep 0.3
-ip netns exec host-a nice -n 19 "$B" traffic udp-send --dst 198.51.100.2:5001 --count "$count" --size "$SIZE" --pps "$PPS" --seconds $((secs + 60)) >"$logs/send-ab.json" 2>"$logs/send-ab.log" &
+ip netns exec host-a setsid nice -n 19 "$B" traffic udp-send --dst 198.51.100.2:5001 --count "$count" --size "$SIZE" --pps "$PPS" --seconds $((secs + 60)) >"$logs/send-ab.json" 2>"$logs/send-ab.log" &
 send_ab=$!; pids+=($send_ab)
-ip netns exec host-b nice -n 19 "$B" traffic udp-send --dst "[fd00:a::2]:5002" --count "$count" --size "$SIZE" --pps "$PPS" --seconds $((secs + 60)) >"$logs/send-ba.json" 2>"$logs/send-ba.log" &
+ip netns exec host-b setsid nice -n 19 "$B" traffic udp-send --dst "[fd00:a::2]:5002" --count "$count" --size "$SIZE" --pps "$PPS" --seconds $((secs + 60)) >"$logs/send-ba.json" 2>"$logs/send-ba.log" &
 send_ba=$!; pids+=($send_ba)
 # The keyer runs until stopped (after the traffic ended, so a rekey cut in half loses nothing).
-"$B" keyer --a "$sa" --b "$sb" --count 1000000000 --interval-ms 100 >"$logs/keyer.out" 2>"$logs/keyer.log" &
+setsid "$B" keyer --a "$sa" --b "$sb" --count 1000000000 --interval-ms 100 >"$logs/keyer.out" 2>"$logs/keyer.log" &
 keyer=$!; pids+=($keyer)
 declare -A name_of=(["$pid_a"]=gw-a ["$pid_b"]=gw-b ["$keyer"]=keyer ["$sink_ab"]="sink host-b"
   ["$sink_ba"]="sink host-a" ["$send_ab"]="sender host-a" ["$send_ba"]="sender host-b")
@@ -232,6 +260,7 @@ for ((i = 0; i <= secs; i++)); do
   now=$EPOCHREALTIME
   wait_s=$(awk -v s="$start" -v i="$i" -v n="$now" 'BEGIN { d = s + i - n; print (d > 0 ? d : 0) }')
   sleep "$wait_s"
+  [ -z "$(rig_changed)" ] || { note_fail "the rig changed under us at t=$i s"; break; }
   for p in "$pid_a" "$pid_b" "$keyer" "$sink_ab" "$sink_ba"; do
     # A sink ends early only when nothing came for 5 s; near the end it may have everything.
     [ "$p" = "$sink_ab" ] || [ "$p" = "$sink_ba" ] && ((i >= secs - 2)) && continue
@@ -306,8 +335,12 @@ stop_pid "$pid_b" 100
 exit_b=$stop_status
 errors_a=$(grep -c -E 'ERROR([^_A-Za-z]|$)|panicked' "$logs/gw-a.log" || true)
 errors_b=$(grep -c -E 'ERROR([^_A-Za-z]|$)|panicked' "$logs/gw-b.log" || true)
+built=$ns_ids
 teardown
-leftover_ns=$(ip netns list | awk '{print $1}' | grep -xE 'host-a|gw-a|wan|gw-b|host-b' | tr '\n' ' ' || true)
+leftover_ns=""
+for e in $built; do
+  [ "$(ns_id "${e%%:*}")" = "${e#*:}" ] && leftover_ns+="${e%%:*} "
+done
 leftover_pids=""
 for p in "$pid_a" "$pid_b" "$keyer" "$send_ab" "$send_ba" "$sink_ab" "$sink_ba"; do
   alive "$p" && leftover_pids+="$p "
