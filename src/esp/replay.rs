@@ -210,6 +210,7 @@ mod tests {
     }
 
     /// Runs the interlude registered for `point` (once).
+    #[cfg(not(feature = "loom"))]
     pub(super) fn pause(point: u8) {
         let f = PAUSE.with(|p| {
             let mut p = p.borrow_mut();
@@ -442,5 +443,239 @@ mod tests {
         // The first thread to reach a chunk finds it inside the window (chunks are smaller than
         // the window), so every number is accepted by exactly one thread.
         assert_eq!(total as u64, n);
+    }
+}
+
+/// Loom models of `check`/`commit` (`cargo test --release --features loom --lib loom_`): every
+/// interleaving of two or three workers' atomic operations, up to a preemption bound.
+#[cfg(all(test, feature = "loom"))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use std::collections::{BTreeMap, HashSet};
+
+    /// One received packet.
+    #[derive(Clone, Copy, Debug)]
+    enum Pkt {
+        /// 32-bit sequence numbers: the number as sent.
+        Seq(u64),
+        /// ESN: the sender sent this 64-bit number, the wire carries its low half; the receiver
+        /// infers the high half, and a wrong guess fails the ICV (never committed).
+        Esn(u64),
+    }
+
+    /// What a worker does with each packet, as `decap` does: infer, check, (verify), commit.
+    /// Returns the numbers it accepted.
+    fn receive(r: &ReplayWindow, plan: &[Pkt]) -> Vec<u64> {
+        let mut accepted = Vec::new();
+        for &p in plan {
+            let seq = match p {
+                Pkt::Seq(s) => s,
+                Pkt::Esn(sent) => {
+                    let seq = r.infer_esn(sent as u32);
+                    if seq != sent {
+                        continue; // the ICV would not verify
+                    }
+                    seq
+                }
+            };
+            if r.check(seq).is_ok() && r.commit(seq).is_ok() {
+                accepted.push(seq);
+            }
+        }
+        accepted
+    }
+
+    /// The sequential reference: a set of accepted numbers and the highest.
+    #[derive(Clone)]
+    struct Sequential {
+        seen: HashSet<u64>,
+        top: u64,
+        w: u64,
+    }
+
+    impl Sequential {
+        fn receive(&mut self, p: Pkt) -> Option<u64> {
+            let seq = match p {
+                Pkt::Seq(s) => s,
+                Pkt::Esn(sent) => {
+                    Some(infer_esn(self.top, self.w as u32, sent as u32)).filter(|&s| s == sent)?
+                }
+            };
+            if seq == 0 || seq.saturating_add(self.w) <= self.top || !self.seen.insert(seq) {
+                return None;
+            }
+            self.top = self.top.max(seq);
+            Some(seq)
+        }
+    }
+
+    /// Per number, the fewest and the most times it is accepted over every interleaving of the
+    /// plans with each packet handled atomically.
+    fn sequential_bounds(
+        window: u32,
+        pre: &[u64],
+        plans: &[Vec<Pkt>],
+    ) -> BTreeMap<u64, (usize, usize)> {
+        fn walk(
+            m: &Sequential,
+            plans: &[Vec<Pkt>],
+            pos: &mut Vec<usize>,
+            got: &mut Vec<u64>,
+            outcomes: &mut Vec<Vec<u64>>,
+        ) {
+            let mut done = true;
+            for t in 0..plans.len() {
+                if pos[t] < plans[t].len() {
+                    done = false;
+                    let mut m = m.clone();
+                    let n = got.len();
+                    if let Some(s) = m.receive(plans[t][pos[t]]) {
+                        got.push(s);
+                    }
+                    pos[t] += 1;
+                    walk(&m, plans, pos, got, outcomes);
+                    pos[t] -= 1;
+                    got.truncate(n);
+                }
+            }
+            if done {
+                outcomes.push(got.clone());
+            }
+        }
+        let mut m = Sequential {
+            seen: HashSet::new(),
+            top: 0,
+            w: u64::from(window.clamp(MIN_WINDOW, MAX_WINDOW).next_power_of_two()),
+        };
+        for &s in pre {
+            m.receive(Pkt::Seq(s)).expect("prefix accepted");
+        }
+        let mut outcomes = Vec::new();
+        walk(
+            &m,
+            plans,
+            &mut vec![0; plans.len()],
+            &mut Vec::new(),
+            &mut outcomes,
+        );
+        let numbers: HashSet<u64> = outcomes.iter().flatten().copied().collect();
+        numbers
+            .into_iter()
+            .map(|s| {
+                let counts = outcomes
+                    .iter()
+                    .map(|o| o.iter().filter(|&&x| x == s).count());
+                (
+                    s,
+                    (counts.clone().min().unwrap_or(0), counts.max().unwrap_or(0)),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs `plans` (one per worker; worker 0 is the model's main thread) on a window that
+    /// accepted `pre`, in every interleaving loom explores. Asserts that no number is accepted
+    /// twice, and that each is accepted at least as often as in every sequential interleaving
+    /// and at most as often as in some.
+    fn model(window: u32, pre: &'static [u64], plans: Vec<Vec<Pkt>>, preemptions: usize) {
+        let bounds = sequential_bounds(window, pre, &plans);
+        let plans = std::sync::Arc::new(plans); // plain data, shared by every execution
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = (preemptions > 0).then_some(preemptions);
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = runs.clone();
+        b.check(move || {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let r = Arc::new(ReplayWindow::new(window));
+            for &s in pre {
+                r.commit(s).unwrap();
+            }
+            let workers: Vec<_> = (1..plans.len())
+                .map(|t| {
+                    let (r, plans) = (r.clone(), plans.clone());
+                    loom::thread::spawn(move || receive(&r, &plans[t]))
+                })
+                .collect();
+            let mut all = receive(&r, &plans[0]);
+            for w in workers {
+                all.extend(w.join().unwrap());
+            }
+            let mut counts = BTreeMap::new();
+            for s in all {
+                *counts.entry(s).or_insert(0usize) += 1;
+            }
+            for (s, &n) in &counts {
+                assert!(n == 1, "{s:#x} accepted {n} times");
+                let (_, most) = bounds.get(s).copied().unwrap_or((0, 0));
+                assert!(n <= most, "{s:#x} accepted, no sequential order accepts it");
+            }
+            for (s, &(least, _)) in &bounds {
+                let n = counts.get(s).copied().unwrap_or(0);
+                assert!(
+                    n >= least,
+                    "{s:#x} refused, every sequential order accepts it"
+                );
+            }
+        });
+        println!(
+            "{} executions",
+            runs.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+
+    use Pkt::{Esn, Seq};
+
+    /// The interleaving and its neighbours: 1 accepted; one worker jumps four blocks
+    /// ahead onto the word of 1 (256), then takes 2 (same word, too old once 256 is in); the
+    /// other replays 1 and 256.
+    #[test]
+    fn loom_replay_far_jump() {
+        model(
+            64,
+            &[1],
+            vec![vec![Seq(256), Seq(2)], vec![Seq(1), Seq(256)]],
+            0,
+        );
+    }
+
+    /// Three workers on one word: a far jump, its replay and a replay of the old number.
+    #[test]
+    fn loom_replay_three_workers() {
+        model(
+            64,
+            &[1],
+            vec![vec![Seq(256)], vec![Seq(1)], vec![Seq(256)]],
+            0,
+        );
+    }
+
+    /// Ring wrap: 100 and 228 share a word one ring (128 numbers) apart, 130 is the next block;
+    /// both workers see all three in different orders.
+    #[test]
+    fn loom_replay_ring_wrap() {
+        model(
+            64,
+            &[60],
+            vec![vec![Seq(100), Seq(228)], vec![Seq(228), Seq(130), Seq(100)]],
+            0,
+        );
+    }
+
+    /// ESN across 2^32: the window holds 2^32 - 3; one worker receives 2^32 + 230 (a jump of
+    /// more than a ring onto the word of 2^32 - 3, in the next subspace) and 2^32 - 1; the
+    /// other a replay of 2^32 - 3, then 2^32 + 2 and 2^32 + 230. Only the low halves are on the wire.
+    #[test]
+    fn loom_replay_esn_boundary() {
+        const B: u64 = 1 << 32;
+        model(
+            64,
+            &[B - 3],
+            vec![
+                vec![Esn(B + 230), Esn(B - 1)],
+                vec![Esn(B - 3), Esn(B + 2), Esn(B + 230)],
+            ],
+            0,
+        );
     }
 }
