@@ -118,10 +118,11 @@ impl ReplayWindow {
         (&self.words[idx], block as u32, 1u32 << (seq & BLOCK_MASK))
     }
 
-    /// True when `seq` is 0 or older than the window below `top`.
+    /// True when `seq` is 0 or older than the window below `top` (`seq + W <= top`, without
+    /// overflow at the end of the 64-bit space).
     #[inline]
     fn too_old(&self, seq: u64, top: u64) -> bool {
-        seq == 0 || seq.saturating_add(self.window) <= top
+        seq == 0 || top.saturating_sub(seq) >= self.window
     }
 
     /// Starts loading the lines `check`/`commit` of sequence number `seq` (its low 32 bits
@@ -359,6 +360,21 @@ mod tests {
         assert_eq!(r.commit(100), Err(ReplayError::Duplicate));
     }
 
+    /// The last numbers of the 64-bit space: each accepted once (a commit sees its own number
+    /// as the top; `seq + W` must not saturate into "too old").
+    #[test]
+    fn end_of_sequence_space() {
+        let r = ReplayWindow::new(1024);
+        for s in [u64::MAX - 1, u64::MAX, u64::MAX - 5] {
+            r.check(s).unwrap();
+            r.commit(s).unwrap();
+        }
+        assert_eq!(r.commit(u64::MAX), Err(ReplayError::Duplicate));
+        assert_eq!(r.check(u64::MAX - 1), Err(ReplayError::Duplicate));
+        assert_eq!(r.check(u64::MAX - 1024), Err(ReplayError::TooOld));
+        r.commit(u64::MAX - 1023).unwrap();
+    }
+
     #[test]
     fn esn_inference() {
         let r = ReplayWindow::new(64);
@@ -502,7 +518,7 @@ mod loom_models {
                     Some(infer_esn(self.top, self.w as u32, sent as u32)).filter(|&s| s == sent)?
                 }
             };
-            if seq == 0 || seq.saturating_add(self.w) <= self.top || !self.seen.insert(seq) {
+            if seq == 0 || self.top.saturating_sub(seq) >= self.w || !self.seen.insert(seq) {
                 return None;
             }
             self.top = self.top.max(seq);
