@@ -45,6 +45,11 @@ pub unsafe fn epoch_retire<T>(p: Shared<'_, T>, guard: &Guard) {
 /// before the replacement remains. Lock-free, one allocation per published value.
 pub struct EpochPtr<T: Send + Sync + 'static>(Atomic<T>);
 
+/// Ordering of [`EpochPtr::swap`] (a rekey's swap of a tunnel's outbound SA).
+pub const EPOCH_SWAP: Ordering = Ordering::AcqRel;
+/// Ordering of [`EpochPtr::load`] (a worker's load of an SA pointer).
+pub const EPOCH_LOAD: Ordering = Ordering::Acquire;
+
 impl<T: Send + Sync + 'static> EpochPtr<T> {
     /// An empty cell.
     pub fn null() -> Self {
@@ -62,14 +67,14 @@ impl<T: Send + Sync + 'static> EpochPtr<T> {
         // SAFETY: the cell's pointer is only ever set by `new`/`swap` (from `Owned::new`, fully
         // built, AcqRel) and freed only by `swap`/`drop` through `epoch_retire` after unlinking;
         // it is loaded under `guard`.
-        unsafe { epoch_deref(self.0.load(Ordering::Acquire, guard)) }
+        unsafe { epoch_deref(self.0.load(EPOCH_LOAD, guard)) }
     }
 
     /// Publishes `new` (or empties the cell) and retires the previous value, which is
     /// returned: it stays readable while `guard` is pinned.
     pub fn swap<'g>(&self, new: Option<T>, guard: &'g Guard) -> Option<&'g T> {
         let new = new.map_or(Shared::null(), |v| Owned::new(v).into_shared(guard));
-        let old = self.0.swap(new, Ordering::AcqRel, guard);
+        let old = self.0.swap(new, EPOCH_SWAP, guard);
         // SAFETY: `old` came from `new`/`swap` (an `Owned::new` allocation); this swap unlinked
         // it and only this call received it, so it is retired exactly once; T: Send + 'static.
         // It was loaded under `guard` and its destruction waits for `guard`, so the reference
@@ -78,6 +83,12 @@ impl<T: Send + Sync + 'static> EpochPtr<T> {
             epoch_retire(old, guard);
             epoch_deref(old)
         }
+    }
+}
+
+impl<T: Send + Sync + 'static> Default for EpochPtr<T> {
+    fn default() -> Self {
+        Self::null()
     }
 }
 

@@ -14,10 +14,30 @@
 //!   in the last-level cache, while the SAs themselves are about 1 GB. The tag and the pointer
 //!   are read as a seqlock: the control side makes the version odd while it rewrites a slot.
 //! * Outbound: one atomic pointer per tunnel to its current SA. Swapping it is the rekey.
+//!
+//! Invariants (checked by the `loom_table_*` models and the stress tests below):
+//!
+//! * **Slot seqlock.** The control side makes a slot's version odd, then (release fence)
+//!   writes the pointer, then publishes version + 1 beside the new SPI with a release store. A
+//!   lookup reads the tag (acquire), the pointer, an acquire fence, and the tag again; it
+//!   returns the pointer only if both tag reads are equal, even and carry the SPI asked for. So
+//!   a lookup never returns a pointer published under another SPI (or an SA removed and
+//!   installed again in between: the version moved), and the SA it returns was fully built
+//!   before it was published. (2^31 rewrites of one slot during one lookup would wrap the
+//!   version: not a concern.)
+//! * **Unlink, then retire.** An SA is retired (freed by crossbeam-epoch once every guard
+//!   pinned at that moment is gone) only after it was unlinked: the slot emptied, or the
+//!   tunnel pointer swapped away. A worker pins before it looks up, so whatever it loaded
+//!   lives until it unpins. A rekey swaps the tunnel pointer with `REKEY` (acquire-release)
+//!   and workers load it with `CURRENT` (acquire): a worker sees the old SA or the new one,
+//!   each fully built.
 
 use std::ops::ControlFlow;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+// The atomics of the protocols the loom models check (src/sync.rs).
+use crate::sync::atomic::{AtomicU64, fence};
 
 use crossbeam_epoch::{self as epoch, Guard};
 
@@ -53,36 +73,68 @@ struct Alloc {
     generation: u32,
 }
 
+/// Ordering of the rekey's swap of a tunnel's outbound SA pointer (the `EpochPtr`'s, which
+/// the loom model of the swap uses).
+#[cfg_attr(not(all(test, feature = "loom")), allow(dead_code))]
+const REKEY: Ordering = crate::sys::EPOCH_SWAP;
+/// Ordering of a worker's load of a tunnel's outbound SA pointer.
+#[cfg_attr(not(all(test, feature = "loom")), allow(dead_code))]
+const CURRENT: Ordering = crate::sys::EPOCH_LOAD;
+
 /// One inbound slot: `tag` = version << 32 | SPI (version odd while the control side
-/// rewrites the slot, SPI 0 when empty), `sa` = the SA installed under that SPI.
+/// rewrites the slot, SPI 0 when empty), `sa` = the SA installed under that SPI. Generic over
+/// the pointer cell only so that the loom model runs this very seqlock over a loom atomic.
 #[repr(C, align(16))]
-struct Slot {
+struct Slot<P = EpochPtr<Sa>> {
     tag: AtomicU64,
-    sa: EpochPtr<Sa>,
+    sa: P,
 }
 
-impl Default for Slot {
+impl<P: Default> Default for Slot<P> {
     fn default() -> Self {
         Self {
             tag: AtomicU64::new(0),
-            sa: EpochPtr::null(),
+            sa: P::default(),
         }
     }
 }
 
-impl Slot {
-    /// Control side only (under the table mutex): publishes `sa` (or empties the slot) under
-    /// `spi` (0 when empty); the SA it held is retired.
-    fn publish(&self, spi: u32, sa: Option<Sa>, guard: &Guard) {
+impl<P> Slot<P> {
+    /// Control side only (under the table mutex): publishes a pointer (or empties the slot)
+    /// under `spi` (0 when empty); `store` writes it into the cell with (at least) the
+    /// ordering given.
+    fn publish(&self, spi: u32, store: impl FnOnce(&P, Ordering)) {
         let v = (self.tag.load(Ordering::Relaxed) >> 32) as u32;
         let odd = u64::from(v.wrapping_add(1) | 1);
         self.tag.store(odd << 32, Ordering::Relaxed);
         fence(Ordering::Release);
-        self.sa.swap(sa, guard);
+        store(&self.sa, Ordering::Release);
         self.tag.store(
             (odd.wrapping_add(1) & 0xffff_ffff) << 32 | u64::from(spi),
             Ordering::Release,
         );
+    }
+
+    /// Worker side: the pointer published under `spi` (`load` reads the cell with the
+    /// ordering given), or `None` when the slot holds another SPI or is being rewritten.
+    #[inline]
+    fn read<R>(&self, spi: u32, load: impl FnOnce(&P, Ordering) -> R) -> Option<R> {
+        let t1 = self.tag.load(Ordering::Acquire);
+        if t1 as u32 != spi || spi == 0 || (t1 >> 32) & 1 == 1 {
+            return None;
+        }
+        #[cfg(all(test, not(feature = "loom")))]
+        tests::race_window();
+        let p = load(&self.sa, Ordering::Acquire);
+        #[cfg(all(test, not(feature = "loom")))]
+        tests::race_window();
+        fence(Ordering::Acquire);
+        // Unchanged tag: `p` is the pointer published under `spi` (a rewrite in between makes
+        // the version odd or moves it on; 2^31 rewrites within one lookup cannot happen).
+        if self.tag.load(Ordering::Relaxed) != t1 {
+            return None;
+        }
+        Some(p)
     }
 }
 
@@ -147,22 +199,8 @@ impl SaTable {
     #[inline]
     pub fn inbound<'g>(&self, spi: u32, guard: &'g Guard) -> Option<&'g Sa> {
         let slot = &self.inbound[(spi & self.mask) as usize];
-        let t1 = slot.tag.load(Ordering::Acquire);
-        if t1 as u32 != spi || spi == 0 || (t1 >> 32) & 1 == 1 {
-            return None;
-        }
-        #[cfg(test)]
-        tests::race_window();
-        let sa = slot.sa.load(guard);
-        #[cfg(test)]
-        tests::race_window();
-        fence(Ordering::Acquire);
-        // Unchanged tag: `sa` is the SA published under `spi` (a rewrite in between makes the
-        // version odd or moves it on; 2^31 rewrites within one lookup cannot happen).
-        if slot.tag.load(Ordering::Relaxed) != t1 {
-            return None;
-        }
-        sa
+        // `EpochPtr::load` is an acquire load, as the seqlock needs.
+        slot.read(spi, |sa, _| sa.load(guard))?
     }
 
     /// Starts loading the slot of `spi` into the cache, so that a batch can issue its misses
@@ -231,7 +269,10 @@ impl SaTable {
         }
         a.used[slot as usize] = true;
         let spi = sa.spi;
-        self.inbound[slot as usize].publish(spi, Some(sa), &guard);
+        self.inbound[slot as usize].publish(spi, |p, _| {
+            // An acquire-release swap: at least the release the seqlock needs.
+            p.swap(Some(sa), &guard);
+        });
         self.installed.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -246,7 +287,9 @@ impl SaTable {
             _ => return Err(TableError::UnknownSpi { spi }),
         }
         // Emptying the slot retires the SA: freed once no worker can hold it.
-        self.inbound[slot].publish(0, None, &guard);
+        self.inbound[slot].publish(0, |p, _| {
+            p.swap(None, &guard);
+        });
         self.installed.fetch_sub(1, Ordering::Relaxed);
         a.used[slot] = false;
         Ok(())
@@ -352,6 +395,7 @@ mod tests {
         static WIDEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     }
 
+    #[cfg(not(feature = "loom"))]
     pub(super) fn race_window() {
         let n = WIDEN.with(|w| {
             let n = w.get();
@@ -588,5 +632,229 @@ mod tests {
             r.join().unwrap();
         }
         assert!(seen.load(Ordering::Relaxed) > 0);
+    }
+}
+
+/// Loom models of the table's protocols (`cargo test --release --features loom --lib loom_`).
+///
+/// Covered: the slot seqlock itself (`Slot::publish` and `Slot::read`, with the tag, fences
+/// and orderings of the real code, over a loom atomic standing in for the SA pointer), the
+/// outbound swap's orderings (`REKEY`, `CURRENT`), and the order "unlink, then retire" of
+/// `remove_inbound`/`set_outbound`, mirrored step for step. An SA is a word holding its SPI,
+/// written (relaxed) when it is built and overwritten with a poison value when it is freed:
+/// loom lets a relaxed load return any store not hidden by happens-before, so a read not
+/// ordered after the build or before the free can see 0 or the poison, and the model fails.
+/// Not covered: crossbeam-epoch itself (it does not run on these loom atomics; a stand-in
+/// with its guarantee takes its place: pin = counter + SeqCst fence, a retired object is
+/// freed once the workers pinned at retirement have unpinned), the control mutex, SPI
+/// allocation.
+#[cfg(all(test, feature = "loom"))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicU32, AtomicUsize};
+
+    const FREED: u32 = 0xdead;
+    const PREEMPTIONS: usize = 2;
+
+    /// SAs of a model by index (0 is the null pointer): each holds its SPI once built.
+    struct Heap(Vec<AtomicU32>);
+
+    impl Heap {
+        fn new(n: usize) -> Self {
+            Self((0..=n).map(|_| AtomicU32::new(0)).collect())
+        }
+        /// `Sa::new` before `Owned::new(sa)`.
+        fn build(&self, p: usize, spi: u32) -> usize {
+            self.0[p].store(spi, Ordering::Relaxed);
+            p
+        }
+        /// What a worker reads through the pointer: 0 if not built yet, `FREED` once freed.
+        fn spi(&self, p: usize) -> u32 {
+            self.0[p].load(Ordering::Relaxed)
+        }
+        fn free(&self, p: usize) {
+            self.0[p].store(FREED, Ordering::Relaxed);
+        }
+    }
+
+    /// Stand-in for crossbeam-epoch's pins: per worker, pins and unpins so far (odd while
+    /// pinned). Pinning is followed by a SeqCst fence, as in crossbeam.
+    struct Pins(Vec<AtomicUsize>);
+
+    impl Pins {
+        fn pin(&self, r: usize) {
+            self.0[r].fetch_add(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+        }
+        fn unpin(&self, r: usize) {
+            self.0[r].fetch_add(1, Ordering::Release);
+        }
+    }
+
+    struct World {
+        slot: Slot<AtomicUsize>,
+        tunnel: AtomicUsize,
+        heap: Heap,
+        pins: Pins,
+    }
+
+    /// Stand-in for crossbeam-epoch's deferred frees, with its guarantee and no more: an
+    /// object retired (after it was unlinked) is freed as soon as every worker that was pinned
+    /// at that moment has unpinned, and the control thread never waits for that.
+    #[derive(Default)]
+    struct Retired(Vec<(usize, Vec<usize>)>);
+
+    impl Retired {
+        /// `defer_destroy(p)`: notes who is pinned now, then frees what it can.
+        fn retire(&mut self, w: &World, p: usize) {
+            fence(Ordering::SeqCst);
+            let pinned = w.pins.0.iter().map(|c| c.load(Ordering::Acquire)).collect();
+            self.0.push((p, pinned));
+            self.collect(w, false);
+        }
+        /// Frees every retired object whose guards are gone; with `wait`, waits for them.
+        fn collect(&mut self, w: &World, wait: bool) {
+            self.0.retain(|(p, pinned)| {
+                loop {
+                    let gone = pinned
+                        .iter()
+                        .zip(&w.pins.0)
+                        .all(|(&c, now)| c % 2 == 0 || now.load(Ordering::Acquire) != c);
+                    if gone {
+                        w.heap.free(*p);
+                        return false;
+                    }
+                    if !wait {
+                        return true;
+                    }
+                    loom::thread::yield_now();
+                }
+            });
+        }
+    }
+
+    /// Runs `f` in every interleaving loom explores with up to `preemptions` preemptions.
+    fn model(preemptions: usize, f: impl Fn() + Send + Sync + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(preemptions);
+        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = runs.clone();
+        b.check(move || {
+            n.fetch_add(1, Ordering::Relaxed);
+            f()
+        });
+        println!("{} executions", runs.load(Ordering::Relaxed));
+    }
+
+    /// `inbound(spi)` under a pinned guard, then a read of the SA it returned.
+    fn lookup(w: &World, reader: usize, spi: u32) -> Option<u32> {
+        w.pins.pin(reader);
+        let got = w
+            .slot
+            .read(spi, |p, order| p.load(order))
+            .filter(|&p| p != 0)
+            .map(|p| w.heap.spi(p));
+        w.pins.unpin(reader);
+        got
+    }
+
+    /// One slot handed from SPI A to SPI B and back to A (a new SA), as `remove_inbound` and
+    /// `install_inbound` do, while two workers look both SPIs up: a lookup returns an SA of
+    /// the SPI asked for or nothing, never another SPI's SA, never a freed or unbuilt one.
+    #[test]
+    fn loom_table_slot_reuse() {
+        const A: u32 = 0x105;
+        const B: u32 = 0x205;
+        model(PREEMPTIONS, || {
+            let w = Arc::new(World {
+                slot: Slot::default(),
+                tunnel: AtomicUsize::new(0),
+                heap: Heap::new(3),
+                pins: Pins((0..3).map(|_| AtomicUsize::new(0)).collect()),
+            });
+            let first = w.heap.build(1, A);
+            w.slot.publish(A, |p, order| p.store(first, order));
+            let readers: Vec<_> = [[A, B], [B, A]]
+                .into_iter()
+                .enumerate()
+                .map(|(r, spis)| {
+                    let w = w.clone();
+                    loom::thread::spawn(move || {
+                        for spi in spis {
+                            if let Some(got) = lookup(&w, r, spi) {
+                                assert_eq!(
+                                    got, spi,
+                                    "lookup of {spi:#x} returned {got:#x} (0: unbuilt, {FREED:#x}: freed)"
+                                );
+                            }
+                        }
+                    })
+                })
+                .collect();
+            // Control thread: remove A, install B, then replace B by a new SA of A in one
+            // publish (the table empties a slot first; the seqlock does not need it to).
+            let mut retired = Retired::default();
+            w.slot.publish(0, |c, order| c.store(0, order));
+            retired.retire(&w, first);
+            let second = w.heap.build(2, B);
+            w.slot.publish(B, |c, order| c.store(second, order));
+            let third = w.heap.build(3, A);
+            w.slot.publish(A, |c, order| c.store(third, order));
+            retired.retire(&w, second);
+            retired.collect(&w, true);
+            for r in readers {
+                r.join().unwrap();
+            }
+            assert_eq!(lookup(&w, 2, A), Some(A));
+            assert_eq!(lookup(&w, 2, B), None);
+        });
+    }
+
+    /// Two rekeys of one tunnel (`set_outbound`: swap, then retire the old SA) while two
+    /// workers read the tunnel's SA twice: each read is the old or a new SA, fully built and
+    /// not freed, and a worker never goes back to an older SA.
+    #[test]
+    fn loom_table_outbound_swap() {
+        model(PREEMPTIONS, || {
+            let w = Arc::new(World {
+                slot: Slot::default(),
+                tunnel: AtomicUsize::new(0),
+                heap: Heap::new(3),
+                pins: Pins((0..3).map(|_| AtomicUsize::new(0)).collect()),
+            });
+            let first = w.heap.build(1, 0x1000);
+            w.tunnel.store(first, Ordering::Release);
+            let readers: Vec<_> = (0..2)
+                .map(|r| {
+                    let w = w.clone();
+                    loom::thread::spawn(move || {
+                        let mut last = 0;
+                        for _ in 0..2 {
+                            w.pins.pin(r);
+                            let p = w.tunnel.load(CURRENT);
+                            let spi = w.heap.spi(p);
+                            w.pins.unpin(r);
+                            assert!(
+                                [0x1000, 0x2000, 0x3000].contains(&spi),
+                                "read {spi:#x} (0: unbuilt, {FREED:#x}: freed)"
+                            );
+                            assert!(spi >= last, "went back from {last:#x} to {spi:#x}");
+                            last = spi;
+                        }
+                    })
+                })
+                .collect();
+            let mut retired = Retired::default();
+            for (p, spi) in [(2, 0x2000), (3, 0x3000)] {
+                let new = w.heap.build(p, spi);
+                let old = w.tunnel.swap(new, REKEY);
+                retired.retire(&w, old);
+            }
+            retired.collect(&w, true);
+            for r in readers {
+                r.join().unwrap();
+            }
+        });
     }
 }
