@@ -641,15 +641,19 @@ impl Control {
         }
     }
 
+    /// Validates `spec` against the tunnels and policies in force (errors name the field).
+    fn params(&self, spec: &SaSpec) -> Result<(u32, SaParams), String> {
+        spec.to_params(
+            &self.tunnels,
+            &self.policies,
+            self.defaults.0,
+            self.defaults.1,
+        )
+        .map_err(|(f, r)| format!("{f}: {r}"))
+    }
+
     fn build(&self, spec: &SaSpec, now: u64) -> Result<(u32, Sa), String> {
-        let (t, p): (u32, SaParams) = spec
-            .to_params(
-                &self.tunnels,
-                &self.policies,
-                self.defaults.0,
-                self.defaults.1,
-            )
-            .map_err(|(f, r)| format!("{f}: {r}"))?;
+        let (t, p) = self.params(spec)?;
         // An imported SA keeps its age: its add-time limits count from its first install.
         let installed = match spec.state.as_ref().and_then(|st| st.age_seconds) {
             Some(age) if age > MAX_AGE_SECONDS => {
@@ -809,14 +813,7 @@ impl Control {
                 Ok(json!({ "installed": added }))
             }
             Request::SaUpdate { sa } => {
-                let (t, p) = sa
-                    .to_params(
-                        &self.tunnels,
-                        &self.policies,
-                        self.defaults.0,
-                        self.defaults.1,
-                    )
-                    .map_err(|(f, r)| format!("{f}: {r}"))?;
+                let (t, p) = self.params(&sa)?;
                 let key = (p.spi, p.direction);
                 if sa.state.is_some() {
                     return Err("state: an update continues the installed SA's state; to import state, delete the SA and add it with `state`".into());
