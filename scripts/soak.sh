@@ -285,14 +285,17 @@ for ((i = 0; i <= secs; i++)); do
   # the current child SAs), and the previous one deleted by the peer (13885, peer_delete).
   ic=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
   rc=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-  children=()
+  # Each child names its direction as each gateway sees it: A→B is gw-a's outbound SA and
+  # gw-b's inbound one.
+  children_a=() children_b=()
   last=$(tail -n 1 "$logs/keyer.out" 2>/dev/null || true)
   if [[ $last =~ a→b\ (0x[0-9a-f]+)\ b→a\ (0x[0-9a-f]+) ]]; then
-    children=(--child "${BASH_REMATCH[1]}" --child "${BASH_REMATCH[2]}")
+    children_a=(--child "out:${BASH_REMATCH[1]}" --child "in:${BASH_REMATCH[2]}")
+    children_b=(--child "in:${BASH_REMATCH[1]}" --child "out:${BASH_REMATCH[2]}")
   fi
   ok=1
-  ctl "$sa" mm add --icookie "$ic" --rcookie "$rc" --peer 203.0.113.2 --lifetime 3600 "${children[@]}" >>"$logs/mm.log" 2>&1 || ok=0
-  ctl "$sb" mm add --icookie "$ic" --rcookie "$rc" --peer 203.0.113.1 --lifetime 3600 "${children[@]}" >>"$logs/mm.log" 2>&1 || ok=0
+  ctl "$sa" mm add --icookie "$ic" --rcookie "$rc" --peer 203.0.113.2 --lifetime 3600 "${children_a[@]}" >>"$logs/mm.log" 2>&1 || ok=0
+  ctl "$sb" mm add --icookie "$ic" --rcookie "$rc" --peer 203.0.113.1 --lifetime 3600 "${children_b[@]}" >>"$logs/mm.log" 2>&1 || ok=0
   [ "$ok" = 1 ] || { note_fail "mm add refused at t=$i s (see $logs/mm.log)"; break; }
   mm_adds=$((mm_adds + 1))
   if [ -n "$mm_prev" ]; then
