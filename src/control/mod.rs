@@ -227,9 +227,10 @@ pub struct Control {
     unused_cursor: Option<(u32, Direction)>,
 }
 
-/// Keys of removed SAs remembered (48 bytes each): a key that comes back within the last
-/// 2^20 removals continues its sequence numbers and replay window.
-const RETIRED_KEYS: usize = 1 << 20;
+/// Keys of removed SAs that carried traffic, remembered (about 50 bytes each, 3.3 MB at most):
+/// a key that comes back within the last 2^16 such removals continues its sequence numbers
+/// and replay window.
+const RETIRED_KEYS: usize = 1 << 16;
 
 /// What a key is used for (see `Control::key_of`).
 enum KeyUse {
@@ -328,6 +329,10 @@ impl Control {
             KeyUse::Out(c) => c.last(),
             KeyUse::In(w) => w.top(),
         };
+        if last == 0 {
+            // Never used: no sequence number to continue, no packet to refuse again.
+            return;
+        }
         match self.retired.get_mut(&id) {
             Some(r) => r.1 = r.1.max(last),
             None => {
