@@ -808,7 +808,9 @@ impl<'a> Pipeline<'a> {
         sa: &Sa,
         head: usize,
     ) -> Option<(usize, usize)> {
-        if !self.cfg.icmp_too_big || self.icmp_tokens == 0 {
+        // RFC 1812 §4.3.2.7 / RFC 4443 §2.4: no error about an ICMP error, a non-first
+        // fragment, or a multicast/broadcast/unspecified address (found by the outbound fuzzer).
+        if !self.cfg.icmp_too_big || self.icmp_tokens == 0 || !may_answer(buf, l3) {
             return None;
         }
         // Largest inner packet that fits: ciphertext is a multiple of 4 and holds 2 trailer bytes.
