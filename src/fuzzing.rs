@@ -721,11 +721,31 @@ fn spd_action(cfg: &Config, f: &Flow) -> PolicyAction {
         .map_or(cfg.default_policy, |p| p.action)
 }
 
+/// RFC 6040 §4.2 (normal mode): the ECN field a decapsulator forwards for an inner and an
+/// outer ECN field (`None`: drop).
+fn ecn_decap(inner: u8, outer: u8) -> Option<u8> {
+    match (inner, outer) {
+        (0, 3) => None,
+        (0, _) => Some(0),
+        (3, _) | (_, 3) => Some(3),
+        (2, 1) => Some(1),
+        (i, _) => Some(i),
+    }
+}
+
 /// Asserts that the forwarded IP packet `got` is the packet `want` (the same length) up to
 /// what a forwarding gateway may change: the TTL / hop limit (down by at most `hops`), the ECN
-/// field (to CE, RFC 6040), the IPv4 header checksum (which must then verify when `want`'s
-/// did) and, when `l4_fixed`, a transport checksum (which must then verify).
-fn assert_same_packet(got: &[u8], want: &[u8], hops: u8, l4_fixed: bool, what: &str) {
+/// field (as RFC 6040 combines it with `outer_ecn`, if decapsulated from a header that had
+/// one), the IPv4 header checksum (which must then verify when `want`'s did) and, when
+/// `l4_fixed`, a transport checksum (which must then verify).
+fn assert_same_packet(
+    got: &[u8],
+    want: &[u8],
+    hops: u8,
+    outer_ecn: Option<u8>,
+    l4_fixed: bool,
+    what: &str,
+) {
     assert_eq!(
         got.len(),
         want.len(),
@@ -747,8 +767,8 @@ fn assert_same_packet(got: &[u8], want: &[u8], hops: u8, l4_fixed: bool, what: &
         (got[ecn_byte] & ecn_mask) >> ecn_shift,
     );
     assert!(
-        e_in == e_out || (e_out == 3 && matches!(e_in, 1 | 2)),
-        "{what}: ECN {e_in} forwarded as {e_out}"
+        e_in == e_out || outer_ecn.and_then(|o| ecn_decap(e_in, o)) == Some(e_out),
+        "{what}: ECN {e_in} (outer {outer_ecn:?}) forwarded as {e_out}"
     );
     let hl = if v6 {
         40
@@ -844,6 +864,8 @@ struct Sent {
     data: Option<Vec<u8>>,
     /// Transport: the outer IP header length (the rebuilt packet keeps it) and next header.
     outer_hl: usize,
+    /// The ECN field of the outer header.
+    outer_ecn: u8,
     /// Addressed to the gateway (else cleartext crossing it: forwarded only by a bypass
     /// policy, unchanged).
     to_us: bool,
@@ -1098,6 +1120,7 @@ fn sealed_frame(r: &mut Choices, pair: &Pair, models: &[WindowModel]) -> (Vec<u8
             transport: s.transport,
             data,
             outer_hl,
+            outer_ecn: tos & 3,
             to_us,
             frame: f,
             next_header,
@@ -1158,7 +1181,14 @@ fn check_forwarded(pair: &Pair, out: &[u8], sent: &Sent) {
             pkt.len(),
             data.len()
         );
-        assert_same_packet(pkt, &data[..pkt.len()], 1, false, &what);
+        assert_same_packet(
+            pkt,
+            &data[..pkt.len()],
+            1,
+            Some(sent.outer_ecn),
+            false,
+            &what,
+        );
     }
     assert!(
         inbound_allowed(&pair.b, s.tunnel, &f),
@@ -1659,7 +1689,7 @@ fn check_sent(
             let transport = pair.b.tunnels[*t as usize].mode == Mode::Transport;
             // The tunnel: two forwarding hops. Transport: the end hosts' own packet.
             let hops = if transport { 0 } else { 2 };
-            assert_same_packet(got, ip, hops, true, &what);
+            assert_same_packet(got, ip, hops, None, true, &what);
             run.tx += 1;
         }
         Action::TxBack => {
