@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use espd::config::Config;
-use espd::control::{Control, Reply};
+use espd::control::Control;
+use espd::control::api::{Reply, handle};
 
 const N: usize = 100_000;
 
@@ -38,7 +39,7 @@ fn time_request(c: &mut Criterion, name: &str, secs: u64, req: &str, want: &str)
                 let dp = Arc::new(cfg.build_dataplane(1).unwrap());
                 let mut ctl = Control::new(&cfg, dp);
                 let s = Instant::now();
-                let r = ctl.handle(req, 1);
+                let r = handle(&mut ctl, req, 1);
                 t += s.elapsed();
                 match r {
                     Reply::Line(l) => assert!(l.contains(want), "{}", &l[..l.len().min(300)]),
@@ -79,7 +80,7 @@ fn tick(c: &mut Criterion) {
     let req = serde_json::json!({"op": "sa_add_batch", "sas": sas}).to_string();
     let dp = Arc::new(cfg.build_dataplane(1).unwrap());
     let mut ctl = Control::new(&cfg, dp);
-    match ctl.handle(&req, 1) {
+    match handle(&mut ctl, &req, 1) {
         Reply::Line(l) => assert!(
             l.contains("\"installed\":100000"),
             "{}",

@@ -199,8 +199,87 @@ pub struct SaSpec {
 }
 
 impl SaSpec {
+    /// The typed SA this spec describes (syntax only: direction, SPI, key, backend). Errors
+    /// are `(field, reason)`.
+    pub fn to_new_sa(&self) -> Result<NewSa, (&'static str, String)> {
+        let direction = match self.direction.as_str() {
+            "in" | "inbound" => Direction::Inbound,
+            "out" | "outbound" => Direction::Outbound,
+            o => return Err(("direction", format!("`{o}` is not in or out"))),
+        };
+        let spi = self.spi.get().map_err(|e| ("spi", e))?;
+        let keymat = parse_hex_key(&self.key).map_err(|e| ("key", e))?;
+        let backend = self
+            .backend
+            .as_deref()
+            .map(parse_backend)
+            .transpose()
+            .map_err(|e| ("backend", e))?;
+        Ok(NewSa {
+            tunnel: self.tunnel.clone(),
+            direction,
+            spi,
+            keymat,
+            esn: self.esn.unwrap_or(false),
+            backend,
+            replay_window: self.replay_window,
+            limits: self.lifetime.unwrap_or_default(),
+            state: self.state.clone(),
+        })
+    }
+
     /// Validates the spec against the tunnels and policies in force. Errors are
     /// `(field, reason)`.
+    pub fn to_params(
+        &self,
+        tunnels: &[Tunnel],
+        policies: &[Policy],
+        backend: Backend,
+        replay_window: u32,
+    ) -> Result<(u32, SaParams), (&'static str, String)> {
+        tunnels
+            .iter()
+            .find(|t| t.name == self.tunnel)
+            .ok_or(("tunnel", format!("no tunnel named `{}`", self.tunnel)))?;
+        self.to_new_sa()?
+            .to_params(tunnels, policies, backend, replay_window)
+    }
+}
+
+/// An SA to install, typed: what the control API takes from every caller (the control socket,
+/// the config file, the built-in IKE). The tunnel is named; [`NewSa::to_params`] binds it.
+pub struct NewSa {
+    pub tunnel: String,
+    pub direction: Direction,
+    pub spi: u32,
+    /// AES-GCM key followed by the 4-byte salt (20 or 36 bytes).
+    pub keymat: Zeroizing<Vec<u8>>,
+    pub esn: bool,
+    /// `None`: the config's default backend.
+    pub backend: Option<Backend>,
+    /// `None`: the config's default window.
+    pub replay_window: Option<u32>,
+    pub limits: Limits,
+    /// State to resume from (an SA taken over from another gateway; see `sa_get`).
+    pub state: Option<crate::sa::SaState>,
+}
+
+impl fmt::Debug for NewSa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewSa")
+            .field("tunnel", &self.tunnel)
+            .field("direction", &self.direction)
+            .field("spi", &format_args!("{:#010x}", self.spi))
+            .field("keymat", &"<redacted>")
+            .field("esn", &self.esn)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NewSa {
+    /// Binds the SA to its tunnel (endpoints, mode, encapsulation, MTU; inbound: the reversed
+    /// protect selectors of the tunnel) and checks every value. Errors are `(field, reason)`.
     pub fn to_params(
         &self,
         tunnels: &[Tunnel],
@@ -213,20 +292,13 @@ impl SaSpec {
             .find(|t| t.name == self.tunnel)
             .ok_or(("tunnel", format!("no tunnel named `{}`", self.tunnel)))?;
         let t = tun.index;
-        let direction = match self.direction.as_str() {
-            "in" | "inbound" => Direction::Inbound,
-            "out" | "outbound" => Direction::Outbound,
-            o => return Err(("direction", format!("`{o}` is not in or out"))),
-        };
-        let spi = self.spi.get().map_err(|e| ("spi", e))?;
-        let keymat = parse_hex_key(&self.key).map_err(|e| ("key", e))?;
-        let backend = match &self.backend {
-            Some(b) => parse_backend(b).map_err(|e| ("backend", e))?,
-            None => backend,
-        };
+        let direction = self.direction;
+        // SPI range and key length are checked by `Sa::new` (errors `spi: ...`, `key: ...`).
+        let spi = self.spi;
+        let backend = self.backend.unwrap_or(backend);
         let replay_window = check_window(self.replay_window.unwrap_or(replay_window))
             .map_err(|e| ("replay_window", e))?;
-        let limits = self.lifetime.unwrap_or_default();
+        let limits = self.limits;
         check_time_limits(&limits)?;
         limits.validate().map_err(|e| ("lifetime", e))?;
         // Inbound selectors: the reverse of the tunnel's protect policies (RFC 4301 §5.2), in
@@ -256,8 +328,8 @@ impl SaSpec {
                 mode: tun.mode,
                 endpoints: Some(endpoints),
                 encap: tun.encap,
-                esn: self.esn.unwrap_or(false),
-                keymat,
+                esn: self.esn,
+                keymat: self.keymat.clone(),
                 backend,
                 limits,
                 replay_window,
@@ -478,15 +550,13 @@ pub struct TunnelSpec<'a> {
 }
 
 impl TunnelSpec<'_> {
-    pub fn build(&self, index: u32) -> Result<Tunnel, (&'static str, String)> {
+    /// The typed tunnel this spec describes.
+    pub fn parse(&self) -> Result<NewTunnel, (&'static str, String)> {
         let addr = |f: &'static str, a: &str| {
             a.parse::<IpAddr>()
                 .map_err(|_| (f, format!("`{a}` is not an IP address")))
         };
         let (local, remote) = (addr("local", self.local)?, addr("remote", self.remote)?);
-        if local.is_ipv4() != remote.is_ipv4() {
-            return Err(("remote", "must be the same address family as local".into()));
-        }
         let mode = match self.mode.unwrap_or("tunnel") {
             "tunnel" => Mode::Tunnel,
             "transport" => Mode::Transport,
@@ -500,24 +570,65 @@ impl TunnelSpec<'_> {
             }),
             o => return Err(("encap", format!("`{o}` is not none or udp"))),
         };
-        if mode == Mode::Transport && encap.is_some() {
+        let mtu = self.mtu.unwrap_or(1500);
+        let t = NewTunnel {
+            name: self.name.to_string(),
+            endpoints: Endpoints { local, remote },
+            mode,
+            encap,
+            mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
+        };
+        if !(576..=9216).contains(&mtu) {
+            return Err(("mtu", format!("{mtu} is not between 576 and 9216")));
+        }
+        t.check()?;
+        Ok(t)
+    }
+
+    pub fn build(&self, index: u32) -> Result<Tunnel, (&'static str, String)> {
+        Ok(self.parse()?.into_tunnel(index))
+    }
+}
+
+/// A tunnel to add, typed (the control API's `add_tunnel`); the control thread gives it its
+/// index.
+#[derive(Clone, Debug)]
+pub struct NewTunnel {
+    pub name: String,
+    pub endpoints: Endpoints,
+    pub mode: Mode,
+    pub encap: Option<UdpEncap>,
+    /// Largest outer packet, 576..=9216.
+    pub mtu: u16,
+}
+
+impl NewTunnel {
+    /// Checks the values a typed caller could get wrong. Errors are `(field, reason)`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.endpoints.local.is_ipv4() != self.endpoints.remote.is_ipv4() {
+            return Err(("remote", "must be the same address family as local".into()));
+        }
+        if self.mode == Mode::Transport && self.encap.is_some() {
             return Err((
                 "encap",
                 "UDP encapsulation is only supported in tunnel mode".into(),
             ));
         }
-        let mtu = self.mtu.unwrap_or(1500);
-        if !(576..=9216).contains(&mtu) {
-            return Err(("mtu", format!("{mtu} is not between 576 and 9216")));
+        if !(576..=9216).contains(&self.mtu) {
+            return Err(("mtu", format!("{} is not between 576 and 9216", self.mtu)));
         }
-        Ok(Tunnel {
-            name: self.name.to_string(),
+        Ok(())
+    }
+
+    pub fn into_tunnel(self, index: u32) -> Tunnel {
+        Tunnel {
+            name: self.name,
             index,
-            endpoints: Endpoints { local, remote },
-            mode,
-            encap,
-            mtu: mtu as u16,
-        })
+            endpoints: self.endpoints,
+            mode: self.mode,
+            encap: self.encap,
+            mtu: self.mtu,
+        }
     }
 }
 
@@ -533,38 +644,26 @@ pub struct PolicySpec<'a> {
 }
 
 impl PolicySpec<'_> {
-    pub fn build(&self, tunnels: &[Tunnel]) -> Result<Policy, (&'static str, String)> {
+    /// The typed policy this spec describes (its tunnel still by name).
+    pub fn parse(&self) -> Result<NewPolicy, (&'static str, String)> {
         let src: Prefix = self.src.parse().map_err(|e| ("src", e))?;
         let dst: Prefix = self.dst.parse().map_err(|e| ("dst", e))?;
-        if src.is_ipv6() != dst.is_ipv6() {
-            return Err(("dst", "must be the same address family as src".into()));
-        }
         let ports = |v: Option<&str>, f: &'static str| {
             v.map_or(Ok(PortRange::ANY), |s| s.parse().map_err(|e| (f, e)))
         };
         let src_ports = ports(self.src_ports, "src_ports")?;
         let dst_ports = ports(self.dst_ports, "dst_ports")?;
-        if (src_ports != PortRange::ANY || dst_ports != PortRange::ANY)
-            && !matches!(self.protocol, Some(6) | Some(17))
-        {
-            return Err(("protocol", "port ranges need protocol tcp or udp".into()));
-        }
         let action = match self.action {
-            "protect" => {
-                let name = self
-                    .tunnel
-                    .ok_or(("tunnel", "missing: protect needs a tunnel".to_string()))?;
-                let t = tunnels
-                    .iter()
-                    .find(|t| t.name == name)
-                    .ok_or(("tunnel", format!("no tunnel named `{name}`")))?;
-                PolicyAction::Protect(t.index)
-            }
-            "bypass" => PolicyAction::Bypass,
-            "discard" => PolicyAction::Discard,
+            "protect" => NewAction::Protect(
+                self.tunnel
+                    .ok_or(("tunnel", "missing: protect needs a tunnel".to_string()))?
+                    .to_string(),
+            ),
+            "bypass" => NewAction::Bypass,
+            "discard" => NewAction::Discard,
             o => return Err(("action", format!("`{o}` is not protect, bypass or discard"))),
         };
-        Ok(Policy {
+        let p = NewPolicy {
             selector: Selector {
                 src,
                 dst,
@@ -572,6 +671,63 @@ impl PolicySpec<'_> {
                 src_ports,
                 dst_ports,
             },
+            action,
+        };
+        p.check()?;
+        Ok(p)
+    }
+
+    pub fn build(&self, tunnels: &[Tunnel]) -> Result<Policy, (&'static str, String)> {
+        self.parse()?.resolve(tunnels)
+    }
+}
+
+/// What a new policy does; a protected flow names its tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NewAction {
+    Protect(String),
+    Bypass,
+    Discard,
+}
+
+/// A policy to add, typed (the control API's `add_policies`).
+#[derive(Clone, Debug)]
+pub struct NewPolicy {
+    pub selector: Selector,
+    pub action: NewAction,
+}
+
+impl NewPolicy {
+    /// Checks the selector. Errors are `(field, reason)`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let s = &self.selector;
+        if s.src.is_ipv6() != s.dst.is_ipv6() {
+            return Err(("dst", "must be the same address family as src".into()));
+        }
+        if (s.src_ports != PortRange::ANY || s.dst_ports != PortRange::ANY)
+            && !matches!(s.protocol, Some(6) | Some(17))
+        {
+            return Err(("protocol", "port ranges need protocol tcp or udp".into()));
+        }
+        Ok(())
+    }
+
+    /// The policy with its tunnel bound to an index.
+    pub fn resolve(&self, tunnels: &[Tunnel]) -> Result<Policy, (&'static str, String)> {
+        self.check()?;
+        let action = match &self.action {
+            NewAction::Protect(name) => {
+                let t = tunnels
+                    .iter()
+                    .find(|t| &t.name == name)
+                    .ok_or(("tunnel", format!("no tunnel named `{name}`")))?;
+                PolicyAction::Protect(t.index)
+            }
+            NewAction::Bypass => PolicyAction::Bypass,
+            NewAction::Discard => PolicyAction::Discard,
+        };
+        Ok(Policy {
+            selector: self.selector,
             action,
         })
     }

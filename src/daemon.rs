@@ -372,9 +372,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     while !stop.load(Ordering::Acquire) {
         match api_rx.recv_timeout(Duration::from_millis(20)) {
             Ok(ApiMsg::Request { line, reply }) => {
-                let answer = match control.handle(&line, crate::now_ns()) {
-                    crate::control::Reply::Line(l) => Some(l),
-                    crate::control::Reply::Subscribe => None,
+                let answer = match crate::control::api::handle(&mut control, &line, crate::now_ns())
+                {
+                    crate::control::api::Reply::Line(l) => Some(l),
+                    crate::control::api::Reply::Subscribe => None,
                 };
                 let _ = reply.send(answer);
             }

@@ -2150,9 +2150,9 @@ pub fn control(data: &[u8]) {
             continue;
         }
         now += 1_000_000;
-        match ctl.handle(l, now) {
-            crate::control::Reply::Line(a) => check_answer(&a, &keys, &others),
-            crate::control::Reply::Subscribe => {}
+        match crate::control::api::handle(&mut ctl, l, now) {
+            crate::control::api::Reply::Line(a) => check_answer(&a, &keys, &others),
+            crate::control::api::Reply::Subscribe => {}
         }
     }
     ctl.tick(now + 100_000_000_000, &events);
@@ -2162,9 +2162,9 @@ pub fn control(data: &[u8]) {
         r#"{"op":"mm_list"}"#,
         r#"{"op":"policy_list"}"#,
     ] {
-        match ctl.handle(l, now + 100_000_000_000) {
-            crate::control::Reply::Line(a) => check_answer(&a, &keys, &others),
-            crate::control::Reply::Subscribe => {}
+        match crate::control::api::handle(&mut ctl, l, now + 100_000_000_000) {
+            crate::control::api::Reply::Line(a) => check_answer(&a, &keys, &others),
+            crate::control::api::Reply::Subscribe => {}
         }
     }
 }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use common::*;
 use crossbeam_queue::ArrayQueue;
 use espd::config::Config;
-use espd::control::{Control, Reply};
+use espd::control::Control;
+use espd::control::api::{Reply, handle};
 use espd::datapath::mem::Frame;
 use espd::datapath::{Action, CoreStats, DropReason, Pipeline, SaEvent};
 use serde_json::{Value, json};
@@ -45,13 +46,13 @@ fn side(name: &str, extra: &str) -> Side {
 
 impl Side {
     fn req(&mut self, v: Value, now: u64) -> Value {
-        match self.ctl.handle(&v.to_string(), now) {
+        match handle(&mut self.ctl, &v.to_string(), now) {
             Reply::Line(l) => serde_json::from_str(&l).unwrap(),
             Reply::Subscribe => json!({"subscribe": true}),
         }
     }
     fn raw(&mut self, line: &str) -> Value {
-        match self.ctl.handle(line, 1) {
+        match handle(&mut self.ctl, line, 1) {
             Reply::Line(l) => serde_json::from_str(&l).unwrap(),
             Reply::Subscribe => Value::Null,
         }

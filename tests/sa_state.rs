@@ -12,7 +12,8 @@ use std::sync::Arc;
 use common::*;
 use crossbeam_queue::ArrayQueue;
 use espd::config::Config;
-use espd::control::{Control, Reply};
+use espd::control::Control;
+use espd::control::api::{Reply, handle};
 use espd::datapath::mem::Frame;
 use espd::datapath::{Action, CoreStats, DropReason, Pipeline, SaEvent};
 use serde_json::{Value, json};
@@ -46,7 +47,7 @@ fn side(name: &str) -> Side {
 
 impl Side {
     fn req(&mut self, v: Value) -> Value {
-        match self.ctl.handle(&v.to_string(), 1) {
+        match handle(&mut self.ctl, &v.to_string(), 1) {
             Reply::Line(l) => serde_json::from_str(&l).unwrap(),
             Reply::Subscribe => Value::Null,
         }

@@ -12,8 +12,12 @@ use crate::codes::{self, Code};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MmCause {
+    /// The lifetime (seconds or kilobytes) ran out without a replacement.
     Lifetime,
+    /// An authenticated ISAKMP DELETE from the peer for these cookies.
     PeerDelete,
+    /// A new main mode from the same peer carried INITIAL-CONTACT.
+    InitialContact,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::ControlError;
 use super::events::spi_str;
 use crate::config::SpiValue;
 use crate::sa::Direction;
@@ -95,13 +96,15 @@ pub struct MmTable {
 }
 
 impl MmTable {
-    pub fn add(&mut self, r: MmRecord) -> Result<(), String> {
-        crate::config::check_seconds(r.lifetime_s).map_err(|e| format!("lifetime_s: {e}"))?;
+    pub fn add(&mut self, r: MmRecord) -> Result<(), ControlError> {
+        crate::config::check_seconds(r.lifetime_s)
+            .map_err(|e| ControlError::invalid("lifetime_s", e))?;
         if let Some(kb) = r.lifetime_kb
             && kb > MAX_KB
         {
-            return Err(format!(
-                "lifetime_kb: must be at most {MAX_KB} (2^64 bytes in KiB, minus one)"
+            return Err(ControlError::invalid(
+                "lifetime_kb",
+                format!("must be at most {MAX_KB} (2^64 bytes in KiB, minus one)"),
             ));
         }
         if self
@@ -109,9 +112,12 @@ impl MmTable {
             .iter()
             .any(|x| x.icookie == r.icookie && x.rcookie == r.rcookie)
         {
-            return Err(format!(
-                "icookie/rcookie: main mode {:016x}/{:016x} is already registered",
-                r.icookie, r.rcookie
+            return Err(ControlError::invalid(
+                "icookie/rcookie",
+                format!(
+                    "main mode {:016x}/{:016x} is already registered",
+                    r.icookie, r.rcookie
+                ),
             ));
         }
         self.records.push(r);

@@ -6,28 +6,48 @@
 //! control socket reaches it through a channel. Nothing here blocks a worker.
 
 pub mod api;
+pub mod error;
 pub mod events;
 pub mod metrics;
 pub mod mm;
+mod ops;
 pub mod seqstate;
+pub mod socket;
+pub mod types;
+
+pub use error::{ControlError, Result};
+pub use types::{MainMode, MainModeInfo, Rekey, Rekeyed, SaInfo, SaList, Stats};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crossbeam_epoch as epoch;
-use crossbeam_queue::ArrayQueue;
-use serde::Deserialize;
-use serde_json::{Value, json};
-
-use crate::config::{Config, PolicySpec, SaSpec, SpiValue, Tunnel, TunnelSpec};
+use crate::config::{Config, NewSa, Tunnel};
 use crate::datapath::pipeline::Dataplane;
 use crate::datapath::{SaEvent, SaEventKind};
 use crate::sa::policy::{Policy, PolicyAction, Spd};
 use crate::sa::{Direction, Sa, SaParams, SaState};
+use crossbeam_epoch as epoch;
+use crossbeam_queue::ArrayQueue;
 use events::{Event, MmCause, spi_str};
-use mm::{MmRecord, MmTable};
+use mm::MmTable;
+
+/// `in`/`inbound` or `out`/`outbound`.
+pub fn dir(s: &str) -> std::result::Result<Direction, String> {
+    match s {
+        "in" | "inbound" => Ok(Direction::Inbound),
+        "out" | "outbound" => Ok(Direction::Outbound),
+        o => Err(format!("direction: `{o}` is not in or out")),
+    }
+}
+
+/// `inbound` or `outbound`.
+pub fn dir_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+    }
+}
 
 /// Counters shown by `stats` and the metrics endpoint.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -38,155 +58,6 @@ pub struct ControlCounters {
     pub events_by_name: BTreeMap<&'static str, u64>,
     pub events_by_code: BTreeMap<u32, u64>,
     pub subscriber_lag_drops: u64,
-}
-
-/// A control request (one JSON object per line, `"op"` names it). Unknown fields are errors.
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-#[allow(clippy::large_enum_variant)] // parsed once per request, never stored
-pub enum Request {
-    AllocateSpi {},
-    SaAdd {
-        sa: SaSpec,
-    },
-    SaAddBatch {
-        sas: Vec<SaSpec>,
-    },
-    SaUpdate {
-        sa: SaSpec,
-    },
-    SaDelete {
-        spi: SpiValue,
-        direction: String,
-    },
-    SaGet {
-        spi: SpiValue,
-        direction: String,
-    },
-    SaList {
-        direction: Option<String>,
-        limit: Option<usize>,
-    },
-    SaFlush {
-        direction: Option<String>,
-    },
-    TunnelAdd {
-        name: String,
-        local: String,
-        remote: String,
-        mode: Option<String>,
-        encap: Option<String>,
-        mtu: Option<u16>,
-    },
-    TunnelDelete {
-        name: String,
-    },
-    PolicyAdd {
-        src: String,
-        dst: String,
-        protocol: Option<u8>,
-        src_ports: Option<String>,
-        dst_ports: Option<String>,
-        action: String,
-        tunnel: Option<String>,
-    },
-    /// Several policies appended with one SPD rebuild (all or none).
-    PolicyAddBatch {
-        policies: Vec<PolicyItem>,
-    },
-    PolicyDelete {
-        index: usize,
-    },
-    PolicyList {},
-    /// Make-before-break: install `inbound` (if given), make `outbound` the tunnel's SA, and
-    /// retire `retire_inbound` after the grace period.
-    Rekey {
-        tunnel: String,
-        outbound: SaSpec,
-        inbound: Option<SaSpec>,
-        retire_inbound: Option<SpiValue>,
-        #[serde(default, deserialize_with = "crate::config::deserialize_grace_ms")]
-        grace_ms: Option<u64>,
-    },
-    MmAdd {
-        icookie: String,
-        rcookie: String,
-        peer: String,
-        lifetime_s: u64,
-        lifetime_kb: Option<u64>,
-        #[serde(default)]
-        children: Vec<mm::ChildSpec>,
-    },
-    MmDelete {
-        icookie: String,
-        rcookie: String,
-    },
-    MmList {},
-    Stats {},
-    Subscribe {},
-}
-
-/// One policy of `policy_add_batch` (the fields of `policy_add`).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyItem {
-    src: String,
-    dst: String,
-    protocol: Option<u8>,
-    src_ports: Option<String>,
-    dst_ports: Option<String>,
-    action: String,
-    tunnel: Option<String>,
-}
-
-impl PolicyItem {
-    fn build(&self, tunnels: &[Tunnel]) -> Result<Policy, String> {
-        PolicySpec {
-            src: &self.src,
-            dst: &self.dst,
-            protocol: self.protocol,
-            src_ports: self.src_ports.as_deref(),
-            dst_ports: self.dst_ports.as_deref(),
-            action: &self.action,
-            tunnel: self.tunnel.as_deref(),
-        }
-        .build(tunnels)
-        .map_err(|(f, r)| format!("{f}: {r}"))
-    }
-}
-
-fn dir(s: &str) -> Result<Direction, String> {
-    match s {
-        "in" | "inbound" => Ok(Direction::Inbound),
-        "out" | "outbound" => Ok(Direction::Outbound),
-        o => Err(format!("direction: `{o}` is not in or out")),
-    }
-}
-
-fn dir_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Inbound => "inbound",
-        Direction::Outbound => "outbound",
-    }
-}
-
-fn cookie(field: &str, s: &str) -> Result<u64, String> {
-    let t = s.trim_start_matches("0x");
-    if t.is_empty() || t.len() > 16 {
-        return Err(format!(
-            "{field}: expected 1 to 16 hex digits (8 bytes), got {}",
-            t.len()
-        ));
-    }
-    u64::from_str_radix(t, 16).map_err(|_| format!("{field}: `{s}` is not hexadecimal"))
-}
-
-/// What `handle` tells the socket layer.
-pub enum Reply {
-    /// One JSON line.
-    Line(String),
-    /// Start streaming events to this connection.
-    Subscribe,
 }
 
 pub struct Control {
@@ -370,22 +241,17 @@ impl Control {
     }
 
     /// Refuses `sa` if its key is in use by another SA (not `except`) of its direction.
-    fn check_key(&self, sa: &Sa, except: Option<u32>) -> Result<(), String> {
+    fn check_key(&self, sa: &Sa, except: Option<u32>) -> Result<()> {
         match self.keys.get(&sa.key_id) {
-            Some(&(d, spi)) if !(d == sa.direction && Some(spi) == except) => {
-                return Err(format!(
-                    "key: already in use by {} SA {} (RFC 4106: one key on two SAs repeats GCM nonces); every SA needs its own key",
-                    dir_name(d),
-                    spi_str(spi)
-                ));
+            Some(&(direction, spi)) if !(direction == sa.direction && Some(spi) == except) => {
+                return Err(ControlError::KeyInUse { direction, spi });
             }
             _ => {}
         }
         match self.retired.get(&sa.key_id) {
-            Some(&(d, _)) if d != sa.direction => Err(format!(
-                "key: was used by an {} SA before; a key serves one direction only (a peer could reflect packets back)",
-                dir_name(d)
-            )),
+            Some(&(direction, _)) if direction != sa.direction => {
+                Err(ControlError::KeyOtherDirection { direction })
+            }
             _ => Ok(()),
         }
     }
@@ -646,62 +512,68 @@ impl Control {
         }
     }
 
-    /// Validates `spec` against the tunnels and policies in force (errors name the field).
-    fn params(&self, spec: &SaSpec) -> Result<(u32, SaParams), String> {
-        spec.to_params(
+    /// Binds `sa` to its tunnel and checks it against the tunnels and policies in force.
+    fn params(&self, sa: &NewSa) -> Result<(u32, SaParams)> {
+        sa.to_params(
             &self.tunnels,
             &self.policies,
             self.defaults.0,
             self.defaults.1,
         )
-        .map_err(|(f, r)| format!("{f}: {r}"))
+        .map_err(|(f, r)| {
+            if f == "tunnel" {
+                ControlError::NoTunnel {
+                    field: "tunnel",
+                    name: sa.tunnel.clone(),
+                }
+            } else {
+                ControlError::invalid(f, r)
+            }
+        })
     }
 
-    fn build(&self, spec: &SaSpec, now: u64) -> Result<(u32, Sa), String> {
+    fn build(&self, spec: &NewSa, now: u64) -> Result<(u32, Sa)> {
         let (t, p) = self.params(spec)?;
         // An imported SA keeps its age: its add-time limits count from its first install.
         let installed = match spec.state.as_ref().and_then(|st| st.age_seconds) {
             Some(age) if age > MAX_AGE_SECONDS => {
-                return Err(format!(
-                    "state.age_seconds: {age} is out of range (0..={MAX_AGE_SECONDS})"
+                return Err(ControlError::invalid(
+                    "state.age_seconds",
+                    format!("{age} is out of range (0..={MAX_AGE_SECONDS})"),
                 ));
             }
             Some(age) => now.saturating_sub(age * 1_000_000_000),
             None => now,
         };
-        let sa = Sa::new(&p, self.cores, installed).map_err(|e| e.to_string())?;
+        let sa = Sa::new(&p, self.cores, installed)?;
         if let Some(st) = &spec.state {
-            sa.import_state(st)?;
+            sa.import_state(st).map_err(|e| {
+                let (f, r) = e.split_once(": ").unwrap_or(("state", &e));
+                ControlError::invalid(f, r)
+            })?;
         }
         Ok((t, sa))
     }
 
-    fn install(&mut self, t: u32, sa: Sa) -> Result<(), String> {
+    fn install(&mut self, t: u32, sa: Sa) -> Result<()> {
         let key = (sa.spi, sa.direction);
         if self.sas.contains_key(&key) {
-            return Err(format!(
-                "spi: {} ({}) is already installed",
-                spi_str(sa.spi),
-                dir_name(sa.direction)
-            ));
+            return Err(ControlError::AlreadyInstalled {
+                spi: sa.spi,
+                direction: sa.direction,
+            });
         }
         self.check_key(&sa, None)?;
         self.resume_key(&sa);
         match sa.direction {
-            Direction::Inbound => self.dp.sas.install_inbound(sa).map_err(|e| e.to_string())?,
+            Direction::Inbound => self.dp.sas.install_inbound(sa)?,
             Direction::Outbound => {
                 let g = epoch::pin();
                 if let Some(cur) = self.dp.sas.outbound(t, &g) {
-                    return Err(format!(
-                        "tunnel: already has outbound SA {}; use rekey",
-                        spi_str(cur.spi)
-                    ));
+                    return Err(ControlError::OutboundInUse { spi: cur.spi });
                 }
                 drop(g);
-                self.dp
-                    .sas
-                    .set_outbound(t, Some(sa))
-                    .map_err(|e| e.to_string())?;
+                self.dp.sas.set_outbound(t, Some(sa))?;
             }
         }
         self.register(key, t);
@@ -712,22 +584,19 @@ impl Control {
         Ok(())
     }
 
-    fn remove(&mut self, spi: u32, d: Direction) -> Result<(), String> {
+    fn remove(&mut self, spi: u32, d: Direction) -> Result<()> {
         let t = *self
             .sas
             .get(&(spi, d))
-            .ok_or_else(|| not_installed(spi, d))?;
+            .ok_or(ControlError::NotInstalled { spi, direction: d })?;
         match d {
-            Direction::Inbound => self.dp.sas.remove_inbound(spi).map_err(|e| e.to_string())?,
+            Direction::Inbound => self.dp.sas.remove_inbound(spi)?,
             Direction::Outbound => {
                 let g = epoch::pin();
                 let current = self.dp.sas.outbound(t, &g).map(|s| s.spi);
                 drop(g);
                 if current == Some(spi) {
-                    self.dp
-                        .sas
-                        .set_outbound(t, None)
-                        .map_err(|e| e.to_string())?;
+                    self.dp.sas.set_outbound(t, None)?;
                 }
             }
         }
@@ -741,440 +610,8 @@ impl Control {
         Ok(())
     }
 
-    fn sa_json(&self, spi: u32, d: Direction, now: u64, with_state: bool) -> Option<Value> {
-        let t = *self.sas.get(&(spi, d))?;
-        let g = epoch::pin();
-        let sa = match d {
-            Direction::Inbound => self.dp.sas.inbound(spi, &g)?,
-            Direction::Outbound => self.dp.sas.outbound(t, &g).filter(|s| s.spi == spi)?,
-        };
-        let (packets, bytes) = sa.totals();
-        Some(json!({
-            "spi": spi_str(spi),
-            "direction": dir_name(d),
-            "tunnel": self.tunnel_name(t),
-            "mode": format!("{:?}", sa.mode).to_lowercase(),
-            "cipher": format!("aes-gcm-{}", sa.key_bits),
-            "backend": sa.backend.to_string(),
-            "esn": sa.esn,
-            "packets": packets,
-            "bytes": bytes,
-            "last_seq": if d == Direction::Outbound { Some(sa.last_seq()) } else { sa.replay.as_ref().map(|r| r.top()) },
-            "lifetime": sa.lifetime.limits(),
-            "consumed": sa.lifetime.consumed(packets, bytes, now),
-            "expired": sa.lifetime.is_expired(),
-            "age_s": now.saturating_sub(sa.lifetime.installed_ns()) as f64 / 1e9,
-            "state": with_state.then(|| sa.state(now)),
-        }))
-    }
-
     fn publish_spd(&self) {
         self.dp
             .set_spd(Spd::new(self.policies.clone(), self.default_policy));
     }
-
-    /// Handles one request line; never panics on input.
-    pub fn handle(&mut self, line: &str, now: u64) -> Reply {
-        let req: Request = match serde_json::from_str(line) {
-            Ok(r) => r,
-            Err(e) => return Reply::Line(err(format!("request: {e}"))),
-        };
-        if let Request::Subscribe {} = req {
-            return Reply::Subscribe;
-        }
-        Reply::Line(match self.dispatch(req, now) {
-            Ok(v) => {
-                let mut v = v;
-                if let Value::Object(m) = &mut v {
-                    m.insert("ok".into(), Value::Bool(true));
-                }
-                v.to_string()
-            }
-            Err(e) => err(e),
-        })
-    }
-
-    fn dispatch(&mut self, req: Request, now: u64) -> Result<Value, String> {
-        match req {
-            Request::AllocateSpi {} => {
-                let spi = self.dp.sas.allocate_spi().map_err(|e| e.to_string())?;
-                Ok(json!({ "spi": spi_str(spi) }))
-            }
-            Request::SaAdd { sa } => {
-                let (t, s) = self.build(&sa, now)?;
-                let spi = s.spi;
-                self.install(t, s)?;
-                Ok(json!({ "spi": spi_str(spi) }))
-            }
-            Request::SaAddBatch { sas } => {
-                let mut added = 0usize;
-                for (i, spec) in sas.iter().enumerate() {
-                    let r = self.build(spec, now).and_then(|(t, s)| self.install(t, s));
-                    if let Err(e) = r {
-                        return Err(format!("sas[{i}].{e} ({added} installed before it)"));
-                    }
-                    added += 1;
-                }
-                Ok(json!({ "installed": added }))
-            }
-            Request::SaUpdate { sa } => {
-                let (t, p) = self.params(&sa)?;
-                let key = (p.spi, p.direction);
-                if sa.state.is_some() {
-                    return Err("state: an update continues the installed SA's state; to import state, delete the SA and add it with `state`".into());
-                }
-                let Some(&old_t) = self.sas.get(&key) else {
-                    return Err(not_installed(p.spi, p.direction));
-                };
-                if old_t != t {
-                    return Err(format!(
-                        "tunnel: {} belongs to tunnel `{}`; an update cannot move it",
-                        spi_str(p.spi),
-                        self.tunnel_name(old_t).unwrap_or_default()
-                    ));
-                }
-                // RFC 4106 §3.1 / RFC 4303 §3.4.3: with the same key the new SA continues the
-                // old one's sequence counter, replay window and consumed lifetime.
-                let g = epoch::pin();
-                let prev = self
-                    .lookup(key, &g)
-                    .ok_or_else(|| not_installed(key.0, key.1))?;
-                let s = Sa::successor(&p, self.cores, now, prev).map_err(|e| e.to_string())?;
-                drop(g);
-                self.check_key(&s, Some(key.0))?;
-                self.resume_key(&s);
-                // An SA waiting for removal after a hard expiry lives on under its new limits.
-                self.lingering.retain(|&(_, spi, d)| (spi, d) != key);
-                match s.direction {
-                    Direction::Inbound => {
-                        self.dp.sas.replace_inbound(s).map_err(|e| e.to_string())?;
-                    }
-                    Direction::Outbound => {
-                        self.dp
-                            .sas
-                            .set_outbound(t, Some(s))
-                            .map_err(|e| e.to_string())?;
-                    }
-                }
-                self.forget(key);
-                self.register(key, t);
-                Ok(json!({ "spi": spi_str(key.0) }))
-            }
-            Request::SaDelete { spi, direction } => {
-                let (spi, d) = (
-                    spi.get().map_err(|e| format!("spi: {e}"))?,
-                    dir(&direction)?,
-                );
-                self.remove(spi, d)?;
-                self.emit(Event::SaRemoved {
-                    spi: spi_str(spi),
-                    direction: dir_name(d),
-                    reason: "deleted",
-                    time: Self::time(now),
-                });
-                Ok(json!({}))
-            }
-            Request::SaGet { spi, direction } => {
-                let (spi, d) = (
-                    spi.get().map_err(|e| format!("spi: {e}"))?,
-                    dir(&direction)?,
-                );
-                self.sa_json(spi, d, now, true)
-                    .ok_or_else(|| not_installed(spi, d))
-            }
-            Request::SaList { direction, limit } => {
-                let d = direction.as_deref().map(dir).transpose()?;
-                let keys = self.keys(d);
-                let total = keys.len();
-                let list: Vec<Value> = keys
-                    .into_iter()
-                    .take(limit.unwrap_or(1000))
-                    .filter_map(|(s, d)| self.sa_json(s, d, now, false))
-                    .collect();
-                Ok(json!({ "total": total, "sas": list }))
-            }
-            Request::SaFlush { direction } => {
-                let d = direction.as_deref().map(dir).transpose()?;
-                let keys = self.keys(d);
-                let mut n = 0;
-                for (s, d) in keys {
-                    if self.remove(s, d).is_ok() {
-                        n += 1;
-                    }
-                }
-                Ok(json!({ "removed": n }))
-            }
-            Request::TunnelAdd {
-                name,
-                local,
-                remote,
-                mode,
-                encap,
-                mtu,
-            } => {
-                if self.tunnels.iter().any(|t| t.name == name) {
-                    return Err(format!("name: tunnel `{name}` exists"));
-                }
-                let used: Vec<u32> = self.tunnels.iter().map(|t| t.index).collect();
-                let index = (0..self.tunnel_capacity)
-                    .find(|i| !used.contains(i))
-                    .ok_or_else(|| {
-                        format!(
-                            "name: no tunnel slot left (capacity {})",
-                            self.tunnel_capacity
-                        )
-                    })?;
-                let spec = TunnelSpec {
-                    name: &name,
-                    local: &local,
-                    remote: &remote,
-                    mode: mode.as_deref(),
-                    encap: encap.as_deref(),
-                    udp_src_port: None,
-                    udp_dst_port: None,
-                    mtu: mtu.map(u32::from),
-                };
-                self.tunnels
-                    .push(spec.build(index).map_err(|(f, r)| format!("{f}: {r}"))?);
-                Ok(json!({ "index": index }))
-            }
-            Request::TunnelDelete { name } => {
-                let t = self
-                    .tunnels
-                    .iter()
-                    .find(|t| t.name == name)
-                    .map(|t| t.index)
-                    .ok_or_else(|| format!("name: no tunnel named `{name}`"))?;
-                let keys: Vec<(u32, Direction)> = self
-                    .sas
-                    .iter()
-                    .filter(|(_, ti)| **ti == t)
-                    .map(|(k, _)| *k)
-                    .collect();
-                for (s, d) in keys {
-                    let _ = self.remove(s, d);
-                }
-                self.policies
-                    .retain(|p| p.action != PolicyAction::Protect(t));
-                self.tunnels.retain(|x| x.index != t);
-                self.publish_spd();
-                Ok(json!({}))
-            }
-            Request::PolicyAdd {
-                src,
-                dst,
-                protocol,
-                src_ports,
-                dst_ports,
-                action,
-                tunnel,
-            } => {
-                let item = PolicyItem {
-                    src,
-                    dst,
-                    protocol,
-                    src_ports,
-                    dst_ports,
-                    action,
-                    tunnel,
-                };
-                self.policies.push(item.build(&self.tunnels)?);
-                self.publish_spd();
-                Ok(json!({ "index": self.policies.len() - 1 }))
-            }
-            Request::PolicyAddBatch { policies } => {
-                let built = policies
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| {
-                        p.build(&self.tunnels)
-                            .map_err(|e| format!("policies[{i}].{e}"))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let first = self.policies.len();
-                self.policies.extend(built);
-                self.publish_spd();
-                Ok(json!({ "first_index": first, "added": self.policies.len() - first }))
-            }
-            Request::PolicyDelete { index } => {
-                if index >= self.policies.len() {
-                    return Err(format!(
-                        "index: {index} is out of range ({} policies)",
-                        self.policies.len()
-                    ));
-                }
-                self.policies.remove(index);
-                self.publish_spd();
-                Ok(json!({}))
-            }
-            Request::PolicyList {} => {
-                let list: Vec<Value> = self
-                    .policies
-                    .iter()
-                    .map(|p| json!({ "src": p.selector.src.to_string(), "dst": p.selector.dst.to_string(), "protocol": p.selector.protocol, "action": format!("{:?}", p.action) }))
-                    .collect();
-                Ok(json!({ "policies": list }))
-            }
-            Request::Rekey {
-                tunnel,
-                outbound,
-                inbound,
-                retire_inbound,
-                grace_ms,
-            } => {
-                let t = self
-                    .tunnels
-                    .iter()
-                    .find(|x| x.name == tunnel)
-                    .map(|x| x.index)
-                    .ok_or_else(|| format!("tunnel: no tunnel named `{tunnel}`"))?;
-                if outbound.tunnel != tunnel || dir(&outbound.direction)? != Direction::Outbound {
-                    return Err("outbound: must be an outbound SA of the same tunnel".into());
-                }
-                let retire = retire_inbound
-                    .map(|s| s.get())
-                    .transpose()
-                    .map_err(|e| format!("retire_inbound: {e}"))?;
-                if let Some(r) = retire
-                    && !self.sas.contains_key(&(r, Direction::Inbound))
-                {
-                    return Err(format!("retire_inbound: {} is not installed", spi_str(r)));
-                }
-                // Everything is validated and built before anything changes.
-                let new_in = inbound
-                    .as_ref()
-                    .map(|s| self.build(s, now))
-                    .transpose()
-                    .map_err(|e| format!("inbound.{e}"))?;
-                let (_, new_out) = self
-                    .build(&outbound, now)
-                    .map_err(|e| format!("outbound.{e}"))?;
-                if self.sas.contains_key(&(new_out.spi, Direction::Outbound)) {
-                    return Err(format!(
-                        "outbound.spi: {} is already installed",
-                        spi_str(new_out.spi)
-                    ));
-                }
-                self.check_key(&new_out, None)
-                    .map_err(|e| format!("outbound.{e}"))?;
-                self.resume_key(&new_out);
-                // 1. The new inbound SA first: the peer may switch to it at any moment.
-                if let Some((ti, s)) = new_in {
-                    self.install(ti, s).map_err(|e| format!("inbound.{e}"))?;
-                }
-                // 2. Swap the outbound pointer: the next packet uses the new SA.
-                let new_spi = new_out.spi;
-                let old = self
-                    .dp
-                    .sas
-                    .set_outbound(t, Some(new_out))
-                    .map_err(|e| e.to_string())?;
-                if let Some(o) = old {
-                    self.forget((o, Direction::Outbound));
-                }
-                self.register((new_spi, Direction::Outbound), t);
-                // 3. The old inbound SA keeps accepting packets in flight for the grace period.
-                if let Some(r) = retire {
-                    self.retiring
-                        .push((now + grace_ms.map_or(self.grace_ns, |g| g * 1_000_000), r));
-                }
-                self.counters
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .rekeys += 1;
-                self.emit(Event::Rekeyed {
-                    tunnel,
-                    old_spi: old.map(spi_str),
-                    new_spi: spi_str(new_spi),
-                    retire_inbound: retire.map(spi_str),
-                    time: Self::time(now),
-                });
-                Ok(json!({ "old_spi": old.map(spi_str), "new_spi": spi_str(new_spi) }))
-            }
-            Request::MmAdd {
-                icookie,
-                rcookie,
-                peer,
-                lifetime_s,
-                lifetime_kb,
-                children,
-            } => {
-                let i = cookie("icookie", &icookie)?;
-                let r = cookie("rcookie", &rcookie)?;
-                let peer: IpAddr = peer
-                    .parse()
-                    .map_err(|_| format!("peer: `{peer}` is not an IP address"))?;
-                if lifetime_s == 0 {
-                    return Err("lifetime_s: must be greater than 0".into());
-                }
-                let children = children
-                    .into_iter()
-                    .enumerate()
-                    .map(|(n, c)| c.get().map_err(|e| format!("children[{n}]: {e}")))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.mm.add(MmRecord {
-                    icookie: i,
-                    rcookie: r,
-                    peer,
-                    lifetime_s,
-                    lifetime_kb,
-                    children,
-                    created_ns: now,
-                })?;
-                Ok(json!({}))
-            }
-            Request::MmDelete { icookie, rcookie } => {
-                let i = cookie("icookie", &icookie)?;
-                let r = cookie("rcookie", &rcookie)?;
-                let rec = self
-                    .mm
-                    .remove(i, r)
-                    .ok_or_else(|| format!("icookie/rcookie: no main mode {i:016x}/{r:016x}"))?;
-                self.emit(Event::mm_expired(
-                    MmCause::PeerDelete,
-                    rec.peer,
-                    rec.icookie,
-                    rec.rcookie,
-                    &rec.children,
-                    Self::time(now),
-                ));
-                Ok(json!({}))
-            }
-            Request::MmList {} => {
-                let list: Vec<Value> = self
-                    .mm
-                    .list()
-                    .iter()
-                    .map(|r| {
-                        json!({
-                            "icookie": format!("{:016x}", r.icookie), "rcookie": format!("{:016x}", r.rcookie), "peer": r.peer,
-                            "lifetime_s": r.lifetime_s, "lifetime_kb": r.lifetime_kb,
-                            "expires_in_s": r.expires_ns().saturating_sub(now) as f64 / 1e9,
-                            "children": r.children,
-                        })
-                    })
-                    .collect();
-                Ok(json!({ "main_modes": list }))
-            }
-            Request::Stats {} => {
-                let c = self
-                    .counters
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                Ok(
-                    json!({ "sas": self.sas.len(), "tunnels": self.tunnels.len(), "policies": self.policies.len(), "main_modes": self.mm.list().len(), "control": c }),
-                )
-            }
-            Request::Subscribe {} => Ok(json!({})),
-        }
-    }
-}
-
-fn not_installed(spi: u32, d: Direction) -> String {
-    format!("spi: {} ({}) is not installed", spi_str(spi), dir_name(d))
-}
-
-fn err(e: String) -> String {
-    json!({ "ok": false, "error": e }).to_string()
 }

@@ -1,0 +1,414 @@
+//! The control API: one method per operation, typed arguments and results, typed errors.
+//! Every caller (the control socket through `api.rs`, the config file, the built-in IKE) goes
+//! through these, so every SA takes the same path: key checks, timers, events,
+//! make-before-break. `now` is the control clock (`crate::now_ns()`), passed in so tests can
+//! drive time.
+
+use crossbeam_epoch as epoch;
+
+use super::events::{Event, MmCause, spi_str};
+use super::mm::MmRecord;
+use super::types::{MainMode, MainModeInfo, Rekey, Rekeyed, SaInfo, SaList, Stats};
+use super::{Control, ControlError, Result, dir_name};
+use crate::config::{NewPolicy, NewSa, NewTunnel};
+use crate::sa::{Direction, Sa};
+
+impl Control {
+    /// Reserves a free inbound SPI (its table slot stays reserved for it).
+    pub fn allocate_spi(&mut self) -> Result<u32> {
+        Ok(self.dp.sas.allocate_spi()?)
+    }
+
+    /// Installs one SA. An outbound SA needs a tunnel without one (else use [`Control::rekey`]).
+    pub fn install_sa(&mut self, sa: &NewSa, now: u64) -> Result<u32> {
+        let (t, s) = self.build(sa, now)?;
+        let spi = s.spi;
+        self.install(t, s)?;
+        Ok(spi)
+    }
+
+    /// Installs SAs in order and stops at the first error ([`ControlError::Batch`] says which
+    /// and how many went in before it). An item can be the caller's own error (a spec that did
+    /// not parse): the batch stops there the same way.
+    pub fn install_sas<I>(&mut self, sas: I, now: u64) -> Result<usize>
+    where
+        I: IntoIterator<Item = Result<NewSa>>,
+    {
+        let mut installed = 0;
+        for (index, sa) in sas.into_iter().enumerate() {
+            if let Err(e) = sa.and_then(|sa| self.install_sa(&sa, now)) {
+                return Err(ControlError::Batch {
+                    index,
+                    installed,
+                    source: Box::new(e),
+                });
+            }
+            installed += 1;
+        }
+        Ok(installed)
+    }
+
+    /// Replaces the installed SA with the same SPI and direction. With the same key the new SA
+    /// continues the old one's sequence counter, replay window and consumed lifetime
+    /// (RFC 4106 §3.1, RFC 4303 §3.4.3); inbound, the SA is replaced in one store.
+    pub fn update_sa(&mut self, sa: &NewSa, now: u64) -> Result<u32> {
+        let (t, p) = self.params(sa)?;
+        let key = (p.spi, p.direction);
+        if sa.state.is_some() {
+            return Err(ControlError::invalid(
+                "state",
+                "an update continues the installed SA's state; to import state, delete the SA and add it with `state`",
+            ));
+        }
+        let Some(&old_t) = self.sas.get(&key) else {
+            return Err(ControlError::NotInstalled {
+                spi: key.0,
+                direction: key.1,
+            });
+        };
+        if old_t != t {
+            return Err(ControlError::invalid(
+                "tunnel",
+                format!(
+                    "{} belongs to tunnel `{}`; an update cannot move it",
+                    spi_str(p.spi),
+                    self.tunnel_name(old_t).unwrap_or_default()
+                ),
+            ));
+        }
+        let g = epoch::pin();
+        let prev = self.lookup(key, &g).ok_or(ControlError::NotInstalled {
+            spi: key.0,
+            direction: key.1,
+        })?;
+        let s = Sa::successor(&p, self.cores, now, prev)?;
+        drop(g);
+        self.check_key(&s, Some(key.0))?;
+        self.resume_key(&s);
+        // An SA waiting for removal after a hard expiry lives on under its new limits.
+        self.lingering.retain(|&(_, spi, d)| (spi, d) != key);
+        match s.direction {
+            Direction::Inbound => self.dp.sas.replace_inbound(s)?,
+            Direction::Outbound => {
+                self.dp.sas.set_outbound(t, Some(s))?;
+            }
+        }
+        self.forget(key);
+        self.register(key, t);
+        Ok(key.0)
+    }
+
+    /// Removes an SA at once (event `sa_removed`, reason `deleted`).
+    pub fn remove_sa(&mut self, spi: u32, direction: Direction, now: u64) -> Result<()> {
+        self.remove(spi, direction)?;
+        self.emit(Event::SaRemoved {
+            spi: spi_str(spi),
+            direction: dir_name(direction),
+            reason: "deleted",
+            time: Self::time(now),
+        });
+        Ok(())
+    }
+
+    /// One installed SA with its counters and its transferable state.
+    pub fn sa(&self, spi: u32, direction: Direction, now: u64) -> Result<SaInfo> {
+        self.sa_info(spi, direction, now, true)
+            .ok_or(ControlError::NotInstalled { spi, direction })
+    }
+
+    /// The installed SAs (of one direction or all), the first `limit` of them in SPI order.
+    pub fn sa_list(&self, direction: Option<Direction>, limit: usize, now: u64) -> SaList {
+        let keys = self.keys(direction);
+        SaList {
+            total: keys.len(),
+            sas: keys
+                .into_iter()
+                .take(limit)
+                .filter_map(|(s, d)| self.sa_info(s, d, now, false))
+                .collect(),
+        }
+    }
+
+    /// Removes every SA (of one direction or all); returns how many.
+    pub fn flush_sas(&mut self, direction: Option<Direction>) -> usize {
+        self.keys(direction)
+            .into_iter()
+            .filter(|&(s, d)| self.remove(s, d).is_ok())
+            .count()
+    }
+
+    /// Adds a tunnel in the first free slot; returns its index.
+    pub fn add_tunnel(&mut self, tunnel: NewTunnel) -> Result<u32> {
+        tunnel.check()?;
+        if self.tunnels.iter().any(|t| t.name == tunnel.name) {
+            return Err(ControlError::TunnelExists(tunnel.name));
+        }
+        let used: Vec<u32> = self.tunnels.iter().map(|t| t.index).collect();
+        let index = (0..self.tunnel_capacity)
+            .find(|i| !used.contains(i))
+            .ok_or(ControlError::NoTunnelSlot(self.tunnel_capacity))?;
+        self.tunnels.push(tunnel.into_tunnel(index));
+        Ok(index)
+    }
+
+    /// Removes a tunnel with its SAs and its protect policies.
+    pub fn remove_tunnel(&mut self, name: &str) -> Result<()> {
+        let t = self
+            .tunnels
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.index)
+            .ok_or_else(|| ControlError::NoTunnel {
+                field: "name",
+                name: name.to_string(),
+            })?;
+        let keys: Vec<(u32, Direction)> = self
+            .sas
+            .iter()
+            .filter(|(_, ti)| **ti == t)
+            .map(|(k, _)| *k)
+            .collect();
+        for (s, d) in keys {
+            let _ = self.remove(s, d);
+        }
+        self.policies
+            .retain(|p| p.action != crate::sa::PolicyAction::Protect(t));
+        self.tunnels.retain(|x| x.index != t);
+        self.publish_spd();
+        Ok(())
+    }
+
+    /// Appends one policy (the SPD is rebuilt and published); returns its index.
+    pub fn add_policy(&mut self, policy: &NewPolicy) -> Result<usize> {
+        let p = policy.resolve(&self.tunnels)?;
+        self.policies.push(p);
+        self.publish_spd();
+        Ok(self.policies.len() - 1)
+    }
+
+    /// Appends policies in order with one SPD rebuild, all or none (an error names
+    /// `policies[i]`); returns the index of the first.
+    pub fn add_policies(&mut self, policies: &[NewPolicy]) -> Result<usize> {
+        let built = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.resolve(&self.tunnels)
+                    .map_err(|e| ControlError::from(e).within(format!("policies[{i}]")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let first = self.policies.len();
+        self.policies.extend(built);
+        self.publish_spd();
+        Ok(first)
+    }
+
+    /// Removes the policy at `index` (later ones move up).
+    pub fn remove_policy(&mut self, index: usize) -> Result<()> {
+        if index >= self.policies.len() {
+            return Err(ControlError::invalid(
+                "index",
+                format!("{index} is out of range ({} policies)", self.policies.len()),
+            ));
+        }
+        self.policies.remove(index);
+        self.publish_spd();
+        Ok(())
+    }
+
+    /// The policies in order (first match wins).
+    pub fn policies(&self) -> &[crate::sa::policy::Policy] {
+        &self.policies
+    }
+
+    /// The tunnels.
+    pub fn tunnels(&self) -> &[crate::config::Tunnel] {
+        &self.tunnels
+    }
+
+    /// Make-before-break: installs `inbound` (if given), makes `outbound` the tunnel's SA in one
+    /// pointer store, and retires `retire_inbound` after the grace period. Everything is
+    /// checked before anything changes: a refused rekey changes nothing.
+    pub fn rekey(&mut self, r: Rekey, now: u64) -> Result<Rekeyed> {
+        let t = self
+            .tunnels
+            .iter()
+            .find(|x| x.name == r.tunnel)
+            .map(|x| x.index)
+            .ok_or_else(|| ControlError::NoTunnel {
+                field: "tunnel",
+                name: r.tunnel.clone(),
+            })?;
+        if r.outbound.tunnel != r.tunnel || r.outbound.direction != Direction::Outbound {
+            return Err(ControlError::invalid(
+                "outbound",
+                "must be an outbound SA of the same tunnel",
+            ));
+        }
+        if let Some(i) = &r.inbound
+            && i.direction != Direction::Inbound
+        {
+            return Err(ControlError::invalid("inbound.direction", "must be in"));
+        }
+        if let Some(rs) = r.retire_inbound
+            && !self.sas.contains_key(&(rs, Direction::Inbound))
+        {
+            return Err(ControlError::invalid(
+                "retire_inbound",
+                format!("{} is not installed", spi_str(rs)),
+            ));
+        }
+        let grace_ns = match r.grace_ms {
+            Some(g) => crate::config::check_ms(g)
+                .map_err(|e| ControlError::invalid("grace_ms", e))?
+                .saturating_mul(1_000_000),
+            None => self.grace_ns,
+        };
+        // Everything is validated and built before anything changes.
+        let new_in = r
+            .inbound
+            .as_ref()
+            .map(|s| self.build(s, now))
+            .transpose()
+            .map_err(|e| e.within("inbound"))?;
+        let (_, new_out) = self
+            .build(&r.outbound, now)
+            .map_err(|e| e.within("outbound"))?;
+        if self.sas.contains_key(&(new_out.spi, Direction::Outbound)) {
+            return Err(ControlError::invalid(
+                "outbound.spi",
+                format!("{} is already installed", spi_str(new_out.spi)),
+            ));
+        }
+        self.check_key(&new_out, None)
+            .map_err(|e| e.within("outbound"))?;
+        self.resume_key(&new_out);
+        // 1. The new inbound SA first: the peer may switch to it at any moment.
+        if let Some((ti, s)) = new_in {
+            self.install(ti, s).map_err(|e| e.within("inbound"))?;
+        }
+        // 2. Swap the outbound pointer: the next packet uses the new SA.
+        let new_spi = new_out.spi;
+        let old = self.dp.sas.set_outbound(t, Some(new_out))?;
+        if let Some(o) = old {
+            self.forget((o, Direction::Outbound));
+        }
+        self.register((new_spi, Direction::Outbound), t);
+        // 3. The old inbound SA keeps accepting packets in flight for the grace period.
+        if let Some(rs) = r.retire_inbound {
+            self.retiring.push((now.saturating_add(grace_ns), rs));
+        }
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rekeys += 1;
+        self.emit(Event::Rekeyed {
+            tunnel: r.tunnel,
+            old_spi: old.map(spi_str),
+            new_spi: spi_str(new_spi),
+            retire_inbound: r.retire_inbound.map(spi_str),
+            time: Self::time(now),
+        });
+        Ok(Rekeyed {
+            old_spi: old,
+            new_spi,
+        })
+    }
+
+    /// Records a main mode (phase 1 SA): its lifetime is watched from `now` (13885 `lifetime`).
+    pub fn main_mode_up(&mut self, mm: MainMode, now: u64) -> Result<()> {
+        if mm.lifetime_s == 0 {
+            return Err(ControlError::invalid(
+                "lifetime_s",
+                "must be greater than 0",
+            ));
+        }
+        self.mm.add(MmRecord {
+            icookie: mm.icookie,
+            rcookie: mm.rcookie,
+            peer: mm.peer,
+            lifetime_s: mm.lifetime_s,
+            lifetime_kb: mm.lifetime_kb,
+            children: mm.children,
+            created_ns: now,
+        })
+    }
+
+    /// A main mode ended before its lifetime (`cause`: the peer's delete, or an
+    /// INITIAL-CONTACT from a new one): 13885. Its children keep forwarding (IKEv1).
+    pub fn main_mode_delete(
+        &mut self,
+        icookie: u64,
+        rcookie: u64,
+        cause: MmCause,
+        now: u64,
+    ) -> Result<MmRecord> {
+        let rec = self
+            .mm
+            .remove(icookie, rcookie)
+            .ok_or(ControlError::NoMainMode { icookie, rcookie })?;
+        self.emit(Event::mm_expired(
+            cause,
+            rec.peer,
+            rec.icookie,
+            rec.rcookie,
+            &rec.children,
+            Self::time(now),
+        ));
+        Ok(rec)
+    }
+
+    /// The recorded main modes with their remaining lifetime.
+    pub fn main_modes(&self, now: u64) -> Vec<MainModeInfo> {
+        self.mm
+            .list()
+            .iter()
+            .map(|r| MainModeInfo {
+                record: r.clone(),
+                expires_in_s: r.expires_ns().saturating_sub(now) as f64 / 1e9,
+            })
+            .collect()
+    }
+
+    /// Table sizes and the control thread's counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            sas: self.sas.len(),
+            tunnels: self.tunnels.len(),
+            policies: self.policies.len(),
+            main_modes: self.mm.list().len(),
+            control: self
+                .counters
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+
+    fn sa_info(&self, spi: u32, d: Direction, now: u64, with_state: bool) -> Option<SaInfo> {
+        let t = *self.sas.get(&(spi, d))?;
+        let g = epoch::pin();
+        let sa = self.lookup((spi, d), &g)?;
+        let (packets, bytes) = sa.totals();
+        Some(SaInfo {
+            spi,
+            direction: d,
+            tunnel: self.tunnel_name(t),
+            mode: sa.mode,
+            key_bits: sa.key_bits,
+            backend: sa.backend,
+            esn: sa.esn,
+            packets,
+            bytes,
+            last_seq: match d {
+                Direction::Outbound => Some(sa.last_seq()),
+                Direction::Inbound => sa.replay.as_ref().map(|r| r.top()),
+            },
+            lifetime: *sa.lifetime.limits(),
+            consumed: sa.lifetime.consumed(packets, bytes, now),
+            expired: sa.lifetime.is_expired(),
+            age_s: now.saturating_sub(sa.lifetime.installed_ns()) as f64 / 1e9,
+            state: with_state.then(|| sa.state(now)),
+        })
+    }
+}

@@ -1,0 +1,352 @@
+//! The control socket's I/O: JSON lines over a Unix socket (mode 0600; peers that are not root
+//! are refused, checked with SO_PEERCRED). One request per line, one response per line; a
+//! `subscribe` request turns the connection into an event stream. See PROTOCOL.md; the lines
+//! are understood by `api.rs`.
+//!
+//! Each connection has its own thread that parses nothing: it forwards lines to the control
+//! thread over a channel and writes back what it answers. Malformed input gets an error line
+//! naming the field; the daemon never dies on input. Request lines can carry keys: they are
+//! read through [`LineReader`] and travel as `Zeroizing` buffers, wiped once handled.
+
+use std::io::{BufRead, BufReader, Read, Write};
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+use zeroize::{Zeroize, Zeroizing};
+
+/// Longest request line accepted (a batch of ~10^5 SAs fits).
+pub const MAX_LINE: usize = 256 << 20;
+
+/// Messages from connection threads to the control thread.
+pub enum ApiMsg {
+    /// A request line; the answer goes back on `reply` (`None`: start streaming events).
+    /// The line can carry keys: it is wiped when dropped.
+    Request {
+        line: Zeroizing<String>,
+        reply: mpsc::Sender<Option<String>>,
+    },
+    /// Register an event stream.
+    Subscribe { tx: mpsc::SyncSender<String> },
+}
+
+/// Binds `path` (replacing a stale socket), restricts it to its owner and serves until `stop`.
+pub fn serve(
+    path: &Path,
+    tx: mpsc::Sender<ApiMsg>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
+    {
+        std::fs::remove_file(path)?;
+    }
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    l.set_nonblocking(true)?;
+    let path: PathBuf = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("espd-api".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        let tx = tx.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("espd-conn".into())
+                            .spawn(move || connection(s, tx));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        })
+}
+
+fn connection(s: UnixStream, tx: mpsc::Sender<ApiMsg>) {
+    let _ = s.set_nonblocking(false);
+    let mut w = match s.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    match crate::sys::peer_uid(&s) {
+        Some(0) => {}
+        other => {
+            let _ = writeln!(
+                w,
+                "{}",
+                serde_json::json!({ "ok": false, "error": format!("peer: uid {} is not root; the control socket serves root only", other.map_or("unknown".into(), |u| u.to_string())) })
+            );
+            return;
+        }
+    }
+    let mut r = LineReader::new(s);
+    loop {
+        let mut buf = match r.read_line(MAX_LINE) {
+            Ok(Line::Text(b)) => b,
+            Ok(Line::Eof) | Err(_) => return,
+            Ok(Line::TooLong) => {
+                let _ = writeln!(
+                    w,
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": format!("request: longer than {MAX_LINE} bytes") })
+                );
+                return;
+            }
+        };
+        if std::str::from_utf8(&buf).is_err() {
+            let _ = writeln!(
+                w,
+                "{}",
+                serde_json::json!({ "ok": false, "error": "request: not UTF-8" })
+            );
+            continue;
+        }
+        // The bytes move into the String (no copy); both wipe themselves when dropped.
+        let line = match String::from_utf8(std::mem::take(&mut *buf)) {
+            Ok(l) => Zeroizing::new(l),
+            Err(e) => {
+                e.into_bytes().zeroize();
+                continue;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (rtx, rrx) = mpsc::channel();
+        if tx.send(ApiMsg::Request { line, reply: rtx }).is_err() {
+            return;
+        }
+        match rrx.recv() {
+            Ok(Some(answer)) => {
+                if writeln!(w, "{answer}").is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {
+                // Event stream: one JSON line per event until the peer goes away.
+                let (etx, erx) = mpsc::sync_channel(4096);
+                if tx.send(ApiMsg::Subscribe { tx: etx }).is_err() {
+                    return;
+                }
+                if writeln!(
+                    w,
+                    "{}",
+                    serde_json::json!({ "ok": true, "subscribed": true })
+                )
+                .is_err()
+                {
+                    return;
+                }
+                for ev in erx {
+                    if writeln!(w, "{ev}").is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// What [`LineReader::read_line`] found.
+pub enum Line {
+    /// The stream ended with no partial line.
+    Eof,
+    /// A line (with its newline, unless the stream ended first); wiped when dropped.
+    Text(Zeroizing<Vec<u8>>),
+    /// The line ran past the limit (what was read of it is wiped).
+    TooLong,
+}
+
+/// Size of the read buffer of [`LineReader`].
+const READ_CHUNK: usize = 8192;
+
+/// Splits a stream into lines without leaving copies of them behind (request lines can carry
+/// keys): bytes pass through one fixed buffer that is wiped as they are consumed, into a line
+/// buffer that is wiped when it grows (no reallocation leaves the old bytes in freed memory)
+/// and when the line is dropped.
+pub struct LineReader<R> {
+    r: R,
+    buf: Zeroizing<Vec<u8>>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: Read> LineReader<R> {
+    pub fn new(r: R) -> Self {
+        LineReader {
+            r,
+            buf: Zeroizing::new(vec![0; READ_CHUNK]),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The next line, at most `max` bytes including its newline.
+    pub fn read_line(&mut self, max: usize) -> std::io::Result<Line> {
+        let mut line = Zeroizing::new(Vec::new());
+        loop {
+            if self.start == self.end {
+                (self.start, self.end) = (0, 0);
+                let n = match self.r.read(&mut self.buf[..]) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if n == 0 {
+                    return Ok(if line.is_empty() {
+                        Line::Eof
+                    } else {
+                        Line::Text(line)
+                    });
+                }
+                self.end = n;
+            }
+            let avail = &self.buf[self.start..self.end];
+            let (take, done) = match avail.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (avail.len(), false),
+            };
+            if line.len() + take > max {
+                self.buf[self.start..self.end].zeroize();
+                self.start = self.end;
+                return Ok(Line::TooLong);
+            }
+            push_wiping(&mut line, &avail[..take]);
+            self.buf[self.start..self.start + take].zeroize();
+            self.start += take;
+            if done {
+                return Ok(Line::Text(line));
+            }
+        }
+    }
+
+    /// The whole read buffer, consumed part included.
+    #[cfg(test)]
+    fn raw_buffer(&self) -> &[u8] {
+        &self.buf[..]
+    }
+}
+
+/// Appends `bytes`; when `line` must grow, the new buffer is allocated first and the old one
+/// wiped as it is dropped.
+fn push_wiping(line: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
+    if line.capacity() - line.len() < bytes.len() {
+        let cap = (line.len() + bytes.len()).max(2 * line.capacity());
+        let mut grown = Zeroizing::new(Vec::with_capacity(cap));
+        grown.extend_from_slice(line);
+        *line = grown;
+    }
+    line.extend_from_slice(bytes);
+}
+
+/// A client: one request, one response line.
+pub struct Client {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Client {
+    pub fn connect(path: &Path) -> std::io::Result<Client> {
+        let s = UnixStream::connect(path)?;
+        Ok(Client {
+            w: s.try_clone()?,
+            r: BufReader::new(s),
+        })
+    }
+    /// Sends one request (a JSON value) and returns the response.
+    pub fn call(&mut self, req: &serde_json::Value) -> std::io::Result<serde_json::Value> {
+        // The request can carry a key: its text is wiped once sent.
+        let line = Zeroizing::new(req.to_string());
+        self.call_raw(&line)
+    }
+    pub fn call_raw(&mut self, line: &str) -> std::io::Result<serde_json::Value> {
+        writeln!(self.w, "{line}")?;
+        self.read_line()
+    }
+    /// Reads the next line (responses, then events after `subscribe`).
+    pub fn read_line(&mut self) -> std::io::Result<serde_json::Value> {
+        let mut l = String::new();
+        if self.r.read_line(&mut l)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "control socket closed",
+            ));
+        }
+        serde_json::from_str(&l)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+    pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
+        self.r.get_ref().set_read_timeout(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(hay: &[u8], needle: &str) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    /// Hands out its input a few bytes at a time (lines cross reads).
+    struct Trickle<'a>(&'a [u8], usize);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(self.1).min(out.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    /// Issue 11, defect 12: a request line that carried a key leaves no copy in the reader
+    /// once handed over, and lines come out whole however the stream splits them.
+    #[test]
+    fn request_lines_leave_no_copy_in_the_reader() {
+        let key = "00112233445566778899aabbccddeeff01020304";
+        let first = format!("{{\"op\":\"sa_add\",\"sa\":{{\"key\":\"{key}\"}}}}\n");
+        let input = format!("{first}{{\"op\":\"stats\"}}\n{{\"op\":\"mm_list\"}}");
+        let mut r = LineReader::new(input.as_bytes());
+        let Line::Text(l) = r.read_line(MAX_LINE).unwrap() else {
+            panic!("a line")
+        };
+        assert_eq!(&l[..], first.as_bytes());
+        assert!(has(r.raw_buffer(), "stats"), "the rest is still buffered");
+        assert!(!has(r.raw_buffer(), key), "the handed-over line is wiped");
+        drop(l);
+        let Line::Text(l) = r.read_line(MAX_LINE).unwrap() else {
+            panic!("a line")
+        };
+        assert_eq!(&l[..], b"{\"op\":\"stats\"}\n");
+        let Line::Text(l) = r.read_line(MAX_LINE).unwrap() else {
+            panic!("the last line, without newline")
+        };
+        assert_eq!(&l[..], b"{\"op\":\"mm_list\"}");
+        assert!(matches!(r.read_line(MAX_LINE).unwrap(), Line::Eof));
+        assert!(r.raw_buffer().iter().all(|&b| b == 0));
+
+        // A 20 kB line read 1000 bytes at a time: whole, and the limit holds.
+        let long = format!("{}\n", "x".repeat(20_000));
+        let mut r = LineReader::new(Trickle(long.as_bytes(), 1000));
+        let Line::Text(l) = r.read_line(MAX_LINE).unwrap() else {
+            panic!("a line")
+        };
+        assert_eq!(l.len(), 20_001);
+        let mut r = LineReader::new(Trickle(long.as_bytes(), 1000));
+        assert!(matches!(r.read_line(20_000).unwrap(), Line::TooLong));
+        assert!(r.raw_buffer().iter().all(|&b| b == 0));
+    }
+}
