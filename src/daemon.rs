@@ -371,15 +371,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     let mut prev = (0u64, 0u64, 0u64);
     while !stop.load(Ordering::Acquire) {
         match api_rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(ApiMsg::Request { line, reply }) => {
-                let answer = match crate::control::api::handle(&mut control, &line, crate::now_ns())
-                {
-                    crate::control::api::Reply::Line(l) => Some(l),
-                    crate::control::api::Reply::Subscribe => None,
-                };
-                let _ = reply.send(answer);
-            }
-            Ok(ApiMsg::Subscribe { tx }) => control.subscribe(tx),
+            Ok(msg) => crate::control::api::deliver(&mut control, msg, crate::now_ns()),
             Err(_) => {}
         }
         if last_tick.elapsed() >= Duration::from_millis(20) {

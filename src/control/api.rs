@@ -127,6 +127,22 @@ pub enum Reply {
     Subscribe,
 }
 
+/// Serves one message from the socket's connection threads or a [`super::ControlHandle`] on
+/// the control thread.
+pub fn deliver(ctl: &mut Control, msg: ApiMsg, now: u64) {
+    match msg {
+        ApiMsg::Request { line, reply } => {
+            let answer = match handle(ctl, &line, now) {
+                Reply::Line(l) => Some(l),
+                Reply::Subscribe => None,
+            };
+            let _ = reply.send(answer);
+        }
+        ApiMsg::Subscribe { tx } => ctl.subscribe(tx),
+        ApiMsg::Call(f) => f(ctl, now),
+    }
+}
+
 /// Handles one request line; never panics on input.
 pub fn handle(ctl: &mut Control, line: &str, now: u64) -> Reply {
     let req: Request = match serde_json::from_str(line) {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod error;
 pub mod events;
+pub mod handle;
 pub mod metrics;
 pub mod mm;
 mod ops;
@@ -16,6 +17,7 @@ pub mod socket;
 pub mod types;
 
 pub use error::{ControlError, Result};
+pub use handle::ControlHandle;
 pub use types::{MainMode, MainModeInfo, Rekey, Rekeyed, SaInfo, SaList, Stats};
 
 use std::cmp::Reverse;
@@ -83,6 +85,8 @@ pub struct Control {
     lingering: Vec<(u64, u32, Direction)>,
     mm: MmTable,
     subscribers: Vec<std::sync::mpsc::SyncSender<String>>,
+    /// Typed event subscribers (the built-in IKE): the same events, not serialised.
+    watchers: Vec<std::sync::mpsc::SyncSender<Event>>,
     pub counters: Arc<Mutex<ControlCounters>>,
     cores: usize,
     grace_ns: u64,
@@ -133,6 +137,7 @@ impl Control {
             lingering: Vec::new(),
             mm: MmTable::default(),
             subscribers: Vec::new(),
+            watchers: Vec::new(),
             counters: Arc::new(Mutex::new(ControlCounters::default())),
             cores: cfg.workers,
             grace_ns: cfg.control.rekey_grace_ms * 1_000_000,
@@ -300,6 +305,14 @@ impl Control {
             None => tracing::info!("{line}"),
         }
         let mut lag = 0;
+        self.watchers.retain(|s| match s.try_send(ev.clone()) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                lag += 1;
+                true
+            }
+            Err(_) => false,
+        });
         // A subscriber that does not keep up loses events (counted) rather than slowing us.
         self.subscribers.retain(|s| match s.try_send(line.clone()) {
             Ok(()) => true,
@@ -317,8 +330,15 @@ impl Control {
         }
     }
 
+    /// Streams every event, as its JSON line (the control socket's `subscribe`).
     pub fn subscribe(&mut self, tx: std::sync::mpsc::SyncSender<String>) {
         self.subscribers.push(tx);
+    }
+
+    /// Streams every event, typed. A watcher that does not keep up loses events (counted in
+    /// `subscriber_lag_drops`), as a socket subscriber does.
+    pub fn watch(&mut self, tx: std::sync::mpsc::SyncSender<Event>) {
+        self.watchers.push(tx);
     }
 
     /// Installed SAs, of one direction or all.

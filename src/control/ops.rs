@@ -412,3 +412,49 @@ impl Control {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn control() -> Control {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gw-a.toml"))
+                .unwrap();
+        let cfg = Config::parse(std::path::Path::new("gw-a.toml"), &text).unwrap();
+        let dp = Arc::new(cfg.build_dataplane(1).unwrap());
+        Control::new(&cfg, dp)
+    }
+
+    #[test]
+    fn watchers_get_typed_events_and_errors_are_typed() {
+        let mut c = control();
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        c.watch(tx);
+        let list = c.sa_list(None, 10, 1);
+        assert!(list.total >= 2, "the example has static SAs");
+        let first = &list.sas[0];
+        c.remove_sa(first.spi, first.direction, 5).unwrap();
+        match rx.try_recv() {
+            Ok(Event::SaRemoved { reason, .. }) => assert_eq!(reason, "deleted"),
+            other => panic!("expected sa_removed, got {other:?}"),
+        }
+        let e = c.remove_sa(first.spi, first.direction, 6).unwrap_err();
+        assert_eq!(
+            e,
+            ControlError::NotInstalled {
+                spi: first.spi,
+                direction: first.direction
+            }
+        );
+        assert_eq!(e.field(), "spi");
+        let e = c
+            .main_mode_delete(1, 2, MmCause::PeerDelete, 7)
+            .unwrap_err();
+        assert_eq!(e.field(), "icookie/rcookie");
+        assert!(rx.try_recv().is_err(), "a refused call emits nothing");
+    }
+}

@@ -32,6 +32,9 @@ pub enum ApiMsg {
     },
     /// Register an event stream.
     Subscribe { tx: mpsc::SyncSender<String> },
+    /// A typed call run on the control thread with the control and its clock (see
+    /// [`super::handle::ControlHandle`]: how the built-in IKE reaches the control API).
+    Call(Box<dyn FnOnce(&mut super::Control, u64) + Send>),
 }
 
 /// Binds `path` (replacing a stale socket), restricts it to its owner and serves until `stop`.
