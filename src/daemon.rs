@@ -370,9 +370,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     let mut known = false;
     let mut prev = (0u64, 0u64, 0u64);
     while !stop.load(Ordering::Acquire) {
-        match api_rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(msg) => crate::control::api::deliver(&mut control, msg, crate::now_ns()),
-            Err(_) => {}
+        if let Ok(msg) = api_rx.recv_timeout(Duration::from_millis(20)) {
+            crate::control::api::deliver(&mut control, msg, crate::now_ns());
         }
         if last_tick.elapsed() >= Duration::from_millis(20) {
             control.tick(crate::now_ns(), &events);

@@ -34,8 +34,11 @@ pub enum ApiMsg {
     Subscribe { tx: mpsc::SyncSender<String> },
     /// A typed call run on the control thread with the control and its clock (see
     /// [`super::handle::ControlHandle`]: how the built-in IKE reaches the control API).
-    Call(Box<dyn FnOnce(&mut super::Control, u64) + Send>),
+    Call(ControlCall),
 }
+
+/// A typed call for the control thread: runs with the control and the control clock.
+pub type ControlCall = Box<dyn FnOnce(&mut super::Control, u64) + Send>;
 
 /// Binds `path` (replacing a stale socket), restricts it to its owner and serves until `stop`.
 pub fn serve(
