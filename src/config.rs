@@ -55,6 +55,8 @@ struct RawFile {
     sas: Vec<SaSpec>,
     #[serde(default)]
     control: RawControl,
+    #[serde(default)]
+    ike: crate::ike::config::RawIke,
 }
 
 #[derive(Deserialize, Default)]
@@ -397,6 +399,8 @@ pub struct Config {
     pub policies: Vec<Policy>,
     /// Static SAs with the index of their tunnel.
     pub sas: Vec<(u32, SaParams)>,
+    /// `[[ike.peers]]`: tunnels whose SAs the built-in IKE negotiates.
+    pub ike: Vec<crate::ike::config::IkePeer>,
     pub control: ControlConfig,
 }
 
@@ -995,6 +999,13 @@ impl Config {
                 format!("{tunnel_capacity} is above 1048576"),
             ));
         }
+        let ike = crate::ike::config::build(
+            &raw.ike,
+            path.parent().unwrap_or(Path::new(".")),
+            &tunnels,
+            &policies,
+        )
+        .map_err(|(k, r)| cx.err(k, r))?;
         let control = ControlConfig {
             socket: rc.socket,
             metrics,
@@ -1026,6 +1037,7 @@ impl Config {
             xdp_mode,
             plain,
             cipher,
+            ike,
             tunnels,
             policies,
             sas,
