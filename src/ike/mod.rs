@@ -4,3 +4,4 @@
 //! UDP loop drives it and calls the control thread's typed API.
 
 pub mod config;
+pub mod types;
