@@ -124,6 +124,18 @@ impl MmTable {
         Ok(())
     }
 
+    /// Adds a child to the record (`None`: no such main mode).
+    pub fn add_child(&mut self, icookie: u64, rcookie: u64, child: Child) -> Option<()> {
+        let r = self
+            .records
+            .iter_mut()
+            .find(|x| x.icookie == icookie && x.rcookie == rcookie)?;
+        if !r.children.contains(&child) {
+            r.children.push(child);
+        }
+        Some(())
+    }
+
     /// Removes and returns the record (the peer deleted it).
     pub fn remove(&mut self, icookie: u64, rcookie: u64) -> Option<MmRecord> {
         let i = self

@@ -19,6 +19,13 @@ impl Control {
         Ok(self.dp.sas.allocate_spi()?)
     }
 
+    /// Gives back an SPI from [`Control::allocate_spi`] that will not be installed.
+    pub fn release_spi(&mut self, spi: u32) {
+        if !self.sas.contains_key(&(spi, Direction::Inbound)) {
+            self.dp.sas.release_spi(spi);
+        }
+    }
+
     /// Installs one SA. An outbound SA needs a tunnel without one (else use [`Control::rekey`]).
     pub fn install_sa(&mut self, sa: &NewSa, now: u64) -> Result<u32> {
         let (t, s) = self.build(sa, now)?;
@@ -100,11 +107,23 @@ impl Control {
 
     /// Removes an SA at once (event `sa_removed`, reason `deleted`).
     pub fn remove_sa(&mut self, spi: u32, direction: Direction, now: u64) -> Result<()> {
+        self.remove_sa_because(spi, direction, "deleted", now)
+    }
+
+    /// Removes an SA at once; `reason` goes into the `sa_removed` event (`peer_delete`,
+    /// `dpd`, ...).
+    pub fn remove_sa_because(
+        &mut self,
+        spi: u32,
+        direction: Direction,
+        reason: &'static str,
+        now: u64,
+    ) -> Result<()> {
         self.remove(spi, direction)?;
         self.emit(Event::SaRemoved {
             spi: spi_str(spi),
             direction: dir_name(direction),
-            reason: "deleted",
+            reason,
             time: Self::time(now),
         });
         Ok(())
@@ -332,6 +351,18 @@ impl Control {
             children: mm.children,
             created_ns: now,
         })
+    }
+
+    /// Adds a child SA to a recorded main mode (a quick mode completed under it).
+    pub fn main_mode_add_child(
+        &mut self,
+        icookie: u64,
+        rcookie: u64,
+        child: super::types::Child,
+    ) -> Result<()> {
+        self.mm
+            .add_child(icookie, rcookie, child)
+            .ok_or(ControlError::NoMainMode { icookie, rcookie })
     }
 
     /// A main mode ended before its lifetime (`cause`: the peer's delete, or an
