@@ -90,24 +90,8 @@ pub enum Action {
         rcookie: u64,
         cause: MmEnd,
     },
-    /// A quick mode completed: install `inbound` (ours), then make `outbound` the tunnel's SA
-    /// (make-before-break); `replaces`: the child (inbound SPI, outbound SPI) it rekeys, whose
-    /// inbound SA retires after the grace period.
-    ChildUp {
-        peer: usize,
-        /// The main mode it was negotiated under.
-        icookie: u64,
-        rcookie: u64,
-        inbound: ChildKeys,
-        outbound: ChildKeys,
-        /// Limits for both SAs (soft: when this side rekeys).
-        limits: Limits,
-        replaces: Option<(u32, u32)>,
-        /// Negotiated proxy IDs, from our side (`src` ours, `dst` the peer's).
-        selector: Selector,
-        /// UDP-encapsulated (RFC 3948) as negotiated.
-        udp_encap: bool,
-    },
+    /// A quick mode completed (boxed: the largest action by far).
+    ChildUp(Box<NewChild>),
     /// Remove a child SA pair (the peer's ESP DELETE, DPD with `clear`, terminate).
     /// `inbound`/`outbound` are SPIs; either may be unknown to the data path already.
     ChildDown {
@@ -126,6 +110,26 @@ pub enum Action {
     },
     /// An SPI from [`Env::allocate_spi`] that will not be installed.
     ReleaseSpi { spi: u32 },
+}
+
+/// A quick mode completed: install `inbound` (ours), then make `outbound` the tunnel's SA
+/// (make-before-break); `replaces`: the child (inbound SPI, outbound SPI) it rekeys, whose
+/// inbound SA retires after the grace period.
+#[derive(Debug)]
+pub struct NewChild {
+    pub peer: usize,
+    /// The main mode it was negotiated under.
+    pub icookie: u64,
+    pub rcookie: u64,
+    pub inbound: ChildKeys,
+    pub outbound: ChildKeys,
+    /// Limits for both SAs (soft: when this side rekeys).
+    pub limits: Limits,
+    pub replaces: Option<(u32, u32)>,
+    /// Negotiated proxy IDs, from our side (`src` ours, `dst` the peer's).
+    pub selector: Selector,
+    /// UDP-encapsulated (RFC 3948) as negotiated.
+    pub udp_encap: bool,
 }
 
 /// Operator view of one peer (`espd ctl ike list`).
