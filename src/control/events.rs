@@ -18,6 +18,10 @@ pub enum MmCause {
     PeerDelete,
     /// A new main mode from the same peer carried INITIAL-CONTACT.
     InitialContact,
+    /// We reauthenticated: a new main mode replaced it, and we deleted it.
+    Reauth,
+    /// The operator terminated it (`espd ctl ike terminate`); we sent a DELETE.
+    Terminated,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -71,6 +75,62 @@ pub enum Event {
         reason: &'static str,
         time: f64,
     },
+    /// The built-in IKE established a main mode.
+    MmUp {
+        tunnel: String,
+        peer: IpAddr,
+        icookie: String,
+        rcookie: String,
+        proposal: String,
+        lifetime_s: u64,
+        initiator: bool,
+        time: f64,
+    },
+    /// The built-in IKE completed a quick mode (installed, or rekeyed make-before-break).
+    QmUp {
+        tunnel: String,
+        peer: IpAddr,
+        inbound_spi: String,
+        outbound_spi: String,
+        local_ts: String,
+        remote_ts: String,
+        rekey: bool,
+        time: f64,
+    },
+    /// 13886: DPD gave up on the peer; the main mode is gone without a DELETE.
+    MmDead {
+        code: u32,
+        hex: String,
+        symbol: &'static str,
+        message: &'static str,
+        tunnel: String,
+        peer: IpAddr,
+        icookie: String,
+        rcookie: String,
+        time: f64,
+    },
+    /// A main-mode negotiation failed (`code`: 13801 auth, 13868 no proposal, ...).
+    MmFailed {
+        code: u32,
+        hex: String,
+        symbol: &'static str,
+        message: &'static str,
+        tunnel: String,
+        peer: IpAddr,
+        reason: String,
+        time: f64,
+    },
+    /// A quick-mode negotiation failed.
+    QmFailed {
+        code: u32,
+        hex: String,
+        symbol: &'static str,
+        message: &'static str,
+        tunnel: String,
+        peer: IpAddr,
+        reason: String,
+        time: f64,
+    },
 }
 
 impl Event {
@@ -78,6 +138,9 @@ impl Event {
         match self {
             Event::MmExpired { .. } => Some(codes::IKE_MM_EXPIRED),
             Event::SaHardExpired { .. } => Some(codes::IKE_QM_EXPIRED),
+            Event::MmDead { code, .. }
+            | Event::MmFailed { code, .. }
+            | Event::QmFailed { code, .. } => codes::by_number(*code),
             _ => None,
         }
     }
@@ -89,6 +152,11 @@ impl Event {
             Event::SaHardExpired { .. } => "sa_hard_expired",
             Event::Rekeyed { .. } => "rekeyed",
             Event::SaRemoved { .. } => "sa_removed",
+            Event::MmUp { .. } => "mm_up",
+            Event::QmUp { .. } => "qm_up",
+            Event::MmDead { .. } => "mm_dead",
+            Event::MmFailed { .. } => "mm_failed",
+            Event::QmFailed { .. } => "qm_failed",
         }
     }
 
@@ -127,6 +195,57 @@ impl Event {
             tunnel,
             time,
         }
+    }
+}
+
+/// `mm_failed` (`main: true`) or `qm_failed` with its code.
+pub fn ike_failed(
+    main: bool,
+    code: Code,
+    tunnel: String,
+    peer: IpAddr,
+    reason: String,
+    time: f64,
+) -> Event {
+    let (code, hex, symbol, message) = (code.code, code.hex(), code.symbol, code.message);
+    if main {
+        Event::MmFailed {
+            code,
+            hex,
+            symbol,
+            message,
+            tunnel,
+            peer,
+            reason,
+            time,
+        }
+    } else {
+        Event::QmFailed {
+            code,
+            hex,
+            symbol,
+            message,
+            tunnel,
+            peer,
+            reason,
+            time,
+        }
+    }
+}
+
+/// 13886 for a main mode DPD gave up on.
+pub fn mm_dead(tunnel: String, peer: IpAddr, icookie: u64, rcookie: u64, time: f64) -> Event {
+    let c = codes::IKE_PEER_MM_ASSUMED_INVALID;
+    Event::MmDead {
+        code: c.code,
+        hex: c.hex(),
+        symbol: c.symbol,
+        message: c.message,
+        tunnel,
+        peer,
+        icookie: format!("{icookie:016x}"),
+        rcookie: format!("{rcookie:016x}"),
+        time,
     }
 }
 

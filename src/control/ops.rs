@@ -389,6 +389,29 @@ impl Control {
         Ok(rec)
     }
 
+    /// DPD gave up on a main mode: it is forgotten without 13885 (the event is 13886
+    /// `mm_dead`). Its children are not touched here (the IKE's `dpd_action` decides).
+    pub fn main_mode_lost(
+        &mut self,
+        icookie: u64,
+        rcookie: u64,
+        tunnel: String,
+        now: u64,
+    ) -> Result<MmRecord> {
+        let rec = self
+            .mm
+            .remove(icookie, rcookie)
+            .ok_or(ControlError::NoMainMode { icookie, rcookie })?;
+        self.emit(super::events::mm_dead(
+            tunnel,
+            rec.peer,
+            icookie,
+            rcookie,
+            Self::time(now),
+        ));
+        Ok(rec)
+    }
+
     /// The recorded main modes with their remaining lifetime.
     pub fn main_modes(&self, now: u64) -> Vec<MainModeInfo> {
         self.mm
