@@ -157,7 +157,10 @@ mod tests {
         }
         assert!(matches!(
             CbcKey::new(Cipher::Aes256Cbc, &[0; 16]),
-            Err(CryptoError::KeyLength { expected: 32, got: 16 })
+            Err(CryptoError::KeyLength {
+                expected: 32,
+                got: 16
+            })
         ));
         assert!(!format!("{k:?}").contains('7'));
     }

@@ -115,11 +115,9 @@ const MODP2048: FixedMontyParams<{ U2048::LIMBS }> =
 const MODP_EXPONENT_BITS: u32 = 320;
 
 enum Private {
-    /// The exponent and how many of its low bits the (constant-time) ladder walks.
-    Modp {
-        x: Zeroizing<U2048>,
-        bits: u32,
-    },
+    /// The exponent (boxed: 256 bytes) and how many of its low bits the (constant-time)
+    /// exponentiation walks.
+    Modp { x: Box<Zeroizing<U2048>>, bits: u32 },
     /// aws-lc-rs frees (and cleanses) the scalar when the key drops.
     Ecdh(PrivateKey),
 }
@@ -152,7 +150,7 @@ impl DhSecret {
                 // The top bit set: every exponent walks the same number of bits.
                 bytes[MODP_LEN - n] |= 0x80;
                 Private::Modp {
-                    x: Zeroizing::new(U2048::from_be_slice(&bytes[..])),
+                    x: Box::new(Zeroizing::new(U2048::from_be_slice(&bytes[..]))),
                     bits: MODP_EXPONENT_BITS,
                 }
             }
@@ -167,7 +165,9 @@ impl DhSecret {
     /// private value must never be reused across exchanges.
     #[doc(hidden)]
     pub fn from_private(group: DhGroup, private: &[u8]) -> Result<(Self, Vec<u8>), CryptoError> {
-        let invalid = CryptoError::InvalidPrivate { group: group.iana() };
+        let invalid = CryptoError::InvalidPrivate {
+            group: group.iana(),
+        };
         let private = match group.ecdh_alg() {
             Some(alg) => {
                 Private::Ecdh(PrivateKey::from_private_key(alg, private).map_err(|_| invalid)?)
@@ -179,7 +179,7 @@ impl DhSecret {
                 let mut bytes = Zeroizing::new([0u8; MODP_LEN]);
                 bytes[MODP_LEN - private.len()..].copy_from_slice(private);
                 Private::Modp {
-                    x: Zeroizing::new(U2048::from_be_slice(&bytes[..])),
+                    x: Box::new(Zeroizing::new(U2048::from_be_slice(&bytes[..]))),
                     bits: 2048,
                 }
             }
@@ -197,7 +197,7 @@ impl DhSecret {
         match &self.private {
             Private::Modp { x, bits } => {
                 let g = FixedMontyForm::new(&U2048::from_u8(2), &MODP2048);
-                Ok(modp_encode(g.pow_bounded_exp(&**x, *bits)).to_vec())
+                Ok(modp_encode(g.pow_bounded_exp(&***x, *bits)).to_vec())
             }
             Private::Ecdh(k) => {
                 let public = k.compute_public_key().map_err(|_| CryptoError::Backend)?;
@@ -220,7 +220,9 @@ impl DhSecret {
                 got: peer_ke.len(),
             });
         }
-        let invalid = CryptoError::InvalidPublic { group: group.iana() };
+        let invalid = CryptoError::InvalidPublic {
+            group: group.iana(),
+        };
         match &self.private {
             Private::Modp { x, bits } => {
                 let y = U2048::from_be_slice(peer_ke);
@@ -231,7 +233,7 @@ impl DhSecret {
                     return Err(invalid);
                 }
                 let y = FixedMontyForm::new(&y, &MODP2048);
-                let mut z = y.pow_bounded_exp(&**x, *bits);
+                let mut z = y.pow_bounded_exp(&***x, *bits);
                 let out = Zeroizing::new(modp_encode(z).to_vec());
                 z.zeroize();
                 Ok(out)
@@ -328,12 +330,15 @@ mod tests {
         one[MODP_LEN - 1] = 1;
         let mut two = vec![0u8; MODP_LEN];
         two[MODP_LEN - 1] = 2;
-        for bad in [vec![0u8; MODP_LEN], one, p_minus_1, p.to_vec(), vec![0xff; MODP_LEN]] {
+        for bad in [
+            vec![0u8; MODP_LEN],
+            one,
+            p_minus_1,
+            p.to_vec(),
+            vec![0xff; MODP_LEN],
+        ] {
             let (a, _) = DhSecret::generate(DhGroup::Modp2048).unwrap();
-            assert_eq!(
-                a.agree(&bad),
-                Err(CryptoError::InvalidPublic { group: 14 })
-            );
+            assert_eq!(a.agree(&bad), Err(CryptoError::InvalidPublic { group: 14 }));
         }
         let (a, _) = DhSecret::generate(DhGroup::Modp2048).unwrap();
         assert!(a.agree(&two).is_ok());

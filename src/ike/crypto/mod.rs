@@ -16,7 +16,7 @@ mod dh;
 mod prf;
 mod schedule;
 
-pub use cbc::{BLOCK_LEN, Cipher, CbcKey, Iv};
+pub use cbc::{BLOCK_LEN, CbcKey, Cipher, Iv};
 pub use dh::{DhGroup, DhSecret};
 pub use prf::Prf;
 pub use schedule::{
@@ -28,7 +28,11 @@ pub use schedule::{
 pub enum CryptoError {
     /// The peer's KE data has the wrong length for the negotiated group.
     #[error("KE data for group {group}: expected {expected} bytes, got {got}")]
-    KeLength { group: u16, expected: usize, got: usize },
+    KeLength {
+        group: u16,
+        expected: usize,
+        got: usize,
+    },
     /// The peer's public value is not acceptable: outside 1 < y < p-1 (MODP), not a point on
     /// the curve (ECP), or one that gives an all-zero secret (X25519).
     #[error("KE data for group {group}: invalid public value")]

@@ -97,7 +97,10 @@ mod tests {
     #[test]
     fn pieces_concatenate() {
         let p = Prf::HmacSha256;
-        assert_eq!(p.prf(b"key", &[b"ab", b"", b"cd"]), p.prf(b"key", &[b"abcd"]));
+        assert_eq!(
+            p.prf(b"key", &[b"ab", b"", b"cd"]),
+            p.prf(b"key", &[b"abcd"])
+        );
         assert_eq!(p.hash(&[b"a", b"bcd"]), p.hash(&[b"abcd"]));
     }
 }

@@ -11,9 +11,9 @@ use std::net::IpAddr;
 
 use zeroize::Zeroizing;
 
-use super::cbc::{BLOCK_LEN, Cipher, CbcKey, Iv};
-use super::prf::Prf;
 use super::CryptoError;
+use super::cbc::{BLOCK_LEN, CbcKey, Cipher, Iv};
+use super::prf::Prf;
 
 /// IPsec protocol ID of ESP in quick-mode proposals and KEYMAT (RFC 2407 §4.4.1).
 pub const ESP_PROTO: u8 = 3;
@@ -357,8 +357,14 @@ mod tests {
 
     #[test]
     fn esp_attrs() {
-        assert_eq!(EspCipher::from_attrs(20, Some(128)), Some(EspCipher::AesGcm16_128));
-        assert_eq!(EspCipher::from_attrs(20, Some(256)), Some(EspCipher::AesGcm16_256));
+        assert_eq!(
+            EspCipher::from_attrs(20, Some(128)),
+            Some(EspCipher::AesGcm16_128)
+        );
+        assert_eq!(
+            EspCipher::from_attrs(20, Some(256)),
+            Some(EspCipher::AesGcm16_256)
+        );
         assert_eq!(EspCipher::from_attrs(20, None), None);
         assert_eq!(EspCipher::from_attrs(18, Some(128)), None);
         assert_eq!(EspCipher::AesGcm16_128.keymat_len(), 20);
