@@ -4,4 +4,5 @@
 //! UDP loop drives it and calls the control thread's typed API.
 
 pub mod config;
+pub mod crypto;
 pub mod types;
