@@ -20,6 +20,7 @@ pub mod datapath;
 pub mod demo;
 pub mod esp;
 pub mod fuzzing;
+pub mod ike;
 pub mod keyer;
 pub mod offline;
 pub mod pcap;
