@@ -30,12 +30,60 @@ macro_rules! codes {
 }
 
 codes! {
+    IKE_INVALID_HEADER = 13824, "ERROR_IPSEC_IKE_INVALID_HEADER",
+        "Invalid header.";
+    IKE_PROCESS_ERR_SA = 13830, "ERROR_IPSEC_IKE_PROCESS_ERR_SA",
+        "Error processing SA payload.";
+    IKE_PROCESS_ERR_PROP = 13831, "ERROR_IPSEC_IKE_PROCESS_ERR_PROP",
+        "Error processing Proposal payload.";
+    IKE_PROCESS_ERR_TRANS = 13832, "ERROR_IPSEC_IKE_PROCESS_ERR_TRANS",
+        "Error processing Transform payload.";
+    IKE_PROCESS_ERR_KE = 13833, "ERROR_IPSEC_IKE_PROCESS_ERR_KE",
+        "Error processing KE payload.";
+    IKE_PROCESS_ERR_ID = 13834, "ERROR_IPSEC_IKE_PROCESS_ERR_ID",
+        "Error processing ID payload.";
+    IKE_PROCESS_ERR_CERT = 13835, "ERROR_IPSEC_IKE_PROCESS_ERR_CERT",
+        "Error processing Cert payload.";
+    IKE_PROCESS_ERR_CERT_REQ = 13836, "ERROR_IPSEC_IKE_PROCESS_ERR_CERT_REQ",
+        "Error processing Certificate Request payload.";
+    IKE_PROCESS_ERR_HASH = 13837, "ERROR_IPSEC_IKE_PROCESS_ERR_HASH",
+        "Error processing Hash payload.";
+    IKE_PROCESS_ERR_SIG = 13838, "ERROR_IPSEC_IKE_PROCESS_ERR_SIG",
+        "Error processing Signature payload.";
+    IKE_PROCESS_ERR_NONCE = 13839, "ERROR_IPSEC_IKE_PROCESS_ERR_NONCE",
+        "Error processing Nonce payload.";
+    IKE_PROCESS_ERR_NOTIFY = 13840, "ERROR_IPSEC_IKE_PROCESS_ERR_NOTIFY",
+        "Error processing Notify payload.";
+    IKE_PROCESS_ERR_DELETE = 13841, "ERROR_IPSEC_IKE_PROCESS_ERR_DELETE",
+        "Error processing Delete Payload.";
+    IKE_PROCESS_ERR_VENDOR = 13842, "ERROR_IPSEC_IKE_PROCESS_ERR_VENDOR",
+        "Error processing VendorId payload.";
+    IKE_INVALID_PAYLOAD = 13843, "ERROR_IPSEC_IKE_INVALID_PAYLOAD",
+        "Invalid payload received.";
+    IKE_INVALID_COOKIE = 13846, "ERROR_IPSEC_IKE_INVALID_COOKIE",
+        "Invalid cookie received.";
+    IKE_NO_MM_POLICY = 13850, "ERROR_IPSEC_IKE_NO_MM_POLICY",
+        "There is no available Main Mode IKE policy.";
     IKE_OUT_OF_MEMORY = 13859, "ERROR_IPSEC_IKE_OUT_OF_MEMORY",
         "Memory allocation failed.";
+    IKE_UNKNOWN_DOI = 13862, "ERROR_IPSEC_IKE_UNKNOWN_DOI",
+        "Invalid DOI.";
+    IKE_INVALID_SITUATION = 13863, "ERROR_IPSEC_IKE_INVALID_SITUATION",
+        "Invalid situation.";
+    IKE_DECRYPT = 13867, "ERROR_IPSEC_IKE_DECRYPT",
+        "Error decrypting payload.";
+    IKE_UNSUPPORTED_ID = 13869, "ERROR_IPSEC_IKE_UNSUPPORTED_ID",
+        "Unsupported ID.";
+    IKE_INVALID_MAJOR_VERSION = 13880, "ERROR_IPSEC_IKE_INVALID_MAJOR_VERSION",
+        "The recipient cannot handle version of IKE specified in the header.";
     IKE_MM_EXPIRED = 13885, "ERROR_IPSEC_IKE_MM_EXPIRED",
         "Main mode SA lifetime expired or peer sent a main mode delete.";
     IKE_PEER_MM_ASSUMED_INVALID = 13886, "ERROR_IPSEC_IKE_PEER_MM_ASSUMED_INVALID",
         "Main mode SA assumed to be invalid because peer stopped responding.";
+    IKE_UNEXPECTED_MESSAGE_ID = 13888, "ERROR_IPSEC_IKE_UNEXPECTED_MESSAGE_ID",
+        "Received unexpected message ID.";
+    IKE_PROCESS_ERR_NATOA = 13893, "ERROR_IPSEC_IKE_PROCESS_ERR_NATOA",
+        "Error processing NatOA payload.";
     IKE_QM_EXPIRED = 13895, "ERROR_IPSEC_IKE_QM_EXPIRED",
         "Quick mode SA was expired by IPsec driver.";
     BAD_SPI = 13910, "ERROR_IPSEC_BAD_SPI",

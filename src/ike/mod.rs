@@ -6,3 +6,4 @@
 pub mod config;
 pub mod crypto;
 pub mod types;
+pub mod wire;
