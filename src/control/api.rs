@@ -87,6 +87,14 @@ pub enum Request {
         rcookie: String,
     },
     MmList {},
+    /// The built-in IKE's peers, main modes and children.
+    IkeList {},
+    IkeInitiate {
+        tunnel: String,
+    },
+    IkeTerminate {
+        tunnel: String,
+    },
     Stats {},
     Subscribe {},
 }
@@ -330,6 +338,15 @@ fn dispatch(ctl: &mut Control, req: Request, now: u64) -> Result<Value> {
         Request::MmList {} => {
             let list: Vec<Value> = ctl.main_modes(now).iter().map(mm_json).collect();
             json!({ "main_modes": list })
+        }
+        Request::IkeList {} => json!({ "peers": ctl.ike_status() }),
+        Request::IkeInitiate { tunnel } => {
+            ctl.ike_command(&tunnel, true)?;
+            json!({})
+        }
+        Request::IkeTerminate { tunnel } => {
+            ctl.ike_command(&tunnel, false)?;
+            json!({})
         }
         Request::Stats {} => {
             let s = ctl.stats();

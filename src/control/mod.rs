@@ -85,6 +85,8 @@ pub struct Control {
     lingering: Vec<(u64, u32, Direction)>,
     mm: MmTable,
     subscribers: Vec<std::sync::mpsc::SyncSender<String>>,
+    /// The built-in IKE, if configured.
+    ike: Option<crate::ike::types::IkeLink>,
     /// Typed event subscribers (the built-in IKE): the same events, not serialised.
     watchers: Vec<std::sync::mpsc::SyncSender<Event>>,
     pub counters: Arc<Mutex<ControlCounters>>,
@@ -138,6 +140,7 @@ impl Control {
             mm: MmTable::default(),
             subscribers: Vec::new(),
             watchers: Vec::new(),
+            ike: None,
             counters: Arc::new(Mutex::new(ControlCounters::default())),
             cores: cfg.workers,
             grace_ns: cfg.control.rekey_grace_ms * 1_000_000,

@@ -240,6 +240,45 @@ impl Control {
         &self.policies
     }
 
+    /// The SPI of the tunnel's outbound SA, if it has one.
+    pub fn outbound_spi(&self, tunnel: &str) -> Option<u32> {
+        let t = self.tunnels.iter().find(|t| t.name == tunnel)?.index;
+        let g = epoch::pin();
+        self.dp.sas.outbound(t, &g).map(|s| s.spi)
+    }
+
+    /// Connects the built-in IKE (its commands and status for `ike_*` requests).
+    pub fn attach_ike(&mut self, link: crate::ike::types::IkeLink) {
+        self.ike = Some(link);
+    }
+
+    /// The built-in IKE's peers (empty without one).
+    pub fn ike_status(&self) -> Vec<crate::ike::types::PeerStatus> {
+        self.ike
+            .as_ref()
+            .and_then(|l| l.status.lock().ok().map(|s| s.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Asks the built-in IKE to set up (`initiate`) or tear down the tunnel's SAs.
+    pub fn ike_command(&mut self, tunnel: &str, initiate: bool) -> Result<()> {
+        let link = self
+            .ike
+            .as_ref()
+            .ok_or_else(|| ControlError::invalid("tunnel", "no [[ike.peers]] are configured"))?;
+        let p = link.peers.iter().position(|t| t == tunnel).ok_or_else(|| {
+            ControlError::invalid("tunnel", format!("no IKE peer for tunnel `{tunnel}`"))
+        })?;
+        let cmd = if initiate {
+            crate::ike::types::Command::Initiate(p)
+        } else {
+            crate::ike::types::Command::Terminate(p)
+        };
+        link.commands
+            .send(cmd)
+            .map_err(|_| ControlError::invalid("tunnel", "the IKE thread has stopped"))
+    }
+
     /// The tunnels.
     pub fn tunnels(&self) -> &[crate::config::Tunnel] {
         &self.tunnels

@@ -4,6 +4,7 @@
 //! the UDP sockets and calls the control thread's typed API.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, mpsc};
 
 use zeroize::Zeroizing;
 
@@ -152,4 +153,21 @@ pub struct MainModeStatus {
     pub proposal: String,
     pub initiator: bool,
     pub age_s: u64,
+}
+
+/// What an operator asks of the IKE thread (`espd ctl ike initiate|terminate`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Initiate(usize),
+    Terminate(usize),
+}
+
+/// The control thread's link to the IKE thread: commands go out without waiting, the status
+/// is the IKE thread's last snapshot (so the control thread never blocks on it).
+#[derive(Clone)]
+pub struct IkeLink {
+    pub commands: mpsc::Sender<Command>,
+    pub status: Arc<Mutex<Vec<PeerStatus>>>,
+    /// Peer index by tunnel name.
+    pub peers: Vec<String>,
 }
