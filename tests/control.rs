@@ -118,7 +118,10 @@ fn typed_errors_name_their_field_and_change_nothing() {
     assert_eq!(e, ControlError::Sa(SaError::KeyLength(2)));
     assert_eq!(e.field(), "key");
     // A second outbound SA for a tunnel is the job of rekey.
-    let e = refused(a.ctl.install_sa(&new_sa("to-b", Outbound, 0xa002, fresh), 1));
+    let e = refused(
+        a.ctl
+            .install_sa(&new_sa("to-b", Outbound, 0xa002, fresh), 1),
+    );
     assert_eq!(e, ControlError::OutboundInUse { spi: 0xa001 });
     assert_eq!(e.field(), "tunnel");
     let e = refused(a.ctl.update_sa(&new_sa("to-b", Inbound, 0x9999, fresh), 1));
@@ -169,10 +172,7 @@ fn typed_errors_name_their_field_and_change_nothing() {
     };
     let e = a.ctl.main_mode_up(mm, 1).expect_err("refused");
     assert_eq!(e.field(), "lifetime_s");
-    let e = refused(
-        a.ctl
-            .add_tunnel(new_tunnel("t2", "203.0.113.1", "fd00::9")),
-    );
+    let e = refused(a.ctl.add_tunnel(new_tunnel("t2", "203.0.113.1", "fd00::9")));
     assert_eq!(
         e,
         ControlError::invalid("remote", "must be the same address family as local")
@@ -199,10 +199,7 @@ fn typed_errors_name_their_field_and_change_nothing() {
             protect("nope"),
         ))
         .expect_err("refused");
-    assert_eq!(
-        e,
-        ControlError::invalid("tunnel", "no tunnel named `nope`")
-    );
+    assert_eq!(e, ControlError::invalid("tunnel", "no tunnel named `nope`"));
     let mut ports = new_policy(
         "192.0.2.0/24",
         "198.51.100.0/24",
@@ -233,7 +230,10 @@ fn typed_errors_name_their_field_and_change_nothing() {
     );
     let e = a
         .ctl
-        .rekey(rekey("nope", new_sa("nope", Outbound, 4096, fresh), None), 1)
+        .rekey(
+            rekey("nope", new_sa("nope", Outbound, 4096, fresh), None),
+            1,
+        )
         .expect_err("refused");
     assert_eq!(
         e,
@@ -252,10 +252,7 @@ fn typed_errors_name_their_field_and_change_nothing() {
     assert_eq!(e.field(), "retire_inbound");
     // Nothing changed: no SA, tunnel, policy, main mode, counter or event.
     let s = a.ctl.stats();
-    assert_eq!(
-        (s.sas, s.tunnels, s.policies, s.main_modes),
-        (2, 1, 2, 0)
-    );
+    assert_eq!((s.sas, s.tunnels, s.policies, s.main_modes), (2, 1, 2, 0));
     assert_eq!(
         (
             s.control.rekeys,
@@ -333,10 +330,7 @@ fn main_mode_13885_for_both_causes_and_children_keep_forwarding() {
     );
     assert_eq!(r, Ok(()));
     assert_eq!(a.ctl.main_mode_up(mm(0x33, 0x44, 1000, vec![]), S), Ok(()));
-    assert_eq!(
-        a.ctl.main_mode_up(mm(0x55, 0x66, 1000, vec![]), S),
-        Ok(())
-    );
+    assert_eq!(a.ctl.main_mode_up(mm(0x55, 0x66, 1000, vec![]), S), Ok(()));
     let listed: Vec<(u64, f64)> = a
         .ctl
         .main_modes(S)
@@ -556,9 +550,13 @@ fn ten_thousand_rekeys_across_worker_threads_lose_nothing() {
         let now = espd::now_ns();
         let spi_b = b.ctl.allocate_spi().unwrap();
         let spi_a = a.ctl.allocate_spi().unwrap();
-        let r = b.ctl.install_sa(&new_sa("to-a", Inbound, spi_b, &key(i, 1)), now);
+        let r = b
+            .ctl
+            .install_sa(&new_sa("to-a", Inbound, spi_b, &key(i, 1)), now);
         assert_eq!(r, Ok(spi_b));
-        let r = a.ctl.install_sa(&new_sa("to-b", Inbound, spi_a, &key(i, 2)), now);
+        let r = a
+            .ctl
+            .install_sa(&new_sa("to-b", Inbound, spi_a, &key(i, 2)), now);
         assert_eq!(r, Ok(spi_a));
         let r = a.ctl.rekey(rekey("to-b", spi_b, &key(i, 1), in_a), now);
         assert_eq!(
@@ -732,12 +730,17 @@ fn policy_add_batch_ten_thousand_hosts() {
     assert_eq!(e.field(), "policies[2].dst", "{e}");
     assert_eq!(
         e,
-        ControlError::invalid("dst", "must be the same address family as src").within("policies[2]")
+        ControlError::invalid("dst", "must be the same address family as src")
+            .within("policies[2]")
     );
     bad[2] = new_policy("fd00:a::/64", "fd00:c::ffff/128", protect("nope"));
     let e = a.ctl.add_policies(&bad).expect_err("refused");
     assert_eq!(e.field(), "policies[2].tunnel", "{e}");
-    assert_eq!(a.ctl.policies().len(), n0 + 10_000, "a refused batch adds nothing");
+    assert_eq!(
+        a.ctl.policies().len(),
+        n0 + 10_000,
+        "a refused batch adds nothing"
+    );
     assert_eq!(send(&a, &host(20_000)), Action::Drop(DropReason::ClearText));
 }
 
@@ -789,7 +792,14 @@ fn huge_times_in_control_calls_are_refused_with_the_range() {
         .expect_err("refused");
     assert_eq!(e.field(), "sas[0].lifetime.hard_seconds");
     assert!(
-        matches!(e, ControlError::Batch { index: 0, installed: 0, .. }),
+        matches!(
+            e,
+            ControlError::Batch {
+                index: 0,
+                installed: 0,
+                ..
+            }
+        ),
         "{e:?}"
     );
     assert!(
@@ -799,7 +809,8 @@ fn huge_times_in_control_calls_are_refused_with_the_range() {
     );
     // The largest allowed value works and is far away.
     assert_eq!(
-        a.ctl.install_sa(&sa(limit("hard_seconds", 4_294_967_295)), S),
+        a.ctl
+            .install_sa(&sa(limit("hard_seconds", 4_294_967_295)), S),
         Ok(0x4001)
     );
     a.ctl.tick(100 * S, &a.events.clone());
@@ -821,7 +832,10 @@ fn huge_times_in_control_calls_are_refused_with_the_range() {
         retire_inbound: Some(0xb001),
         grace_ms: Some(grace),
     };
-    let e = a.ctl.rekey(rekey(0x5001, u64::MAX), 2 * S).expect_err("refused");
+    let e = a
+        .ctl
+        .rekey(rekey(0x5001, u64::MAX), 2 * S)
+        .expect_err("refused");
     assert_eq!(
         e,
         ControlError::invalid("grace_ms", "must be at most 4294967295000 ms (136 years)")

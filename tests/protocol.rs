@@ -75,7 +75,9 @@ fn error_of(r: &Value) -> &str {
     assert_eq!(fields(r), ["error", "ok"], "{r}");
     assert_eq!(r["ok"], json!(false), "{r}");
     let e = r["error"].as_str().expect("error is a string");
-    let (field, reason) = e.split_once(": ").unwrap_or_else(|| panic!("no field: {e}"));
+    let (field, reason) = e
+        .split_once(": ")
+        .unwrap_or_else(|| panic!("no field: {e}"));
     assert!(
         !field.is_empty()
             && field
@@ -267,7 +269,10 @@ fn check_sa(v: &Value, with_state: bool) {
     let dir = v["direction"].as_str().unwrap();
     assert!(["inbound", "outbound"].contains(&dir), "{v}");
     assert!(v["tunnel"].is_string(), "{v}");
-    assert!(["tunnel", "transport"].contains(&v["mode"].as_str().unwrap()), "{v}");
+    assert!(
+        ["tunnel", "transport"].contains(&v["mode"].as_str().unwrap()),
+        "{v}"
+    );
     assert!(
         ["aes-gcm-128", "aes-gcm-256"].contains(&v["cipher"].as_str().unwrap()),
         "{v}"
@@ -308,7 +313,13 @@ fn check_sa(v: &Value, with_state: bool) {
     }
     // `{seq?, replay_top?, replay_bitmap?, packets, bytes, age_seconds?}`
     let want: &[&str] = if dir == "inbound" {
-        &["age_seconds", "bytes", "packets", "replay_bitmap", "replay_top"]
+        &[
+            "age_seconds",
+            "bytes",
+            "packets",
+            "replay_bitmap",
+            "replay_top",
+        ]
     } else {
         &["age_seconds", "bytes", "packets", "seq"]
     };
@@ -391,7 +402,10 @@ fn every_op_round_trips_with_the_documented_answer() {
     shape(&r, &["spi"]);
     assert!(is_spi(&r["spi"]), "{r}");
     let spi1 = u32::from_str_radix(&r["spi"].as_str().unwrap()[2..], 16).unwrap();
-    assert!(a.ctl.sa(spi1, Inbound, S).is_err(), "reserved, not installed");
+    assert!(
+        a.ctl.sa(spi1, Inbound, S).is_err(),
+        "reserved, not installed"
+    );
 
     let r = rt(
         &mut a,
@@ -447,16 +461,26 @@ fn every_op_round_trips_with_the_documented_answer() {
     );
     assert_eq!(r["lifetime"]["hard_packets"], 200);
     assert_eq!(
-        (r["packets"].as_u64(), r["consumed"].as_f64(), r["age_s"].as_f64()),
+        (
+            r["packets"].as_u64(),
+            r["consumed"].as_f64(),
+            r["age_s"].as_f64()
+        ),
         (Some(0), Some(0.0), Some(0.0))
     );
-    assert_eq!(r["state"]["replay_bitmap"].as_array().map(Vec::len), Some(1024 / 64));
+    assert_eq!(
+        r["state"]["replay_bitmap"].as_array().map(Vec::len),
+        Some(1024 / 64)
+    );
     let r = rt(
         &mut a,
         json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}),
     );
     check_sa(&without_ok(&r), true);
-    assert_eq!((&r["direction"], &r["state"]["seq"]), (&json!("outbound"), &json!(0)));
+    assert_eq!(
+        (&r["direction"], &r["state"]["seq"]),
+        (&json!("outbound"), &json!(0))
+    );
     let r = rt(
         &mut a,
         json!({"op": "sa_get", "spi": 0x30002, "direction": "inbound"}),
@@ -472,7 +496,10 @@ fn every_op_round_trips_with_the_documented_answer() {
     sas.iter().for_each(|s| check_sa(s, false));
     let spis: Vec<&str> = sas.iter().map(|s| s["spi"].as_str().unwrap()).collect();
     assert!(spis.is_sorted(), "in SPI order: {spis:?}");
-    let r = rt(&mut a, json!({"op": "sa_list", "direction": "in", "limit": 2}));
+    let r = rt(
+        &mut a,
+        json!({"op": "sa_list", "direction": "in", "limit": 2}),
+    );
     assert_eq!(r["total"], 4, "{r}");
     let sas = r["sas"].as_array().unwrap();
     assert_eq!(sas.len(), 2, "{r}");
@@ -493,7 +520,10 @@ fn every_op_round_trips_with_the_documented_answer() {
     shape(&r, &["index"]);
     assert_eq!(r["index"], 1);
     let t2 = &a.ctl.tunnels()[1];
-    assert_eq!((t2.name.as_str(), t2.mtu, t2.encap.map(|e| e.dst_port)), ("t2", 1400, Some(4500)));
+    assert_eq!(
+        (t2.name.as_str(), t2.mtu, t2.encap.map(|e| e.dst_port)),
+        ("t2", 1400, Some(4500))
+    );
 
     let r = rt(
         &mut a,
@@ -525,8 +555,18 @@ fn every_op_round_trips_with_the_documented_answer() {
         json!({"src": "192.0.2.0/24", "dst": "198.51.100.0/24", "protocol": null, "action": "Protect(0)"})
     );
     assert_eq!(
-        (&p[2]["protocol"], &p[2]["action"], &p[3]["action"], &p[4]["action"]),
-        (&json!(17), &json!("Protect(1)"), &json!("Bypass"), &json!("Discard"))
+        (
+            &p[2]["protocol"],
+            &p[2]["action"],
+            &p[3]["action"],
+            &p[4]["action"]
+        ),
+        (
+            &json!(17),
+            &json!("Protect(1)"),
+            &json!("Bypass"),
+            &json!("Discard")
+        )
     );
     let r = rt(&mut a, json!({"op": "policy_delete", "index": 4}));
     shape(&r, &[]);
@@ -539,7 +579,10 @@ fn every_op_round_trips_with_the_documented_answer() {
             "outbound": {"tunnel": "t2", "direction": "out", "spi": "0x6001", "key": key(4)}}),
     );
     shape(&r, &["new_spi", "old_spi"]);
-    assert_eq!((&r["old_spi"], &r["new_spi"]), (&Value::Null, &json!("0x00006001")));
+    assert_eq!(
+        (&r["old_spi"], &r["new_spi"]),
+        (&Value::Null, &json!("0x00006001"))
+    );
     let spi2 = a.ctl.allocate_spi().unwrap();
     let r = rt(
         &mut a,
@@ -558,7 +601,11 @@ fn every_op_round_trips_with_the_documented_answer() {
     assert_eq!(ev.len(), 3, "{ev:?}");
     assert_eq!(
         (&ev[0]["event"], &ev[0]["spi"], &ev[0]["reason"]),
-        (&json!("sa_removed"), &json!("0x00030001"), &json!("deleted"))
+        (
+            &json!("sa_removed"),
+            &json!("0x00030001"),
+            &json!("deleted")
+        )
     );
     assert_eq!(
         (&ev[1]["event"], &ev[1]["old_spi"]),
@@ -573,7 +620,10 @@ fn every_op_round_trips_with_the_documented_answer() {
     let r = rt(&mut a, json!({"op": "tunnel_delete", "name": "t2"}));
     shape(&r, &[]);
     assert_eq!(a.ctl.tunnels().len(), 1);
-    assert!(a.ctl.sa(0x6001, Outbound, S).is_err(), "its SAs went with it");
+    assert!(
+        a.ctl.sa(0x6001, Outbound, S).is_err(),
+        "its SAs went with it"
+    );
     assert_eq!(a.ctl.policies().len(), 3, "and its protect policies");
 
     let r = rt(
@@ -589,7 +639,15 @@ fn every_op_round_trips_with_the_documented_answer() {
     assert_eq!(m.len(), 1, "{r}");
     assert_eq!(
         fields(&m[0]),
-        ["children", "expires_in_s", "icookie", "lifetime_kb", "lifetime_s", "peer", "rcookie"]
+        [
+            "children",
+            "expires_in_s",
+            "icookie",
+            "lifetime_kb",
+            "lifetime_s",
+            "peer",
+            "rcookie"
+        ]
     );
     assert_eq!(
         m[0],
@@ -661,7 +719,11 @@ fn every_op_round_trips_with_the_documented_answer() {
     let accepted: BTreeSet<String> = {
         let e = a.err(json!({"op": "frobnicate"}));
         let list = e.split_once("expected one of ").unwrap().1;
-        list.split('`').skip(1).step_by(2).map(str::to_string).collect()
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
     };
     let doc = documented_ops();
     // (The table was read: these rows are there with their answer fields.)
@@ -684,7 +746,10 @@ fn every_op_round_trips_with_the_documented_answer() {
         let mut got = BTreeSet::new();
         seen[&op].iter().for_each(|r| all_fields(r, &mut got));
         for f in named {
-            assert!(got.contains(&f), "PROTOCOL.md says {op} answers `{f}`: {got:?}");
+            assert!(
+                got.contains(&f),
+                "PROTOCOL.md says {op} answers `{f}`: {got:?}"
+            );
         }
     }
 }
@@ -698,7 +763,417 @@ fn without_ok(r: &Value) -> Value {
 /// A key‖salt of `len` bytes, each in 0xa0..=0xff: no run of its hex digits can be mistaken
 /// for an SPI, a cookie or a decimal number in an answer.
 fn secret(n: u8, len: usize) -> String {
+    // xorshift64, seeded by `n`: different keys share no run of bytes.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(n);
     (0..len)
-        .map(|i| format!("{:02x}", 0xa0 + (usize::from(n) * 37 + i * 11) % 0x60))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{:02x}", 0xa0 + x % 0x60)
+        })
         .collect()
+}
+
+/// PROTOCOL.md, whitespace runs made single spaces (its lines wrap anywhere).
+fn protocol_md() -> String {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("PROTOCOL.md"),
+    )
+    .unwrap();
+    doc.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The error texts PROTOCOL.md quotes, and its example session, are what the adapter answers.
+#[test]
+fn the_error_texts_and_the_session_protocol_md_shows() {
+    let doc = protocol_md();
+    let mut a = gw("gw-a.toml");
+    let fresh = "20112233445566778899aabbccddeeff01020304";
+    let in_use = "ffeeddccbbaa99887766554433221100a0b0c0d0";
+    // (request, the answer's error or its start `...`, how PROTOCOL.md quotes it)
+    let cases = [
+        (
+            json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb001", "key": fresh}}),
+            "spi: 0x0000b001 (inbound) is already installed",
+            r#"`"spi: 0x0000b001 (inbound) is already installed"`"#,
+        ),
+        (
+            json!({"op": "frob"}),
+            "request: unknown variant `frob`...",
+            r#"`"request: unknown variant \`frob\`"`"#,
+        ),
+        (
+            json!({"op": "sa_add"}),
+            "request: missing field `sa`",
+            r#"`"request: missing field \`sa\`"`"#,
+        ),
+        (
+            json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": 4096, "key": fresh,
+                "lifetime": {"hard_seconds": 4_294_967_296u64}}}),
+            "lifetime.hard_seconds: must be at most 4294967295 s (136 years)",
+            r#"`"lifetime.hard_seconds: must be at most 4294967295 s (136 years)"`"#,
+        ),
+        (
+            json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": 4096, "key": in_use}}),
+            "key: already in use by inbound SA 0x0000b001 ...",
+            "(`key: already in use by inbound SA 0x0000b001 ...`)",
+        ),
+        (
+            json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": 4096, "key": "0011"}}),
+            "key: expected 40 hex digits ...",
+            r#"`"key: expected 40 hex digits ..."`"#,
+        ),
+    ];
+    for (req, want, quoted) in cases {
+        assert!(
+            doc.contains(quoted),
+            "PROTOCOL.md no longer quotes {quoted}"
+        );
+        let e = a.err(req.clone());
+        match want.strip_suffix(" ...").or(want.strip_suffix("...")) {
+            Some(start) => assert!(e.starts_with(start), "{req}: `{e}`"),
+            None => assert_eq!(e, want, "{req}"),
+        }
+    }
+
+    // The example session, on a gateway whose tunnel is `peer`.
+    let text = example_text("gw-a.toml").replace("\"to-b\"", "\"peer\"");
+    let cfg = Config::parse(std::path::Path::new("gw-a.toml"), &text).unwrap();
+    let dp = Arc::new(cfg.build_dataplane(1).unwrap());
+    let (tx, sub) = std::sync::mpsc::sync_channel(100);
+    let mut a = Gw {
+        ctl: Control::new(&cfg, dp),
+        sub,
+    };
+    a.ctl.subscribe(tx);
+    for (req, answer) in [
+        (
+            r#"{"op":"allocate_spi"}"#,
+            r#"{"ok":true,"spi":"0x00020000"}"#,
+        ),
+        (
+            r#"{"op":"sa_add","sa":{"tunnel":"peer","direction":"in","spi":"0x00020000","key":"000102030405060708090a0b0c0d0e0f10111213"}}"#,
+            r#"{"ok":true,"spi":"0x00020000"}"#,
+        ),
+        (
+            r#"{"op":"mm_add","icookie":"9a0c1f2e3d4b5a69","rcookie":"0011223344556677","peer":"203.0.113.2","lifetime_s":28800,"children":["in:0x00020000"]}"#,
+            r#"{"ok":true}"#,
+        ),
+        (
+            r#"{"op":"sa_add","sa":{"tunnel":"peer","direction":"in","spi":"0x00020000","key":"00"}}"#,
+            r#"{"ok":false,"error":"key: expected 40 hex digits (AES-128 key + 4-byte salt) or 72 (AES-256 key + salt), got 2"}"#,
+        ),
+        // `espd ctl ... mm delete --icookie 9a0c1f2e3d4b5a69 --rcookie 0011223344556677`
+        (
+            r#"{"op":"mm_delete","icookie":"9a0c1f2e3d4b5a69","rcookie":"0011223344556677"}"#,
+            r#"{"ok":true}"#,
+        ),
+    ] {
+        if !req.contains("mm_delete") {
+            assert!(
+                doc.contains(req),
+                "PROTOCOL.md's session no longer has {req}"
+            );
+        }
+        assert!(
+            doc.contains(answer),
+            "PROTOCOL.md's session no longer has {answer}"
+        );
+        let got = a.raw(req);
+        assert_eq!(got, serde_json::from_str::<Value>(answer).unwrap(), "{req}");
+    }
+    assert!(doc.contains(r#"{"event":"mm_expired","code":13885,...,"cause":"peer_delete",...}"#));
+    let ev = a.events();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (&ev[0]["event"], &ev[0]["code"], &ev[0]["cause"]),
+        (&json!("mm_expired"), &json!(13885), &json!("peer_delete"))
+    );
+}
+
+/// The JSON kind of a value (for comparing the documented and the real form of an event).
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Each event PROTOCOL.md shows has, on the event stream, the same fields with the same kinds
+/// of value (and the same codes and texts for 13885 and 13895).
+#[test]
+fn events_have_the_fields_protocol_md_shows() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("PROTOCOL.md"),
+    )
+    .unwrap();
+    let block = doc
+        .split("## Events")
+        .nth(1)
+        .and_then(|s| s.split("```json").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("PROTOCOL.md's event examples");
+    let documented: Vec<Value> = block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(documented.len(), 5, "{block}");
+
+    // Make every kind of event happen.
+    let mut a = gw("gw-a.toml");
+    a.ok(
+        json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0x4001",
+        "key": secret(1, 20), "lifetime": {"soft_seconds": 10, "hard_seconds": 20}}}),
+    );
+    a.ok(
+        json!({"op": "mm_add", "icookie": "9a0c1f2e3d4b5a69", "rcookie": "0011223344556677",
+        "peer": "203.0.113.2", "lifetime_s": 2, "children": ["in:0xb001", "out:0xa001"]}),
+    );
+    let q = crossbeam_queue::ArrayQueue::new(4);
+    a.ctl.tick(4 * S, &q); // the main mode's lifetime
+    a.ctl.tick(12 * S, &q); // soft
+    a.ctl.tick(22 * S, &q); // hard
+    a.ok(json!({"op": "rekey", "tunnel": "to-b",
+        "outbound": {"tunnel": "to-b", "direction": "out", "spi": "0x20000", "key": secret(2, 20)},
+        "retire_inbound": "0xb001", "grace_ms": 1000}));
+    a.ctl.tick(30 * S, &q); // retired after rekey
+    let real = a.events();
+    for d in &documented {
+        let name = d["event"].as_str().unwrap();
+        let r = real
+            .iter()
+            .find(|r| r["event"] == name)
+            .unwrap_or_else(|| panic!("no {name} event in {real:?}"));
+        assert_eq!(fields(r), fields(d), "{name}: {r} vs PROTOCOL.md {d}");
+        for f in fields(d) {
+            assert_eq!(
+                kind(&r[f]),
+                kind(&d[f]),
+                "{name}.{f}: {r} vs PROTOCOL.md {d}"
+            );
+        }
+        for f in ["code", "hex", "symbol", "message", "action", "cause"] {
+            if f != "cause" || name != "mm_expired" {
+                assert_eq!(r.get(f), d.get(f), "{name}.{f}");
+            }
+        }
+    }
+    let mm = real.iter().find(|r| r["event"] == "mm_expired").unwrap();
+    assert_eq!(mm["children"], documented[0]["children"]);
+    assert_eq!(mm["cause"], "lifetime");
+}
+
+/// Errors in the request's own syntax (what the typed API cannot be given) name the position
+/// and the field: a bare child SPI, an unknown state field, a malformed item of a batch.
+#[test]
+fn parse_errors_name_their_position_and_field() {
+    let mut a = gw("gw-a.toml");
+    // gw-a sends on 0xa001; an inbound SA with the same number.
+    a.ok(
+        json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xa001",
+        "key": "0102030405060708090a0b0c0d0e0f1011121314"}}),
+    );
+    let e = a.err(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+        "lifetime_s": 1000, "lifetime_kb": 1, "children": ["0xa001"]}),
+    );
+    assert!(
+        e.starts_with("children[0]: expected {\"spi\": SPI, \"direction\": \"in\" or \"out\"}"),
+        "a bare SPI is ambiguous: {e}"
+    );
+    assert!(a.ctl.main_modes(S).is_empty());
+    // Both forms of a child with its direction.
+    a.ok(
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+        "lifetime_s": 1000, "lifetime_kb": 1,
+        "children": ["in:0xa001", {"spi": 40961, "direction": "outbound"}]}),
+    );
+    let l = a.ok(json!({"op": "mm_list"}));
+    assert_eq!(
+        l["main_modes"][0]["children"],
+        json!([{"spi": "0x0000a001", "direction": "inbound"}, {"spi": "0x0000a001", "direction": "outbound"}])
+    );
+
+    let e = a.err(
+        json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "out", "spi": "0xb001",
+        "key": "ffeeddccbbaa99887766554433221100a0b0c0d1", "state": {"sequence": 1}}}),
+    );
+    assert!(e.contains("unknown field `sequence`"), "{e}");
+
+    let n0 = a.ctl.policies().len();
+    let mut bad: Vec<Value> = (0..4)
+        .map(|i| json!({"src": "fd00:a::/64", "dst": format!("fd00:c::{:x}/128", 20_000 + i), "action": "protect", "tunnel": "to-b"}))
+        .collect();
+    bad[2]["dst"] = json!("fd00:c::zz/128");
+    let e = a.err(json!({"op": "policy_add_batch", "policies": bad}));
+    assert!(e.starts_with("policies[2].dst:"), "{e}");
+    assert_eq!(a.ctl.policies().len(), n0, "a refused batch adds nothing");
+
+    let e = a.err(json!({"op": "sa_add_batch", "sas": [
+        {"tunnel": "to-b", "direction": "in", "spi": 4096, "key": secret(1, 20)},
+        {"tunnel": "to-b", "direction": "in", "spi": 4097, "key": "0011"}]}));
+    assert_eq!(
+        e,
+        "sas[1].key: expected 40 hex digits (AES-128 key + 4-byte salt) or 72 (AES-256 key + salt), got 4 (1 installed before it)"
+    );
+    assert!(
+        a.ctl.sa(4096, Inbound, S).is_ok(),
+        "the batch stops at the error"
+    );
+
+    let rekey = |out_key: &str, in_key: &str| {
+        json!({"op": "rekey", "tunnel": "to-b",
+            "outbound": {"tunnel": "to-b", "direction": "out", "spi": 0x5001, "key": out_key},
+            "inbound": {"tunnel": "to-b", "direction": "in", "spi": 0x5002, "key": in_key}})
+    };
+    let e = a.err(rekey("00", &secret(2, 20)));
+    assert!(e.starts_with("outbound.key: expected 40 hex digits"), "{e}");
+    let e = a.err(rekey(&secret(3, 20), "00"));
+    assert!(e.starts_with("inbound.key: expected 40 hex digits"), "{e}");
+    assert_eq!(a.ctl.stats().control.rekeys, 0);
+}
+
+/// Issue 11, defect 8, on the wire: the bounds of times (PROTOCOL.md) refused with the field
+/// and the range; the largest allowed values pass.
+#[test]
+fn huge_times_are_refused_on_the_wire_with_the_range() {
+    let mut a = gw("gw-a.toml");
+    let key = "30112233445566778899aabbccddeeff01020304";
+    let sa = |lifetime: Value| json!({"tunnel": "to-b", "direction": "in", "spi": "0x4001", "key": key, "lifetime": lifetime});
+    for (field, v) in [
+        ("hard_seconds", 18_446_744_074u64),
+        ("soft_seconds", 4_294_967_296),
+        ("hard_use_seconds", u64::MAX),
+        ("soft_use_seconds", 18_446_744_074),
+    ] {
+        let e = a.err(json!({"op": "sa_add", "sa": sa(json!({ field: v }))}));
+        assert_eq!(
+            e,
+            format!("lifetime.{field}: must be at most 4294967295 s (136 years)")
+        );
+    }
+    let e = a.err(
+        json!({"op": "sa_add_batch", "sas": [sa(json!({"hard_seconds": 18_446_744_074u64}))]}),
+    );
+    assert!(
+        e.starts_with("sas[0].lifetime.hard_seconds: must be at most 4294967295 s"),
+        "{e}"
+    );
+    a.ok(json!({"op": "sa_add", "sa": sa(json!({"hard_seconds": 4_294_967_295u64}))}));
+
+    let rekey = |spi: &str, grace: u64| {
+        let outbound = json!({"tunnel": "to-b", "direction": "out", "spi": spi,
+            "key": "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3"});
+        json!({"op": "rekey", "tunnel": "to-b", "outbound": outbound,
+            "retire_inbound": "0xb001", "grace_ms": grace})
+    };
+    // Checked while the request is read, so the field is inside `request`.
+    let e = a.err(rekey("0x5001", u64::MAX));
+    assert_eq!(
+        e,
+        "request: grace_ms: must be at most 4294967295000 ms (136 years)"
+    );
+    a.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}));
+    let r = a.ok(rekey("0x5001", 4_294_967_295_000));
+    assert_eq!(r["new_spi"], "0x00005001", "{r}");
+
+    let mm = |lifetime_s: u64, lifetime_kb: Value| {
+        json!({"op": "mm_add", "icookie": "01", "rcookie": "02", "peer": "203.0.113.2",
+            "lifetime_s": lifetime_s, "lifetime_kb": lifetime_kb})
+    };
+    let e = a.err(mm(10, json!(u64::MAX)));
+    assert!(
+        e.starts_with("lifetime_kb: must be at most 18014398509481983"),
+        "{e}"
+    );
+    let e = a.err(mm(18_446_744_074, Value::Null));
+    assert_eq!(e, "lifetime_s: must be at most 4294967295 s (136 years)");
+    a.ok(mm(4_294_967_295, json!((1u64 << 54) - 1)));
+}
+
+/// An answer that contains 4 consecutive bytes of one of `keys` (hex, either case).
+fn leaked<'k>(answer: &str, keys: &'k [String]) -> Option<&'k str> {
+    let text = answer.to_ascii_lowercase();
+    keys.iter()
+        .find(|k| {
+            (0..=k.len() - 8)
+                .step_by(2)
+                .any(|i| text.contains(&k[i..i + 8]))
+        })
+        .map(String::as_str)
+}
+
+/// Requests carry keys; no answer (refusals of every stage included) and no event carries
+/// any part of one (PROTOCOL.md: "Responses never contain key material").
+#[test]
+fn answers_never_echo_key_material() {
+    let mut a = gw("gw-a.toml");
+    let keys: Vec<String> = (1..=16).map(|n| secret(n, 20)).collect();
+    let k = |n: usize| keys[n - 1].clone();
+    assert_eq!(
+        leaked(&format!("x{}y", &k(3)[10..18].to_uppercase()), &keys),
+        Some(&k(3)[..])
+    );
+    let sa = |spi: Value, dir: &str, key: &str| json!({"tunnel": "to-b", "direction": dir, "spi": spi, "key": key});
+    let spi = a.ok(json!({"op": "allocate_spi"}))["spi"].clone();
+    let mut lines: Vec<(String, bool)> = [
+        (json!({"op": "sa_add", "sa": sa(spi.clone(), "in", &k(1))}), true),
+        // AES-256
+        (json!({"op": "sa_add", "sa": sa(json!(0x4100), "in", &secret(16, 36))}), true),
+        (json!({"op": "sa_add", "sa": sa(json!("0xb001"), "in", &k(2))}), false),
+        (json!({"op": "sa_add", "sa": sa(json!(4096), "in", &k(1))}), false),
+        (json!({"op": "sa_add", "sa": sa(json!(4096), "out", &k(1))}), false),
+        (json!({"op": "sa_add", "sa": {"tunnel": "nope", "direction": "in", "spi": 4096, "key": k(3)}}), false),
+        (json!({"op": "sa_add", "sa": sa(json!(4096), "in", &k(4)[..38])}), false),
+        (json!({"op": "sa_add", "sa": sa(json!(4096), "in", &format!("{}zz", &k(5)[..38]))}), false),
+        (json!({"op": "sa_add", "sa": sa(json!(4096), "sideways", &k(6))}), false),
+        (json!({"op": "sa_add", "sa": sa(json!(7), "in", &k(6))}), false),
+        (json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": 4096, "key": k(7), "extra": 1}}), false),
+        (json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": 4096, "key": k(8), "state": {"seq": 5}}}), false),
+        (json!({"op": "sa_add_batch", "sas": [sa(json!(4097), "in", &k(9)), sa(json!(4098), "in", &k(9))]}), false),
+        (json!({"op": "sa_update", "sa": sa(spi.clone(), "in", &k(1))}), true),
+        (json!({"op": "sa_update", "sa": sa(spi.clone(), "in", &k(10))}), true),
+        (json!({"op": "sa_update", "sa": sa(json!(0x9999), "in", &k(11))}), false),
+        (json!({"op": "rekey", "tunnel": "to-b", "outbound": sa(json!(0x5001), "out", &k(12)),
+            "inbound": sa(json!(0x5002), "in", &k(13)), "retire_inbound": "0xb001"}), true),
+        (json!({"op": "rekey", "tunnel": "to-b", "outbound": sa(json!(0x5003), "out", &k(13))}), false),
+        (json!({"op": "rekey", "tunnel": "to-b", "outbound": sa(json!(0x5003), "out", &k(14)),
+            "inbound": sa(json!(0x5004), "in", &k(14)[..30])}), false),
+        (json!({"op": "sa_get", "spi": spi, "direction": "in"}), true),
+        (json!({"op": "sa_get", "spi": "0x5001", "direction": "out"}), true),
+        (json!({"op": "sa_list"}), true),
+        (json!({"op": "stats"}), true),
+    ]
+    .into_iter()
+    .map(|(v, ok)| (v.to_string(), ok))
+    .collect();
+    // Lines that do not parse: cut inside the key, text after the object.
+    let cut = format!(
+        r#"{{"op":"sa_add","sa":{{"tunnel":"to-b","direction":"in","spi":4096,"key":"{}"#,
+        k(15)
+    );
+    let trailing = format!(
+        r#"{{"op":"sa_add","sa":{{"tunnel":"to-b","direction":"in","spi":4096,"key":"{}"}}}} {}"#,
+        k(15),
+        k(15)
+    );
+    lines.push((cut, false));
+    lines.push((trailing, false));
+    for (line, ok) in &lines {
+        let answer = a.line(line, S);
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["ok"], json!(*ok), "{line} → {answer}");
+        assert_eq!(leaked(&answer, &keys), None, "{line} → {answer}");
+    }
+    let events = a.events();
+    assert!(!events.is_empty());
+    for e in events {
+        assert_eq!(leaked(&e.to_string(), &keys), None, "{e}");
+    }
 }

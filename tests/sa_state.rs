@@ -236,7 +236,10 @@ fn update_that_changes_esn_or_window_under_the_same_key_is_refused() {
     // Both refusals left the SA as it was.
     let info = b.ctl.sa(0xa001, Inbound, 1).unwrap();
     assert!(!info.esn);
-    assert_eq!(info.state.and_then(|s| s.replay_bitmap).map(|w| w.len()), Some(1024 / 64));
+    assert_eq!(
+        info.state.and_then(|s| s.replay_bitmap).map(|w| w.len()),
+        Some(1024 / 64)
+    );
 }
 
 #[test]
