@@ -1,9 +1,9 @@
-//! SA state moves with the SA (issue 11, defect 1 and "SA state moves with the SA"):
-//! `sa_update` with the same key continues the sequence counter, the replay window and the
-//! consumed lifetime; a key is never installed on two SAs of one direction; `sa_get` exports
-//! the state and `sa_add` imports it, so a standby gateway continues an SA without reusing a
-//! nonce or accepting an old packet again; an ESN SA imported just below 2^32 carries
-//! traffic across the boundary, checked by Python `cryptography` with the ESN AAD.
+//! SA state moves with the SA (issue 11, defect 1 and "SA state moves with the SA"), through
+//! the typed control API: `update_sa` with the same key continues the sequence counter, the
+//! replay window and the consumed lifetime; a key is never installed on two SAs; `sa`
+//! exports the state and `install_sa` imports it, so a standby gateway continues an SA without
+//! reusing a nonce or accepting an old packet again; an ESN SA imported just below 2^32
+//! carries traffic across the boundary, checked by Python `cryptography` with the ESN AAD.
 
 mod common;
 
@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use common::*;
 use crossbeam_queue::ArrayQueue;
-use espd::config::Config;
-use espd::control::Control;
-use espd::control::api::{Reply, handle};
+use espd::config::{Config, NewSa};
+use espd::control::{Control, ControlError, Rekey};
 use espd::datapath::mem::Frame;
 use espd::datapath::{Action, CoreStats, DropReason, Pipeline, SaEvent};
-use serde_json::{Value, json};
+use espd::sa::Direction::{self, Inbound, Outbound};
+use espd::sa::sa::{SaError, SuccessorError};
+use espd::sa::{Limits, SaState};
+use serde_json::json;
 
 const KEY_AB: &str = "00112233445566778899aabbccddeeff01020304";
 const KEY_BA: &str = "ffeeddccbbaa99887766554433221100a0b0c0d0";
@@ -46,16 +48,19 @@ fn side(name: &str) -> Side {
 }
 
 impl Side {
-    fn req(&mut self, v: Value) -> Value {
-        match handle(&mut self.ctl, &v.to_string(), 1) {
-            Reply::Line(l) => serde_json::from_str(&l).unwrap(),
-            Reply::Subscribe => Value::Null,
-        }
+    /// Installs `sa` (at t = 1 ns, the time the packets below run at).
+    fn install(&mut self, sa: NewSa) {
+        let spi = sa.spi;
+        assert_eq!(self.ctl.install_sa(&sa, 1), Ok(spi), "{sa:?}");
     }
-    fn ok(&mut self, v: Value) -> Value {
-        let r = self.req(v.clone());
-        assert_eq!(r["ok"], true, "{v} -> {r}");
-        r
+    fn update(&mut self, sa: NewSa) {
+        let spi = sa.spi;
+        assert_eq!(self.ctl.update_sa(&sa, 1), Ok(spi), "{sa:?}");
+    }
+    /// The transferable state of an installed SA.
+    fn state(&self, spi: u32, d: Direction) -> SaState {
+        let info = self.ctl.sa(spi, d, 1).unwrap();
+        info.state.expect("`sa` returns the state")
     }
     fn run(&self, pkts: &[Vec<u8>], out: bool) -> Vec<(Action, Vec<u8>)> {
         let mut p = Pipeline::new(&self.dp, 0, &self.stats, &self.events, self.pcfg);
@@ -108,10 +113,21 @@ fn sent(out: &[(Action, Vec<u8>)]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn update(dir: &str, spi: &str, key: &str, lifetime: Value) -> Value {
-    // gw-a's tunnel is `to-b`, gw-b's `to-a`; gw-b holds the inbound SA of A's traffic.
-    let tunnel = if dir == "in" { "to-a" } else { "to-b" };
-    json!({"op": "sa_update", "sa": {"tunnel": tunnel, "direction": dir, "spi": spi, "key": key, "lifetime": lifetime}})
+/// A→B's SA 0xa001 as its gateway holds it: gw-a's tunnel is `to-b`, gw-b's `to-a` (gw-b
+/// holds the inbound SA of A's traffic).
+fn ab(d: Direction, key: &str, limits: Limits) -> NewSa {
+    let tunnel = if d == Inbound { "to-a" } else { "to-b" };
+    NewSa {
+        limits,
+        ..new_sa(tunnel, d, 0xa001, key)
+    }
+}
+
+fn hard_packets(n: u64) -> Limits {
+    Limits {
+        hard_packets: Some(n),
+        ..Limits::default()
+    }
 }
 
 #[test]
@@ -124,22 +140,17 @@ fn update_with_same_key_continues_the_outbound_sequence() {
         .map(|f| esp_seq(f))
         .collect();
     assert_eq!(before, [1, 2, 3]);
-    a.ok(update(
-        "out",
-        "0xa001",
-        KEY_AB,
-        json!({"hard_packets": 1000}),
-    ));
+    a.update(ab(Outbound, KEY_AB, hard_packets(1000)));
     let after: Vec<u32> = sent(&a.run(&pkts(3), true))
         .iter()
         .map(|f| esp_seq(f))
         .collect();
     assert_eq!(after, [4, 5, 6], "sequence numbers (nonces) reused");
-    let st = &a.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}))["state"];
-    assert_eq!(st["seq"], 6, "{st}");
+    let st = a.state(0xa001, Outbound);
+    assert_eq!(st.seq, Some(6), "{st:?}");
     // A new key under the same SPI starts a new sequence: its nonces are new.
     let key2 = "0f0e0d0c0b0a09080706050403020100aabbccdd";
-    a.ok(update("out", "0xa001", key2, json!({})));
+    a.update(ab(Outbound, key2, Limits::default()));
     assert_eq!(esp_seq(&sent(&a.run(&pkts(1), true))[0]), 1);
 }
 
@@ -151,11 +162,13 @@ fn update_with_same_key_keeps_the_replay_window() {
     let mut b = side("gw-b.toml");
     let esp = sent(&a.run(&pkts(5), true));
     assert!(b.run(&esp, false).iter().all(|(act, _)| *act == Action::Tx));
-    b.ok(update(
-        "in",
-        "0xa001",
+    b.update(ab(
+        Inbound,
         KEY_AB,
-        json!({"hard_bytes": 1_000_000}),
+        Limits {
+            hard_bytes: Some(1_000_000),
+            ..Limits::default()
+        },
     ));
     let again = b.run(&esp, false);
     assert!(
@@ -168,9 +181,13 @@ fn update_with_same_key_keeps_the_replay_window() {
     // New packets still pass (the window moved on, nothing was lost).
     let esp = sent(&a.run(&pkts(3), true));
     assert!(b.run(&esp, false).iter().all(|(act, _)| *act == Action::Tx));
-    let st = &b.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "in"}))["state"];
-    assert_eq!(st["replay_top"], 8, "{st}");
-    assert_eq!(st["replay_bitmap"][0], 0xff, "{st}");
+    let st = b.state(0xa001, Inbound);
+    assert_eq!(st.replay_top, Some(8), "{st:?}");
+    assert_eq!(
+        st.replay_bitmap.as_ref().and_then(|w| w.first()),
+        Some(&0xff),
+        "{st:?}"
+    );
 }
 
 #[test]
@@ -178,10 +195,10 @@ fn update_with_same_key_keeps_the_consumed_budget() {
     // Failed before the fix: each update reset the budget, so 6 + 6 packets passed a hard
     // limit of 10.
     let mut a = side("gw-a.toml");
-    a.ok(update("out", "0xa001", KEY_AB, json!({"hard_packets": 10})));
+    a.update(ab(Outbound, KEY_AB, hard_packets(10)));
     let n = |r: &[(Action, Vec<u8>)]| r.iter().filter(|x| x.0 == Action::Tx).count();
     assert_eq!(n(&a.run(&pkts(6), true)), 6);
-    a.ok(update("out", "0xa001", KEY_AB, json!({"hard_packets": 10})));
+    a.update(ab(Outbound, KEY_AB, hard_packets(10)));
     assert_eq!(
         n(&a.run(&pkts(6), true)),
         4,
@@ -189,22 +206,39 @@ fn update_with_same_key_keeps_the_consumed_budget() {
     );
     assert_eq!(a.drops(DropReason::LifetimeExpired), 2);
     // Raising the limit lets the same key carry on from where it was.
-    a.ok(update("out", "0xa001", KEY_AB, json!({"hard_packets": 12})));
+    a.update(ab(Outbound, KEY_AB, hard_packets(12)));
     assert_eq!(n(&a.run(&pkts(6), true)), 2);
     // Updating lifetimes keeps the add-time clock: an SA does not get younger.
-    let st = &a.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}))["state"];
-    assert_eq!(st["packets"], 12, "{st}");
+    let st = a.state(0xa001, Outbound);
+    assert_eq!(st.packets, 12, "{st:?}");
 }
 
 #[test]
 fn update_that_changes_esn_or_window_under_the_same_key_is_refused() {
     let mut b = side("gw-b.toml");
-    let r = b.req(json!({"op": "sa_update", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB, "esn": true}}));
-    assert!(r["error"].as_str().unwrap().starts_with("esn:"), "{r}");
-    let r = b.req(json!({"op": "sa_update", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB, "replay_window": 64}}));
-    assert!(
-        r["error"].as_str().unwrap().starts_with("replay_window:"),
-        "{r}"
+    let esn = NewSa {
+        esn: true,
+        ..ab(Inbound, KEY_AB, Limits::default())
+    };
+    let e = b.ctl.update_sa(&esn, 1).expect_err("refused");
+    assert_eq!(e, ControlError::Sa(SaError::Successor(SuccessorError::Esn)));
+    assert_eq!(e.field(), "esn");
+    let window = NewSa {
+        replay_window: Some(64),
+        ..ab(Inbound, KEY_AB, Limits::default())
+    };
+    let e = b.ctl.update_sa(&window, 1).expect_err("refused");
+    assert_eq!(
+        e,
+        ControlError::Sa(SaError::Successor(SuccessorError::ReplayWindow(1024, 64)))
+    );
+    assert_eq!(e.field(), "replay_window");
+    // Both refusals left the SA as it was.
+    let info = b.ctl.sa(0xa001, Inbound, 1).unwrap();
+    assert!(!info.esn);
+    assert_eq!(
+        info.state.and_then(|s| s.replay_bitmap).map(|w| w.len()),
+        Some(1024 / 64)
     );
 }
 
@@ -213,27 +247,69 @@ fn a_key_is_refused_on_a_second_sa_of_the_same_direction() {
     // Failed before the fix: all three were accepted (two SAs under one key reuse every
     // nonce).
     let mut a = side("gw-a.toml");
-    let r = a.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb002", "key": KEY_BA}}));
-    let e = r["error"].as_str().unwrap_or_default();
+    let e = a
+        .ctl
+        .install_sa(&new_sa("to-b", Inbound, 0xb002, KEY_BA), 1)
+        .expect_err("refused");
+    let in_use_by_b001 = ControlError::KeyInUse {
+        direction: Inbound,
+        spi: 0xb001,
+    };
+    assert_eq!(e, in_use_by_b001);
+    assert_eq!(e.field(), "key");
+    let rekey = Rekey {
+        tunnel: "to-b".into(),
+        outbound: new_sa("to-b", Outbound, 0xa002, KEY_AB),
+        inbound: None,
+        retire_inbound: None,
+        grace_ms: None,
+    };
+    let e = a.ctl.rekey(rekey, 1).expect_err("refused");
+    assert_eq!(e.field(), "outbound.key");
     assert!(
-        e.starts_with("key: already in use by inbound SA 0x0000b001"),
-        "{r}"
+        matches!(&e, ControlError::In { part, source } if part == "outbound"
+            && **source == ControlError::KeyInUse { direction: Outbound, spi: 0xa001 }),
+        "{e:?}"
     );
-    let r = a.req(json!({"op": "rekey", "tunnel": "to-b", "outbound": {"tunnel": "to-b", "direction": "out", "spi": "0xa002", "key": KEY_AB}}));
-    let e = r["error"].as_str().unwrap_or_default();
-    assert!(e.starts_with("outbound.key: already in use"), "{r}");
-    let r = a.req(json!({"op": "sa_add_batch", "sas": [
-        {"tunnel": "to-b", "direction": "in", "spi": "0xb003", "key": "aa112233445566778899aabbccddeeff01020304"},
-        {"tunnel": "to-b", "direction": "in", "spi": "0xb004", "key": "aa112233445566778899aabbccddeeff01020304"}]}));
-    let e = r["error"].as_str().unwrap_or_default();
-    assert!(e.starts_with("sas[1].key: already in use"), "{r}");
+    let twin = "aa112233445566778899aabbccddeeff01020304";
+    let batch = [
+        Ok(new_sa("to-b", Inbound, 0xb003, twin)),
+        Ok(new_sa("to-b", Inbound, 0xb004, twin)),
+    ];
+    let e = a.ctl.install_sas(batch, 1).expect_err("refused");
+    assert_eq!(e.field(), "sas[1].key");
+    assert!(
+        matches!(&e, ControlError::Batch { index: 1, installed: 1, source }
+            if **source == ControlError::KeyInUse { direction: Inbound, spi: 0xb003 }),
+        "{e:?}"
+    );
     // Nor in the other direction: the peer would encrypt under it too (nonces repeat on the
     // wire), and our own packets reflected back to us would pass.
-    let r = a.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb005", "key": KEY_AB}}));
-    let e = r["error"].as_str().unwrap_or_default();
-    assert!(
-        e.starts_with("key: already in use by outbound SA 0x0000a001"),
-        "{r}"
+    let e = a
+        .ctl
+        .install_sa(&new_sa("to-b", Inbound, 0xb005, KEY_AB), 1)
+        .expect_err("refused");
+    assert_eq!(
+        e,
+        ControlError::KeyInUse {
+            direction: Outbound,
+            spi: 0xa001
+        }
+    );
+    // Nothing of the refused SAs went in (the batch's first item did).
+    assert_eq!(
+        a.ctl
+            .sa_list(Some(Inbound), 1000, 1)
+            .sas
+            .iter()
+            .map(|s| s.spi)
+            .collect::<Vec<_>>(),
+        [0xb001, 0xb003]
+    );
+    assert_eq!(
+        a.ctl.sa(0xa001, Outbound, 1).map(|s| s.spi),
+        Ok(0xa001),
+        "the refused rekey kept the outbound SA"
     );
     // The config file refuses it too, naming the field.
     let text = example_text("gw-a.toml")
@@ -252,20 +328,18 @@ fn a_key_is_refused_on_a_second_sa_of_the_same_direction() {
 
 #[test]
 fn a_standby_takes_over_an_sa_without_reusing_a_nonce_or_a_packet() {
-    let mut a = side("gw-a.toml");
-    let mut b = side("gw-b.toml");
+    let a = side("gw-a.toml");
+    let b = side("gw-b.toml");
     let esp = sent(&a.run(&pkts(40), true));
     // Packet 3 is held back by the network; the rest arrive.
     let (late, early): (Vec<_>, Vec<_>) =
         esp.iter().cloned().enumerate().partition(|(i, _)| *i == 3);
     let early: Vec<Vec<u8>> = early.into_iter().map(|x| x.1).collect();
     assert!(b.run(&early, false).iter().all(|x| x.0 == Action::Tx));
-    let out_state =
-        a.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}))["state"].clone();
-    let in_state =
-        b.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "in"}))["state"].clone();
-    assert_eq!(out_state["seq"], 40);
-    assert_eq!(in_state["replay_top"], 40);
+    let out_state = a.state(0xa001, Outbound);
+    let in_state = b.state(0xa001, Inbound);
+    assert_eq!(out_state.seq, Some(40));
+    assert_eq!(in_state.replay_top, Some(40));
 
     // Standbys: the same configs without the static SAs, which arrive with their state.
     let strip = |name: &str| {
@@ -274,8 +348,14 @@ fn a_standby_takes_over_an_sa_without_reusing_a_nonce_or_a_packet() {
     };
     let mut a2 = side_text(&strip("gw-a.toml"));
     let mut b2 = side_text(&strip("gw-b.toml"));
-    a2.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "out", "spi": "0xa001", "key": KEY_AB, "state": out_state}}));
-    b2.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB, "state": in_state}}));
+    a2.install(NewSa {
+        state: Some(out_state),
+        ..ab(Outbound, KEY_AB, Limits::default())
+    });
+    b2.install(NewSa {
+        state: Some(in_state),
+        ..ab(Inbound, KEY_AB, Limits::default())
+    });
     // The standby continues the sequence...
     let next = sent(&a2.run(&pkts(2), true));
     assert_eq!((esp_seq(&next[0]), esp_seq(&next[1])), (41, 42));
@@ -291,32 +371,29 @@ fn a_standby_takes_over_an_sa_without_reusing_a_nonce_or_a_packet() {
     assert_eq!(b2.run(&[late[0].1.clone()], false)[0].0, Action::Tx);
 
     // Bad state is refused with the field named.
-    let r = a2.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb001", "key": KEY_BA, "state": {"seq": 5}}}));
-    assert!(
-        r["error"].as_str().unwrap().starts_with("state.seq:"),
-        "{r}"
-    );
-    let r = b2.req(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "out", "spi": "0xb001", "key": KEY_BA, "state": {"seq": 1u64 << 33}}}));
-    assert!(
-        r["error"].as_str().unwrap().starts_with("state.seq:"),
-        "{r}"
-    );
-    let r = b2.req(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "out", "spi": "0xb001", "key": KEY_BA, "state": {"age_seconds": u64::MAX}}}));
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("state.age_seconds:"),
-        "{r}"
-    );
-    let r = b2.req(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "out", "spi": "0xb001", "key": KEY_BA, "state": {"sequence": 1}}}));
-    assert!(
-        r["error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `sequence`"),
-        "{r}"
-    );
+    let with_state = |tunnel: &str, d, state| NewSa {
+        state: Some(state),
+        ..new_sa(tunnel, d, 0xb001, KEY_BA)
+    };
+    let refused = |side: &mut Side, sa: NewSa| side.ctl.install_sa(&sa, 1).expect_err("refused");
+    let seq = |seq| SaState {
+        seq: Some(seq),
+        ..SaState::default()
+    };
+    // An inbound SA has no sequence counter; 2^33 is beyond a 32-bit one.
+    let e = refused(&mut a2, with_state("to-b", Inbound, seq(5)));
+    assert_eq!(e.field(), "state.seq", "{e}");
+    let e = refused(&mut b2, with_state("to-a", Outbound, seq(1 << 33)));
+    assert_eq!(e.field(), "state.seq", "{e}");
+    let old = SaState {
+        age_seconds: Some(u64::MAX),
+        ..SaState::default()
+    };
+    let e = refused(&mut b2, with_state("to-a", Outbound, old));
+    assert_eq!(e.field(), "state.age_seconds", "{e}");
+    assert!(a2.ctl.sa(0xb001, Inbound, 1).is_err());
+    assert!(b2.ctl.sa(0xb001, Outbound, 1).is_err());
+    // (A state with an unknown field is refused on the wire: `tests/protocol.rs`.)
 }
 
 /// Runs Python `cryptography` (an independent AES-GCM) over ESN ESP packets. Skipped
@@ -397,8 +474,23 @@ fn esn_sa_imported_below_2_pow_32_crosses_the_boundary_both_ways() {
     let mut a = side_text(&strip("gw-a.toml"));
     let mut b = side_text(&strip("gw-b.toml"));
     let below = (1u64 << 32) - 3;
-    a.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "out", "spi": "0xa001", "key": KEY_AB, "esn": true, "state": {"seq": below}}}));
-    b.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB, "esn": true, "state": {"replay_top": below, "replay_bitmap": [1]}}}));
+    a.install(NewSa {
+        esn: true,
+        state: Some(SaState {
+            seq: Some(below),
+            ..SaState::default()
+        }),
+        ..ab(Outbound, KEY_AB, Limits::default())
+    });
+    b.install(NewSa {
+        esn: true,
+        state: Some(SaState {
+            replay_top: Some(below),
+            replay_bitmap: Some(vec![1]),
+            ..SaState::default()
+        }),
+        ..ab(Inbound, KEY_AB, Limits::default())
+    });
     let plain = pkts(6);
     let esp = sent(&a.run(&plain, true));
     let seqs: Vec<u32> = esp.iter().map(|f| esp_seq(f)).collect();
@@ -409,8 +501,8 @@ fn esn_sa_imported_below_2_pow_32_crosses_the_boundary_both_ways() {
         // Each gateway decrements the inner TTL (RFC 4301 §5.1.2.1).
         assert_eq!(&f[14..], &aged(&plain[i], 2)[14..], "packet {i}");
     }
-    let st = &b.ok(json!({"op": "sa_get", "spi": "0xa001", "direction": "in"}))["state"];
-    assert_eq!(st["replay_top"], (1u64 << 32) + 3, "{st}");
+    let st = b.state(0xa001, Inbound);
+    assert_eq!(st.replay_top, Some((1u64 << 32) + 3), "{st:?}");
     // Replays from both sides of the boundary are refused.
     assert!(
         b.run(&esp, false)
@@ -438,17 +530,18 @@ fn a_key_that_comes_back_continues_where_it_stopped() {
     assert!(b.run(&first, false).iter().all(|x| x.0 == Action::Tx));
     // Outbound: away to another key and back again.
     let key2 = "0f0e0d0c0b0a09080706050403020100aabbccdd";
-    a.ok(update("out", "0xa001", key2, json!({})));
+    a.update(ab(Outbound, key2, Limits::default()));
     assert_eq!(esp_seq(&sent(&a.run(&pkts(1), true))[0]), 1);
-    a.ok(update("out", "0xa001", KEY_AB, json!({})));
+    a.update(ab(Outbound, KEY_AB, Limits::default()));
     assert_eq!(
         esp_seq(&sent(&a.run(&pkts(1), true))[0]),
         6,
         "a returning key restarted its sequence numbers"
     );
     // Inbound: deleted and added again under another SPI, the old packets stay refused.
-    b.ok(json!({"op": "sa_delete", "spi": "0xa001", "direction": "in"}));
-    b.ok(json!({"op": "sa_add", "sa": {"tunnel": "to-a", "direction": "in", "spi": "0xa001", "key": KEY_AB}}));
+    assert_eq!(b.ctl.remove_sa(0xa001, Inbound, 1), Ok(()));
+    assert!(b.ctl.sa(0xa001, Inbound, 1).is_err());
+    b.install(ab(Inbound, KEY_AB, Limits::default()));
     assert!(
         b.run(&first, false)
             .iter()
@@ -456,11 +549,16 @@ fn a_key_that_comes_back_continues_where_it_stopped() {
         "a returning inbound key accepted old packets again"
     );
     // A key once used in one direction never serves the other.
-    a.ok(update("out", "0xa001", key2, json!({})));
-    let r = a.req(json!({"op": "sa_add", "sa": {"tunnel": "to-b", "direction": "in", "spi": "0xb007", "key": KEY_AB}}));
-    let e = r["error"].as_str().unwrap_or_default();
-    assert!(
-        e.starts_with("key: was used by an outbound SA before"),
-        "{r}"
+    a.update(ab(Outbound, key2, Limits::default()));
+    let e = a
+        .ctl
+        .install_sa(&new_sa("to-b", Inbound, 0xb007, KEY_AB), 1)
+        .expect_err("refused");
+    assert_eq!(
+        e,
+        ControlError::KeyOtherDirection {
+            direction: Outbound
+        }
     );
+    assert_eq!(e.field(), "key");
 }

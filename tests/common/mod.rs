@@ -248,3 +248,58 @@ pub fn with_ecn(f: &[u8], ecn: u8) -> Vec<u8> {
     }
     f
 }
+
+// ---------- the typed control API ----------
+
+use espd::config::{NewAction, NewPolicy, NewSa, NewTunnel};
+use espd::sa::policy::PortRange;
+use espd::sa::{Direction, Endpoints, Limits, Mode, Selector};
+
+/// An SA for `Control::install_sa` and friends: `key` is hex key‖salt; no lifetime, no state,
+/// the config's backend and replay window (change fields with `NewSa { .., ..new_sa(..) }`).
+pub fn new_sa(tunnel: &str, direction: Direction, spi: u32, key: &str) -> NewSa {
+    NewSa {
+        tunnel: tunnel.to_string(),
+        direction,
+        spi,
+        keymat: hex(key).into(),
+        esn: false,
+        backend: None,
+        replay_window: None,
+        limits: Limits::default(),
+        state: None,
+    }
+}
+
+/// A tunnel-mode tunnel without UDP encapsulation, MTU 1500.
+pub fn new_tunnel(name: &str, local: &str, remote: &str) -> NewTunnel {
+    NewTunnel {
+        name: name.to_string(),
+        endpoints: Endpoints {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+        },
+        mode: Mode::Tunnel,
+        encap: None,
+        mtu: 1500,
+    }
+}
+
+/// A policy on prefixes (any protocol, any ports).
+pub fn new_policy(src: &str, dst: &str, action: NewAction) -> NewPolicy {
+    NewPolicy {
+        selector: Selector {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: None,
+            src_ports: PortRange::ANY,
+            dst_ports: PortRange::ANY,
+        },
+        action,
+    }
+}
+
+/// Protect into tunnel `name`.
+pub fn protect(name: &str) -> NewAction {
+    NewAction::Protect(name.to_string())
+}
