@@ -713,7 +713,16 @@ fn every_op_round_trips_with_the_documented_answer() {
         handle(&mut a.ctl, r#"{"op":"subscribe"}"#, S),
         Reply::Subscribe
     ));
+    // Without [[ike.peers]]: an empty list, and commands refused naming the field.
+    let r = rt(&mut a, json!({"op": "ike_list"}));
+    shape(&r, &["peers"]);
+    assert_eq!(r["peers"], json!([]));
     seen.insert("subscribe".into(), vec![]);
+    for op in ["ike_initiate", "ike_terminate"] {
+        let e = a.err(json!({"op": op, "tunnel": "to-b"}));
+        assert_eq!(e, "tunnel: no [[ike.peers]] are configured");
+        seen.insert(op.into(), vec![]);
+    }
 
     // The parser, PROTOCOL.md and this test agree on the ops.
     let accepted: BTreeSet<String> = {
