@@ -366,7 +366,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
             xdp_mode,
             pps,
-        } => espd::demo::run(&espd::demo::DemoOptions {
+        } => espd::rig::demo::run(&espd::rig::demo::DemoOptions {
             seconds,
             pps,
             xdp_mode: match xdp_mode {
@@ -455,7 +455,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             count,
             interval_ms,
         } => {
-            let mut k = espd::keyer::Keyer::connect(
+            let mut k = espd::rig::keyer::Keyer::connect(
                 &a,
                 &b,
                 &tunnel,
@@ -495,7 +495,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(bad) = sizes.iter().find(|s| **s != 0 && !(64..=1400).contains(*s)) {
                 anyhow::bail!("--sizes: {bad} is outside 64..=1400 (the rig's LAN MTU is 1400)");
             }
-            espd::bench::run(&espd::bench::BenchOptions {
+            espd::rig::bench::run(&espd::rig::bench::BenchOptions {
                 seconds,
                 sizes,
                 systems: systems.split(',').map(|s| s.trim().to_string()).collect(),
@@ -539,7 +539,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Traffic { op } => {
-            use espd::traffic;
+            use espd::rig::traffic;
             let json = match op {
                 TrafficOp::UdpSend {
                     dst,
