@@ -11,6 +11,8 @@
 //!   start-up steps), the control socket client, `espd check-config` / `espd pcap`.
 //! * [`rig`]: the test bench (veth rig, traffic tools, keyer, `espd demo`, `espd bench`). It
 //!   drives the product from outside; no product module imports from it (tests/layout.rs).
+//! * Each subcommand's arguments live with the module that runs it (`daemon::cli`, `ctl`,
+//!   `offline`, the rig's `cli`); `main.rs` only dispatches.
 //! * `unsafe` is denied everywhere except [`sys`] (epoch-protected pointers).
 #![deny(unsafe_code)]
 

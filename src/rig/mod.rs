@@ -1,6 +1,6 @@
 //! The test bench, apart from the product: the veth rig (this file), the processes on it
 //! ([`procs`]), traffic tools ([`traffic`]), the keyer that plays the IKE daemon ([`keyer`]),
-//! `espd demo` ([`demo`]) and `espd bench` ([`bench`]).
+//! `espd demo` ([`demo`]), `espd bench` ([`bench`]) and their command-line arguments ([`cli`]).
 //! It drives espd from outside (its binary, its control socket); no product module imports
 //! from here (tests/layout.rs checks).
 //!
@@ -21,6 +21,7 @@
 //! keys).
 
 pub mod bench;
+pub mod cli;
 pub mod demo;
 pub mod keyer;
 pub mod procs;

@@ -5,6 +5,8 @@
 //! Start-up errors are one line each and leave nothing attached (the programs are BPF links
 //! owned by this process; dropping them, or the process dying, detaches them).
 
+pub mod cli;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, UdpSocket};
 use std::path::Path;
