@@ -1,9 +1,11 @@
-//! `espd pcap`: the exact pipeline over a pcap file, for debugging and black-box tests.
+//! The offline subcommands, which touch no interface: `espd pcap` (the exact pipeline over a
+//! pcap file, for debugging and black-box tests) and `espd check-config`; their arguments
+//! ([`PcapArgs`], [`CheckConfigArgs`]) live here.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
@@ -12,7 +14,7 @@ use crate::config::Config;
 use crate::datapath::mem::Frame;
 use crate::datapath::{Action, CoreStats, DropReason, Pipeline};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Direction {
     Outbound,
     Inbound,
@@ -156,4 +158,48 @@ pub fn run_pcap(
         drops_by_reason: by_reason,
         events: ev,
     })
+}
+
+// The arguments of `espd check-config` (its help text is the subcommand's doc comment in main.rs).
+#[derive(clap::Args)]
+pub struct CheckConfigArgs {
+    pub file: PathBuf,
+}
+
+/// `espd check-config`: loads the config, builds its dataplane and prints a one-line summary.
+pub fn check_config(a: CheckConfigArgs) -> anyhow::Result<()> {
+    let file = a.file;
+    let c = Config::load(&file)?;
+    c.build_dataplane(crate::now_ns())?;
+    println!(
+        "{}: ok: {} worker(s), {} tunnel(s), {} polic(ies), {} static SA(s)",
+        file.display(),
+        c.workers,
+        c.tunnels.len(),
+        c.policies.len(),
+        c.sas.len()
+    );
+    Ok(())
+}
+
+// The arguments of `espd pcap` (its help text is the subcommand's doc comment in main.rs).
+#[derive(clap::Args)]
+pub struct PcapArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, value_enum)]
+    pub direction: Direction,
+    pub input: PathBuf,
+    pub output: PathBuf,
+    /// Static outbound SAs with no saved sequence state start at 1 (new keys only).
+    #[arg(long)]
+    pub fresh_keys: bool,
+}
+
+/// `espd pcap`: [`run_pcap`], then its summary as pretty JSON.
+pub fn pcap(a: PcapArgs) -> anyhow::Result<()> {
+    let c = Config::load(&a.config)?;
+    let summary = run_pcap(&c, a.direction, &a.input, &a.output, a.fresh_keys)?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
 }

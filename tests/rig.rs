@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use espd::demo::{Proc, capture_wan, count_wire, start_gateways};
+use espd::rig::procs::{Proc, capture_wan, count_wire, start_gateways};
 use espd::rig::{Rig, RigSpec};
 
 static ONE_RIG: Mutex<()> = Mutex::new(());
@@ -540,7 +540,7 @@ fn two_hundred_rekeys_under_load_lose_nothing() {
         .unwrap(),
     ];
     std::thread::sleep(Duration::from_millis(500));
-    let mut k = espd::keyer::Keyer::for_rig(&r.socket('a'), &r.socket('b')).unwrap();
+    let mut k = espd::rig::keyer::Keyer::for_rig(&r.socket('a'), &r.socket('b')).unwrap();
     let start = std::time::Instant::now();
     for _ in 0..200 {
         k.rekey().unwrap();
@@ -618,7 +618,7 @@ fn control_socket_events_and_metrics() {
         true
     );
     sub.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut k = espd::keyer::Keyer::for_rig(&r.socket('a'), &r.socket('b')).unwrap();
+    let mut k = espd::rig::keyer::Keyer::for_rig(&r.socket('a'), &r.socket('b')).unwrap();
     k.rekey().unwrap();
     let (ic, rc) = k.main_mode(1).unwrap();
     let (ic2, rc2) = k.main_mode(600).unwrap();

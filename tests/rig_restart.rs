@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use espd::demo::{Proc, capture_wan, start_gateways};
+use espd::rig::procs::{Proc, capture_wan, start_gateways};
 use espd::rig::{Rig, RigSpec};
 
 const EXE: &str = env!("CARGO_BIN_EXE_espd");

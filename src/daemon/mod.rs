@@ -1,29 +1,38 @@
 //! `espd run`: the gateway daemon. Starts the XDP programs and one worker per configured core,
-//! resolves next-hop MAC addresses from the kernel's neighbour table, prints statistics, and on
-//! SIGINT/SIGTERM stops the workers and detaches its programs.
+//! resolves next-hop MAC addresses from the kernel's neighbour table ([`l2`]), runs the control
+//! thread, prints statistics, and on SIGINT/SIGTERM stops the workers and detaches its programs.
+//! [`run`] reads as its steps: check the setup, attach XDP, build the dataplane, start the
+//! workers, start control (socket) and metrics, wait, tear down. Its arguments: [`cli`].
 //!
 //! Start-up errors are one line each and leave nothing attached (the programs are BPF links
 //! owned by this process; dropping them, or the process dying, detaches them).
 
+pub mod cli;
+pub mod l2;
+
 use std::collections::BTreeMap;
-use std::net::{IpAddr, UdpSocket};
+use std::net::IpAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use serde::Serialize;
 
 use crate::config::{Config, XdpMode};
+use crate::control::Control;
 use crate::control::api::ApiMsg;
 use crate::control::metrics::MetricsSource;
-use crate::datapath::worker::{self, L2State, Ready, WorkerSpec, pack_mac};
+use crate::control::seqstate::SeqStore;
+use crate::datapath::worker::{self, Ready, WorkerSpec};
 use crate::datapath::xdp::{XdpProgram, XdpStats};
 use crate::datapath::xsk::{Copy, XskError};
-use crate::datapath::{CoreStats, DropReason, SaEvent};
-use crate::wire::ethernet::Mac;
+use crate::datapath::{CoreStats, Dataplane, DropReason, SaEvent};
+
+use l2::L2;
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -102,19 +111,6 @@ pub struct Summary {
     pub xdp_cipher: XdpStats,
 }
 
-fn read_mac(iface: &str) -> Option<Mac> {
-    let s = std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).ok()?;
-    let mut m = [0u8; 6];
-    let parts: Vec<&str> = s.trim().split(':').collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    for (i, p) in parts.iter().enumerate() {
-        m[i] = u8::from_str_radix(p, 16).ok()?;
-    }
-    Some(m)
-}
-
 fn rx_queues(iface: &str) -> u32 {
     std::fs::read_dir(format!("/sys/class/net/{iface}/queues"))
         .map(|d| {
@@ -123,75 +119,6 @@ fn rx_queues(iface: &str) -> u32 {
                 .count() as u32
         })
         .unwrap_or(0)
-}
-
-/// The MAC of `ip` on `iface` from the kernel's neighbour table (`ip -j neigh`).
-fn neighbour(iface: &str, ip: IpAddr) -> Option<Mac> {
-    let out = Command::new("ip")
-        .args(["-j", "neigh", "show", "to"])
-        .arg(ip.to_string())
-        .args(["dev", iface])
-        .output()
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    for e in v.as_array()? {
-        let states: Vec<&str> = e["state"]
-            .as_array()
-            .map(|s| s.iter().filter_map(|x| x.as_str()).collect())
-            .unwrap_or_default();
-        if states.iter().any(|s| matches!(*s, "FAILED" | "INCOMPLETE")) {
-            continue;
-        }
-        if let Some(ll) = e["lladdr"].as_str() {
-            let mut m = [0u8; 6];
-            let parts: Vec<&str> = ll.split(':').collect();
-            if parts.len() == 6
-                && parts
-                    .iter()
-                    .enumerate()
-                    .all(|(i, p)| u8::from_str_radix(p, 16).map(|b| m[i] = b).is_ok())
-            {
-                return Some(m);
-            }
-        }
-    }
-    None
-}
-
-/// Makes the kernel resolve `ip`: a one-byte datagram to the discard port.
-fn provoke(ip: IpAddr) {
-    let bind = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    if let Ok(s) = UdpSocket::bind(bind) {
-        let _ = s.send_to(&[0], (ip, 9));
-    }
-}
-
-struct Neighbours {
-    plain: (String, Option<IpAddr>, Option<Mac>),
-    cipher: (String, Option<IpAddr>, Option<Mac>),
-}
-
-impl Neighbours {
-    /// Refreshes next-hop MACs into `l2`; returns true when both are known.
-    fn refresh(&self, l2: &L2State) -> bool {
-        let mut known = true;
-        for ((iface, ip, fixed), slot) in [
-            (&self.plain, &l2.plain_next_hop),
-            (&self.cipher, &l2.cipher_next_hop),
-        ] {
-            let mac = fixed.or_else(|| ip.and_then(|ip| neighbour(iface, ip)));
-            match mac {
-                Some(m) => slot.store(pack_mac(&m), Ordering::Release),
-                None => {
-                    known = false;
-                    if let Some(ip) = ip {
-                        provoke(*ip);
-                    }
-                }
-            }
-        }
-        known
-    }
 }
 
 fn check_setup(cfg: &Config) -> Result<(), DaemonError> {
@@ -222,6 +149,40 @@ fn check_setup(cfg: &Config) -> Result<(), DaemonError> {
 /// Runs the gateway until SIGINT/SIGTERM (or `opts.duration`).
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     check_setup(cfg)?;
+    let mut xdp = attach_xdp(cfg, opts)?;
+    let (dp, seqs) = build_dataplane(cfg, opts)?;
+    let shared = Shared::new(cfg, dp);
+    let workers = start_workers(cfg, opts, &shared, &mut xdp)?;
+
+    // The control thread is this one: it owns `control` and runs it in `wait`.
+    let mut control = crate::control::Control::new(cfg, shared.dp.clone());
+    let mut threads = Vec::new();
+    threads.extend(start_seq_saver(seqs, &shared));
+    let (api_rx, socket) = start_control_socket(cfg, &shared)?;
+    threads.extend(socket);
+    threads.extend(start_metrics(cfg, &control, &shared)?);
+
+    let running = Running {
+        xdp,
+        shared,
+        workers,
+        threads,
+        start: Instant::now(),
+    };
+    wait(&mut control, &api_rx, &running, opts);
+    Ok(tear_down(control, running, cfg, opts))
+}
+
+/// The XDP programs on both interfaces (BPF links: dropping them detaches them).
+struct Xdp {
+    plain: XdpProgram,
+    cipher: XdpProgram,
+    native: bool,
+}
+
+/// Attaches the XDP programs (native unless the config or `--xdp-mode` says generic); they
+/// pass everything to the kernel until the workers' sockets are registered.
+fn attach_xdp(cfg: &Config, opts: &RunOptions) -> Result<Xdp, DaemonError> {
     let native = opts.xdp_mode.unwrap_or(cfg.xdp_mode) == XdpMode::Native;
     let local: Vec<IpAddr> = cfg
         .plain
@@ -230,45 +191,73 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         .chain(&cfg.cipher.addresses)
         .copied()
         .collect();
-    let mut xdp_plain = XdpProgram::attach(&cfg.plain.name, false, native, &local)?;
-    let mut xdp_cipher = XdpProgram::attach(&cfg.cipher.name, true, native, &local)?;
+    let plain = XdpProgram::attach(&cfg.plain.name, false, native, &local)?;
+    let cipher = XdpProgram::attach(&cfg.cipher.name, true, native, &local)?;
+    Ok(Xdp {
+        plain,
+        cipher,
+        native,
+    })
+}
 
+/// The SA table, SPD and tunnels from the config, and the sequence state of its static
+/// outbound SAs.
+fn build_dataplane(
+    cfg: &Config,
+    opts: &RunOptions,
+) -> Result<(Arc<Dataplane>, SeqStore), DaemonError> {
     let dp = Arc::new(
         cfg.build_dataplane(crate::now_ns())
             .map_err(|e| DaemonError::NoInterface(e.to_string()))?,
     );
     // Static outbound SAs resume after their saved sequence numbers before any worker runs.
-    let seqs =
-        crate::control::seqstate::SeqStore::open(&cfg.state_file, cfg, &dp, opts.fresh_keys)?;
-    let stats: Arc<[CoreStats]> = (0..cfg.workers).map(|_| CoreStats::default()).collect();
-    let events: Arc<ArrayQueue<SaEvent>> = Arc::new(ArrayQueue::new(4096));
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let _ = signal_hook::flag::register(sig, stop.clone());
-    }
-    let l2 = Arc::new(L2State::default());
-    let own =
-        |i: &crate::config::Interface| i.mac.or_else(|| read_mac(&i.name)).unwrap_or_default();
-    l2.plain_mac
-        .store(pack_mac(&own(&cfg.plain)), Ordering::Release);
-    l2.cipher_mac
-        .store(pack_mac(&own(&cfg.cipher)), Ordering::Release);
-    let neigh = Neighbours {
-        plain: (
-            cfg.plain.name.clone(),
-            cfg.plain.next_hop,
-            cfg.plain.next_hop_mac,
-        ),
-        cipher: (
-            cfg.cipher.name.clone(),
-            cfg.cipher
-                .next_hop
-                .or_else(|| cfg.tunnels.first().map(|t| t.endpoints.remote)),
-            cfg.cipher.next_hop_mac,
-        ),
-    };
-    neigh.refresh(&l2);
+    let seqs = SeqStore::open(&cfg.state_file, cfg, &dp, opts.fresh_keys)?;
+    Ok((dp, seqs))
+}
 
+/// What the workers, the control thread and the metrics share.
+struct Shared {
+    dp: Arc<Dataplane>,
+    stats: Arc<[CoreStats]>,
+    events: Arc<ArrayQueue<SaEvent>>,
+    /// Set by SIGINT/SIGTERM, or by the daemon when it stops.
+    stop: Arc<AtomicBool>,
+    l2: L2,
+}
+
+impl Shared {
+    fn new(cfg: &Config, dp: Arc<Dataplane>) -> Shared {
+        let stats: Arc<[CoreStats]> = (0..cfg.workers).map(|_| CoreStats::default()).collect();
+        let events: Arc<ArrayQueue<SaEvent>> = Arc::new(ArrayQueue::new(4096));
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let _ = signal_hook::flag::register(sig, stop.clone());
+        }
+        Shared {
+            dp,
+            stats,
+            events,
+            stop,
+            l2: L2::resolve(cfg),
+        }
+    }
+}
+
+/// The worker threads, running and registered in both XSKMAPs.
+struct Workers {
+    handles: Vec<JoinHandle<()>>,
+    /// Every socket got zero-copy mode.
+    zero_copy: bool,
+}
+
+/// Starts one worker per configured core and registers its sockets with both XDP programs
+/// once it reports ready. On any failure the workers started so far are stopped and joined.
+fn start_workers(
+    cfg: &Config,
+    opts: &RunOptions,
+    shared: &Shared,
+    xdp: &mut Xdp,
+) -> Result<Workers, DaemonError> {
     let (tx, rx) = std::sync::mpsc::channel::<Result<Ready, (usize, XskError)>>();
     let mut handles = Vec::new();
     for w in 0..cfg.workers {
@@ -281,12 +270,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             cipher_queue: cfg.cipher.queues[w],
             copy: opts.copy,
             null_crypto: opts.null_crypto,
-            dp: dp.clone(),
-            stats: stats.clone(),
-            events: events.clone(),
+            dp: shared.dp.clone(),
+            stats: shared.stats.clone(),
+            events: shared.events.clone(),
             pcfg: cfg.pipeline_config(),
-            l2: l2.clone(),
-            stop: stop.clone(),
+            l2: shared.l2.state.clone(),
+            stop: shared.stop.clone(),
         };
         let tx = tx.clone();
         handles.push(
@@ -307,9 +296,13 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
                 // Duplicates of the worker's sockets: valid whatever the worker does meanwhile;
                 // closed here once the XSKMAP holds the sockets.
                 use std::os::fd::AsFd;
-                let res = xdp_plain
+                let res = xdp
+                    .plain
                     .register(cfg.plain.queues[w], r.plain_fd.as_fd())
-                    .and_then(|_| xdp_cipher.register(cfg.cipher.queues[w], r.cipher_fd.as_fd()));
+                    .and_then(|_| {
+                        xdp.cipher
+                            .register(cfg.cipher.queues[w], r.cipher_fd.as_fd())
+                    });
                 if let Err(e) = res {
                     failure = Some(DaemonError::from(e));
                 }
@@ -322,7 +315,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         }
     }
     if let Some(e) = failure {
-        stop.store(true, Ordering::Release);
+        shared.stop.store(true, Ordering::Release);
         for h in handles {
             let _ = h.join();
         }
@@ -331,39 +324,72 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     tracing::info!(
         workers = cfg.workers,
         zero_copy,
-        xdp = if native { "native" } else { "generic" },
+        xdp = if xdp.native { "native" } else { "generic" },
         "espd running on {} (plain) and {} (cipher)",
         cfg.plain.name,
         cfg.cipher.name
     );
+    Ok(Workers { handles, zero_copy })
+}
 
-    let mut control = crate::control::Control::new(cfg, dp.clone());
+/// The thread that keeps the static outbound SAs' saved sequence marks ahead of the workers
+/// (none when there are no such SAs).
+fn start_seq_saver(seqs: SeqStore, shared: &Shared) -> Option<JoinHandle<()>> {
+    (!seqs.is_empty()).then(|| spawn_seq_saver(seqs, shared.stop.clone()))
+}
+
+/// The control socket (when configured): its thread, and the channel on which it hands
+/// requests to the control thread.
+fn start_control_socket(
+    cfg: &Config,
+    shared: &Shared,
+) -> Result<(Receiver<ApiMsg>, Option<JoinHandle<()>>), DaemonError> {
     let (api_tx, api_rx) = std::sync::mpsc::channel::<ApiMsg>();
-    let mut threads = Vec::new();
-    if !seqs.is_empty() {
-        threads.push(spawn_seq_saver(seqs, stop.clone()));
-    }
+    let mut socket = None;
     if let Some(path) = &cfg.control.socket {
-        threads.push(
-            crate::control::api::serve(path, api_tx.clone(), stop.clone())
+        socket = Some(
+            crate::control::api::serve(path, api_tx.clone(), shared.stop.clone())
                 .map_err(|e| DaemonError::Socket(path.display().to_string(), e))?,
         );
     }
     drop(api_tx);
-    if let Some(addr) = cfg.control.metrics {
-        let src = MetricsSource {
-            stats: stats.clone(),
-            dp: dp.clone(),
-            counters: control.counters.clone(),
-            sa_limit: cfg.control.metrics_sa_limit,
-        };
-        threads.push(
-            crate::control::metrics::serve(addr, src, stop.clone())
-                .map_err(|e| DaemonError::Socket(addr.to_string(), e))?,
-        );
-    }
+    Ok((api_rx, socket))
+}
 
-    let start = Instant::now();
+/// The Prometheus endpoint (when configured).
+fn start_metrics(
+    cfg: &Config,
+    control: &Control,
+    shared: &Shared,
+) -> Result<Option<JoinHandle<()>>, DaemonError> {
+    let Some(addr) = cfg.control.metrics else {
+        return Ok(None);
+    };
+    let src = MetricsSource {
+        stats: shared.stats.clone(),
+        dp: shared.dp.clone(),
+        counters: control.counters.clone(),
+        sa_limit: cfg.control.metrics_sa_limit,
+    };
+    crate::control::metrics::serve(addr, src, shared.stop.clone())
+        .map(Some)
+        .map_err(|e| DaemonError::Socket(addr.to_string(), e))
+}
+
+/// Everything [`run`] started, for [`wait`] and [`tear_down`].
+struct Running {
+    xdp: Xdp,
+    shared: Shared,
+    workers: Workers,
+    /// Sequence saver, control socket, metrics.
+    threads: Vec<JoinHandle<()>>,
+    start: Instant,
+}
+
+/// The control thread's loop until SIGINT/SIGTERM or `opts.duration`: control requests,
+/// control ticks every 20 ms, next-hop refreshes, the `--stats` line every second.
+fn wait(control: &mut Control, api_rx: &Receiver<ApiMsg>, r: &Running, opts: &RunOptions) {
+    let (stats, events, stop, start) = (&r.shared.stats, &r.shared.events, &r.shared.stop, r.start);
     let mut last_print = Instant::now();
     let mut last_neigh = Instant::now();
     let mut last_tick = Instant::now();
@@ -371,10 +397,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     let mut prev = (0u64, 0u64, 0u64);
     while !stop.load(Ordering::Acquire) {
         if let Ok(msg) = api_rx.recv_timeout(Duration::from_millis(20)) {
-            crate::control::api::deliver(&mut control, msg, crate::now_ns());
+            crate::control::api::deliver(control, msg, crate::now_ns());
         }
         if last_tick.elapsed() >= Duration::from_millis(20) {
-            control.tick(crate::now_ns(), &events);
+            control.tick(crate::now_ns(), events);
             last_tick = Instant::now();
         }
         let every = if known {
@@ -383,11 +409,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             Duration::from_millis(200)
         };
         if last_neigh.elapsed() >= every {
-            known = neigh.refresh(&l2);
+            known = r.shared.l2.refresh();
             last_neigh = Instant::now();
         }
         if opts.stats && last_print.elapsed() >= Duration::from_secs(1) {
-            let (rx_p, tx_p, drops) = totals(&stats);
+            let (rx_p, tx_p, drops) = totals(stats);
             let dt = last_print.elapsed().as_secs_f64();
             println!(
                 "{{\"t\":{:.1},\"rx_pps\":{:.0},\"tx_pps\":{:.0},\"drops_per_s\":{:.0},\"rx\":{rx_p},\"tx\":{tx_p},\"drops\":{drops}}}",
@@ -403,7 +429,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             break;
         }
     }
-    control.tick(crate::now_ns(), &events);
+}
+
+/// A last control tick, then stops and joins every thread, detaches the XDP programs and
+/// sums up the run.
+fn tear_down(mut control: Control, r: Running, cfg: &Config, opts: &RunOptions) -> Summary {
+    control.tick(crate::now_ns(), &r.shared.events);
     let cc = control
         .counters
         .lock()
@@ -419,8 +450,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             .copied()
             .unwrap_or(0),
     );
-    stop.store(true, Ordering::Release);
-    for h in handles.into_iter().chain(threads) {
+    r.shared.stop.store(true, Ordering::Release);
+    for h in r.workers.handles.into_iter().chain(r.threads) {
         let _ = h.join();
     }
     let mut s = Summary {
@@ -431,48 +462,52 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
             .map(|(k, v)| (k.to_string(), *v))
             .collect(),
         workers: cfg.workers,
-        zero_copy,
+        zero_copy: r.workers.zero_copy,
         null_crypto: opts.null_crypto,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: r.start.elapsed().as_secs_f64(),
         soft_events: soft,
         hard_events: hard,
-        xdp_plain: xdp_plain.stats(),
-        xdp_cipher: xdp_cipher.stats(),
+        xdp_plain: r.xdp.plain.stats(),
+        xdp_cipher: r.xdp.cipher.stats(),
         ..Default::default()
     };
-    for c in stats.iter() {
-        s.rx_packets += c.rx_packets.get();
-        s.rx_bytes += c.rx_bytes.get();
-        s.tx_packets += c.tx_packets.get();
-        s.tx_bytes += c.tx_bytes.get();
-        s.punted += c.punted.get();
-        s.bypassed += c.bypassed.get();
-        s.prefragmented += c.prefragmented.get();
-        s.icmp_sent += c.icmp_sent.get();
-        s.tx_ring_full += c.tx_ring_full.get();
-        s.kernel_rx_dropped += c.kernel_rx_dropped.get();
-        s.events_dropped += c.events_dropped.get();
-        for r in DropReason::ALL {
-            let n = c.drops_of(r);
-            if n > 0 {
-                *s.drops_by_reason.entry(r.name()).or_insert(0) += n;
-                *s.drops_by_code
-                    .entry(r.code().code.to_string())
-                    .or_insert(0) += n;
+    s.add_cores(&r.shared.stats);
+    drop(r.xdp);
+    s
+}
+
+impl Summary {
+    /// Adds the workers' counters.
+    fn add_cores(&mut self, stats: &[CoreStats]) {
+        let s = self;
+        for c in stats.iter() {
+            s.rx_packets += c.rx_packets.get();
+            s.rx_bytes += c.rx_bytes.get();
+            s.tx_packets += c.tx_packets.get();
+            s.tx_bytes += c.tx_bytes.get();
+            s.punted += c.punted.get();
+            s.bypassed += c.bypassed.get();
+            s.prefragmented += c.prefragmented.get();
+            s.icmp_sent += c.icmp_sent.get();
+            s.tx_ring_full += c.tx_ring_full.get();
+            s.kernel_rx_dropped += c.kernel_rx_dropped.get();
+            s.events_dropped += c.events_dropped.get();
+            for r in DropReason::ALL {
+                let n = c.drops_of(r);
+                if n > 0 {
+                    *s.drops_by_reason.entry(r.name()).or_insert(0) += n;
+                    *s.drops_by_code
+                        .entry(r.code().code.to_string())
+                        .or_insert(0) += n;
+                }
             }
         }
     }
-    drop(xdp_plain);
-    drop(xdp_cipher);
-    Ok(s)
 }
 
 /// Extends the saved sequence marks of static outbound SAs every 20 ms, on a thread of its
 /// own so that a slow control request cannot hold the workers at their caps.
-fn spawn_seq_saver(
-    mut seqs: crate::control::seqstate::SeqStore,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<()> {
+fn spawn_seq_saver(mut seqs: SeqStore, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("espd-seq".into())
         .spawn(move || {

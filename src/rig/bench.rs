@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::demo::{Proc, start_gateways};
-use crate::rig::{Rig, RigSpec, ns};
+use super::procs::{Proc, start_gateways};
+use super::{Rig, RigSpec, ns};
 
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -360,7 +360,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let (a, b, st, every) = (rig.socket('a'), rig.socket('b'), stop.clone(), o.rekey_ms);
             let keyer = std::thread::spawn(move || -> anyhow::Result<u64> {
-                let mut k = crate::keyer::Keyer::for_rig(&a, &b)?;
+                let mut k = super::keyer::Keyer::for_rig(&a, &b)?;
                 while !st.load(std::sync::atomic::Ordering::Acquire) {
                     k.rekey()?;
                     std::thread::sleep(Duration::from_millis(every));

@@ -62,13 +62,7 @@ impl Keyer {
     /// Connects to the rig's two gateways (control sockets `a` and `b`), whose tunnel `peer`
     /// starts with the SAs of the generated configs.
     pub fn for_rig(a: &Path, b: &Path) -> anyhow::Result<Keyer> {
-        Self::connect(
-            a,
-            b,
-            "peer",
-            Some(crate::rig::SPI_BA),
-            Some(crate::rig::SPI_AB),
-        )
+        Self::connect(a, b, "peer", Some(super::SPI_BA), Some(super::SPI_AB))
     }
 
     /// One make-before-break rekey of both directions. Returns the new (A→B, B→A) SPIs.

@@ -1,3 +1,9 @@
+//! The test bench, apart from the product: the veth rig (this file), the processes on it
+//! ([`procs`]), traffic tools ([`traffic`]), the keyer that plays the IKE daemon ([`keyer`]),
+//! `espd demo` ([`demo`]), `espd bench` ([`bench`]) and their command-line arguments ([`cli`]).
+//! It drives espd from outside (its binary, its control socket); no product module imports
+//! from here (tests/layout.rs checks).
+//!
 //! The veth test rig: five network namespaces on one machine.
 //!
 //! ```text
@@ -13,6 +19,13 @@
 //! dropping the [`Rig`] (or `espd rig down`) deletes the namespaces, which removes the veths and
 //! any XDP program on them, also after a crash, and the generated gateway configs (they hold
 //! keys).
+
+pub mod bench;
+pub mod cli;
+pub mod demo;
+pub mod keyer;
+pub mod procs;
+pub mod traffic;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
