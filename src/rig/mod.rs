@@ -23,6 +23,7 @@
 pub mod bench;
 pub mod cli;
 pub mod demo;
+pub mod ike;
 pub mod keyer;
 pub mod procs;
 pub mod traffic;
@@ -84,6 +85,8 @@ pub struct RigSpec {
     pub dir: PathBuf,
     /// MTU of the LAN links (the tunnel carries 1500-byte outer packets).
     pub lan_mtu: u32,
+    /// Keys from the built-in IKE instead of static SAs (see `ike.rs`).
+    pub ike: Option<ike::IkeRig>,
 }
 
 impl Default for RigSpec {
@@ -93,6 +96,7 @@ impl Default for RigSpec {
             xdp_mode: "native",
             dir: PathBuf::from(DEFAULT_DIR),
             lan_mtu: 1400,
+            ike: None,
         }
     }
 }
@@ -111,7 +115,7 @@ pub struct Rig {
 pub const SPI_AB: u32 = 0x0000_a001;
 pub const SPI_BA: u32 = 0x0000_b001;
 
-fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     aws_lc_rs::rand::fill(&mut b).expect("system randomness");
     b.iter().fold(String::new(), |mut s, x| {
@@ -310,36 +314,43 @@ queues = [{queues}]
 name = "peer"
 local = "{wan}"
 remote = "{peer}"
-
+{encap}
 [[policies]]
 src = "{lan_net}"
 dst = "{other_net}"
 action = "protect"
 tunnel = "peer"
 
-[[policies]]
-src = "{lan_net6}"
-dst = "{other_net6}"
-action = "protect"
-tunnel = "peer"
-
-[[sas]]
-tunnel = "peer"
-direction = "out"
-spi = {out_spi:#x}
-key = "{out_key}"
-
-[[sas]]
-tunnel = "peer"
-direction = "in"
-spi = {in_spi:#x}
-key = "{in_key}"
-
+{v6_policy}{keys}
 [control]
 socket = "{socket}"
 metrics = "127.0.0.1:9477"
 rekey_grace_ms = 1000
 "#,
+            v6_policy = if self
+                .spec
+                .ike
+                .as_ref()
+                .is_some_and(|i| i.peer == ike::Peer::StrongSwan)
+            {
+                // strongSwan's IKEv1 negotiates one pair of proxy IDs per child: IPv4 only.
+                String::new()
+            } else {
+                format!(
+                    "[[policies]]\nsrc = \"{lan_net6}\"\ndst = \"{other_net6}\"\naction = \"protect\"\ntunnel = \"peer\"\n"
+                )
+            },
+            keys = match &self.spec.ike {
+                None => format!(
+                    "\n[[sas]]\ntunnel = \"peer\"\ndirection = \"out\"\nspi = {out_spi:#x}\nkey = \"{out_key}\"\n\n[[sas]]\ntunnel = \"peer\"\ndirection = \"in\"\nspi = {in_spi:#x}\nkey = \"{in_key}\"\n"
+                ),
+                Some(i) => i.peer_config(me),
+            },
+            encap = if self.spec.ike.as_ref().is_some_and(|i| i.udp_encap()) {
+                "encap = \"udp\"\n"
+            } else {
+                ""
+            },
             socket = self.socket(me).display(),
             cores = cores.join(", "),
             queues = queues.join(", "),
@@ -352,7 +363,20 @@ rekey_grace_ms = 1000
         std::fs::create_dir_all(&self.spec.dir)
             .map_err(|e| RigError::Io(self.spec.dir.clone(), e))?;
         let _ = std::fs::set_permissions(&self.spec.dir, std::fs::Permissions::from_mode(0o700));
+        if let Some(i) = &self.spec.ike {
+            i.write_files(&self.spec.dir)
+                .map_err(|e| RigError::Io(self.spec.dir.clone(), e))?;
+        }
         for (p, me) in [(&self.gw_a, 'a'), (&self.gw_b, 'b')] {
+            if me == 'b'
+                && self
+                    .spec
+                    .ike
+                    .as_ref()
+                    .is_some_and(|i| i.peer == ike::Peer::StrongSwan)
+            {
+                continue;
+            }
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -412,7 +436,7 @@ pub fn teardown(dir: &Path) {
 /// the operator's choice.
 pub fn remove_configs(dir: &Path) {
     for gw in ["gw-a", "gw-b"] {
-        for ext in ["toml", "toml.seq", "toml.seq.lock", "sock"] {
+        for ext in ["toml", "toml.seq", "toml.seq.lock", "sock", "psk"] {
             let _ = std::fs::remove_file(dir.join(format!("{gw}.{ext}")));
         }
         // A temporary state file left by a crash mid-write: `gw-a.toml.seq.tmpPID`.
@@ -430,6 +454,7 @@ pub fn remove_configs(dir: &Path) {
             }
         }
     }
+    ike::remove_files(dir);
     let _ = std::fs::remove_dir(dir);
 }
 
