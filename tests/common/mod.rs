@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: packet builders and an in-memory gateway.
 #![allow(dead_code)]
 
+pub mod rig;
 pub mod vectors;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
