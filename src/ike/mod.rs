@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod crypto;
+pub mod engine;
 pub mod types;
 pub mod wire;
