@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,9 @@ pub enum DaemonError {
     WorkerLost(usize),
     #[error(transparent)]
     SeqState(#[from] crate::control::seqstate::SeqStateError),
+    /// The built-in IKE could not start (e.g. a port already bound).
+    #[error("{0}")]
+    Ike(String),
 }
 
 /// What `espd run` prints (as JSON) when it stops.
@@ -158,9 +161,24 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     let mut control = crate::control::Control::new(cfg, shared.dp.clone());
     let mut threads = Vec::new();
     threads.extend(start_seq_saver(seqs, &shared));
-    let (api_rx, socket) = start_control_socket(cfg, &shared)?;
-    threads.extend(socket);
-    threads.extend(start_metrics(cfg, &control, &shared)?);
+    let services = (|| {
+        let (api_tx, api_rx, socket) = start_control_socket(cfg, &shared)?;
+        threads.extend(socket);
+        threads.extend(start_metrics(cfg, &control, &shared)?);
+        let ike = start_ike(cfg, &mut control, api_tx, &shared)?;
+        Ok((api_rx, ike))
+    })();
+    let (api_rx, ike) = match services {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing half-started stays behind: stop and join what runs already.
+            shared.stop.store(true, Ordering::Release);
+            for h in workers.handles.into_iter().chain(threads) {
+                let _ = h.join();
+            }
+            return Err(e);
+        }
+    };
 
     let running = Running {
         xdp,
@@ -170,6 +188,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         start: Instant::now(),
     };
     wait(&mut control, &api_rx, &running, opts);
+    stop_ike(ike, &mut control, &api_rx, &running);
     Ok(tear_down(control, running, cfg, opts))
 }
 
@@ -340,10 +359,11 @@ fn start_seq_saver(seqs: SeqStore, shared: &Shared) -> Option<JoinHandle<()>> {
 
 /// The control socket (when configured): its thread, and the channel on which it hands
 /// requests to the control thread.
+#[allow(clippy::type_complexity)]
 fn start_control_socket(
     cfg: &Config,
     shared: &Shared,
-) -> Result<(Receiver<ApiMsg>, Option<JoinHandle<()>>), DaemonError> {
+) -> Result<(Sender<ApiMsg>, Receiver<ApiMsg>, Option<JoinHandle<()>>), DaemonError> {
     let (api_tx, api_rx) = std::sync::mpsc::channel::<ApiMsg>();
     let mut socket = None;
     if let Some(path) = &cfg.control.socket {
@@ -352,8 +372,51 @@ fn start_control_socket(
                 .map_err(|e| DaemonError::Socket(path.display().to_string(), e))?,
         );
     }
-    drop(api_tx);
-    Ok((api_rx, socket))
+    Ok((api_tx, api_rx, socket))
+}
+
+/// The built-in IKE (when `[[ike.peers]]` are configured): its sockets and thread, which reach
+/// the control thread through `api_tx` like the control socket does.
+fn start_ike(
+    cfg: &Config,
+    control: &mut Control,
+    api_tx: Sender<ApiMsg>,
+    shared: &Shared,
+) -> Result<Option<crate::ike::driver::IkeThread>, DaemonError> {
+    if cfg.ike.is_empty() {
+        return Ok(None);
+    }
+    crate::ike::driver::start(
+        cfg.ike.clone(),
+        control,
+        crate::control::ControlHandle::new(api_tx),
+        shared.stop.clone(),
+    )
+    .map(Some)
+    .map_err(DaemonError::Ike)
+}
+
+/// After `stop`: the IKE thread sends its DELETEs and removes its SAs through the control
+/// thread, so the control thread keeps serving until it is done (at most 3 s).
+fn stop_ike(
+    ike: Option<crate::ike::driver::IkeThread>,
+    control: &mut Control,
+    api_rx: &Receiver<ApiMsg>,
+    r: &Running,
+) {
+    let Some(ike) = ike else {
+        return;
+    };
+    r.shared.stop.store(true, Ordering::Release);
+    let t = Instant::now();
+    while !ike.is_finished() && t.elapsed() < Duration::from_secs(3) {
+        if let Ok(msg) = api_rx.recv_timeout(Duration::from_millis(20)) {
+            crate::control::api::deliver(control, msg, crate::now_ns());
+        }
+    }
+    if ike.is_finished() {
+        ike.join();
+    }
 }
 
 /// The Prometheus endpoint (when configured).

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod crypto;
+pub mod driver;
 pub mod engine;
 pub mod types;
 pub mod wire;

@@ -1,0 +1,562 @@
+//! The IKE thread: owns the UDP sockets (500 and 4500 on each local address of a peer), feeds
+//! the sans-I/O [`Engine`] datagrams, time, operator commands and the control thread's events
+//! (soft/hard expiry, main-mode lifetime), and carries out its [`Action`]s through the control
+//! thread's typed API ([`ControlHandle`]): every SA it negotiates takes the same path as one
+//! from the control socket (key checks, timers, events, make-before-break).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::config::IkePeer;
+use super::engine::Engine;
+use super::types::{Action, Command, Env, IkeLink, MmEnd, NewChild, PeerStatus};
+use crate::config::NewSa;
+use crate::control::events::{Event, MmCause, ike_failed, spi_str};
+use crate::control::types::{Child, MainMode, Rekey};
+use crate::control::{Control, ControlHandle};
+use crate::sa::Direction;
+
+/// Largest datagram read (IKEv1 messages here stay far below).
+const MAX_DATAGRAM: usize = 65_535;
+
+enum Input {
+    Datagram {
+        local: SocketAddr,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+    Command(Command),
+    Event(Event),
+}
+
+/// A running IKE thread (and its socket readers).
+pub struct IkeThread {
+    pub link: IkeLink,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl IkeThread {
+    /// Whether every thread has ended (after `stop`: the last DELETEs are out).
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Waits for the threads (after `stop` was set).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds the sockets and starts the IKE thread, registered with `ctl` (its typed event
+/// watcher and the `ike_*` requests); later calls go through `control`. Errors name the
+/// address that cannot be bound.
+pub fn start(
+    peers: Vec<IkePeer>,
+    ctl: &mut Control,
+    control: ControlHandle,
+    stop: Arc<AtomicBool>,
+) -> Result<IkeThread, String> {
+    let (tx, rx) = mpsc::sync_channel::<Input>(4096);
+    let locals: BTreeSet<IpAddr> = peers.iter().map(|p| p.local).collect();
+    let mut sockets = HashMap::new();
+    let mut threads = Vec::new();
+    for ip in locals {
+        for port in [500u16, 4500] {
+            let addr = SocketAddr::new(ip, port);
+            let s = UdpSocket::bind(addr).map_err(|e| format!("ike: cannot bind {addr}: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .map_err(|e| format!("ike: {addr}: {e}"))?;
+            let r = s.try_clone().map_err(|e| format!("ike: {addr}: {e}"))?;
+            sockets.insert(addr, s);
+            let (tx, stop) = (tx.clone(), stop.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("espd-ike-{port}"))
+                    .spawn(move || read_loop(r, addr, tx, stop))
+                    .map_err(|e| format!("ike: thread: {e}"))?,
+            );
+        }
+    }
+    // The control thread's events (expiry, main-mode lifetime) reach the engine through the
+    // same input queue.
+    let (etx, erx) = mpsc::sync_channel::<Event>(4096);
+    ctl.watch(etx);
+    {
+        let (tx, stop) = (tx.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("espd-ike-events".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        match erx.recv_timeout(Duration::from_millis(200)) {
+                            Ok(e) if relevant(&e) => {
+                                let _ = tx.send(Input::Event(e));
+                            }
+                            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                })
+                .map_err(|e| format!("ike: thread: {e}"))?,
+        );
+    }
+    let (ctx, crx) = mpsc::channel::<Command>();
+    {
+        let (tx, stop) = (tx.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("espd-ike-cmd".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        match crx.recv_timeout(Duration::from_millis(200)) {
+                            Ok(c) => {
+                                let _ = tx.send(Input::Command(c));
+                            }
+                            Err(mpsc::RecvTimeoutError::Timeout) => {}
+                            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                })
+                .map_err(|e| format!("ike: thread: {e}"))?,
+        );
+    }
+    let status = Arc::new(Mutex::new(Vec::new()));
+    let link = IkeLink {
+        commands: ctx,
+        status: status.clone(),
+        peers: peers.iter().map(|p| p.tunnel.clone()).collect(),
+    };
+    ctl.attach_ike(link.clone());
+    let mut d = Driver {
+        engine: Engine::new(peers.clone()),
+        peers,
+        sockets,
+        control,
+        status,
+        children: HashMap::new(),
+    };
+    threads.push(
+        std::thread::Builder::new()
+            .name("espd-ike".into())
+            .spawn(move || d.run(rx, stop))
+            .map_err(|e| format!("ike: thread: {e}"))?,
+    );
+    Ok(IkeThread { link, threads })
+}
+
+fn relevant(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::SaSoftExpired { .. }
+            | Event::SaHardExpired { .. }
+            | Event::MmExpired {
+                cause: MmCause::Lifetime,
+                ..
+            }
+    )
+}
+
+fn read_loop(s: UdpSocket, local: SocketAddr, tx: mpsc::SyncSender<Input>, stop: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    while !stop.load(Ordering::Acquire) {
+        let Ok((n, from)) = s.recv_from(&mut buf) else {
+            continue;
+        };
+        let mut data = &buf[..n];
+        if local.port() == 4500 {
+            // RFC 3948: IKE behind a 4-byte zero non-ESP marker; a lone 0xFF is a keepalive;
+            // anything else is ESP, which the XDP program sends to the workers, not here.
+            match data {
+                [0, 0, 0, 0, rest @ ..] => data = rest,
+                _ => continue,
+            }
+        }
+        let _ = tx.try_send(Input::Datagram {
+            local,
+            from,
+            data: data.to_vec(),
+        });
+    }
+}
+
+/// The engine's surroundings: randomness from aws-lc-rs, SPIs from the SA table.
+struct DriverEnv<'a> {
+    control: &'a ControlHandle,
+}
+
+impl Env for DriverEnv<'_> {
+    fn random(&mut self, buf: &mut [u8]) {
+        // Failure of the system RNG is not recoverable; an all-zero nonce would be worse.
+        if aws_lc_rs::rand::fill(buf).is_err() {
+            std::process::abort();
+        }
+    }
+
+    fn allocate_spi(&mut self) -> Option<u32> {
+        self.control
+            .call(|c: &mut Control, _| c.allocate_spi().ok())
+            .ok()
+            .flatten()
+    }
+}
+
+/// A child pair the IKE installed, by peer: its outbound key stays here so that the pair can
+/// become the tunnel's outbound SA again if the peer deletes a newer sibling.
+struct Installed {
+    inbound: u32,
+    outbound: u32,
+}
+
+struct Driver {
+    engine: Engine,
+    peers: Vec<IkePeer>,
+    sockets: HashMap<SocketAddr, UdpSocket>,
+    control: ControlHandle,
+    status: Arc<Mutex<Vec<PeerStatus>>>,
+    children: HashMap<usize, Vec<Installed>>,
+}
+
+impl Driver {
+    fn run(&mut self, rx: mpsc::Receiver<Input>, stop: Arc<AtomicBool>) {
+        let now = crate::now_ns();
+        for i in 0..self.peers.len() {
+            if self.peers[i].initiate {
+                let mut env = DriverEnv {
+                    control: &self.control,
+                };
+                self.engine.initiate(&mut env, now, i);
+            }
+        }
+        self.apply();
+        while !stop.load(Ordering::Acquire) {
+            let now = crate::now_ns();
+            let wait = self
+                .engine
+                .next_deadline()
+                .map_or(100_000_000, |d| d.saturating_sub(now))
+                .clamp(1_000_000, 100_000_000);
+            let input = rx.recv_timeout(Duration::from_nanos(wait));
+            let now = crate::now_ns();
+            let mut env = DriverEnv {
+                control: &self.control,
+            };
+            match input {
+                Ok(Input::Datagram { local, from, data }) => {
+                    self.engine.receive(&mut env, now, local, from, &data)
+                }
+                Ok(Input::Command(Command::Initiate(p))) => self.engine.initiate(&mut env, now, p),
+                Ok(Input::Command(Command::Terminate(p))) => {
+                    self.engine.terminate(&mut env, now, p)
+                }
+                Ok(Input::Event(e)) => self.event(e, now),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            let mut env = DriverEnv {
+                control: &self.control,
+            };
+            self.engine.tick(&mut env, now);
+            self.apply();
+            if let Ok(mut s) = self.status.lock() {
+                *s = self.engine.status(now);
+            }
+        }
+        // A clean stop tells the peers (DELETEs), as strongSwan does.
+        let now = crate::now_ns();
+        for i in 0..self.peers.len() {
+            let mut env = DriverEnv {
+                control: &self.control,
+            };
+            self.engine.terminate(&mut env, now, i);
+        }
+        self.apply();
+    }
+
+    fn event(&mut self, e: Event, now: u64) {
+        let mut env = DriverEnv {
+            control: &self.control,
+        };
+        match e {
+            Event::SaSoftExpired { spi, direction, .. } => {
+                if let Some(s) = parse_spi(&spi) {
+                    self.engine
+                        .child_soft_expired(&mut env, now, s, direction == "outbound");
+                }
+            }
+            Event::SaHardExpired { spi, direction, .. } => {
+                if let Some(s) = parse_spi(&spi) {
+                    self.engine
+                        .child_hard_expired(&mut env, now, s, direction == "outbound");
+                }
+            }
+            Event::MmExpired {
+                icookie, rcookie, ..
+            } => {
+                if let (Ok(i), Ok(r)) = (
+                    u64::from_str_radix(&icookie, 16),
+                    u64::from_str_radix(&rcookie, 16),
+                ) {
+                    self.engine.main_mode_expired(&mut env, now, i, r);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries out everything the engine asked for, in order.
+    fn apply(&mut self) {
+        while let Some(a) = self.engine.poll_action() {
+            match a {
+                Action::Send {
+                    local_port,
+                    to,
+                    data,
+                    peer,
+                } => self.send(peer, local_port, to, &data),
+                Action::MainModeUp {
+                    peer,
+                    icookie,
+                    rcookie,
+                    lifetime_s,
+                    lifetime_kb,
+                    proposal,
+                    initiator,
+                } => {
+                    let (tunnel, remote) = self.who(peer);
+                    let _ = self.control.call(move |c: &mut Control, now| {
+                        let r = c.main_mode_up(
+                            MainMode {
+                                icookie,
+                                rcookie,
+                                peer: remote,
+                                lifetime_s,
+                                lifetime_kb,
+                                children: Vec::new(),
+                            },
+                            now,
+                        );
+                        if let Err(e) = r {
+                            tracing::warn!("ike: main mode {icookie:016x}/{rcookie:016x}: {e}");
+                        }
+                        c.emit(Event::MmUp {
+                            tunnel,
+                            peer: remote,
+                            icookie: format!("{icookie:016x}"),
+                            rcookie: format!("{rcookie:016x}"),
+                            proposal,
+                            lifetime_s,
+                            initiator,
+                            time: now as f64 / 1e9,
+                        });
+                    });
+                }
+                Action::MainModeDown {
+                    peer,
+                    icookie,
+                    rcookie,
+                    cause,
+                } => {
+                    let (tunnel, _) = self.who(peer);
+                    let _ = self.control.call(move |c: &mut Control, now| {
+                        let r = match cause {
+                            MmEnd::PeerDelete => c
+                                .main_mode_delete(icookie, rcookie, MmCause::PeerDelete, now)
+                                .map(drop),
+                            MmEnd::InitialContact => c
+                                .main_mode_delete(icookie, rcookie, MmCause::InitialContact, now)
+                                .map(drop),
+                            MmEnd::Reauth => c
+                                .main_mode_delete(icookie, rcookie, MmCause::Reauth, now)
+                                .map(drop),
+                            MmEnd::Terminated => c
+                                .main_mode_delete(icookie, rcookie, MmCause::Terminated, now)
+                                .map(drop),
+                            MmEnd::DpdDead => {
+                                c.main_mode_lost(icookie, rcookie, tunnel, now).map(drop)
+                            }
+                            // The control thread ended it (13885 `lifetime` is already out).
+                            MmEnd::Lifetime => Ok(()),
+                        };
+                        if let Err(e) = r {
+                            tracing::debug!("ike: main mode {icookie:016x}/{rcookie:016x}: {e}");
+                        }
+                    });
+                }
+                Action::ChildUp(ch) => self.child_up(*ch),
+                Action::ChildDown {
+                    peer,
+                    inbound,
+                    outbound,
+                    reason,
+                } => self.child_down(peer, inbound, outbound, reason),
+                Action::Failed {
+                    peer,
+                    exchange,
+                    code,
+                    reason,
+                } => {
+                    let (tunnel, remote) = self.who(peer);
+                    let main = exchange != super::types::Exchange::Quick;
+                    let _ = self.control.call(move |c: &mut Control, now| {
+                        c.emit(ike_failed(
+                            main,
+                            code,
+                            tunnel,
+                            remote,
+                            reason,
+                            now as f64 / 1e9,
+                        ));
+                    });
+                }
+                Action::ReleaseSpi { spi } => {
+                    let _ = self
+                        .control
+                        .call(move |c: &mut Control, _| c.release_spi(spi));
+                }
+            }
+        }
+    }
+
+    fn who(&self, peer: usize) -> (String, IpAddr) {
+        self.peers.get(peer).map_or_else(
+            || (String::new(), IpAddr::from([0, 0, 0, 0])),
+            |p| (p.tunnel.clone(), p.remote),
+        )
+    }
+
+    fn send(&self, peer: usize, local_port: u16, to: SocketAddr, data: &[u8]) {
+        let Some(p) = self.peers.get(peer) else {
+            return;
+        };
+        let Some(s) = self.sockets.get(&SocketAddr::new(p.local, local_port)) else {
+            return;
+        };
+        let r = if local_port == 4500 && data != [0xff] {
+            let mut v = Vec::with_capacity(data.len() + 4);
+            v.extend_from_slice(&[0, 0, 0, 0]);
+            v.extend_from_slice(data);
+            s.send_to(&v, to)
+        } else {
+            s.send_to(data, to)
+        };
+        if let Err(e) = r {
+            tracing::debug!("ike: send to {to}: {e}");
+        }
+    }
+
+    /// Installs a negotiated pair: the new inbound SA first, then the tunnel's outbound swap;
+    /// the inbound SA of the child it rekeys retires after the grace period.
+    fn child_up(&mut self, ch: NewChild) {
+        let Some(p) = self.peers.get(ch.peer) else {
+            return;
+        };
+        let tunnel = p.tunnel.clone();
+        let remote = p.remote;
+        let (in_spi, out_spi) = (ch.inbound.spi, ch.outbound.spi);
+        let rekey = ch.replaces.is_some();
+        let sa = |d: Direction, k: super::types::ChildKeys| NewSa {
+            tunnel: tunnel.clone(),
+            direction: d,
+            spi: k.spi,
+            keymat: k.keymat,
+            esn: false,
+            backend: None,
+            replay_window: None,
+            limits: ch.limits,
+            state: None,
+        };
+        let inbound = sa(Direction::Inbound, ch.inbound);
+        let outbound = sa(Direction::Outbound, ch.outbound);
+        let retire = ch.replaces.map(|r| r.0);
+        let (icookie, rcookie) = (ch.icookie, ch.rcookie);
+        let selector = ch.selector;
+        let t = tunnel.clone();
+        let r = self.control.call(move |c: &mut Control, now| {
+            let has_out = c.outbound_spi(&t).is_some();
+            let r = if has_out {
+                let retire = retire.filter(|s| c.sa(*s, Direction::Inbound, now).is_ok());
+                c.rekey(
+                    Rekey {
+                        tunnel: t.clone(),
+                        outbound,
+                        inbound: Some(inbound),
+                        retire_inbound: retire,
+                        grace_ms: None,
+                    },
+                    now,
+                )
+                .map(drop)
+            } else {
+                c.install_sa(&inbound, now)
+                    .and_then(|_| c.install_sa(&outbound, now))
+                    .map(drop)
+            };
+            if r.is_ok() {
+                for child in [
+                    Child {
+                        spi: in_spi,
+                        direction: Direction::Inbound,
+                    },
+                    Child {
+                        spi: out_spi,
+                        direction: Direction::Outbound,
+                    },
+                ] {
+                    let _ = c.main_mode_add_child(icookie, rcookie, child);
+                }
+                c.emit(Event::QmUp {
+                    tunnel: t,
+                    peer: remote,
+                    inbound_spi: spi_str(in_spi),
+                    outbound_spi: spi_str(out_spi),
+                    local_ts: format!("{}", selector.src),
+                    remote_ts: format!("{}", selector.dst),
+                    rekey,
+                    time: now as f64 / 1e9,
+                });
+            }
+            r.map_err(|e| e.to_string())
+        });
+        match r {
+            Ok(Ok(())) => {
+                let list = self.children.entry(ch.peer).or_default();
+                list.push(Installed {
+                    inbound: in_spi,
+                    outbound: out_spi,
+                });
+            }
+            Ok(Err(e)) => tracing::warn!("ike: {tunnel}: installing the quick mode's SAs: {e}"),
+            Err(_) => {}
+        }
+    }
+
+    fn child_down(
+        &mut self,
+        peer: usize,
+        inbound: Option<u32>,
+        outbound: Option<u32>,
+        reason: &'static str,
+    ) {
+        if let Some(list) = self.children.get_mut(&peer) {
+            list.retain(|c| Some(c.inbound) != inbound && Some(c.outbound) != outbound);
+        }
+        let _ = self.control.call(move |c: &mut Control, now| {
+            if let Some(s) = inbound {
+                let _ = c.remove_sa_because(s, Direction::Inbound, reason, now);
+            }
+            if let Some(s) = outbound {
+                let _ = c.remove_sa_because(s, Direction::Outbound, reason, now);
+            }
+        });
+    }
+}
+
+fn parse_spi(s: &str) -> Option<u32> {
+    u32::from_str_radix(s.trim_start_matches("0x"), 16).ok()
+}
