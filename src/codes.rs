@@ -30,6 +30,12 @@ macro_rules! codes {
 }
 
 codes! {
+    IKE_AUTH_FAIL = 13801, "ERROR_IPSEC_IKE_AUTH_FAIL",
+        "IKE authentication credentials are unacceptable.";
+    IKE_GENERAL_PROCESSING_ERROR = 13804, "ERROR_IPSEC_IKE_GENERAL_PROCESSING_ERROR",
+        "General processing error.";
+    IKE_TIMED_OUT = 13805, "ERROR_IPSEC_IKE_TIMED_OUT",
+        "Negotiation timed out.";
     IKE_INVALID_HEADER = 13824, "ERROR_IPSEC_IKE_INVALID_HEADER",
         "Invalid header.";
     IKE_PROCESS_ERR_SA = 13830, "ERROR_IPSEC_IKE_PROCESS_ERR_SA",
@@ -70,12 +76,20 @@ codes! {
         "Invalid DOI.";
     IKE_INVALID_SITUATION = 13863, "ERROR_IPSEC_IKE_INVALID_SITUATION",
         "Invalid situation.";
+    IKE_DH_FAILURE = 13864, "ERROR_IPSEC_IKE_DH_FAILURE",
+        "Diffie-Hellman failure.";
     IKE_DECRYPT = 13867, "ERROR_IPSEC_IKE_DECRYPT",
         "Error decrypting payload.";
+    IKE_POLICY_MATCH = 13868, "ERROR_IPSEC_IKE_POLICY_MATCH",
+        "Policy match error.";
     IKE_UNSUPPORTED_ID = 13869, "ERROR_IPSEC_IKE_UNSUPPORTED_ID",
         "Unsupported ID.";
+    IKE_INVALID_HASH = 13870, "ERROR_IPSEC_IKE_INVALID_HASH",
+        "Hash verification failed.";
     IKE_INVALID_MAJOR_VERSION = 13880, "ERROR_IPSEC_IKE_INVALID_MAJOR_VERSION",
         "The recipient cannot handle version of IKE specified in the header.";
+    IKE_MM_LIMIT = 13882, "ERROR_IPSEC_IKE_MM_LIMIT",
+        "Max number of established MM SAs to peer exceeded.";
     IKE_MM_EXPIRED = 13885, "ERROR_IPSEC_IKE_MM_EXPIRED",
         "Main mode SA lifetime expired or peer sent a main mode delete.";
     IKE_PEER_MM_ASSUMED_INVALID = 13886, "ERROR_IPSEC_IKE_PEER_MM_ASSUMED_INVALID",
@@ -84,6 +98,8 @@ codes! {
         "Received unexpected message ID.";
     IKE_PROCESS_ERR_NATOA = 13893, "ERROR_IPSEC_IKE_PROCESS_ERR_NATOA",
         "Error processing NatOA payload.";
+    IKE_INVALID_MM_FOR_QM = 13894, "ERROR_IPSEC_IKE_INVALID_MM_FOR_QM",
+        "Parameters of the main mode are invalid for this quick mode.";
     IKE_QM_EXPIRED = 13895, "ERROR_IPSEC_IKE_QM_EXPIRED",
         "Quick mode SA was expired by IPsec driver.";
     BAD_SPI = 13910, "ERROR_IPSEC_BAD_SPI",

@@ -1,0 +1,1202 @@
+//! The sans-I/O IKEv1 engine, two instances back to back in memory: a fake network we control
+//! (drop, duplicate, mutate), a fake environment (seeded randomness, counter SPIs) and a fake
+//! clock. Setup both ways, every proposal, PFS, NAT-T, rekeys (also simultaneous), deletes,
+//! DPD, retransmission and caches, failures with their codes, reauthentication, limits, and
+//! random / truncated / mutated input at every state.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+use espd::codes::{self, Code};
+use espd::ike::config::{DpdAction, IkeId, IkePeer, parse_proposal};
+use espd::ike::engine::Engine;
+use espd::ike::types::{Action, Env, Exchange, MmEnd, NewChild};
+use espd::sa::UdpEncap;
+use espd::sa::policy::{PortRange, Selector};
+use zeroize::Zeroizing;
+
+const S: u64 = 1_000_000_000;
+const A_IP: &str = "203.0.113.1";
+const B_IP: &str = "203.0.113.2";
+const A_NET: &str = "192.0.2.0/24";
+const B_NET: &str = "198.51.100.0/24";
+
+/// Seeded randomness and counter SPIs.
+struct TestEnv {
+    rng: u64,
+    next_spi: u32,
+    allocated: Vec<u32>,
+}
+
+impl TestEnv {
+    fn new(seed: u64, spi_base: u32) -> Self {
+        TestEnv {
+            rng: seed | 1,
+            next_spi: spi_base,
+            allocated: Vec::new(),
+        }
+    }
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+impl Env for TestEnv {
+    fn random(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_be_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+    fn allocate_spi(&mut self) -> Option<u32> {
+        self.next_spi += 1;
+        self.allocated.push(self.next_spi);
+        Some(self.next_spi)
+    }
+}
+
+fn peer(a_side: bool) -> IkePeer {
+    let (l, r, src, dst) = if a_side {
+        (A_IP, B_IP, A_NET, B_NET)
+    } else {
+        (B_IP, A_IP, B_NET, A_NET)
+    };
+    let local: IpAddr = l.parse().unwrap();
+    let remote: IpAddr = r.parse().unwrap();
+    IkePeer {
+        index: 0,
+        tunnel: if a_side { "to-b" } else { "to-a" }.into(),
+        tunnel_index: 0,
+        local,
+        remote,
+        encap: None,
+        psk: Zeroizing::new(b"espd-engine-test-psk".to_vec()),
+        local_id: IkeId::Addr(local),
+        remote_id: IkeId::Addr(remote),
+        proposals: vec![
+            parse_proposal("aes256-sha256-ecp256").unwrap(),
+            parse_proposal("aes128-sha256-modp2048").unwrap(),
+        ],
+        esp: vec![128, 256],
+        pfs_group: None,
+        mm_lifetime_s: 28_800,
+        qm_lifetime_s: 3_600,
+        qm_lifetime_kb: None,
+        rekey_margin_s: 540,
+        reauth: false,
+        dpd_delay_s: 30,
+        dpd_timeout_s: 150,
+        dpd_action: DpdAction::Clear,
+        initiate: a_side,
+        selector: Selector {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: None,
+            src_ports: PortRange::ANY,
+            dst_ports: PortRange::ANY,
+        },
+    }
+}
+
+struct Side {
+    e: Engine,
+    env: TestEnv,
+    ip: IpAddr,
+    /// Every non-Send action, in order.
+    ev: Vec<Action>,
+    keepalives: usize,
+    released: Vec<u32>,
+}
+
+impl Side {
+    fn new(cfg: IkePeer, seed: u64, spi_base: u32) -> Self {
+        let ip = cfg.local;
+        Side {
+            e: Engine::new(vec![cfg]),
+            env: TestEnv::new(seed, spi_base),
+            ip,
+            ev: Vec::new(),
+            keepalives: 0,
+            released: Vec::new(),
+        }
+    }
+
+    fn mm_up(&self) -> Vec<(u64, u64, bool)> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::MainModeUp {
+                    icookie,
+                    rcookie,
+                    initiator,
+                    ..
+                } => Some((*icookie, *rcookie, *initiator)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn mm_down(&self) -> Vec<(u64, u64, MmEnd)> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::MainModeDown {
+                    icookie,
+                    rcookie,
+                    cause,
+                    ..
+                } => Some((*icookie, *rcookie, *cause)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn children(&self) -> Vec<&NewChild> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::ChildUp(c) => Some(&**c),
+                _ => None,
+            })
+            .collect()
+    }
+    fn child_down(&self) -> Vec<(Option<u32>, Option<u32>, &'static str)> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::ChildDown {
+                    inbound,
+                    outbound,
+                    reason,
+                    ..
+                } => Some((*inbound, *outbound, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn failed(&self) -> Vec<(Exchange, Code, String)> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::Failed {
+                    exchange,
+                    code,
+                    reason,
+                    ..
+                } => Some((*exchange, *code, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// What the network does with a datagram.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fate {
+    Pass,
+    Drop,
+    Dup,
+}
+
+type Tap = Box<dyn FnMut(bool, &[u8]) -> Fate>;
+
+struct Packet {
+    /// From A to B.
+    to_b: bool,
+    local: SocketAddr,
+    from: SocketAddr,
+    data: Vec<u8>,
+}
+
+struct World {
+    a: Side,
+    b: Side,
+    now: u64,
+    q: VecDeque<Packet>,
+    /// Decides each datagram's fate (`true`: sent by A).
+    tap: Tap,
+    /// Every datagram sent, with its sender (`true`: A) and our port.
+    wire: Vec<(bool, u16, Vec<u8>)>,
+}
+
+impl World {
+    fn new(a: IkePeer, b: IkePeer) -> Self {
+        World {
+            a: Side::new(a, 0x5eed_0001, 0xa000_0000),
+            b: Side::new(b, 0x5eed_0002, 0xb000_0000),
+            now: 1_000 * S,
+            q: VecDeque::new(),
+            tap: Box::new(|_, _| Fate::Pass),
+            wire: Vec::new(),
+        }
+    }
+
+    fn std() -> Self {
+        World::new(peer(true), peer(false))
+    }
+
+    fn collect(&mut self) {
+        for from_a in [true, false] {
+            loop {
+                let side = if from_a { &mut self.a } else { &mut self.b };
+                let Some(act) = side.e.poll_action() else {
+                    break;
+                };
+                match act {
+                    Action::Send {
+                        local_port,
+                        to,
+                        data,
+                        ..
+                    } => {
+                        let sender_ip = side.ip;
+                        if local_port == 4500 && data == [0xff] {
+                            side.keepalives += 1;
+                            continue;
+                        }
+                        self.wire.push((from_a, local_port, data.clone()));
+                        let receiver_ip = if from_a { self.b.ip } else { self.a.ip };
+                        assert_eq!(to.ip(), receiver_ip, "sent to the wrong address");
+                        let fate = (self.tap)(from_a, &data);
+                        let p = || Packet {
+                            to_b: from_a,
+                            local: to,
+                            from: SocketAddr::new(sender_ip, local_port),
+                            data: data.clone(),
+                        };
+                        match fate {
+                            Fate::Pass => self.q.push_back(p()),
+                            Fate::Dup => {
+                                self.q.push_back(p());
+                                self.q.push_back(p());
+                            }
+                            Fate::Drop => {}
+                        }
+                    }
+                    Action::ReleaseSpi { spi } => side.released.push(spi),
+                    other => side.ev.push(other),
+                }
+            }
+        }
+    }
+
+    /// Delivers everything in flight (and what it causes) at the current time.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            self.collect();
+            let Some(p) = self.q.pop_front() else {
+                return;
+            };
+            let side = if p.to_b { &mut self.b } else { &mut self.a };
+            side.e
+                .receive(&mut side.env, self.now, p.local, p.from, &p.data);
+        }
+        panic!("the exchange does not settle");
+    }
+
+    fn tick(&mut self) {
+        self.a.e.tick(&mut self.a.env, self.now);
+        self.b.e.tick(&mut self.b.env, self.now);
+        self.pump();
+    }
+
+    /// Runs the clock to `now + dt`, ticking at every deadline on the way.
+    fn advance(&mut self, dt: u64) {
+        let end = self.now + dt;
+        let mut spins = 0;
+        loop {
+            let d = [self.a.e.next_deadline(), self.b.e.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
+            match d {
+                Some(d) if d <= end => {
+                    if d <= self.now {
+                        spins += 1;
+                        assert!(
+                            spins < 1000,
+                            "a deadline in the past that tick does not clear"
+                        );
+                    } else {
+                        spins = 0;
+                        self.now = d;
+                    }
+                    self.tick();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        self.tick();
+    }
+
+    fn initiate_a(&mut self) {
+        self.a.e.initiate(&mut self.a.env, self.now, 0);
+        self.pump();
+    }
+
+    fn initiate_b(&mut self) {
+        self.b.e.initiate(&mut self.b.env, self.now, 0);
+        self.pump();
+    }
+}
+
+/// Both sides have exactly `n` children and the i-th of each cross-matches (inbound SPI and
+/// key on one side = outbound on the other).
+fn check_pairs(w: &World, n: usize) {
+    let (ca, cb) = (w.a.children(), w.b.children());
+    assert_eq!(ca.len(), n, "children of A: {:?}", w.a.failed());
+    assert_eq!(cb.len(), n, "children of B: {:?}", w.b.failed());
+    for x in &ca {
+        let y = cb
+            .iter()
+            .find(|y| y.outbound.spi == x.inbound.spi)
+            .expect("B's outbound SPI for A's inbound");
+        assert_eq!(y.inbound.spi, x.outbound.spi);
+        assert_eq!(&x.inbound.keymat[..], &y.outbound.keymat[..]);
+        assert_eq!(&x.outbound.keymat[..], &y.inbound.keymat[..]);
+        assert_ne!(&x.inbound.keymat[..], &x.outbound.keymat[..]);
+        assert_eq!((x.icookie, x.rcookie), (y.icookie, y.rcookie));
+        assert_eq!(x.selector.src, y.selector.dst);
+        assert_eq!(x.selector.dst, y.selector.src);
+        assert_eq!(x.udp_encap, y.udp_encap);
+    }
+}
+
+fn check_mm(w: &World) -> (u64, u64) {
+    let (a, b) = (w.a.mm_up(), w.b.mm_up());
+    assert_eq!(a.len(), 1, "A: {:?}", w.a.failed());
+    assert_eq!(b.len(), 1, "B: {:?}", w.b.failed());
+    assert_eq!((a[0].0, a[0].1), (b[0].0, b[0].1), "equal cookies");
+    assert_ne!(a[0].2, b[0].2, "one initiator");
+    (a[0].0, a[0].1)
+}
+
+fn setup(w: &mut World) {
+    w.initiate_a();
+    check_mm(w);
+    check_pairs(w, 1);
+}
+
+// -------------------------------------------------------------------------------------------
+
+#[test]
+fn setup_a_initiates() {
+    let mut w = World::std();
+    setup(&mut w);
+    let ca = &w.a.children()[0];
+    assert_eq!(
+        ca.inbound.keymat.len(),
+        20,
+        "AES-128-GCM: ours and the first offered"
+    );
+    assert!(!ca.udp_encap);
+    assert_eq!(ca.replaces, None);
+    assert_eq!(ca.limits.hard_seconds, Some(3600));
+    assert_eq!(ca.limits.soft_seconds, Some(3600 - 540));
+    let cb = &w.b.children()[0];
+    assert_eq!(cb.limits.soft_seconds, Some(3600 - 270));
+    assert!(w.a.failed().is_empty() && w.b.failed().is_empty());
+    // Every datagram went between the IKE ports, 500 without a NAT.
+    assert!(w.wire.iter().all(|(_, port, _)| *port == 500));
+    let st = w.a.e.status(w.now);
+    assert_eq!(st[0].state, "established");
+    assert_eq!(st[0].children.len(), 1);
+    assert_eq!(st[0].main_modes.len(), 1);
+}
+
+#[test]
+fn setup_b_initiates() {
+    let mut w = World::std();
+    w.initiate_b();
+    let (i, r) = check_mm(&w);
+    assert!(w.b.mm_up()[0].2, "B initiated");
+    check_pairs(&w, 1);
+    assert_eq!(w.a.children()[0].icookie, i);
+    assert_eq!(w.a.children()[0].rcookie, r);
+}
+
+#[test]
+fn every_proposal_group_and_pfs() {
+    let mut n = 0u64;
+    for (prop, pfs, esp) in [
+        ("aes128-sha256-modp2048", None, 128),
+        ("aes256-sha384-modp2048", Some(14), 256),
+        ("aes256-sha256-ecp256", None, 256),
+        ("aes128-sha512-ecp256", Some(19), 128),
+        ("aes256-sha384-ecp384", Some(20), 256),
+        ("aes128-sha256-ecp384", None, 128),
+        ("aes128-sha512-curve25519", None, 128),
+        ("aes256-sha256-curve25519", Some(31), 256),
+    ] {
+        n += 1;
+        let mut a = peer(true);
+        let mut b = peer(false);
+        for p in [&mut a, &mut b] {
+            p.proposals = vec![parse_proposal(prop).unwrap()];
+            p.pfs_group = pfs;
+            p.esp = vec![esp];
+        }
+        let mut w = World::new(a, b);
+        w.a.env = TestEnv::new(n * 77, 0xa000_0000);
+        setup(&mut w);
+        let st = w.a.e.status(w.now);
+        assert_eq!(st[0].main_modes[0].proposal, prop);
+        assert_eq!(
+            w.a.children()[0].inbound.keymat.len(),
+            usize::from(esp) / 8 + 4
+        );
+    }
+}
+
+#[test]
+fn responder_picks_a_common_proposal_and_lifetime() {
+    let mut a = peer(true);
+    a.proposals = vec![
+        parse_proposal("aes128-sha512-ecp384").unwrap(),
+        parse_proposal("aes256-sha256-ecp256").unwrap(),
+    ];
+    a.mm_lifetime_s = 50_000;
+    a.qm_lifetime_s = 7_200;
+    a.esp = vec![256, 128];
+    let mut b = peer(false);
+    b.mm_lifetime_s = 10_000;
+    b.esp = vec![128];
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    for s in [&w.a, &w.b] {
+        let lt: Vec<u64> =
+            s.ev.iter()
+                .filter_map(|x| match x {
+                    Action::MainModeUp {
+                        lifetime_s,
+                        proposal,
+                        ..
+                    } => {
+                        assert_eq!(proposal, "aes256-sha256-ecp256");
+                        Some(*lifetime_s)
+                    }
+                    _ => None,
+                })
+                .collect();
+        assert_eq!(lt, vec![10_000]);
+        let c = &s.children()[0];
+        assert_eq!(
+            c.limits.hard_seconds,
+            Some(3_600),
+            "the responder's shorter life"
+        );
+        assert_eq!(c.inbound.keymat.len(), 20);
+    }
+}
+
+#[test]
+fn kilobyte_lifetimes() {
+    let mut a = peer(true);
+    a.qm_lifetime_kb = Some(1000);
+    let mut b = peer(false);
+    b.qm_lifetime_kb = Some(500);
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    let (la, lb) = (w.a.children()[0].limits, w.b.children()[0].limits);
+    assert_eq!(la.hard_bytes, Some(500 * 1024));
+    assert_eq!(lb.hard_bytes, Some(500 * 1024));
+    assert!(la.soft_bytes.unwrap() < lb.soft_bytes.unwrap());
+    assert!(lb.soft_bytes.unwrap() < lb.hard_bytes.unwrap());
+}
+
+#[test]
+fn nat_t_forced_floats_and_encapsulates() {
+    let mut a = peer(true);
+    let mut b = peer(false);
+    a.encap = Some(UdpEncap {
+        src_port: 4500,
+        dst_port: 4500,
+    });
+    b.encap = a.encap;
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    assert!(w.a.children()[0].udp_encap);
+    // MM1..MM4 on 500, from MM5 on 4500.
+    let ports: Vec<u16> = w.wire.iter().map(|x| x.1).collect();
+    assert_eq!(&ports[..4], &[500, 500, 500, 500]);
+    assert!(ports[4..].iter().all(|p| *p == 4500), "{ports:?}");
+    // Keepalives every 20 s while NAT-T is in use.
+    w.advance(61 * S);
+    assert!(w.a.keepalives >= 3, "{}", w.a.keepalives);
+    // A rekey keeps the encapsulation.
+    let out = w.a.children()[0].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, out, true);
+    w.pump();
+    check_pairs(&w, 2);
+    assert!(w.b.children()[1].udp_encap);
+}
+
+#[test]
+fn encap_on_one_side_only_fails_the_quick_mode_clearly() {
+    let mut a = peer(true);
+    a.encap = Some(UdpEncap {
+        src_port: 4500,
+        dst_port: 4500,
+    });
+    let mut w = World::new(a, peer(false));
+    w.initiate_a();
+    check_mm(&w);
+    assert!(w.a.children().is_empty() && w.b.children().is_empty());
+    let fb = w.b.failed();
+    assert_eq!(fb.len(), 1, "{fb:?}");
+    assert_eq!(fb[0].1, codes::IKE_INVALID_MM_FOR_QM);
+    assert!(fb[0].2.contains("encap"), "{}", fb[0].2);
+    let fa = w.a.failed();
+    assert_eq!(fa[0].1, codes::IKE_POLICY_MATCH, "{fa:?}");
+    // The SPI A reserved went back.
+    assert_eq!(w.a.released, w.a.env.allocated);
+}
+
+#[test]
+fn quick_mode_rekey_by_soft_expiry() {
+    let mut w = World::std();
+    setup(&mut w);
+    w.now += 3000 * S;
+    let old_a = (
+        w.a.children()[0].inbound.spi,
+        w.a.children()[0].outbound.spi,
+    );
+    let old_b = (
+        w.b.children()[0].inbound.spi,
+        w.b.children()[0].outbound.spi,
+    );
+    let old_key = w.a.children()[0].inbound.keymat.clone();
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, old_a.1, true);
+    // The inbound SA's soft limit too: one rekey only.
+    w.a.e
+        .child_soft_expired(&mut w.a.env, w.now, old_a.0, false);
+    w.pump();
+    check_pairs(&w, 2);
+    let (na, nb) = (w.a.children()[1], w.b.children()[1]);
+    assert_eq!(na.replaces, Some(old_a));
+    assert_eq!(nb.replaces, Some(old_b));
+    assert_ne!(&na.inbound.keymat[..], &old_key[..]);
+    // B's soft expiry of the replaced child later does nothing.
+    w.b.e.child_soft_expired(&mut w.b.env, w.now, old_b.1, true);
+    w.pump();
+    check_pairs(&w, 2);
+    // Hard expiry of the old pair: A tells B, which forgets it.
+    w.a.e
+        .child_hard_expired(&mut w.a.env, w.now, old_a.0, false);
+    w.pump();
+    assert_eq!(
+        w.b.child_down(),
+        vec![(Some(old_b.0), Some(old_b.1), "peer_delete")]
+    );
+    assert_eq!(w.b.e.status(w.now)[0].children.len(), 1);
+}
+
+#[test]
+fn rekey_without_main_mode_starts_one() {
+    let mut w = World::std();
+    setup(&mut w);
+    let (i, r) = check_mm(&w);
+    w.a.e.main_mode_expired(&mut w.a.env, w.now, i, r);
+    w.pump();
+    assert_eq!(w.a.mm_down(), vec![(i, r, MmEnd::Lifetime)]);
+    assert_eq!(w.b.mm_down(), vec![(i, r, MmEnd::PeerDelete)]);
+    assert!(w.a.child_down().is_empty() && w.b.child_down().is_empty());
+    let out = w.a.children()[0].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, out, true);
+    w.pump();
+    assert_eq!(w.a.mm_up().len(), 2);
+    check_pairs(&w, 2);
+    assert!(w.a.children()[1].replaces.is_some());
+}
+
+#[test]
+fn simultaneous_rekey_leaves_working_pairs() {
+    let mut w = World::std();
+    setup(&mut w);
+    let old_a = (
+        w.a.children()[0].inbound.spi,
+        w.a.children()[0].outbound.spi,
+    );
+    let old_b = (
+        w.b.children()[0].inbound.spi,
+        w.b.children()[0].outbound.spi,
+    );
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, old_a.1, true);
+    w.b.e.child_soft_expired(&mut w.b.env, w.now, old_b.1, true);
+    w.pump();
+    // Both quick modes completed: two new pairs, both cross-matching, both naming the old
+    // child (never each other).
+    check_pairs(&w, 3);
+    for c in &w.a.children()[1..] {
+        assert_eq!(c.replaces, Some(old_a));
+    }
+    for c in &w.b.children()[1..] {
+        assert!(c.replaces.is_none() || c.replaces == Some(old_b));
+    }
+    // Later, only the newest is rekeyed again (the sibling just runs out).
+    let sib = w.a.children()[1].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, sib, true);
+    w.pump();
+    check_pairs(&w, 3);
+    let newest = w.a.children()[2].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, newest, true);
+    w.pump();
+    check_pairs(&w, 4);
+}
+
+#[test]
+fn peer_isakmp_delete_gives_one_main_mode_down() {
+    let mut w = World::std();
+    setup(&mut w);
+    let (i, r) = check_mm(&w);
+    w.b.e.main_mode_expired(&mut w.b.env, w.now, i, r);
+    w.pump();
+    assert_eq!(w.b.mm_down(), vec![(i, r, MmEnd::Lifetime)]);
+    assert_eq!(w.a.mm_down(), vec![(i, r, MmEnd::PeerDelete)]);
+    // Children stay (IKEv1).
+    assert!(w.a.child_down().is_empty());
+    assert_eq!(w.a.e.status(w.now)[0].children.len(), 1);
+    // A second expiry call is a no-op.
+    w.b.e.main_mode_expired(&mut w.b.env, w.now, i, r);
+    w.pump();
+    assert_eq!(w.a.mm_down().len(), 1);
+}
+
+#[test]
+fn peer_esp_delete_removes_the_pair() {
+    let mut w = World::std();
+    setup(&mut w);
+    let cb = (
+        w.b.children()[0].inbound.spi,
+        w.b.children()[0].outbound.spi,
+    );
+    let ca = (
+        w.a.children()[0].inbound.spi,
+        w.a.children()[0].outbound.spi,
+    );
+    w.b.e.child_hard_expired(&mut w.b.env, w.now, cb.0, false);
+    w.pump();
+    assert_eq!(
+        w.a.child_down(),
+        vec![(Some(ca.0), Some(ca.1), "peer_delete")]
+    );
+    // B's outbound expiry of the same pair is a no-op now.
+    w.b.e.child_hard_expired(&mut w.b.env, w.now, cb.1, true);
+    w.pump();
+    assert_eq!(w.a.child_down().len(), 1);
+}
+
+#[test]
+fn terminate_deletes_everything() {
+    let mut w = World::std();
+    setup(&mut w);
+    let (i, r) = check_mm(&w);
+    let ca = (
+        w.a.children()[0].inbound.spi,
+        w.a.children()[0].outbound.spi,
+    );
+    let cb = (
+        w.b.children()[0].inbound.spi,
+        w.b.children()[0].outbound.spi,
+    );
+    w.a.e.terminate(&mut w.a.env, w.now, 0);
+    w.pump();
+    assert_eq!(
+        w.a.child_down(),
+        vec![(Some(ca.0), Some(ca.1), "terminated")]
+    );
+    assert_eq!(w.a.mm_down(), vec![(i, r, MmEnd::Terminated)]);
+    assert_eq!(
+        w.b.child_down(),
+        vec![(Some(cb.0), Some(cb.1), "peer_delete")]
+    );
+    assert_eq!(w.b.mm_down(), vec![(i, r, MmEnd::PeerDelete)]);
+    assert_eq!(w.a.e.status(w.now)[0].state, "idle");
+    assert_eq!(w.b.e.status(w.now)[0].state, "idle");
+    // No retry after an operator's terminate.
+    w.advance(300 * S);
+    assert_eq!(w.a.mm_up().len(), 1);
+}
+
+#[test]
+fn dpd_declares_a_silent_peer_dead() {
+    let mut a = peer(true);
+    a.dpd_delay_s = 10;
+    a.dpd_timeout_s = 30;
+    let mut w = World::new(a, peer(false));
+    setup(&mut w);
+    let (i, r) = check_mm(&w);
+    w.tap = Box::new(|from_a, _| if from_a { Fate::Pass } else { Fate::Drop });
+    // dpd_delay + dpd_timeout after the last message from B: not at 39 s, at 40 s.
+    w.advance(39 * S);
+    assert!(w.a.mm_down().is_empty(), "dead too early");
+    w.advance(2 * S);
+    assert_eq!(w.a.mm_down(), vec![(i, r, MmEnd::DpdDead)]);
+    let ca = (
+        w.a.children()[0].inbound.spi,
+        w.a.children()[0].outbound.spi,
+    );
+    assert_eq!(w.a.child_down(), vec![(Some(ca.0), Some(ca.1), "dpd")]);
+    assert_eq!(w.a.e.status(w.now)[0].state, "idle");
+    // B never declared A dead (A's messages arrive; B's DPD is at 30 s/150 s).
+    assert!(w.b.mm_down().is_empty());
+}
+
+#[test]
+fn dpd_restart_initiates_again() {
+    let mut a = peer(true);
+    a.dpd_delay_s = 5;
+    a.dpd_timeout_s = 10;
+    a.dpd_action = DpdAction::Restart;
+    let mut w = World::new(a, peer(false));
+    setup(&mut w);
+    let dead = std::rc::Rc::new(std::cell::Cell::new(true));
+    let d2 = dead.clone();
+    w.tap = Box::new(move |from_a, _| {
+        if !from_a && d2.get() {
+            Fate::Drop
+        } else {
+            Fate::Pass
+        }
+    });
+    w.advance(16 * S);
+    assert_eq!(w.a.mm_down().len(), 1);
+    dead.set(false);
+    w.advance(120 * S);
+    assert!(w.a.mm_up().len() >= 2, "{:?}", w.a.failed());
+    assert!(w.a.children().len() >= 2);
+}
+
+#[test]
+fn dpd_is_answered_and_never_kills_a_live_peer() {
+    let mut a = peer(true);
+    a.dpd_delay_s = 10;
+    let mut b = peer(false);
+    b.dpd_delay_s = 7;
+    b.dpd_timeout_s = 20;
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    let before = w.wire.len();
+    w.advance(200 * S);
+    assert!(w.a.mm_down().is_empty() && w.b.mm_down().is_empty());
+    assert!(w.wire.len() > before + 20, "R-U-THERE and ACKs went");
+    assert_eq!(w.a.e.counters().dropped, 0);
+    assert_eq!(w.b.e.counters().dropped, 0);
+}
+
+#[test]
+fn lost_messages_are_retransmitted() {
+    // Drop the first copy of every message from B once (MM2, MM4, MM6, QM2).
+    let mut w = World::std();
+    let mut seen = std::collections::HashSet::new();
+    w.tap = Box::new(move |from_a, d| {
+        if !from_a && seen.insert(d.to_vec()) {
+            Fate::Drop
+        } else {
+            Fate::Pass
+        }
+    });
+    w.initiate_a();
+    w.advance(30 * S);
+    check_mm(&w);
+    check_pairs(&w, 1);
+    assert!(w.a.e.counters().retransmits >= 4);
+    assert!(w.b.e.counters().duplicates >= 4);
+}
+
+#[test]
+fn lost_qm3_is_recovered_by_the_responder() {
+    let mut w = World::std();
+    let mut n = 0;
+    // A's 4th message is QM1, 5th QM3 (MM1, MM3, MM5, QM1, QM3).
+    w.tap = Box::new(move |from_a, _| {
+        if from_a {
+            n += 1;
+            if n == 5 {
+                return Fate::Drop;
+            }
+        }
+        Fate::Pass
+    });
+    w.initiate_a();
+    assert_eq!(w.a.children().len(), 1);
+    assert_eq!(w.b.children().len(), 0);
+    w.advance(5 * S);
+    check_pairs(&w, 1);
+}
+
+#[test]
+fn duplicated_messages_make_no_second_sa() {
+    let mut w = World::std();
+    w.tap = Box::new(|_, _| Fate::Dup);
+    w.initiate_a();
+    w.advance(10 * S);
+    check_mm(&w);
+    check_pairs(&w, 1);
+    // The rekey under duplication too.
+    let out = w.a.children()[0].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, out, true);
+    w.pump();
+    w.advance(10 * S);
+    check_pairs(&w, 2);
+    // Every SPI either installed or released.
+    for s in [&w.a, &w.b] {
+        let mut used: Vec<u32> = s.children().iter().map(|c| c.inbound.spi).collect();
+        used.extend(&s.released);
+        used.sort();
+        let mut all = s.env.allocated.clone();
+        all.sort();
+        assert_eq!(used, all);
+    }
+}
+
+#[test]
+fn silent_peer_times_out_and_is_retried_with_back_off() {
+    let mut w = World::std();
+    w.tap = Box::new(|_, _| Fate::Drop);
+    w.initiate_a();
+    w.advance(16 * S);
+    let f = w.a.failed();
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].1, codes::IKE_TIMED_OUT);
+    // Retries: 5 s after the failure, then 10, 20 ...
+    let mm1s = |w: &World| {
+        w.wire
+            .iter()
+            .filter(|(a, _, d)| *a && d.len() > 20 && d[8..16] == [0; 8])
+            .count()
+    };
+    let before = mm1s(&w);
+    w.advance(6 * S);
+    assert!(mm1s(&w) > before, "retried after 5 s");
+    w.tap = Box::new(|_, _| Fate::Pass);
+    w.advance(120 * S);
+    check_pairs(&w, 1);
+}
+
+#[test]
+fn wrong_psk_fails_with_auth_codes() {
+    let mut b = peer(false);
+    b.psk = Zeroizing::new(b"another-secret".to_vec());
+    let mut w = World::new(peer(true), b);
+    w.initiate_a();
+    assert!(w.a.mm_up().is_empty() && w.b.mm_up().is_empty());
+    let ok = |c: Code| c == codes::IKE_AUTH_FAIL || c == codes::IKE_INVALID_HASH;
+    let fb = w.b.failed();
+    assert!(!fb.is_empty() && fb.iter().all(|f| ok(f.1)), "{fb:?}");
+    let fa = w.a.failed();
+    assert!(!fa.is_empty() && fa.iter().all(|f| ok(f.1)), "{fa:?}");
+}
+
+#[test]
+fn no_common_proposal() {
+    let mut a = peer(true);
+    a.proposals = vec![parse_proposal("aes128-sha512-modp2048").unwrap()];
+    let mut w = World::new(a, peer(false));
+    w.initiate_a();
+    assert_eq!(w.b.failed()[0].1, codes::IKE_POLICY_MATCH);
+    assert!(w.b.failed()[0].2.contains("aes128-sha512-modp2048"));
+    assert_eq!(w.a.failed()[0].1, codes::IKE_POLICY_MATCH);
+    // Quick mode: no common ESP key size.
+    let mut a = peer(true);
+    a.esp = vec![256];
+    let mut b = peer(false);
+    b.esp = vec![128];
+    let mut w = World::new(a, b);
+    w.initiate_a();
+    check_mm(&w);
+    assert_eq!(w.b.failed()[0].1, codes::IKE_POLICY_MATCH);
+    assert_eq!(w.a.failed()[0].1, codes::IKE_POLICY_MATCH);
+    assert_eq!(w.a.released, w.a.env.allocated);
+    // PFS on one side only.
+    let mut a = peer(true);
+    a.pfs_group = Some(19);
+    let mut w = World::new(a, peer(false));
+    w.initiate_a();
+    assert_eq!(w.b.failed()[0].1, codes::IKE_POLICY_MATCH);
+}
+
+#[test]
+fn proxy_id_mismatch_is_refused() {
+    let mut b = peer(false);
+    b.selector.src = "198.51.100.0/25".parse().unwrap();
+    let mut w = World::new(peer(true), b);
+    w.initiate_a();
+    check_mm(&w);
+    let fb = w.b.failed();
+    assert_eq!(fb[0].1, codes::IKE_POLICY_MATCH);
+    assert!(fb[0].2.contains("proxy IDs"), "{}", fb[0].2);
+    assert_eq!(w.a.failed()[0].1, codes::IKE_POLICY_MATCH);
+    assert!(w.a.children().is_empty() && w.b.children().is_empty());
+}
+
+#[test]
+fn initial_contact_ends_the_old_main_modes() {
+    let mut w = World::std();
+    setup(&mut w);
+    let (i, r) = check_mm(&w);
+    // A "reboots": a new engine, first contact again.
+    w.a = Side::new(peer(true), 0x5eed_0003, 0xa100_0000);
+    w.initiate_a();
+    assert_eq!(w.b.mm_down(), vec![(i, r, MmEnd::InitialContact)]);
+    assert_eq!(w.b.mm_up().len(), 2);
+    assert_eq!(w.b.children().len(), 2);
+    // The new child replaces the old one on B.
+    assert!(w.b.children()[1].replaces.is_some());
+    // A second main mode from the same (not rebooted) A carries no INITIAL-CONTACT.
+    let (i2, r2) = (w.a.mm_up()[0].0, w.a.mm_up()[0].1);
+    w.a.e.main_mode_expired(&mut w.a.env, w.now, i2, r2);
+    w.pump();
+    let out = w.a.children()[0].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, out, true);
+    w.pump();
+    assert_eq!(w.b.mm_up().len(), 3);
+    assert_eq!(
+        w.b.mm_down()
+            .iter()
+            .filter(|x| x.2 == MmEnd::InitialContact)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn reauthentication_adopts_the_children() {
+    let mut a = peer(true);
+    a.reauth = true;
+    a.mm_lifetime_s = 100;
+    a.rekey_margin_s = 20;
+    a.dpd_delay_s = 0;
+    let mut b = peer(false);
+    b.dpd_delay_s = 0;
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    let (i, r) = check_mm(&w);
+    w.advance(79 * S);
+    assert_eq!(w.a.mm_up().len(), 1);
+    w.advance(2 * S);
+    assert_eq!(w.a.mm_up().len(), 2);
+    assert_eq!(w.b.mm_up().len(), 2);
+    assert_eq!(w.a.mm_down(), vec![(i, r, MmEnd::Reauth)]);
+    assert_eq!(w.b.mm_down(), vec![(i, r, MmEnd::PeerDelete)]);
+    // Children adopted: no new quick mode, none removed.
+    check_pairs(&w, 1);
+    assert!(w.a.child_down().is_empty() && w.b.child_down().is_empty());
+    let st = w.a.e.status(w.now);
+    assert_eq!(st[0].main_modes.len(), 1);
+    assert_ne!(st[0].main_modes[0].icookie, format!("{i:016x}"));
+    // A rekey later uses the new main mode.
+    let out = w.a.children()[0].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, out, true);
+    w.pump();
+    check_pairs(&w, 2);
+    assert_ne!(w.a.children()[1].icookie, i);
+}
+
+#[test]
+fn aggressive_mode_is_refused() {
+    let mut w = World::std();
+    let mut m = vec![0u8; 28];
+    m[..8].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    m[17] = 0x10;
+    m[18] = 4;
+    m[27] = 28;
+    let (l, f) = (
+        SocketAddr::new(B_IP.parse().unwrap(), 500),
+        SocketAddr::new(A_IP.parse().unwrap(), 500),
+    );
+    w.b.e.receive(&mut w.b.env, w.now, l, f, &m);
+    w.pump();
+    assert_eq!(w.b.failed()[0].1, codes::IKE_NO_MM_POLICY);
+    assert!(w.wire.is_empty(), "nothing answered");
+}
+
+#[test]
+fn half_open_flood_is_limited_and_the_tunnel_keeps_working() {
+    let mut w = World::std();
+    setup(&mut w);
+    // MM1 of a real initiator, replayed from many ports with fresh cookies.
+    let mm1 = w.wire[0].2.clone();
+    let l = SocketAddr::new(B_IP.parse().unwrap(), 500);
+    for n in 0..200u16 {
+        let mut m = mm1.clone();
+        m[..2].copy_from_slice(&n.to_be_bytes());
+        m[2] = 0xee;
+        let f = SocketAddr::new(A_IP.parse().unwrap(), 10_000 + n);
+        w.b.e.receive(&mut w.b.env, w.now, l, f, &m);
+    }
+    w.q.clear();
+    w.collect();
+    w.q.clear();
+    assert!(w.b.e.counters().limited >= 100, "{:?}", w.b.e.counters());
+    assert!(w.b.failed().iter().any(|f| f.1 == codes::IKE_MM_LIMIT));
+    // The established tunnel rekeys fine; the half-open ones expire.
+    let out = w.a.children()[0].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, out, true);
+    w.pump();
+    check_pairs(&w, 2);
+    w.advance(40 * S);
+    assert_eq!(w.b.e.status(w.now)[0].main_modes.len(), 1);
+}
+
+// -------------------------------------------------------------------------------------------
+// Random, truncated and mutated input at every state.
+
+fn mutate(rng: &mut TestEnv, m: &[u8]) -> Vec<u8> {
+    let mut v = m.to_vec();
+    match rng.next() % 6 {
+        0 => v.truncate((rng.next() as usize) % (m.len() + 1)),
+        1 => {
+            for _ in 0..1 + rng.next() % 4 {
+                if !v.is_empty() {
+                    let i = (rng.next() as usize) % v.len();
+                    v[i] ^= 1 << (rng.next() % 8);
+                }
+            }
+        }
+        2 => {
+            // A length field at a random place.
+            if v.len() > 4 {
+                let i = (rng.next() as usize) % (v.len() - 2);
+                let x = (rng.next() % 0x1_0000) as u16;
+                v[i..i + 2].copy_from_slice(&x.to_be_bytes());
+            }
+        }
+        3 => {
+            let n = (rng.next() % 200) as usize;
+            v = (0..n).map(|_| rng.next() as u8).collect();
+        }
+        4 => {
+            // Header kept (cookies match a state), body garbage.
+            for b in v.iter_mut().skip(28) {
+                *b = rng.next() as u8;
+            }
+        }
+        _ => {
+            // Valid length field after a truncation.
+            let n = 28 + (rng.next() as usize) % m.len().saturating_sub(27).max(1);
+            v.truncate(n);
+            if v.len() >= 28 {
+                let l = (v.len() as u32).to_be_bytes();
+                v[24..28].copy_from_slice(&l);
+            }
+        }
+    }
+    v
+}
+
+fn inject(w: &mut World, rng: &mut TestEnv, corpus: &[(bool, u16, Vec<u8>)], n: usize) {
+    if corpus.is_empty() {
+        return;
+    }
+    for _ in 0..n {
+        let (from_a, port, m) = &corpus[(rng.next() as usize) % corpus.len()];
+        let bad = mutate(rng, m);
+        // Delivered to the side that received the original (and sometimes the sender).
+        let to_b = *from_a ^ rng.next().is_multiple_of(5);
+        let (side, from_ip) = if to_b {
+            (&mut w.b, w.a.ip)
+        } else {
+            (&mut w.a, w.b.ip)
+        };
+        let local = SocketAddr::new(side.ip, *port);
+        let from = SocketAddr::new(from_ip, *port);
+        side.e.receive(&mut side.env, w.now, local, from, &bad);
+    }
+    // What the engines answered goes nowhere (a real peer would ignore it too).
+    for s in [&mut w.a, &mut w.b] {
+        while let Some(a) = s.e.poll_action() {
+            match a {
+                Action::Send { .. } => {}
+                Action::ReleaseSpi { spi } => s.released.push(spi),
+                o => s.ev.push(o),
+            }
+        }
+    }
+}
+
+#[test]
+fn garbage_at_every_state_never_panics_and_sas_keep_working() {
+    // A corpus: every message of a setup with PFS, a rekey, DPD and deletes.
+    let mut a = peer(true);
+    a.pfs_group = Some(19);
+    a.dpd_delay_s = 5;
+    let mut b = peer(false);
+    b.pfs_group = Some(19);
+    let mut w = World::new(a.clone(), b.clone());
+    setup(&mut w);
+    let out = w.a.children()[0].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, out, true);
+    w.pump();
+    w.advance(20 * S);
+    let (i, r) = check_mm(&w);
+    let first = w.b.children()[0].inbound.spi;
+    w.b.e.child_hard_expired(&mut w.b.env, w.now, first, false);
+    w.pump();
+    w.a.e.main_mode_expired(&mut w.a.env, w.now, i, r);
+    w.pump();
+    let corpus = w.wire.clone();
+    assert!(corpus.len() > 12);
+
+    let mut rng = TestEnv::new(0xf00d, 0);
+    for round in 0..12u64 {
+        // Garbage before every delivery of a fresh setup.
+        let mut w = World::new(a.clone(), b.clone());
+        w.a.env = TestEnv::new(round * 31 + 7, 0xa000_0000);
+        w.a.e.initiate(&mut w.a.env, w.now, 0);
+        for _ in 0..200 {
+            inject(&mut w, &mut rng, &corpus, 20);
+            w.collect();
+            let Some(p) = w.q.pop_front() else {
+                break;
+            };
+            let side = if p.to_b { &mut w.b } else { &mut w.a };
+            side.e
+                .receive(&mut side.env, w.now, p.local, p.from, &p.data);
+        }
+        // Whatever the garbage did to the half-open exchange, the peers get there.
+        w.advance(200 * S);
+        assert!(
+            !w.a.children().is_empty(),
+            "round {round}: {:?} / {:?}",
+            w.a.failed(),
+            w.b.failed()
+        );
+        // Established: more garbage, then everything still works.
+        inject(&mut w, &mut rng, &corpus, 500);
+        let n = w.a.children().len();
+        let live = w.a.e.status(w.now)[0].children.clone();
+        let last = *live.last().unwrap();
+        w.a.e.child_soft_expired(&mut w.a.env, w.now, last.1, true);
+        w.pump();
+        assert_eq!(
+            w.a.children().len(),
+            n + 1,
+            "round {round}: rekey after garbage"
+        );
+        let (x, y) = (w.a.children()[n], w.b.children().last().copied().unwrap());
+        assert_eq!(x.inbound.spi, y.outbound.spi);
+        assert_eq!(&x.inbound.keymat[..], &y.outbound.keymat[..]);
+        w.advance(60 * S);
+        assert!(
+            w.a.mm_down().iter().all(|d| d.2 != MmEnd::DpdDead),
+            "round {round}: DPD still answered"
+        );
+    }
+    // Pure noise of every length.
+    let mut w = World::std();
+    setup(&mut w);
+    for n in 0..2000usize {
+        let len = n % 300;
+        let v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let l = SocketAddr::new(w.b.ip, if n % 2 == 0 { 500 } else { 4500 });
+        let f = SocketAddr::new(w.a.ip, 500);
+        w.b.e.receive(&mut w.b.env, w.now, l, f, &v);
+    }
+    assert!(w.b.e.counters().dropped >= 1900);
+}
