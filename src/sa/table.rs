@@ -156,6 +156,17 @@ impl SaTable {
     /// tunnel slots, per-core state for `cores` workers.
     pub fn new(capacity: u32, tunnels: u32, cores: usize) -> Self {
         let cap = capacity.max(256).next_power_of_two();
+        // Allocated SPIs start at a random generation: two gateways (or two runs) do not hand
+        // out the same numbers. IKEv1's KEYMAT depends on the SPI, so a pair of equal SPIs
+        // would give both directions one key.
+        let mut r = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut r);
+        let slot_bits = cap.trailing_zeros();
+        let max_gen = if slot_bits >= 32 {
+            1
+        } else {
+            (u32::MAX >> slot_bits).max(1)
+        };
         Self {
             inbound: crate::sys::HugeSlice::new(cap as usize),
             mask: cap - 1,
@@ -167,7 +178,7 @@ impl SaTable {
             alloc: Mutex::new(Alloc {
                 used: vec![false; cap as usize],
                 next: 0,
-                generation: 1,
+                generation: u32::from_ne_bytes(r) % max_gen,
             }),
         }
     }
