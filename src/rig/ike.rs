@@ -27,6 +27,8 @@ pub struct IkeRig {
     pub dpd_timeout_s: u64,
     /// Which espd gateways initiate ('a', 'b').
     pub initiators: Vec<char>,
+    /// `pfs_group` of the espd gateways (strongSwan's child proposes modp2048 first).
+    pub pfs_group: Option<String>,
     /// Extra `[[ike.peers]]` lines for gateway A.
     pub extra_a: String,
     /// strongSwan: reauthenticate the main mode (`reauth_time`, seconds; 0: never).
@@ -49,6 +51,7 @@ impl IkeRig {
             dpd_delay_s: 30,
             dpd_timeout_s: 150,
             initiators: vec!['a'],
+            pfs_group: (peer == Peer::StrongSwan).then(|| "modp2048".to_string()),
             extra_a: String::new(),
             sw_reauth_s: 0,
             sw_rekey_s: 3_000,
@@ -72,6 +75,9 @@ impl IkeRig {
             self.dpd_timeout_s,
             self.initiators.contains(&me),
         );
+        if let Some(g) = &self.pfs_group {
+            let _ = writeln!(s, "pfs_group = \"{g}\"");
+        }
         if me == 'a' {
             s.push_str(&self.extra_a);
         }
