@@ -221,6 +221,8 @@ struct World {
     tap: Tap,
     /// Every datagram sent, with its sender (`true`: A) and our port.
     wire: Vec<(bool, u16, Vec<u8>)>,
+    /// A port-translating NAT in front of A: its ports 500 and 4500 as B sees them.
+    nat_a: Option<(u16, u16)>,
 }
 
 impl World {
@@ -232,6 +234,7 @@ impl World {
             q: VecDeque::new(),
             tap: Box::new(|_, _| Fate::Pass),
             wire: Vec::new(),
+            nat_a: None,
         }
     }
 
@@ -261,11 +264,24 @@ impl World {
                         self.wire.push((from_a, local_port, data.clone()));
                         let receiver_ip = if from_a { self.b.ip } else { self.a.ip };
                         assert_eq!(to.ip(), receiver_ip, "sent to the wrong address");
+                        // The NAT in front of A: A's ports go out mapped, come back unmapped.
+                        let (mut src_port, mut to) = (local_port, to);
+                        if let Some((m500, m4500)) = self.nat_a {
+                            if from_a {
+                                src_port = if local_port == 500 { m500 } else { m4500 };
+                            } else if to.port() == m500 {
+                                to.set_port(500);
+                            } else if to.port() == m4500 {
+                                to.set_port(4500);
+                            } else {
+                                continue;
+                            }
+                        }
                         let fate = (self.tap)(from_a, &data);
                         let p = || Packet {
                             to_b: from_a,
                             local: to,
-                            from: SocketAddr::new(sender_ip, local_port),
+                            from: SocketAddr::new(sender_ip, src_port),
                             data: data.clone(),
                         };
                         match fate {
@@ -1042,6 +1058,82 @@ fn half_open_flood_is_limited_and_the_tunnel_keeps_working() {
     check_pairs(&w, 2);
     w.advance(40 * S);
     assert_eq!(w.b.e.status(w.now)[0].main_modes.len(), 1);
+}
+
+#[test]
+fn fqdn_identities() {
+    let mut a = peer(true);
+    let mut b = peer(false);
+    a.local_id = IkeId::Fqdn("gw-a.example".into());
+    a.remote_id = IkeId::Fqdn("gw-b.example".into());
+    b.local_id = IkeId::Fqdn("gw-b.example".into());
+    b.remote_id = IkeId::Fqdn("GW-A.example".into());
+    let mut w = World::new(a, b);
+    setup(&mut w);
+}
+
+#[test]
+fn unexpected_peer_identity_fails_authentication() {
+    let mut b = peer(false);
+    b.remote_id = IkeId::Fqdn("someone-else.example".into());
+    let mut w = World::new(peer(true), b);
+    w.initiate_a();
+    assert!(w.a.mm_up().is_empty() && w.b.mm_up().is_empty());
+    let fb = w.b.failed();
+    assert_eq!(fb[0].1, codes::IKE_AUTH_FAIL);
+    assert!(fb[0].2.contains("remote_id"), "{}", fb[0].2);
+    assert_eq!(w.a.failed()[0].1, codes::IKE_AUTH_FAIL);
+}
+
+#[test]
+fn ipv6_peers_and_proxy_ids() {
+    let mut a = peer(true);
+    let mut b = peer(false);
+    let (la, lb): (IpAddr, IpAddr) = ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
+    (a.local, a.remote, a.local_id, a.remote_id) = (la, lb, IkeId::Addr(la), IkeId::Addr(lb));
+    (b.local, b.remote, b.local_id, b.remote_id) = (lb, la, IkeId::Addr(lb), IkeId::Addr(la));
+    a.selector.src = "fd00:a::/64".parse().unwrap();
+    a.selector.dst = "fd00:b::/48".parse().unwrap();
+    b.selector.src = a.selector.dst;
+    b.selector.dst = a.selector.src;
+    a.pfs_group = Some(31);
+    b.pfs_group = Some(31);
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    assert_eq!(w.b.children()[0].selector.src.to_string(), "fd00:b::/48");
+}
+
+#[test]
+fn a_real_nat_floats_and_needs_udp_encapsulation() {
+    // No encap configured: main mode floats to 4500, the quick mode is refused clearly.
+    let mut w = World::std();
+    w.nat_a = Some((40_500, 44_500));
+    w.initiate_a();
+    check_mm(&w);
+    assert!(w.wire[4..].iter().all(|x| x.1 == 4500), "floated");
+    let fa = w.a.failed();
+    assert_eq!(fa.len(), 1, "{fa:?}");
+    assert_eq!(fa[0].1, codes::IKE_INVALID_MM_FOR_QM);
+    assert!(fa[0].2.contains("NAT"), "{}", fa[0].2);
+    assert!(w.a.children().is_empty());
+    // With encap = udp on both: UDP-encapsulated children through the NAT, keepalives.
+    let mut a = peer(true);
+    let mut b = peer(false);
+    a.encap = Some(UdpEncap {
+        src_port: 4500,
+        dst_port: 4500,
+    });
+    b.encap = a.encap;
+    let mut w = World::new(a, b);
+    w.nat_a = Some((40_500, 44_500));
+    setup(&mut w);
+    assert!(w.b.children()[0].udp_encap);
+    w.advance(25 * S);
+    assert!(w.a.keepalives >= 1);
+    let out = w.b.children()[0].outbound.spi;
+    w.b.e.child_soft_expired(&mut w.b.env, w.now, out, true);
+    w.pump();
+    check_pairs(&w, 2);
 }
 
 // -------------------------------------------------------------------------------------------

@@ -242,6 +242,8 @@ pub struct Engine {
     tokens_at: u64,
     /// When the last MM_LIMIT failure was reported (at most one a second).
     limit_reported: Option<u64>,
+    /// When the last refused aggressive mode was reported.
+    refusal_reported: Option<u64>,
     /// Children created so far (their creation order).
     child_seq: u64,
 }
@@ -259,6 +261,7 @@ impl Engine {
             tokens: MM_RATE * S,
             tokens_at: 0,
             limit_reported: None,
+            refusal_reported: None,
             child_seq: 0,
         }
     }
@@ -277,7 +280,10 @@ impl Engine {
             Ok(m) => m,
             Err(WireError::AggressiveMode) => {
                 self.counters.dropped += 1;
-                if let Some(p) = self.peer_by_addr(local.ip(), from.ip()) {
+                // Reported at most once a second (the offer is unauthenticated).
+                let quiet = self.refusal_reported.is_some_and(|t| now < t + S);
+                if !quiet && let Some(p) = self.peer_by_addr(local.ip(), from.ip()) {
+                    self.refusal_reported = Some(now);
                     self.failed(
                         p,
                         Exchange::Main,
