@@ -929,12 +929,17 @@ fn no_common_proposal() {
     assert_eq!(w.b.failed()[0].1, codes::IKE_POLICY_MATCH);
     assert_eq!(w.a.failed()[0].1, codes::IKE_POLICY_MATCH);
     assert_eq!(w.a.released, w.a.env.allocated);
-    // PFS on one side only.
+    // PFS required by the responder only: refused. (Offered by the initiator only: taken,
+    // as strongSwan's `aes128gcm16-modp2048,aes128gcm16` is one PFS proposal.)
+    let mut b = peer(false);
+    b.pfs_group = Some(19);
+    let mut w = World::new(peer(true), b);
+    w.initiate_a();
+    assert_eq!(w.b.failed()[0].1, codes::IKE_POLICY_MATCH);
     let mut a = peer(true);
     a.pfs_group = Some(19);
     let mut w = World::new(a, peer(false));
-    w.initiate_a();
-    assert_eq!(w.b.failed()[0].1, codes::IKE_POLICY_MATCH);
+    setup(&mut w);
 }
 
 #[test]
@@ -1502,18 +1507,24 @@ secrets {{
         }
         assert!(loaded, "charon did not load its config");
         let me = std::env::current_exe().unwrap();
-        let st = Command::new("ip")
-            .args(["netns", "exec", &a])
-            .arg(me)
-            .args(["--ignored", "--exact", "interop::inner", "--nocapture"])
-            .env("ESPD_IKESM_VICI", &uri)
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "the engine against strongSwan failed (charon log: {})",
-            dir.join("charon.log").display()
-        );
+        // First without PFS, both ways, short; then the whole sequence with PFS.
+        for (scenario, test) in [
+            ("nopfs", "interop::inner_no_pfs"),
+            ("full", "interop::inner"),
+        ] {
+            let st = Command::new("ip")
+                .args(["netns", "exec", &a])
+                .arg(&me)
+                .args(["--ignored", "--exact", test, "--nocapture"])
+                .env("ESPD_IKESM_VICI", &uri)
+                .status()
+                .unwrap();
+            assert!(
+                st.success(),
+                "the engine against strongSwan failed ({scenario}; charon log: {})",
+                dir.join("charon.log").display()
+            );
+        }
     }
 
     /// The engine on real sockets, real time.
@@ -1623,12 +1634,7 @@ secrets {{
         out
     }
 
-    #[test]
-    #[ignore = "run by strongswan_interop inside its namespace"]
-    fn inner() {
-        let Some(uri) = std::env::var_os("ESPD_IKESM_VICI") else {
-            return;
-        };
+    fn live(uri: &std::ffi::OsStr, pfs: Option<u16>) -> Live {
         let mut cfg = peer(true);
         cfg.psk = Zeroizing::new(SECRET.as_bytes().to_vec());
         // kernel-libipsec fakes NAT-D: UDP encapsulation both ways.
@@ -1637,7 +1643,7 @@ secrets {{
             dst_port: 4500,
         });
         cfg.esp = vec![128];
-        cfg.pfs_group = Some(14);
+        cfg.pfs_group = pfs;
         cfg.dpd_delay_s = 2;
         cfg.dpd_timeout_s = 10;
         cfg.initiate = false;
@@ -1647,15 +1653,86 @@ secrets {{
             s
         };
         let seed = std::process::id() as u64 ^ 0x1234_5678_9abc;
-        let mut l = Live {
+        Live {
             e: Engine::new(vec![cfg]),
-            env: TestEnv::new(seed, 0xc000_0000),
+            env: TestEnv::new(seed, 0xd000_0000),
             s500: bind(500),
             s4500: bind(4500),
             t0: Instant::now(),
             ev: Vec::new(),
             uri: uri.to_string_lossy().into_owned(),
+        }
+    }
+
+    /// Without PFS: strongSwan offers `aes128gcm16-modp2048,aes128gcm16`; espd takes the
+    /// second. Both ways, then both sides delete.
+    #[test]
+    #[ignore = "run by strongswan_interop inside its namespace"]
+    fn inner_no_pfs() {
+        let Some(uri) = std::env::var_os("ESPD_IKESM_VICI") else {
+            return;
         };
+        let mut l = live(&uri, None);
+        let is_child = |a: &Action| matches!(a, Action::ChildUp(_));
+        let now = l.now();
+        l.e.initiate(&mut l.env, now, 0);
+        l.flush();
+        assert!(
+            l.run(10, |ev| count(ev, is_child) == 1),
+            "espd initiates: {:?}",
+            l.ev
+        );
+        let now = l.now();
+        l.e.terminate(&mut l.env, now, 0);
+        l.flush();
+        let mut gone = false;
+        for _ in 0..30 {
+            l.run(0, |_| false);
+            if sw_cookies(&l.swanctl(&["--list-sas"])).is_empty() {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(gone, "strongSwan kept the main mode after our terminate");
+        let mut init = Command::new("swanctl")
+            .args(["--initiate", "--child", "net", "--uri", &l.uri])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(
+            l.run(10, |ev| count(ev, is_child) == 2),
+            "strongSwan initiates: {:?}",
+            l.ev
+        );
+        let _ = init.wait();
+        eprintln!("{}", l.swanctl(&["--list-sas"]));
+        let _ = Command::new("swanctl")
+            .args(["--terminate", "--ike", "espd", "--uri", &l.uri])
+            .stdout(Stdio::null())
+            .status();
+        assert!(l.run(3, |ev| count(ev, |a| matches!(
+            a,
+            Action::MainModeDown {
+                cause: MmEnd::PeerDelete,
+                ..
+            }
+        )) == 1));
+        assert_eq!(
+            count(&l.ev, |a| matches!(a, Action::Failed { .. })),
+            0,
+            "{:?}",
+            l.ev
+        );
+    }
+
+    #[test]
+    #[ignore = "run by strongswan_interop inside its namespace"]
+    fn inner() {
+        let Some(uri) = std::env::var_os("ESPD_IKESM_VICI") else {
+            return;
+        };
+        let mut l = live(&uri, Some(14));
         let is_child = |a: &Action| matches!(a, Action::ChildUp(_));
 
         // 1. espd initiates: main mode + quick mode; strongSwan shows the same cookies.
