@@ -242,6 +242,8 @@ pub struct Engine {
     tokens_at: u64,
     /// When the last MM_LIMIT failure was reported (at most one a second).
     limit_reported: Option<u64>,
+    /// When the last refused aggressive mode was reported.
+    refusal_reported: Option<u64>,
     /// Children created so far (their creation order).
     child_seq: u64,
 }
@@ -259,6 +261,7 @@ impl Engine {
             tokens: MM_RATE * S,
             tokens_at: 0,
             limit_reported: None,
+            refusal_reported: None,
             child_seq: 0,
         }
     }
@@ -277,7 +280,10 @@ impl Engine {
             Ok(m) => m,
             Err(WireError::AggressiveMode) => {
                 self.counters.dropped += 1;
-                if let Some(p) = self.peer_by_addr(local.ip(), from.ip()) {
+                // Reported at most once a second (the offer is unauthenticated).
+                let quiet = self.refusal_reported.is_some_and(|t| now < t + S);
+                if !quiet && let Some(p) = self.peer_by_addr(local.ip(), from.ip()) {
+                    self.refusal_reported = Some(now);
                     self.failed(
                         p,
                         Exchange::Main,
@@ -1008,7 +1014,8 @@ pub(crate) fn identity_prefix(id: &Identity<'_>) -> Option<Prefix> {
 
 /// SA limits for a child: hard at the negotiated life; soft `margin` earlier for the quick
 /// mode's initiator and `margin / 2` earlier for its responder (so the initiator rekeys
-/// first, and the responder still does if the initiator does not); bytes 90% / 95%.
+/// first, and the responder still does if the initiator does not); with a life shorter than
+/// the margin, 80% / 90% of it. Bytes: 90% / 95%.
 pub(crate) fn child_limits(
     life_s: u64,
     life_kb: Option<u64>,
@@ -1016,18 +1023,19 @@ pub(crate) fn child_limits(
     initiator: bool,
 ) -> Limits {
     let life_s = life_s.max(2);
-    let margin = if initiator { margin_s } else { margin_s / 2 }.max(1);
-    let soft_s = if margin < life_s {
-        life_s - margin
+    let soft_s = if margin_s < life_s {
+        life_s - if initiator { margin_s } else { margin_s / 2 }
+    } else if initiator {
+        life_s * 8 / 10
     } else {
-        (life_s * 9 / 10).max(1)
+        life_s * 9 / 10
     };
     let hard_bytes = life_kb.map(|kb| kb.saturating_mul(1024));
     let soft_bytes = hard_bytes.map(|b| if initiator { b / 10 * 9 } else { b / 20 * 19 }.max(1));
     Limits {
         soft_bytes,
         hard_bytes,
-        soft_seconds: Some(soft_s.min(life_s - 1)),
+        soft_seconds: Some(soft_s.clamp(1, life_s - 1)),
         hard_seconds: Some(life_s),
         ..Limits::default()
     }

@@ -78,6 +78,7 @@ fn select_esp(
     sa: &SaPayload<'_>,
     modes: &[u16],
     nat: bool,
+    responder: bool,
 ) -> Result<Chosen, String> {
     let mut why = Vec::new();
     for p in sa.proposals() {
@@ -92,7 +93,7 @@ fn select_esp(
             continue;
         };
         for t in p.transforms() {
-            match esp_transform_ok(cfg, &t, modes, nat) {
+            match esp_transform_ok(cfg, &t, modes, nat, responder) {
                 Ok((esp, life_s, life_kb, mode, group)) => {
                     return Ok(Chosen {
                         prop_num: p.number,
@@ -119,6 +120,7 @@ fn esp_transform_ok(
     t: &wire::Transform<'_>,
     modes: &[u16],
     nat: bool,
+    responder: bool,
 ) -> Result<EspOk, String> {
     if t.id != esp_transform::AES_GCM_16 {
         return Err(format!("ESP transform {} is not AES-GCM-16", t.id));
@@ -161,7 +163,15 @@ fn esp_transform_ok(
         });
     }
     let group = small(group);
-    if group != cfg.pfs_group {
+    // A responder without PFS configured takes the initiator's PFS (strongSwan offers
+    // `aes128gcm16-modp2048,aes128gcm16` as one PFS proposal); never the other way round.
+    let pfs_ok = match (cfg.pfs_group, group) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => true,
+        (None, Some(g)) => responder && DhGroup::from_iana(g).is_some(),
+        (Some(_), None) => false,
+    };
+    if !pfs_ok {
         return Err(format!(
             "PFS group {group:?} where {:?} is configured",
             cfg.pfs_group
@@ -470,7 +480,7 @@ impl Engine {
             (false, false) => &[encap::TUNNEL],
             _ => &[],
         };
-        let chosen = match select_esp(cfg, &sa, modes, nat) {
+        let chosen = match select_esp(cfg, &sa, modes, nat, true) {
             Ok(c) => c,
             Err(why) => {
                 let code = if modes.is_empty() {
@@ -686,7 +696,7 @@ impl Engine {
         let chosen = body
             .sa
             .ok_or_else(|| "no SA payload".to_string())
-            .and_then(|sa| select_esp(cfg, &sa, &[mode], self.mms[mi].nat));
+            .and_then(|sa| select_esp(cfg, &sa, &[mode], self.mms[mi].nat, false));
         let chosen = match chosen {
             Ok(c) => c,
             Err(why) => {
