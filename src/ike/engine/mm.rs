@@ -430,7 +430,12 @@ impl Engine {
             );
             return;
         };
-        let life_s = x.life_s.unwrap_or(DEFAULT_LIFE_S).min(cfg.mm_lifetime_s);
+        // A zero lifetime (strongSwan with `reauth_time = 0`) means none was set: the default.
+        let life_s = x
+            .life_s
+            .filter(|&v| v > 0)
+            .unwrap_or(DEFAULT_LIFE_S)
+            .min(cfg.mm_lifetime_s);
         let life_kb = x.life_kb;
         let mut buf = Vec::with_capacity(256);
         let h = header(msg.header.icookie, rcookie, wire::Exchange::Main, 0);
@@ -517,9 +522,9 @@ impl Engine {
         let ni = Self::nonce(env);
         let life_s = x
             .life_s
+            .filter(|&v| v > 0)
             .unwrap_or(DEFAULT_LIFE_S)
-            .min(cfg.mm_lifetime_s)
-            .max(1);
+            .min(cfg.mm_lifetime_s);
         let force = cfg.encap.is_some();
         let m = &mut self.mms[mi];
         m.rcookie = msg.header.rcookie;
