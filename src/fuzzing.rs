@@ -2513,3 +2513,103 @@ pub fn config(data: &[u8]) {
         }
     }
 }
+
+/// Arbitrary bytes into the ISAKMP parser ([`crate::ike::wire`]), twice: as a datagram
+/// (header, then the payload chain of an unencrypted body), and as a decrypted body whose
+/// first payload type is the first byte (padding allowed). Whatever parses must build back
+/// to the same bytes (the commit flag cleared: espd never sets it), and every accessor and
+/// error mapping runs. Returns how many payloads parsed (for the corpus replay).
+pub fn ike_wire(data: &[u8]) -> usize {
+    use crate::ike::wire::{self as w, Builder, Message, Payload, Payloads};
+    fn touch(ps: &Payloads<'_>) -> usize {
+        let mut n = 0;
+        for (p, raw) in ps.iter().zip(ps.raw()) {
+            n += 1;
+            assert_eq!(p.payload_type(), raw.payload_type);
+            assert_eq!(raw.bytes.len(), raw.body().len() + 4);
+            match p {
+                Payload::Sa(sa) => {
+                    assert_eq!(sa.body(), raw.body());
+                    for pr in sa.proposals() {
+                        let _ = pr.spi_u32();
+                        assert_eq!(pr.transforms().count(), usize::from(pr.transform_count()));
+                        for t in pr.transforms() {
+                            for a in t.attrs() {
+                                let num = a.number();
+                                if w::numeric_attr(pr.protocol, a.ty) {
+                                    assert!(num.is_some(), "numeric attribute without a number");
+                                }
+                            }
+                        }
+                    }
+                }
+                Payload::Id(id) => {
+                    assert_eq!(id.body, raw.body());
+                    let _ = id.identity.prefix_len();
+                }
+                Payload::Notify(nt) => {
+                    let _ = (nt.dpd_seq(), nt.cookies());
+                }
+                Payload::Delete(d) => {
+                    assert_eq!(d.spis().count(), d.count());
+                    assert!(d.count() >= 1);
+                    let _ = (d.isakmp_cookies(), d.esp_spis().count());
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+    let note = |e: w::WireError| {
+        let _ = (e.code(), e.notify_type());
+    };
+    let mut n = 0;
+    match Message::parse(data) {
+        Err(e) => {
+            note(e);
+            let _ = w::peek_cookies(data);
+        }
+        Ok(m) if m.header.flags.encrypted => {
+            let mut out = m.header.to_bytes().to_vec();
+            out.extend_from_slice(m.body);
+            assert_eq!(out, data, "encrypted message does not rebuild");
+        }
+        Ok(m) => match m.payloads() {
+            Err(e) => note(e),
+            Ok(ps) => {
+                n += touch(&ps);
+                let mut out = Vec::new();
+                let mut b = Builder::new(&mut out, &m.header);
+                for p in &ps {
+                    b.push(&p);
+                }
+                b.finish().expect("a parsed message builds");
+                let mut want = data.to_vec();
+                want[w::header_field::FLAGS] &= !w::flags::COMMIT;
+                assert_eq!(out, want, "parse → build is not the identity");
+            }
+        },
+    }
+    if let Some((&first, body)) = data.split_first() {
+        match w::parse_decrypted(first, body) {
+            Err(e) => note(e),
+            Ok(ps) => {
+                n += touch(&ps);
+                assert_eq!(ps.chain().len() + ps.padding().len(), body.len());
+                let mut out = Vec::new();
+                let mut b = Builder::chain(&mut out);
+                for p in &ps {
+                    b.push(&p);
+                }
+                assert_eq!(b.first_type(), first);
+                b.finish().expect("a parsed chain builds");
+                assert_eq!(
+                    out,
+                    ps.chain(),
+                    "decrypted chain: parse → build is not the identity"
+                );
+            }
+        }
+    }
+    n
+}

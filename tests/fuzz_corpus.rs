@@ -93,3 +93,18 @@ fn config_corpus() {
     let n = replay("config", espd::fuzzing::config);
     assert!(n >= 100, "the corpus is missing ({n} inputs)");
 }
+
+#[test]
+fn ike_wire_corpus() {
+    let (mut inputs, mut parsed) = (0, 0);
+    replay("ike_wire", |d| {
+        inputs += 1;
+        parsed += usize::from(espd::fuzzing::ike_wire(d) > 0);
+    });
+    assert!(inputs >= 100, "the corpus is missing ({inputs} inputs)");
+    // The corpus holds real strongSwan messages and espd-built ones: many parse to payloads.
+    assert!(
+        parsed * 3 >= inputs,
+        "only {parsed} of {inputs} inputs parsed to at least one payload"
+    );
+}

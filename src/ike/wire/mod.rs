@@ -33,6 +33,7 @@ mod sa;
 pub use build::{AttrWriter, BuildError, Builder, ProposalBuilder, SaBuilder};
 pub use consts::*;
 pub use error::{Field, Part, WireError};
+pub use header::field as header_field;
 pub use header::{Cookie, Exchange, Flags, HEADER_LEN, Header, Message, peek_cookies};
 pub use payloads::{
     DeletePayload, IdPayload, Identity, NotifyPayload, Payload, PayloadIter, Payloads, RawPayload,

@@ -245,13 +245,15 @@ impl<'a> Identity<'a> {
 
     /// The prefix length of a subnet identity whose mask is contiguous.
     pub fn prefix_len(&self) -> Option<u8> {
-        let (bits, width) = match *self {
-            Identity::Ipv4Subnet { mask, .. } => (u128::from(mask.to_bits()) << 96, 32),
-            Identity::Ipv6Subnet { mask, .. } => (mask.to_bits(), 128),
+        // Left-aligned in 128 bits, so an IPv4 mask has 96 zero bits after it.
+        let bits = match *self {
+            Identity::Ipv4Subnet { mask, .. } => u128::from(mask.to_bits()) << 96,
+            Identity::Ipv6Subnet { mask, .. } => mask.to_bits(),
             _ => return None,
         };
         let ones = bits.leading_ones();
-        (bits.checked_shl(ones).unwrap_or(0) == 0 && ones <= width).then_some(ones as u8)
+        // Contiguous: nothing set after the leading ones (a shift by 128 is None: all ones).
+        (bits.checked_shl(ones).unwrap_or(0) == 0).then_some(ones as u8)
     }
 }
 
