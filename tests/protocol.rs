@@ -892,14 +892,21 @@ fn the_error_texts_and_the_session_protocol_md_shows() {
         );
         // Allocated SPIs start at a random generation: the session's 0x00020000 stands for
         // whatever `allocate_spi` answered.
-        let (req, answer) = (req.replace("0x00020000", &spi), answer.replace("0x00020000", &spi));
+        let (req, answer) = (
+            req.replace("0x00020000", &spi),
+            answer.replace("0x00020000", &spi),
+        );
         let got = a.raw(&req);
         if req.contains("allocate_spi") {
             spi = got["spi"].as_str().expect("an SPI").to_string();
             assert_eq!(got, json!({"ok": true, "spi": spi}));
             continue;
         }
-        assert_eq!(got, serde_json::from_str::<Value>(&answer).unwrap(), "{req}");
+        assert_eq!(
+            got,
+            serde_json::from_str::<Value>(&answer).unwrap(),
+            "{req}"
+        );
     }
     assert!(doc.contains(r#"{"event":"mm_expired","code":13885,...,"cause":"peer_delete",...}"#));
     let ev = a.events();
