@@ -202,3 +202,257 @@ fn espd_to_espd_setup_and_traffic() {
     );
     udp_both_ways(2000);
 }
+
+/// Subscribes to gateway `me`'s events.
+fn subscribe(r: &Rig, me: char) -> Client {
+    let mut c = Client::connect(&r.socket(me)).unwrap();
+    assert_eq!(
+        c.call(&json!({"op": "subscribe"})).unwrap()["subscribed"],
+        true
+    );
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    c
+}
+
+/// Events read from `sub` until `until` says stop or `within` passes.
+fn events_until(
+    sub: &mut Client,
+    within: Duration,
+    until: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let t = Instant::now();
+    let mut v = Vec::new();
+    while t.elapsed() < within && !until(&v) {
+        if let Ok(e) = sub.read_line()
+            && e.get("event").is_some()
+        {
+            v.push(e);
+        }
+    }
+    v
+}
+
+fn named<'a>(ev: &'a [Value], name: &str) -> Vec<&'a Value> {
+    ev.iter().filter(|e| e["event"] == name).collect()
+}
+
+/// Quick-mode rekeys by both sides (strongSwan's rekey_time, espd's soft lifetime) under
+/// 1,000 packets/s each way: every packet arrives.
+#[test]
+fn rekeys_with_strongswan_under_traffic_lose_nothing() {
+    let name = "rekeys_with_strongswan_under_traffic_lose_nothing";
+    let Some(_g) = ready(name, true) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::StrongSwan);
+    ike.qm_lifetime_s = 20;
+    ike.rekey_margin_s = 8;
+    ike.sw_rekey_s = 9;
+    ike.sw_life_s = 30;
+    let r = ike_rig("rekey", ike);
+    let sw = StrongSwan::start(r.dir()).unwrap();
+    let _a = start_a(&r);
+    wait_up(&r, 'a', Duration::from_secs(20));
+    let mut sub = subscribe(&r, 'a');
+    let n = 40_000;
+    let back = std::thread::spawn(move || {
+        udp(
+            "host-b",
+            "host-a",
+            "192.0.2.2:5002",
+            "0.0.0.0:5002",
+            n,
+            200,
+            1000,
+        )
+    });
+    let fwd = udp(
+        "host-a",
+        "host-b",
+        "198.51.100.2:5001",
+        "0.0.0.0:5001",
+        n,
+        200,
+        1000,
+    );
+    let back = back.join().unwrap();
+    let ev = events_until(&mut sub, Duration::from_millis(500), |_| false);
+    let rekeys = named(&ev, "qm_up")
+        .into_iter()
+        .filter(|e| e["rekey"] == true)
+        .count();
+    let all_qm = named(&ev, "qm_up").len();
+    assert_all_arrived(&fwd, n, "a→b across rekeys");
+    assert_all_arrived(&back, n, "b→a across rekeys");
+    assert!(
+        all_qm >= 3,
+        "{all_qm} quick modes in 40 s ({rekeys} by espd's soft expiry): {ev:?}"
+    );
+    assert!(
+        sw.log().contains("rekeying CHILD_SA") || rekeys > 0,
+        "no rekey initiated by either side"
+    );
+}
+
+/// `swanctl --terminate --ike`: strongSwan's ESP DELETEs remove the children, then exactly
+/// one 13885 `peer_delete` with strongSwan's cookies, within a second.
+#[test]
+fn strongswan_terminate_gives_one_13885_peer_delete() {
+    let name = "strongswan_terminate_gives_one_13885_peer_delete";
+    let Some(_g) = ready(name, true) else {
+        return;
+    };
+    let r = ike_rig("term", IkeRig::new(Peer::StrongSwan));
+    let sw = StrongSwan::start(r.dir()).unwrap();
+    let _a = start_a(&r);
+    wait_up(&r, 'a', Duration::from_secs(20));
+    let cookies = swan_cookies(&sw);
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let mut sub = subscribe(&r, 'a');
+    let t = Instant::now();
+    sw.swanctl(&["--terminate", "--ike", "espd", "--timeout", "5"])
+        .unwrap();
+    let ev = events_until(&mut sub, Duration::from_secs(3), |v| {
+        !named(v, "mm_expired").is_empty()
+    });
+    let took = t.elapsed();
+    let mm = named(&ev, "mm_expired");
+    assert_eq!(mm.len(), 1, "{ev:?}");
+    assert_eq!(mm[0]["cause"], "peer_delete");
+    assert_eq!(mm[0]["code"], 13885);
+    assert_eq!(
+        (
+            mm[0]["icookie"].as_str().unwrap(),
+            mm[0]["rcookie"].as_str().unwrap()
+        ),
+        (cookies[0].0.as_str(), cookies[0].1.as_str())
+    );
+    assert!(
+        took < Duration::from_secs(1) + Duration::from_millis(500),
+        "{took:?}"
+    );
+    let removed: Vec<_> = named(&ev, "sa_removed")
+        .into_iter()
+        .filter(|e| e["reason"] == "peer_delete")
+        .collect();
+    assert!(!removed.is_empty(), "the children were not deleted: {ev:?}");
+    // No more 13885 follows.
+    let later = events_until(&mut sub, Duration::from_secs(2), |_| false);
+    assert!(named(&later, "mm_expired").is_empty(), "{later:?}");
+}
+
+/// espd's own main-mode lifetime (30 s): one 13885 `lifetime` at 30 ± 1 s, and strongSwan's
+/// main mode goes away (our DELETE arrived).
+#[test]
+fn espd_main_mode_lifetime_gives_13885_and_a_delete() {
+    let name = "espd_main_mode_lifetime_gives_13885_and_a_delete";
+    let Some(_g) = ready(name, true) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::StrongSwan);
+    ike.mm_lifetime_s = 30;
+    ike.rekey_margin_s = 10;
+    let r = ike_rig("life", ike);
+    let sw = StrongSwan::start(r.dir()).unwrap();
+    let _a = start_a(&r);
+    let mm = wait_up(&r, 'a', Duration::from_secs(20));
+    let mut sub = subscribe(&r, 'a');
+    assert_eq!(mm["lifetime_s"], 30, "{mm}");
+    let left = mm["expires_in_s"].as_f64().unwrap();
+    let due = Instant::now() + Duration::from_secs_f64(left);
+    let ev = events_until(&mut sub, Duration::from_secs(40), |v| {
+        !named(v, "mm_expired").is_empty()
+    });
+    let at = Instant::now();
+    let gone = named(&ev, "mm_expired");
+    assert_eq!(gone.len(), 1, "{ev:?}");
+    assert_eq!(gone[0]["cause"], "lifetime");
+    assert_eq!(gone[0]["icookie"], mm["icookie"]);
+    let off = if at > due {
+        (at - due).as_secs_f64()
+    } else {
+        -(due - at).as_secs_f64()
+    };
+    assert!(off.abs() <= 1.0, "13885 {off:+.2} s off its 30 s lifetime");
+    let up = [mm.clone()];
+    let t = Instant::now();
+    while !swan_cookies(&sw)
+        .iter()
+        .all(|(i, _)| Some(i.as_str()) != up[0]["icookie"].as_str())
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "strongSwan still has the main mode"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// DPD: charon frozen with SIGSTOP: one 13886 within dpd_delay + dpd_timeout + 2 s, the
+/// children cleared (`dpd_action = clear`), and never a 13885.
+#[test]
+fn dpd_declares_a_frozen_strongswan_dead() {
+    let name = "dpd_declares_a_frozen_strongswan_dead";
+    let Some(_g) = ready(name, true) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::StrongSwan);
+    ike.dpd_delay_s = 2;
+    ike.dpd_timeout_s = 6;
+    let r = ike_rig("dpd", ike);
+    let mut sw = StrongSwan::start(r.dir()).unwrap();
+    let _a = start_a(&r);
+    wait_up(&r, 'a', Duration::from_secs(20));
+    let mut sub = subscribe(&r, 'a');
+    let pid = sw.proc.pid().to_string();
+    let t = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ev = events_until(&mut sub, Duration::from_secs(12), |v| {
+        !named(v, "mm_dead").is_empty()
+    });
+    let took = t.elapsed();
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let dead = named(&ev, "mm_dead");
+    assert_eq!(dead.len(), 1, "{ev:?}");
+    assert_eq!(dead[0]["code"], 13886);
+    assert!(took <= Duration::from_secs(2 + 6 + 2), "{took:?}");
+    assert!(
+        named(&ev, "mm_expired").is_empty(),
+        "DPD is never 13885: {ev:?}"
+    );
+    let later = events_until(&mut sub, Duration::from_millis(800), |_| false);
+    let cleared = named(&ev, "sa_removed").len() + named(&later, "sa_removed").len();
+    assert!(cleared >= 2, "children not cleared: {ev:?} {later:?}");
+    sw.proc.stop(Duration::from_secs(2));
+}
+
+/// A wrong pre-shared key: `mm_failed` with an authentication code; the daemon keeps running.
+#[test]
+fn wrong_psk_fails_with_its_code() {
+    let Some(_g) = ready("wrong_psk_fails_with_its_code", false) else {
+        return;
+    };
+    let r = ike_rig("psk", IkeRig::new(Peer::Espd));
+    std::fs::write(r.dir().join("gw-b.psk"), "not-the-same-secret\n").unwrap();
+    let (mut a, _b) = start_gateways(&r, EXE, &[]).unwrap();
+    // The responder finds the initiator's hash wrong (its key did not decrypt MM5 right).
+    let mut sub = subscribe(&r, 'b');
+    let ev = events_until(&mut sub, Duration::from_secs(15), |v| {
+        !named(v, "mm_failed").is_empty()
+    });
+    let f = named(&ev, "mm_failed");
+    assert!(!f.is_empty(), "{ev:?}");
+    let code = f[0]["code"].as_u64().unwrap();
+    assert!([13801, 13870].contains(&code), "{}", f[0]);
+    assert!(named(&ev, "mm_up").is_empty(), "{ev:?}");
+    assert!(a.running(), "gw-a died: {}", a.stderr_text());
+}

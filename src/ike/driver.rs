@@ -388,6 +388,11 @@ impl Driver {
                         }
                     });
                 }
+                Action::InboundUp {
+                    peer,
+                    inbound,
+                    limits,
+                } => self.inbound_up(peer, inbound, *limits),
                 Action::ChildUp(ch) => self.child_up(*ch),
                 Action::ChildDown {
                     peer,
@@ -450,6 +455,32 @@ impl Driver {
         }
     }
 
+    /// Installs our inbound SA of a quick mode we answer, before our QM2 goes out.
+    fn inbound_up(&mut self, peer: usize, k: super::types::ChildKeys, limits: crate::sa::Limits) {
+        let Some(p) = self.peers.get(peer) else {
+            return;
+        };
+        let sa = NewSa {
+            tunnel: p.tunnel.clone(),
+            direction: Direction::Inbound,
+            spi: k.spi,
+            keymat: k.keymat,
+            esn: false,
+            backend: None,
+            replay_window: None,
+            limits,
+            state: None,
+        };
+        let tunnel = p.tunnel.clone();
+        match self
+            .control
+            .call(move |c: &mut Control, now| c.install_sa(&sa, now).map_err(|e| e.to_string()))
+        {
+            Ok(Err(e)) => tracing::warn!("ike: {tunnel}: installing the inbound SA: {e}"),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+
     /// Installs a negotiated pair: the new inbound SA first, then the tunnel's outbound swap;
     /// the inbound SA of the child it rekeys retires after the grace period.
     fn child_up(&mut self, ch: NewChild) {
@@ -479,13 +510,18 @@ impl Driver {
         let t = tunnel.clone();
         let r = self.control.call(move |c: &mut Control, now| {
             let has_out = c.outbound_spi(&t).is_some();
+            // A responder's inbound SA is in already (`InboundUp` at QM2).
+            let inbound = c
+                .sa(in_spi, Direction::Inbound, now)
+                .is_err()
+                .then_some(inbound);
             let r = if has_out {
                 let retire = retire.filter(|s| c.sa(*s, Direction::Inbound, now).is_ok());
                 c.rekey(
                     Rekey {
                         tunnel: t.clone(),
                         outbound,
-                        inbound: Some(inbound),
+                        inbound,
                         retire_inbound: retire,
                         grace_ms: None,
                     },
@@ -493,7 +529,8 @@ impl Driver {
                 )
                 .map(drop)
             } else {
-                c.install_sa(&inbound, now)
+                inbound
+                    .map_or(Ok(0), |i| c.install_sa(&i, now))
                     .and_then(|_| c.install_sa(&outbound, now))
                     .map(drop)
             };

@@ -91,6 +91,14 @@ pub enum Action {
         rcookie: u64,
         cause: MmEnd,
     },
+    /// A quick mode we answer reached QM2: install our inbound SA now, since the initiator
+    /// may send on it as soon as it has sent QM3 (before QM3 reaches us). The `ChildUp` that
+    /// follows QM3 names the same inbound SPI; without QM3 a `ChildDown` removes it.
+    InboundUp {
+        peer: usize,
+        inbound: ChildKeys,
+        limits: Box<Limits>,
+    },
     /// A quick mode completed (boxed: the largest action by far).
     ChildUp(Box<NewChild>),
     /// Remove a child SA pair (the peer's ESP DELETE, DPD with `clear`, terminate).

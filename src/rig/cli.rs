@@ -239,20 +239,41 @@ pub fn keyer(a: KeyerArgs) -> anyhow::Result<()> {
 // The arguments of `espd demo`.
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 12)]
     pub seconds: u64,
+    /// Gateway B: `espd`, or `strongswan` (charon with kernel-libipsec; IPv4 flows only).
+    #[arg(long, value_enum, default_value = "espd")]
+    pub peer: DemoPeer,
+    /// Keys from the rig's keyer over the control sockets (the simulation of an external IKE
+    /// daemon) instead of the built-in IKE.
+    #[arg(long)]
+    pub keyer: bool,
     #[arg(long, value_enum, default_value = "native")]
     pub xdp_mode: XdpModeArg,
     #[arg(long, default_value_t = 20_000)]
     pub pps: u64,
 }
 
+/// Gateway B of the demo.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum DemoPeer {
+    Espd,
+    Strongswan,
+}
+
 /// `espd demo`.
 pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
+    if a.keyer && matches!(a.peer, DemoPeer::Strongswan) {
+        anyhow::bail!("--keyer programs both espd gateways; it cannot key strongSwan");
+    }
     super::demo::run(&super::demo::DemoOptions {
         seconds: a.seconds,
         pps: a.pps,
         xdp_mode: a.xdp_mode.name(),
+        ike: (!a.keyer).then_some(match a.peer {
+            DemoPeer::Espd => super::ike::Peer::Espd,
+            DemoPeer::Strongswan => super::ike::Peer::StrongSwan,
+        }),
         ..Default::default()
     })
 }

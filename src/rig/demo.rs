@@ -6,8 +6,22 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::ike::{IkeRig, Peer, StrongSwan};
 use super::procs::{Proc, capture_wan, count_wire, start_gateways};
 use super::{Rig, RigSpec};
+
+/// The demo's IKE: quick modes of 10 s rekeyed 6 s before they end (every ~4 s), main modes
+/// of 10 s without reauthentication: gw-a's ends by lifetime (13885 `lifetime`) and its
+/// DELETE reaches gw-b (13885 `peer_delete`); the next rekey sets up a new main mode first.
+fn demo_ike(peer: Peer) -> IkeRig {
+    let mut i = IkeRig::new(peer);
+    i.mm_lifetime_s = 10;
+    i.qm_lifetime_s = 10;
+    i.rekey_margin_s = 6;
+    i.sw_rekey_s = 6;
+    i.sw_life_s = 12;
+    i
+}
 
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -16,8 +30,10 @@ pub struct DemoOptions {
     pub queues: u32,
     /// UDP packets per second per flow.
     pub pps: u64,
-    /// Interval between rekeys.
+    /// Interval between rekeys (keyer only).
     pub rekey_ms: u64,
+    /// Keys from the built-in IKE with this gateway B (`None`: the keyer).
+    pub ike: Option<Peer>,
 }
 
 impl Default for DemoOptions {
@@ -28,6 +44,7 @@ impl Default for DemoOptions {
             queues: 2,
             pps: 20_000,
             rekey_ms: 500,
+            ike: Some(Peer::Espd),
         }
     }
 }
@@ -42,16 +59,106 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let rig = Rig::up(RigSpec {
         queues: opts.queues,
         xdp_mode: opts.xdp_mode,
+        ike: opts.ike.map(demo_ike),
         ..Default::default()
     })?;
     // Headers are enough to count what crosses the wire.
     let (mut capture, pcap) = capture_wan(&rig, Some(128), None)?;
-    let (mut gw_a, mut gw_b) = start_gateways(&rig, &exe, &["--stats"])?;
-    let (la, lb) = (gw_a.lines(), gw_b.lines());
+    let strongswan = opts.ike == Some(Peer::StrongSwan);
+    let (mut gw_a, mut gw_b, swan) = if strongswan {
+        let sw = StrongSwan::start(rig.dir())?;
+        let cfg = rig.gw_a.to_string_lossy().to_string();
+        let a = Proc::spawn("gw-a", "gw-a", &[&exe, "run", "--config", &cfg, "--stats"])?;
+        (a, None, Some(sw))
+    } else {
+        let (a, b) = start_gateways(&rig, &exe, &["--stats"])?;
+        (a, Some(b), None)
+    };
+    let la = gw_a.lines();
+    let lb = gw_b.as_mut().map(|b| b.lines());
+    // Events of both gateways, printed live (IKE, 13885, rekeys).
+    let (ev_tx, ev_rx) = mpsc::channel::<(char, serde_json::Value)>();
+    for me in ['a', 'b'] {
+        if me == 'b' && strongswan {
+            continue;
+        }
+        let mut sub = super::ike::subscribe(&rig.socket(me), Duration::from_secs(10))?;
+        let tx = ev_tx.clone();
+        std::thread::spawn(move || {
+            while let Ok(e) = sub.read_line() {
+                if tx.send((me, e)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut mm_events: Vec<(char, serde_json::Value)> = Vec::new();
+    let mut rekeys_seen = 0u64;
+    let mut qm_rekeys = 0u64;
+    let mut show = |me: char, e: serde_json::Value| match e["event"].as_str() {
+        Some("mm_expired") => {
+            println!(
+                "       gw-{me}: {} {} ({}) cause={} peer={} children={}",
+                e["code"],
+                e["symbol"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or(""),
+                e["cause"],
+                e["peer"],
+                children(&e["children"])
+            );
+            mm_events.push((me, e));
+        }
+        Some("mm_up") => println!(
+            "       gw-{me}: IKE main mode up {}/{} {} lifetime {} s{}",
+            e["icookie"].as_str().unwrap_or(""),
+            e["rcookie"].as_str().unwrap_or(""),
+            e["proposal"].as_str().unwrap_or(""),
+            e["lifetime_s"],
+            if e["initiator"] == true {
+                " (initiator)"
+            } else {
+                ""
+            }
+        ),
+        Some("qm_up") => {
+            if e["rekey"] == true {
+                qm_rekeys += 1;
+            }
+            println!(
+                "       gw-{me}: IKE quick mode {} in {} out {} ({} ↔ {})",
+                if e["rekey"] == true { "rekey" } else { "up" },
+                e["inbound_spi"].as_str().unwrap_or(""),
+                e["outbound_spi"].as_str().unwrap_or(""),
+                e["local_ts"].as_str().unwrap_or(""),
+                e["remote_ts"].as_str().unwrap_or("")
+            );
+        }
+        Some("mm_failed" | "qm_failed" | "mm_dead") => println!(
+            "       gw-{me}: {} {} {}",
+            e["event"].as_str().unwrap_or(""),
+            e["code"],
+            e["reason"].as_str().unwrap_or("")
+        ),
+        Some("rekeyed") if me == 'a' => rekeys_seen += 1,
+        _ => {}
+    };
+    if opts.ike.is_some() {
+        let t = Instant::now();
+        while !super::ike::tunnel_up(&rig.socket('a')) {
+            while let Ok((me, e)) = ev_rx.try_recv() {
+                show(me, e);
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                anyhow::bail!("the built-in IKE did not set the tunnel up within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     println!(
-        "== gateways up (pids {} and {}); traffic for {} s",
+        "== gateways up (gw-a pid {}, gw-b {}); traffic for {} s",
         gw_a.pid(),
-        gw_b.pid(),
+        gw_b.as_ref()
+            .map_or("strongSwan".to_string(), |b| format!("pid {}", b.pid())),
         opts.seconds
     );
 
@@ -78,7 +185,11 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             )?,
         ),
         (
-            "UDP  IPv6 b→a 1200 B",
+            if strongswan {
+                "UDP  IPv4 b→a 1200 B"
+            } else {
+                "UDP  IPv6 b→a 1200 B"
+            },
             Proc::spawn(
                 "sink2",
                 "host-a",
@@ -87,7 +198,11 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                     "traffic",
                     "udp-recv",
                     "--bind",
-                    "[::]:5002",
+                    if strongswan {
+                        "0.0.0.0:5002"
+                    } else {
+                        "[::]:5002"
+                    },
                     "--expect",
                     &expect,
                 ],
@@ -112,7 +227,11 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             )?,
         ),
         (
-            "TCP  IPv6 b→a",
+            if strongswan {
+                "TCP  IPv4 b→a"
+            } else {
+                "TCP  IPv6 b→a"
+            },
             Proc::spawn(
                 "sink4",
                 "host-a",
@@ -121,7 +240,11 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                     "traffic",
                     "tcp-recv",
                     "--bind",
-                    "[::]:6002",
+                    if strongswan {
+                        "0.0.0.0:6002"
+                    } else {
+                        "[::]:6002"
+                    },
                     "--expect",
                     &tb,
                     "--timeout",
@@ -157,7 +280,11 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                 "traffic",
                 "udp-send",
                 "--dst",
-                "[fd00:a::2]:5002",
+                if strongswan {
+                    "192.0.2.2:5002"
+                } else {
+                    "[fd00:a::2]:5002"
+                },
                 "--count",
                 &expect,
                 "--size",
@@ -187,27 +314,21 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                 "traffic",
                 "tcp-send",
                 "--dst",
-                "[fd00:a::2]:6002",
+                if strongswan {
+                    "192.0.2.2:6002"
+                } else {
+                    "[fd00:a::2]:6002"
+                },
                 "--bytes",
                 &tb,
             ],
         )?,
     ];
-    // The event stream of gw-a, printed live (13885 and rekeys).
-    let mut sub = crate::control::api::Client::connect(&rig.socket('a'))?;
-    sub.call(&serde_json::json!({"op": "subscribe"}))?;
-    let (ev_tx, ev_rx) = mpsc::channel::<serde_json::Value>();
-    std::thread::spawn(move || {
-        while let Ok(e) = sub.read_line() {
-            if ev_tx.send(e).is_err() {
-                break;
-            }
-        }
-    });
-    // The keyer plays the IKE daemon: rekeys every `rekey_ms`, one main mode that expires
-    // (13885, lifetime) and one that the peer deletes (13885, peer_delete).
+    // Without the built-in IKE, the keyer plays the IKE daemon: rekeys every `rekey_ms`, one
+    // main mode that expires (13885, lifetime) and one that the peer deletes (13885,
+    // peer_delete).
     let stop_keyer = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let keyer = {
+    let keyer = opts.ike.is_none().then(|| {
         let (a, b, stop, every) = (
             rig.socket('a'),
             rig.socket('b'),
@@ -230,7 +351,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
             }
             Ok(k.rekeys)
         })
-    };
+    });
     println!(
         "{:>5}  {:>12} {:>12}   {:>12} {:>12}",
         "t (s)", "gw-a rx/s", "gw-a tx/s", "gw-b rx/s", "gw-b tx/s"
@@ -238,17 +359,18 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     let start = Instant::now();
     let deadline = Duration::from_secs(opts.seconds + 20);
     let mut senders_left = senders;
-    let mut mm_events: Vec<serde_json::Value> = Vec::new();
-    let mut rekeys_seen = 0u64;
     while start.elapsed() < deadline {
         let a: Option<serde_json::Value> = la
             .recv_timeout(Duration::from_millis(1200))
             .ok()
             .and_then(|l| serde_json::from_str(&l).ok());
-        let b: Option<serde_json::Value> = lb
-            .recv_timeout(Duration::from_millis(200))
-            .ok()
-            .and_then(|l| serde_json::from_str(&l).ok());
+        let b: Option<serde_json::Value> = match &lb {
+            Some(lb) => lb
+                .recv_timeout(Duration::from_millis(200))
+                .ok()
+                .and_then(|l| serde_json::from_str(&l).ok()),
+            None => Some(serde_json::Value::Null),
+        };
         if let (Some(a), Some(b)) = (a, b) {
             println!(
                 "{:>5.0}  {:>12.0} {:>12.0}   {:>12.0} {:>12.0}",
@@ -259,21 +381,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
                 b["tx_pps"].as_f64().unwrap_or(0.0)
             );
         }
-        while let Ok(e) = ev_rx.try_recv() {
-            if e["event"] == "mm_expired" {
-                println!(
-                    "       event on gw-a: {} {} ({}) cause={} peer={} children={}",
-                    e["code"],
-                    e["symbol"].as_str().unwrap_or(""),
-                    e["message"].as_str().unwrap_or(""),
-                    e["cause"],
-                    e["peer"],
-                    children(&e["children"])
-                );
-                mm_events.push(e);
-            } else if e["event"] == "rekeyed" {
-                rekeys_seen += 1;
-            }
+        while let Ok((me, e)) = ev_rx.try_recv() {
+            show(me, e);
         }
         senders_left.retain_mut(|s| s.running());
         if senders_left.is_empty() {
@@ -282,16 +391,13 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
     }
     drop(senders_left);
     stop_keyer.store(true, std::sync::atomic::Ordering::Release);
-    let rekeys = keyer
-        .join()
-        .map_err(|_| anyhow::anyhow!("keyer panicked"))??;
+    let rekeys = match keyer {
+        Some(k) => k.join().map_err(|_| anyhow::anyhow!("keyer panicked"))??,
+        None => 0,
+    };
     std::thread::sleep(Duration::from_millis(100));
-    while let Ok(e) = ev_rx.try_recv() {
-        if e["event"] == "mm_expired" {
-            mm_events.push(e);
-        } else if e["event"] == "rekeyed" {
-            rekeys_seen += 1;
-        }
+    while let Ok((me, e)) = ev_rx.try_recv() {
+        show(me, e);
     }
     let mut results = Vec::new();
     for (label, s) in sinks {
@@ -302,7 +408,10 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         ));
     }
     gw_a.stop(Duration::from_secs(5));
-    gw_b.stop(Duration::from_secs(5));
+    if let Some(b) = gw_b.as_mut() {
+        b.stop(Duration::from_secs(5));
+    }
+    drop(swan);
     let summary = |rx: mpsc::Receiver<String>| -> serde_json::Value {
         let mut last = serde_json::Value::Null;
         while let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
@@ -314,7 +423,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         }
         last
     };
-    let (sa, sb) = (summary(la), summary(lb));
+    let (sa, sb) = (summary(la), lb.map_or(serde_json::Value::Null, summary));
     std::thread::sleep(Duration::from_millis(300));
     capture.stop(Duration::from_secs(2));
     let wire = count_wire(&pcap);
@@ -349,6 +458,9 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         }
     }
     for (name, s) in [("gw-a", &sa), ("gw-b", &sb)] {
+        if s.is_null() {
+            continue;
+        }
         println!(
             "  {name}: {} packets in, {} out, {} bytes out; drops by code {}; xdp passed to kernel {}",
             s["rx_packets"],
@@ -364,20 +476,30 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<()> {
         wire.esp, wire.esp_in_udp, wire.cleartext_lan, wire.gateway_own, wire.non_ip
     );
     all_ok &= wire.cleartext_lan == 0;
-    println!(
-        "  control: {rekeys} make-before-break rekeys of both directions during the traffic ({rekeys_seen} seen on gw-a's event stream); {} x 13885 ERROR_IPSEC_IKE_MM_EXPIRED (causes: {})",
-        mm_events.len(),
-        mm_events
-            .iter()
-            .map(|e| e["cause"].as_str().unwrap_or("?"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    all_ok &= mm_events.len() == 2 && rekeys > 0;
+    let causes: Vec<String> = mm_events
+        .iter()
+        .map(|(me, e)| format!("gw-{me} {}", e["cause"].as_str().unwrap_or("?")))
+        .collect();
+    let has = |c: &str| mm_events.iter().any(|(_, e)| e["cause"] == c);
+    if opts.ike.is_some() {
+        println!(
+            "  IKE: {qm_rekeys} quick-mode rekeys (make-before-break) during the traffic; {} x 13885 ERROR_IPSEC_IKE_MM_EXPIRED ({})",
+            mm_events.len(),
+            causes.join(", ")
+        );
+        all_ok &= qm_rekeys > 0 && has("lifetime") && (strongswan || has("peer_delete"));
+    } else {
+        println!(
+            "  control: {rekeys} make-before-break rekeys of both directions during the traffic ({rekeys_seen} seen on gw-a's event stream); {} x 13885 ERROR_IPSEC_IKE_MM_EXPIRED (causes: {})",
+            mm_events.len(),
+            causes.join(", ")
+        );
+        all_ok &= mm_events.iter().filter(|(me, _)| *me == 'a').count() == 2 && rekeys > 0;
+    }
     println!("== tearing the rig down");
     drop(rig);
     if !all_ok {
-        anyhow::bail!("some traffic did not arrive intact");
+        anyhow::bail!("some traffic did not arrive intact, or an expected event is missing");
     }
     Ok(())
 }

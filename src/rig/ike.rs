@@ -236,3 +236,35 @@ impl Drop for StrongSwan {
         self.proc.stop(Duration::from_secs(3));
     }
 }
+
+/// A subscription to a gateway's event stream (retried while the daemon starts).
+pub fn subscribe(socket: &Path, within: Duration) -> anyhow::Result<crate::control::api::Client> {
+    let t = std::time::Instant::now();
+    loop {
+        if let Ok(mut c) = crate::control::api::Client::connect(socket)
+            && c.call(&serde_json::json!({"op": "subscribe"}))
+                .is_ok_and(|r| r["subscribed"] == true)
+        {
+            return Ok(c);
+        }
+        if t.elapsed() > within {
+            anyhow::bail!("{}: no control socket after {within:?}", socket.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether the gateway behind `socket` has an inbound and an outbound SA.
+pub fn tunnel_up(socket: &Path) -> bool {
+    let Ok(mut c) = crate::control::api::Client::connect(socket) else {
+        return false;
+    };
+    let Ok(r) = c.call(&serde_json::json!({"op": "sa_list"})) else {
+        return false;
+    };
+    let dirs: Vec<&str> = r["sas"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|s| s["direction"].as_str()).collect())
+        .unwrap_or_default();
+    dirs.contains(&"inbound") && dirs.contains(&"outbound")
+}

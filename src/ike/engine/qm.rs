@@ -585,6 +585,21 @@ impl Engine {
         let g = gxy.as_ref().map(|g| g.as_slice());
         let km_in = keymat(keys, chosen.esp, g, spi, ni, &nr);
         let km_out = keymat(keys, chosen.esp, g, chosen.peer_spi, ni, &nr);
+        // The initiator installs both SAs once it has QM2 and may send before our QM3
+        // arrives: our inbound SA goes in before QM2 goes out.
+        self.actions.push_back(Action::InboundUp {
+            peer,
+            inbound: ChildKeys {
+                spi,
+                keymat: km_in.clone(),
+            },
+            limits: Box::new(child_limits(
+                chosen.life_s,
+                chosen.life_kb,
+                self.peers[peer].rekey_margin_s,
+                false,
+            )),
+        });
         // The child this one replaces: the oldest live one of the tunnel (a rekey by the
         // peer); a child already replaced is named too, never a sibling.
         let replaces = self
@@ -932,7 +947,14 @@ impl Engine {
                                     "quick mode: no answer from the peer".into(),
                                 );
                             } else {
+                                // Its inbound SA went in at QM2: out again.
                                 let q = self.mms[mi].qms.remove(qi);
+                                self.actions.push_back(Action::ChildDown {
+                                    peer: q.peer,
+                                    inbound: Some(q.our_spi),
+                                    outbound: None,
+                                    reason: "no QM3",
+                                });
                                 self.actions
                                     .push_back(Action::ReleaseSpi { spi: q.our_spi });
                                 self.failed(
