@@ -472,12 +472,11 @@ impl Driver {
             state: None,
         };
         let tunnel = p.tunnel.clone();
-        match self
+        if let Ok(Err(e)) = self
             .control
             .call(move |c: &mut Control, now| c.install_sa(&sa, now).map_err(|e| e.to_string()))
         {
-            Ok(Err(e)) => tracing::warn!("ike: {tunnel}: installing the inbound SA: {e}"),
-            Ok(Ok(_)) | Err(_) => {}
+            tracing::warn!("ike: {tunnel}: installing the inbound SA: {e}");
         }
     }
 
