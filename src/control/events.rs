@@ -95,6 +95,8 @@ pub enum Event {
         local_ts: String,
         remote_ts: String,
         rekey: bool,
+        /// We started the quick mode.
+        initiator: bool,
         time: f64,
     },
     /// 13886: DPD gave up on the peer; the main mode is gone without a DELETE.

@@ -134,6 +134,7 @@ pub fn start(
     };
     ctl.attach_ike(link.clone());
     let mut d = Driver {
+        swaps: Vec::new(),
         engine: Engine::new(peers.clone()),
         peers,
         sockets,
@@ -213,7 +214,21 @@ struct Installed {
     outbound: u32,
 }
 
+/// How long our outbound swap waits after a quick mode we initiated: the peer installs its
+/// inbound SA when our QM3 arrives (strongSwan does), and packets on the new SA before that
+/// would be lost. The old outbound SA stays valid meanwhile (a rekey starts at soft expiry).
+pub const SWAP_DELAY_NS: u64 = 300_000_000;
+
+/// An outbound swap waiting for `at`.
+struct Swap {
+    at: u64,
+    tunnel: String,
+    outbound: NewSa,
+    retire: Option<u32>,
+}
+
 struct Driver {
+    swaps: Vec<Swap>,
     engine: Engine,
     peers: Vec<IkePeer>,
     sockets: HashMap<SocketAddr, UdpSocket>,
@@ -263,6 +278,7 @@ impl Driver {
             };
             self.engine.tick(&mut env, now);
             self.apply();
+            self.swap_due(now);
             if let Ok(mut s) = self.status.lock() {
                 *s = self.engine.status(now);
             }
@@ -306,6 +322,38 @@ impl Driver {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Outbound swaps whose delay is over: make-before-break through `rekey` (the new inbound
+    /// SA is in already; the replaced inbound SA retires after the grace period).
+    fn swap_due(&mut self, now: u64) {
+        let (due, later): (Vec<Swap>, Vec<Swap>) = std::mem::take(&mut self.swaps)
+            .into_iter()
+            .partition(|s| s.at <= now);
+        self.swaps = later;
+        for s in due {
+            let tunnel = s.tunnel.clone();
+            let r = self.control.call(move |c: &mut Control, now| {
+                let retire = s
+                    .retire
+                    .filter(|r| c.sa(*r, Direction::Inbound, now).is_ok());
+                c.rekey(
+                    Rekey {
+                        tunnel: s.tunnel,
+                        outbound: s.outbound,
+                        inbound: None,
+                        retire_inbound: retire,
+                        grace_ms: None,
+                    },
+                    now,
+                )
+                .map(drop)
+                .map_err(|e| e.to_string())
+            });
+            if let Ok(Err(e)) = r {
+                tracing::warn!("ike: {tunnel}: outbound swap: {e}");
+            }
         }
     }
 
@@ -507,6 +555,7 @@ impl Driver {
         let (icookie, rcookie) = (ch.icookie, ch.rcookie);
         let selector = ch.selector;
         let t = tunnel.clone();
+        let delay = ch.initiator;
         let r = self.control.call(move |c: &mut Control, now| {
             let has_out = c.outbound_spi(&t).is_some();
             // A responder's inbound SA is in already (`InboundUp` at QM2).
@@ -514,7 +563,13 @@ impl Driver {
                 .sa(in_spi, Direction::Inbound, now)
                 .is_err()
                 .then_some(inbound);
-            let r = if has_out {
+            let r = if has_out && delay {
+                // Our QM: the peer installs its inbound SA when our QM3 arrives. Ours goes in
+                // now; the outbound swap waits (`Driver::swap_due`).
+                inbound
+                    .map_or(Ok(0), |i| c.install_sa(&i, now))
+                    .map(|_| Some((outbound, retire)))
+            } else if has_out {
                 let retire = retire.filter(|s| c.sa(*s, Direction::Inbound, now).is_ok());
                 c.rekey(
                     Rekey {
@@ -526,12 +581,12 @@ impl Driver {
                     },
                     now,
                 )
-                .map(drop)
+                .map(|_| None)
             } else {
                 inbound
                     .map_or(Ok(0), |i| c.install_sa(&i, now))
                     .and_then(|_| c.install_sa(&outbound, now))
-                    .map(drop)
+                    .map(|_| None)
             };
             if r.is_ok() {
                 for child in [
@@ -554,13 +609,22 @@ impl Driver {
                     local_ts: format!("{}", selector.src),
                     remote_ts: format!("{}", selector.dst),
                     rekey,
+                    initiator: delay,
                     time: now as f64 / 1e9,
                 });
             }
             r.map_err(|e| e.to_string())
         });
         match r {
-            Ok(Ok(())) => {
+            Ok(Ok(pending)) => {
+                if let Some((outbound, retire)) = pending {
+                    self.swaps.push(Swap {
+                        at: crate::now_ns() + SWAP_DELAY_NS,
+                        tunnel: tunnel.clone(),
+                        outbound,
+                        retire,
+                    });
+                }
                 let list = self.children.entry(ch.peer).or_default();
                 list.push(Installed {
                     inbound: in_spi,

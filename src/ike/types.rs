@@ -139,6 +139,9 @@ pub struct NewChild {
     pub selector: Selector,
     /// UDP-encapsulated (RFC 3948) as negotiated.
     pub udp_encap: bool,
+    /// We initiated the quick mode: the peer installs its inbound SA only when our QM3
+    /// arrives, so our outbound swap waits a little (`driver::SWAP_DELAY`).
+    pub initiator: bool,
 }
 
 /// Operator view of one peer (`espd ctl ike list`).

@@ -250,8 +250,10 @@ pub struct DemoArgs {
     pub keyer: bool,
     #[arg(long, value_enum, default_value = "native")]
     pub xdp_mode: XdpModeArg,
-    #[arg(long, default_value_t = 20_000)]
-    pub pps: u64,
+    /// UDP packets per second per flow (default 20000; 1000 with strongSwan, whose
+    /// kernel-libipsec forwards a few thousand packets per second).
+    #[arg(long)]
+    pub pps: Option<u64>,
 }
 
 /// Gateway B of the demo.
@@ -268,7 +270,10 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
     }
     super::demo::run(&super::demo::DemoOptions {
         seconds: a.seconds,
-        pps: a.pps,
+        pps: a.pps.unwrap_or(match a.peer {
+            DemoPeer::Espd => 20_000,
+            DemoPeer::Strongswan => 1_000,
+        }),
         xdp_mode: a.xdp_mode.name(),
         ike: (!a.keyer).then_some(match a.peer {
             DemoPeer::Espd => super::ike::Peer::Espd,

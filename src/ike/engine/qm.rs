@@ -811,6 +811,7 @@ impl Engine {
                 replaces,
                 selector: self.peers[peer].selector,
                 udp_encap: udp,
+                initiator: true,
             },
         );
     }
@@ -864,6 +865,7 @@ impl Engine {
                 replaces,
                 selector: self.peers[peer].selector,
                 udp_encap: udp,
+                initiator: false,
             },
         );
     }
