@@ -93,10 +93,16 @@ pub enum CtlOp {
         #[arg(long)]
         retire: Option<String>,
     },
-    /// IKE main-mode records.
+    /// IKE main-mode records (for an external IKE daemon that programs SAs over the socket;
+    /// the built-in IKE records its own).
     Mm {
         #[command(subcommand)]
         op: MmOp,
+    },
+    /// The built-in IKE: list its peers, initiate or terminate a tunnel's SAs.
+    Ike {
+        #[command(subcommand)]
+        op: IkeOp,
     },
     /// Follow the event stream (one JSON line per event).
     Events,
@@ -104,6 +110,16 @@ pub enum CtlOp {
     Stats,
     /// Send raw JSON request lines (`-`: read them from stdin).
     Raw { request: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum IkeOp {
+    /// Peers, their main modes and children.
+    List,
+    /// Set the tunnel up (main mode if needed, then quick mode).
+    Initiate { tunnel: String },
+    /// ESP and ISAKMP DELETEs to the peer; the tunnel's SAs are removed.
+    Terminate { tunnel: String },
 }
 
 #[derive(clap::Subcommand)]
@@ -226,6 +242,15 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
                 json!({"op": "mm_delete", "icookie": icookie, "rcookie": rcookie}),
             )?,
             MmOp::List => call(&socket, json!({"op": "mm_list"}))?,
+        },
+        CtlOp::Ike { op } => match op {
+            IkeOp::List => call(&socket, json!({"op": "ike_list"}))?,
+            IkeOp::Initiate { tunnel } => {
+                call(&socket, json!({"op": "ike_initiate", "tunnel": tunnel}))?
+            }
+            IkeOp::Terminate { tunnel } => {
+                call(&socket, json!({"op": "ike_terminate", "tunnel": tunnel}))?
+            }
         },
         CtlOp::Events => events(&socket)?,
         CtlOp::Stats => call(&socket, json!({"op": "stats"}))?,

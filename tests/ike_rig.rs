@@ -201,6 +201,17 @@ fn espd_to_espd_setup_and_traffic() {
         (&mb["icookie"], &mb["rcookie"])
     );
     udp_both_ways(2000);
+    // The operator's view: `espd ctl ike list`.
+    let o = std::process::Command::new(EXE)
+        .args(["ctl", "--socket"])
+        .arg(r.socket('a'))
+        .args(["ike", "list"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(v["peers"][0]["state"], "established", "{v}");
+    assert_eq!(v["peers"][0]["tunnel"], "peer", "{v}");
+    assert_eq!(v["peers"][0]["main_modes"][0]["icookie"], ma["icookie"], "{v}");
 }
 
 /// Subscribes to gateway `me`'s events.
