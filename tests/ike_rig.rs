@@ -211,7 +211,10 @@ fn espd_to_espd_setup_and_traffic() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
     assert_eq!(v["peers"][0]["state"], "established", "{v}");
     assert_eq!(v["peers"][0]["tunnel"], "peer", "{v}");
-    assert_eq!(v["peers"][0]["main_modes"][0]["icookie"], ma["icookie"], "{v}");
+    assert_eq!(
+        v["peers"][0]["main_modes"][0]["icookie"], ma["icookie"],
+        "{v}"
+    );
 }
 
 /// Subscribes to gateway `me`'s events.
