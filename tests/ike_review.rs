@@ -1,0 +1,735 @@
+//! Review findings against the sans-I/O IKEv1 engine, each as an in-memory test (the harness is
+//! the one of `tests/ike_engine.rs`: two engines back to back, a fake network, clock and
+//! environment). A test marked `#[ignore = "finding N"]` fails today and shows finding N of
+//! the review; it should pass once the finding is fixed.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+
+use espd::codes::{self, Code};
+use espd::ike::config::{DpdAction, IkeId, IkePeer, parse_proposal};
+use espd::ike::engine::Engine;
+use espd::ike::types::{Action, Env, Exchange, MmEnd, NewChild};
+use espd::sa::policy::{PortRange, Selector};
+use zeroize::Zeroizing;
+
+const S: u64 = 1_000_000_000;
+const A_IP: &str = "203.0.113.1";
+const B_IP: &str = "203.0.113.2";
+const A_NET: &str = "192.0.2.0/24";
+const B_NET: &str = "198.51.100.0/24";
+
+/// Seeded randomness and counter SPIs.
+struct TestEnv {
+    rng: u64,
+    next_spi: u32,
+    allocated: Vec<u32>,
+}
+
+impl TestEnv {
+    fn new(seed: u64, spi_base: u32) -> Self {
+        TestEnv {
+            rng: seed | 1,
+            next_spi: spi_base,
+            allocated: Vec::new(),
+        }
+    }
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+impl Env for TestEnv {
+    fn random(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            let v = self.next().to_be_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+    fn allocate_spi(&mut self) -> Option<u32> {
+        self.next_spi += 1;
+        self.allocated.push(self.next_spi);
+        Some(self.next_spi)
+    }
+}
+
+fn peer(a_side: bool) -> IkePeer {
+    let (l, r, src, dst) = if a_side {
+        (A_IP, B_IP, A_NET, B_NET)
+    } else {
+        (B_IP, A_IP, B_NET, A_NET)
+    };
+    let local: IpAddr = l.parse().unwrap();
+    let remote: IpAddr = r.parse().unwrap();
+    IkePeer {
+        index: 0,
+        tunnel: if a_side { "to-b" } else { "to-a" }.into(),
+        tunnel_index: 0,
+        local,
+        remote,
+        encap: None,
+        psk: Zeroizing::new(b"espd-engine-test-psk".to_vec()),
+        local_id: IkeId::Addr(local),
+        remote_id: IkeId::Addr(remote),
+        proposals: vec![
+            parse_proposal("aes256-sha256-ecp256").unwrap(),
+            parse_proposal("aes128-sha256-modp2048").unwrap(),
+        ],
+        esp: vec![128, 256],
+        pfs_group: None,
+        mm_lifetime_s: 28_800,
+        qm_lifetime_s: 3_600,
+        qm_lifetime_kb: None,
+        rekey_margin_s: 540,
+        reauth: false,
+        dpd_delay_s: 30,
+        dpd_timeout_s: 150,
+        dpd_action: DpdAction::Clear,
+        initiate: a_side,
+        selector: Selector {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: None,
+            src_ports: PortRange::ANY,
+            dst_ports: PortRange::ANY,
+        },
+    }
+}
+
+struct Side {
+    e: Engine,
+    env: TestEnv,
+    ip: IpAddr,
+    /// Every non-Send action, in order.
+    ev: Vec<Action>,
+    keepalives: usize,
+    released: Vec<u32>,
+}
+
+impl Side {
+    fn new(cfg: IkePeer, seed: u64, spi_base: u32) -> Self {
+        let ip = cfg.local;
+        Side {
+            e: Engine::new(vec![cfg]),
+            env: TestEnv::new(seed, spi_base),
+            ip,
+            ev: Vec::new(),
+            keepalives: 0,
+            released: Vec::new(),
+        }
+    }
+
+    fn mm_up(&self) -> Vec<(u64, u64, bool)> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::MainModeUp {
+                    icookie,
+                    rcookie,
+                    initiator,
+                    ..
+                } => Some((*icookie, *rcookie, *initiator)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn mm_down(&self) -> Vec<(u64, u64, MmEnd)> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::MainModeDown {
+                    icookie,
+                    rcookie,
+                    cause,
+                    ..
+                } => Some((*icookie, *rcookie, *cause)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn children(&self) -> Vec<&NewChild> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::ChildUp(c) => Some(&**c),
+                _ => None,
+            })
+            .collect()
+    }
+    fn child_down(&self) -> Vec<(Option<u32>, Option<u32>, &'static str)> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::ChildDown {
+                    inbound,
+                    outbound,
+                    reason,
+                    ..
+                } => Some((*inbound, *outbound, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn failed(&self) -> Vec<(Exchange, Code, String)> {
+        self.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::Failed {
+                    exchange,
+                    code,
+                    reason,
+                    ..
+                } => Some((*exchange, *code, reason.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// What the network does with a datagram.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fate {
+    Pass,
+    Drop,
+}
+
+type Tap = Box<dyn FnMut(bool, &[u8]) -> Fate>;
+
+struct Packet {
+    /// From A to B.
+    to_b: bool,
+    local: SocketAddr,
+    from: SocketAddr,
+    data: Vec<u8>,
+}
+
+struct World {
+    a: Side,
+    b: Side,
+    now: u64,
+    q: VecDeque<Packet>,
+    /// Decides each datagram's fate (`true`: sent by A).
+    tap: Tap,
+    /// Every datagram sent, with its sender (`true`: A) and our port.
+    wire: Vec<(bool, u16, Vec<u8>)>,
+    /// A port-translating NAT in front of A: its ports 500 and 4500 as B sees them.
+    nat_a: Option<(u16, u16)>,
+}
+
+impl World {
+    fn new(a: IkePeer, b: IkePeer) -> Self {
+        World {
+            a: Side::new(a, 0x5eed_0001, 0xa000_0000),
+            b: Side::new(b, 0x5eed_0002, 0xb000_0000),
+            now: 1_000 * S,
+            q: VecDeque::new(),
+            tap: Box::new(|_, _| Fate::Pass),
+            wire: Vec::new(),
+            nat_a: None,
+        }
+    }
+
+    fn std() -> Self {
+        World::new(peer(true), peer(false))
+    }
+
+    fn collect(&mut self) {
+        for from_a in [true, false] {
+            loop {
+                let side = if from_a { &mut self.a } else { &mut self.b };
+                let Some(act) = side.e.poll_action() else {
+                    break;
+                };
+                match act {
+                    Action::Send {
+                        local_port,
+                        to,
+                        data,
+                        ..
+                    } => {
+                        let sender_ip = side.ip;
+                        if local_port == 4500 && data == [0xff] {
+                            side.keepalives += 1;
+                            continue;
+                        }
+                        self.wire.push((from_a, local_port, data.clone()));
+                        let receiver_ip = if from_a { self.b.ip } else { self.a.ip };
+                        assert_eq!(to.ip(), receiver_ip, "sent to the wrong address");
+                        // The NAT in front of A: A's ports go out mapped, come back unmapped.
+                        let (mut src_port, mut to) = (local_port, to);
+                        if let Some((m500, m4500)) = self.nat_a {
+                            if from_a {
+                                src_port = if local_port == 500 { m500 } else { m4500 };
+                            } else if to.port() == m500 {
+                                to.set_port(500);
+                            } else if to.port() == m4500 {
+                                to.set_port(4500);
+                            } else {
+                                continue;
+                            }
+                        }
+                        let fate = (self.tap)(from_a, &data);
+                        let p = || Packet {
+                            to_b: from_a,
+                            local: to,
+                            from: SocketAddr::new(sender_ip, src_port),
+                            data: data.clone(),
+                        };
+                        match fate {
+                            Fate::Pass => self.q.push_back(p()),
+                            Fate::Drop => {}
+                        }
+                    }
+                    Action::ReleaseSpi { spi } => side.released.push(spi),
+                    other => side.ev.push(other),
+                }
+            }
+        }
+    }
+
+    /// Delivers everything in flight (and what it causes) at the current time.
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            self.collect();
+            let Some(p) = self.q.pop_front() else {
+                return;
+            };
+            let side = if p.to_b { &mut self.b } else { &mut self.a };
+            side.e
+                .receive(&mut side.env, self.now, p.local, p.from, &p.data);
+        }
+        panic!("the exchange does not settle");
+    }
+
+    fn tick(&mut self) {
+        self.a.e.tick(&mut self.a.env, self.now);
+        self.b.e.tick(&mut self.b.env, self.now);
+        self.pump();
+    }
+
+    /// Runs the clock to `now + dt`, ticking at every deadline on the way.
+    fn advance(&mut self, dt: u64) {
+        let end = self.now + dt;
+        let mut spins = 0;
+        loop {
+            let d = [self.a.e.next_deadline(), self.b.e.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
+            match d {
+                Some(d) if d <= end => {
+                    if d <= self.now {
+                        spins += 1;
+                        assert!(
+                            spins < 1000,
+                            "a deadline in the past that tick does not clear"
+                        );
+                    } else {
+                        spins = 0;
+                        self.now = d;
+                    }
+                    self.tick();
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+        self.tick();
+    }
+
+    fn initiate_a(&mut self) {
+        self.a.e.initiate(&mut self.a.env, self.now, 0);
+        self.pump();
+    }
+}
+
+/// Both sides have exactly `n` children and the i-th of each cross-matches (inbound SPI and
+/// key on one side = outbound on the other).
+fn check_pairs(w: &World, n: usize) {
+    let (ca, cb) = (w.a.children(), w.b.children());
+    assert_eq!(ca.len(), n, "children of A: {:?}", w.a.failed());
+    assert_eq!(cb.len(), n, "children of B: {:?}", w.b.failed());
+    for x in &ca {
+        let y = cb
+            .iter()
+            .find(|y| y.outbound.spi == x.inbound.spi)
+            .expect("B's outbound SPI for A's inbound");
+        assert_eq!(y.inbound.spi, x.outbound.spi);
+        assert_eq!(&x.inbound.keymat[..], &y.outbound.keymat[..]);
+        assert_eq!(&x.outbound.keymat[..], &y.inbound.keymat[..]);
+        assert_ne!(&x.inbound.keymat[..], &x.outbound.keymat[..]);
+        assert_eq!((x.icookie, x.rcookie), (y.icookie, y.rcookie));
+        assert_eq!(x.selector.src, y.selector.dst);
+        assert_eq!(x.selector.dst, y.selector.src);
+        assert_eq!(x.udp_encap, y.udp_encap);
+    }
+}
+
+fn check_mm(w: &World) -> (u64, u64) {
+    let (a, b) = (w.a.mm_up(), w.b.mm_up());
+    assert_eq!(a.len(), 1, "A: {:?}", w.a.failed());
+    assert_eq!(b.len(), 1, "B: {:?}", w.b.failed());
+    assert_eq!((a[0].0, a[0].1), (b[0].0, b[0].1), "equal cookies");
+    assert_ne!(a[0].2, b[0].2, "one initiator");
+    (a[0].0, a[0].1)
+}
+
+fn setup(w: &mut World) {
+    w.initiate_a();
+    check_mm(w);
+    check_pairs(w, 1);
+}
+
+// -------------------------------------------------------------------------------------------
+// Helpers of the review.
+
+const EVIL: &str = "198.51.100.99";
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// ISAKMP exchange type of a datagram (2 main, 5 informational, 32 quick).
+fn exch(d: &[u8]) -> u8 {
+    d.get(18).copied().unwrap_or(0)
+}
+
+fn encrypted(d: &[u8]) -> bool {
+    d.get(19).is_some_and(|f| f & 1 != 0)
+}
+
+/// A genuine MM1 of A's configuration, from a throwaway engine.
+fn an_mm1(now: u64) -> Vec<u8> {
+    let mut e = Engine::new(vec![peer(true)]);
+    let mut env = TestEnv::new(0x0bad_5eed, 0x7000_0000);
+    e.initiate(&mut env, now, 0);
+    while let Some(a) = e.poll_action() {
+        if let Action::Send { data, .. } = a {
+            return data;
+        }
+    }
+    panic!("no MM1");
+}
+
+/// Every action of an engine, Sends included.
+fn drain(e: &mut Engine) -> Vec<Action> {
+    std::iter::from_fn(|| e.poll_action()).collect()
+}
+
+// -------------------------------------------------------------------------------------------
+
+/// Finding 1: the informational HASH (RFC 2409 §5.7) does not depend on the direction, so A's
+/// own R-U-THERE, reflected back to A by an on-path attacker, decrypts and verifies; A takes
+/// it as proof of life (`authenticated`) and never declares the dead peer dead. Nor is an
+/// R-U-THERE-ACK's sequence number checked (RFC 3706 §5.3).
+#[test]
+#[ignore = "finding 1"]
+fn reflected_r_u_there_does_not_keep_a_dead_peer_alive() {
+    assert!(
+        dead_peer_declared(true),
+        "120 s after B died A still has it alive: its own reflected R-U-THEREs count as B's"
+    );
+}
+
+/// The control of finding 1: without the reflection, A declares B dead.
+#[test]
+fn dead_peer_is_declared_dead_without_reflection() {
+    assert!(dead_peer_declared(false));
+}
+
+/// B dies after setup (A's DPD 10 s / 30 s); with `reflect`, an on-path attacker sends each
+/// informational of A straight back to A as if from B. Whether A declared B dead in 120 s.
+fn dead_peer_declared(reflect: bool) -> bool {
+    let mut a = peer(true);
+    a.dpd_delay_s = 10;
+    a.dpd_timeout_s = 30;
+    let mut w = World::new(a, peer(false));
+    setup(&mut w);
+    w.tap = Box::new(|_, _| Fate::Drop);
+    let mut seen = w.wire.len();
+    for _ in 0..120 {
+        w.advance(S);
+        let mine: Vec<(u16, Vec<u8>)> = w.wire[seen..]
+            .iter()
+            .filter(|(from_a, _, d)| reflect && *from_a && exch(d) == 5)
+            .map(|(_, p, d)| (*p, d.clone()))
+            .collect();
+        seen = w.wire.len();
+        for (port, d) in mine {
+            w.a.e
+                .receive(&mut w.a.env, w.now, sa(A_IP, port), sa(B_IP, port), &d);
+        }
+        w.pump();
+    }
+    w.a.mm_down().iter().any(|d| d.2 == MmEnd::DpdDead)
+}
+
+/// A and B with only B doing DPD (10 s), set up, and B's first R-U-THERE captured.
+fn world_with_a_captured_r_u_there() -> (World, Vec<(u16, Vec<u8>)>) {
+    let mut a = peer(true);
+    a.dpd_delay_s = 0;
+    let mut b = peer(false);
+    b.dpd_delay_s = 10;
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    let start = w.wire.len();
+    w.advance(11 * S);
+    let infos: Vec<(u16, Vec<u8>)> = w.wire[start..]
+        .iter()
+        .filter(|(from_a, _, d)| !*from_a && exch(d) == 5)
+        .map(|(_, p, d)| (*p, d.clone()))
+        .collect();
+    assert_eq!(infos.len(), 1, "B's R-U-THERE");
+    (w, infos)
+}
+
+/// Finding 2: informational messages have no replay protection (their message IDs are not
+/// remembered): a captured R-U-THERE replayed N times is answered N times (each answer a new
+/// message ID kept forever in `Mm::mids`: unbounded memory, decrypt + 2 HMAC + encrypt per
+/// datagram).
+#[test]
+#[ignore = "finding 2"]
+fn replayed_informational_is_not_processed_again() {
+    let (mut w, infos) = world_with_a_captured_r_u_there();
+    let before = w.wire.len();
+    for _ in 0..50 {
+        for (port, d) in &infos {
+            w.a.e
+                .receive(&mut w.a.env, w.now, sa(A_IP, *port), sa(B_IP, *port), d);
+        }
+    }
+    w.pump();
+    let answers = w.wire[before..].iter().filter(|(a, _, _)| *a).count();
+    assert_eq!(answers, 0, "A answered {answers} replays of one R-U-THERE");
+}
+
+/// Finding 3: any HASH-valid informational moves the main mode's peer address
+/// (`recv_info`: `m.remote = from`), replays included: one captured datagram replayed from
+/// another address sends all of A's later IKE traffic (rekeys, DPD, deletes) there.
+#[test]
+#[ignore = "finding 3"]
+fn replayed_informational_from_elsewhere_does_not_move_the_peer() {
+    let (mut w, infos) = world_with_a_captured_r_u_there();
+    let (port, d) = &infos[0];
+    w.a.e
+        .receive(&mut w.a.env, w.now, sa(A_IP, *port), sa(EVIL, *port), d);
+    drain(&mut w.a.e);
+    let out = w.a.children()[0].outbound.spi;
+    w.a.e.child_soft_expired(&mut w.a.env, w.now, out, true);
+    let to: Vec<SocketAddr> = drain(&mut w.a.e)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert!(!to.is_empty(), "A's rekey sent nothing");
+    let b: IpAddr = B_IP.parse().unwrap();
+    assert!(to.iter().all(|t| t.ip() == b), "A's QM1 went to {to:?}");
+}
+
+/// Finding 4: 64 MM1s with the peer's source address (any ports, never continued: no DH
+/// state) fill its per-address half-open quota for 30 s; the genuine peer's main mode is
+/// refused meanwhile. An off-path attacker needs ~2 spoofed datagrams a second per peer
+/// (and 16 peers' addresses fill the global 1024).
+#[test]
+#[ignore = "finding 4"]
+fn spoofed_mm1s_do_not_lock_the_peer_out() {
+    let mut w = World::std();
+    let mm1 = an_mm1(w.now);
+    for n in 0..64u16 {
+        let mut m = mm1.clone();
+        m[..2].copy_from_slice(&n.to_be_bytes());
+        m[2] = 0xee;
+        w.b.e
+            .receive(&mut w.b.env, w.now, sa(B_IP, 500), sa(A_IP, 20_000 + n), &m);
+    }
+    drain(&mut w.b.e);
+    w.initiate_a();
+    w.advance(5 * S);
+    assert_eq!(
+        w.a.mm_up().len(),
+        1,
+        "genuine main mode refused: {:?} / B {:?}",
+        w.a.failed(),
+        w.b.e.counters()
+    );
+}
+
+/// Finding 5: a responder's quick mode installs its inbound SA at QM2 (`InboundUp`); if the
+/// main mode then ends (peer DELETE, INITIAL-CONTACT, lifetime, reauth, terminate, DPD)
+/// before QM3, `abort_qms` only emits `ReleaseSpi`, which the control ignores for an
+/// installed SPI: the inbound SA (with keys) stays installed until its hard lifetime.
+#[test]
+#[ignore = "finding 5"]
+fn aborted_responder_quick_mode_removes_its_inbound_sa() {
+    let mut w = World::std();
+    let n = std::rc::Rc::new(std::cell::Cell::new(0));
+    let n2 = n.clone();
+    // Lose A's QM3.
+    w.tap = Box::new(move |from_a, d| {
+        if from_a && exch(d) == 32 {
+            n2.set(n2.get() + 1);
+            if n2.get() == 2 {
+                return Fate::Drop;
+            }
+        }
+        Fate::Pass
+    });
+    w.initiate_a();
+    let inbound: Vec<u32> =
+        w.b.ev
+            .iter()
+            .filter_map(|a| match a {
+                Action::InboundUp { inbound, .. } => Some(inbound.spi),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(inbound.len(), 1);
+    assert!(w.b.children().is_empty(), "QM3 was lost");
+    let (i, r, _) = w.b.mm_up()[0];
+    w.b.e.main_mode_expired(&mut w.b.env, w.now, i, r);
+    w.pump();
+    assert!(
+        w.b.child_down().iter().any(|c| c.0 == Some(inbound[0])),
+        "inbound SA {:#x} installed at QM2 stays installed (only ReleaseSpi {:x?})",
+        inbound[0],
+        w.b.released
+    );
+}
+
+/// Finding 6: an encrypted quick-mode datagram under a main mode that is not up yields a
+/// `Failed` event (a control call, an event and a warn log line) for every datagram, before
+/// anything is authenticated and without a rate limit.
+#[test]
+#[ignore = "finding 6"]
+fn unauthenticated_quick_modes_under_a_half_open_main_mode_make_no_event_flood() {
+    let mut w = World::std();
+    // The attacker's own MM1 (with the peer's address), and B's MM2 seen on the path.
+    let mm1 = an_mm1(w.now);
+    w.b.e
+        .receive(&mut w.b.env, w.now, sa(B_IP, 500), sa(A_IP, 500), &mm1);
+    let mm2 = drain(&mut w.b.e)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Send { data, .. } => Some(data),
+            _ => None,
+        })
+        .expect("MM2");
+    let mut failed = 0;
+    for mid in 1..=1000u32 {
+        let mut d = Vec::with_capacity(44);
+        d.extend_from_slice(&mm2[..16]);
+        d.extend_from_slice(&[8, 0x10, 32, 1]);
+        d.extend_from_slice(&mid.to_be_bytes());
+        d.extend_from_slice(&44u32.to_be_bytes());
+        d.extend_from_slice(&[0u8; 16]);
+        w.b.e
+            .receive(&mut w.b.env, w.now, sa(B_IP, 500), sa(EVIL, 500), &d);
+        failed += drain(&mut w.b.e)
+            .iter()
+            .filter(|a| matches!(a, Action::Failed { .. }))
+            .count();
+    }
+    assert!(
+        failed <= 1,
+        "{failed} qm_failed events from 1000 forged datagrams"
+    );
+}
+
+/// Finding 7: a rekeyed (superseded) child is never forgotten by the engine: the driver's
+/// control retires the old SAs (outbound replaced, inbound `retired after rekey`), which
+/// sends no SaHardExpired, so nothing calls `child_hard_expired` for them. `ike list` shows
+/// every child ever made, `terminate`/DPD send ESP DELETEs and ChildDowns for all of them,
+/// and `Engine::children` grows by one per rekey for the life of the process.
+#[test]
+#[ignore = "finding 7"]
+fn rekeyed_children_are_forgotten() {
+    let mut w = World::std();
+    setup(&mut w);
+    for _ in 0..5 {
+        let out = w.a.children().last().unwrap().outbound.spi;
+        w.a.e.child_soft_expired(&mut w.a.env, w.now, out, true);
+        w.pump();
+        w.advance(60 * S);
+    }
+    check_pairs(&w, 6);
+    w.advance(600 * S);
+    let n = w.a.e.status(w.now)[0].children.len();
+    assert!(
+        n <= 2,
+        "A still lists {n} children, 10 minutes after 5 rekeys"
+    );
+}
+
+/// Finding 8: an MM2 with a transform we did not offer (forged by anyone who saw the MM1's
+/// cookie, from any address) ends our main mode with POLICY_MATCH and, unlike every other
+/// initiator failure, schedules no retry: an `initiate = true` peer stays down for good.
+#[test]
+#[ignore = "finding 8"]
+fn forged_mm2_does_not_stop_an_initiating_peer() {
+    let mut w = World::std();
+    let cap = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<u8>>));
+    let c2 = cap.clone();
+    w.tap = Box::new(move |from_a, d| {
+        if !from_a && exch(d) == 2 && !encrypted(d) && c2.borrow().is_none() {
+            *c2.borrow_mut() = Some(d.to_vec());
+            return Fate::Drop;
+        }
+        Fate::Pass
+    });
+    w.initiate_a();
+    let mut forged = cap.borrow().clone().expect("MM2");
+    // Group 19 (ECP-256, chosen) becomes 20 (ECP-384, not offered by A).
+    let at = forged
+        .windows(4)
+        .position(|x| x == [0x80, 0x04, 0x00, 0x13])
+        .expect("group attribute");
+    forged[at + 3] = 0x14;
+    w.a.e
+        .receive(&mut w.a.env, w.now, sa(A_IP, 500), sa(EVIL, 500), &forged);
+    w.pump();
+    assert!(
+        w.a.failed().iter().any(|f| f.1 == codes::IKE_POLICY_MATCH),
+        "{:?}",
+        w.a.failed()
+    );
+    w.advance(300 * S);
+    assert_eq!(w.a.mm_up().len(), 1, "A never retried after one forged MM2");
+}
+
+/// Finding 9: one corrupted MM5 (anyone who saw the cookies; it cannot be decrypted, so it
+/// proves nothing) kills the responder's main mode (`mm5` marks it dead and sends
+/// AUTHENTICATION_FAILED); the genuine MM5 right after it is dropped. RFC 2408 §5 has a
+/// message that fails to verify discarded, not the SA torn down. `mm6` does the same to the
+/// initiator.
+#[test]
+#[ignore = "finding 9"]
+fn garbage_mm5_does_not_kill_the_responder_main_mode() {
+    let mut w = World::std();
+    let cap = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<u8>>));
+    let c2 = cap.clone();
+    w.tap = Box::new(move |from_a, d| {
+        if from_a && exch(d) == 2 && encrypted(d) && c2.borrow().is_none() {
+            *c2.borrow_mut() = Some(d.to_vec());
+            return Fate::Drop;
+        }
+        Fate::Pass
+    });
+    w.initiate_a();
+    let mm5 = cap.borrow().clone().expect("MM5");
+    let mut bad = mm5.clone();
+    bad[28] ^= 0xff;
+    w.b.e
+        .receive(&mut w.b.env, w.now, sa(B_IP, 500), sa(A_IP, 500), &bad);
+    w.b.e
+        .receive(&mut w.b.env, w.now, sa(B_IP, 500), sa(A_IP, 500), &mm5);
+    w.pump();
+    assert_eq!(w.b.mm_up().len(), 1, "B: {:?}", w.b.failed());
+}
