@@ -486,3 +486,109 @@ fn wrong_psk_fails_with_its_code() {
     assert!(named(&ev, "mm_up").is_empty(), "{ev:?}");
     assert!(a.running(), "gw-a died: {}", a.stderr_text());
 }
+
+/// strongSwan reauthenticates (a new main mode adopts the children, then it deletes the old
+/// one): exactly one 13885 `peer_delete` per reauthentication, with the old cookies, and the
+/// traffic goes on without a loss.
+#[test]
+fn strongswan_reauth_gives_one_13885_and_traffic_goes_on() {
+    let name = "strongswan_reauth_gives_one_13885_and_traffic_goes_on";
+    let Some(_g) = ready(name, true) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::StrongSwan);
+    ike.sw_reauth_s = 8;
+    let r = ike_rig("reauth", ike);
+    let _sw = StrongSwan::start(r.dir()).unwrap();
+    let _a = start_a(&r);
+    let first = wait_up(&r, 'a', Duration::from_secs(20));
+    let mut sub = subscribe(&r, 'a');
+    let n = 12_000;
+    let back = std::thread::spawn(move || {
+        udp(
+            "host-b",
+            "host-a",
+            "192.0.2.2:5002",
+            "0.0.0.0:5002",
+            n,
+            200,
+            1000,
+        )
+    });
+    let fwd = udp(
+        "host-a",
+        "host-b",
+        "198.51.100.2:5001",
+        "0.0.0.0:5001",
+        n,
+        200,
+        1000,
+    );
+    let back = back.join().unwrap();
+    let ev = events_until(&mut sub, Duration::from_millis(500), |_| false);
+    assert_all_arrived(&fwd, n, "a→b across the reauthentication");
+    assert_all_arrived(&back, n, "b→a across the reauthentication");
+    let gone = named(&ev, "mm_expired");
+    assert!(!gone.is_empty(), "no 13885 in 12 s: {ev:?}");
+    assert_eq!(gone[0]["cause"], "peer_delete", "{ev:?}");
+    assert_eq!(gone[0]["icookie"], first["icookie"], "{ev:?}");
+    // One per main mode: no cookie pair ends twice.
+    let mut pairs: Vec<(String, String)> = gone
+        .iter()
+        .map(|e| (e["icookie"].to_string(), e["rcookie"].to_string()))
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    assert_eq!(pairs.len(), gone.len(), "{ev:?}");
+    assert!(
+        named(&ev, "mm_up").len() >= gone.len(),
+        "a main mode ended without a new one: {ev:?}"
+    );
+}
+
+/// Garbage, truncated ISAKMP and a flood of MM1s from many ports at gw-a's IKE ports: dropped
+/// (counted, or answered by a refusal), no panic, and the established tunnel keeps forwarding.
+#[test]
+fn garbage_and_an_mm1_flood_leave_the_tunnel_forwarding() {
+    let name = "garbage_and_an_mm1_flood_leave_the_tunnel_forwarding";
+    let Some(_g) = ready(name, false) else {
+        return;
+    };
+    let r = ike_rig("garbage", IkeRig::new(Peer::Espd));
+    let (mut a, _b) = start_gateways(&r, EXE, &[]).unwrap();
+    let before = wait_up(&r, 'a', Duration::from_secs(20));
+    // From gw-b's namespace (203.0.113.2), ports 20000..: random bytes, every prefix of an
+    // ISAKMP header, and 3,000 MM1-shaped messages (random cookies, SA payload garbage).
+    let script = r#"
+import os, socket, struct
+dst = "203.0.113.1"
+socks = []
+for i in range(64):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("203.0.113.2", 20000 + i))
+    socks.append(s)
+n = 0
+for i in range(2000):
+    socks[i % 64].sendto(os.urandom(1 + i % 300), (dst, 500)); n += 1
+    socks[i % 64].sendto(b"\0\0\0\0" + os.urandom(1 + i % 300), (dst, 4500)); n += 1
+hdr = os.urandom(8) + b"\0" * 8 + bytes([1, 0x10, 2, 0]) + b"\0" * 4 + struct.pack(">I", 28)
+for k in range(len(hdr) + 1):
+    socks[k % 64].sendto(hdr[:k], (dst, 500)); n += 1
+for i in range(3000):
+    body = os.urandom(40)
+    m = os.urandom(8) + b"\0" * 8 + bytes([1, 0x10, 2, 0]) + b"\0" * 4 + struct.pack(">I", 28 + 4 + len(body))
+    m += bytes([0, 0]) + struct.pack(">H", 4 + len(body)) + body
+    socks[i % 64].sendto(m, (dst, 500)); n += 1
+print(n)
+"#;
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", "gw-b", "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(a.running(), "gw-a died: {}", a.stderr_text());
+    udp_both_ways(2000);
+    let after = wait_up(&r, 'a', Duration::from_secs(5));
+    assert_eq!(after["icookie"], before["icookie"], "the main mode changed");
+}
