@@ -141,6 +141,31 @@ fn udp_both_ways(n: u64) {
     );
 }
 
+/// `n` datagrams each way at 1,000 per second, at the same time: (a→b, b→a) reports.
+fn udp_at_1k_both_ways(n: u64) -> (Value, Value) {
+    let back = std::thread::spawn(move || {
+        udp(
+            "host-b",
+            "host-a",
+            "192.0.2.2:5002",
+            "0.0.0.0:5002",
+            n,
+            200,
+            1000,
+        )
+    });
+    let fwd = udp(
+        "host-a",
+        "host-b",
+        "198.51.100.2:5001",
+        "0.0.0.0:5001",
+        n,
+        200,
+        1000,
+    );
+    (fwd, back.join().unwrap())
+}
+
 fn check_setup_with_strongswan(name: &str, espd_initiates: bool) {
     let Some(_g) = ready(name, true) else {
         return;
@@ -269,27 +294,7 @@ fn rekeys_with_strongswan(name: &str, espd_first: bool, seconds: u64) {
     wait_up(&r, 'a', Duration::from_secs(20));
     let mut sub = subscribe(&r, 'a');
     let n = seconds * 1000;
-    let back = std::thread::spawn(move || {
-        udp(
-            "host-b",
-            "host-a",
-            "192.0.2.2:5002",
-            "0.0.0.0:5002",
-            n,
-            200,
-            1000,
-        )
-    });
-    let fwd = udp(
-        "host-a",
-        "host-b",
-        "198.51.100.2:5001",
-        "0.0.0.0:5001",
-        n,
-        200,
-        1000,
-    );
-    let back = back.join().unwrap();
+    let (fwd, back) = udp_at_1k_both_ways(n);
     let ev = events_until(&mut sub, Duration::from_millis(500), |_| false);
     let qm = named(&ev, "qm_up").len();
     assert_all_arrived(&fwd, n, "a→b across rekeys");
@@ -504,27 +509,7 @@ fn strongswan_reauth_gives_one_13885_and_traffic_goes_on() {
     let first = wait_up(&r, 'a', Duration::from_secs(20));
     let mut sub = subscribe(&r, 'a');
     let n = 12_000;
-    let back = std::thread::spawn(move || {
-        udp(
-            "host-b",
-            "host-a",
-            "192.0.2.2:5002",
-            "0.0.0.0:5002",
-            n,
-            200,
-            1000,
-        )
-    });
-    let fwd = udp(
-        "host-a",
-        "host-b",
-        "198.51.100.2:5001",
-        "0.0.0.0:5001",
-        n,
-        200,
-        1000,
-    );
-    let back = back.join().unwrap();
+    let (fwd, back) = udp_at_1k_both_ways(n);
     let ev = events_until(&mut sub, Duration::from_millis(500), |_| false);
     assert_all_arrived(&fwd, n, "a→b across the reauthentication");
     assert_all_arrived(&back, n, "b→a across the reauthentication");
