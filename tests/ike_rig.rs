@@ -112,6 +112,45 @@ fn swan_cookies(s: &StrongSwan) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The first child's keys as charon logged them (level 4): `(initiator key, responder key)`,
+/// hex key‖salt, in the order `encryption initiator key` / `encryption responder key`.
+fn charon_child_keys(log: &str) -> Option<(String, String)> {
+    let mut keys = Vec::new();
+    let mut lines = log.lines();
+    while let Some(l) = lines.next() {
+        let Some(rest) = l
+            .split_once("encryption initiator key => ")
+            .or_else(|| l.split_once("encryption responder key => "))
+            .map(|(_, r)| r)
+        else {
+            continue;
+        };
+        let want: usize = rest.split_whitespace().next()?.parse().ok()?;
+        let mut hex = String::new();
+        for d in lines.by_ref() {
+            let Some((_, bytes)) = d.split_once(": ") else {
+                break;
+            };
+            // `   0: 1D 72 67 ... 16 bytes ...  .rgp.s..k` (an ASCII column may follow).
+            hex.extend(
+                bytes
+                    .split_whitespace()
+                    .take_while(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()))
+                    .take(16)
+                    .map(|b| b.to_lowercase()),
+            );
+            if hex.len() >= 2 * want {
+                break;
+            }
+        }
+        keys.push(hex);
+        if keys.len() == 2 {
+            return Some((keys[0].clone(), keys[1].clone()));
+        }
+    }
+    None
+}
+
 fn udp_both_ways(n: u64) {
     assert_all_arrived(
         &udp(
@@ -175,6 +214,7 @@ fn check_setup_with_strongswan(name: &str, espd_initiates: bool) {
         ike.initiators.clear();
     }
     let r = ike_rig(name, ike);
+    let (mut cap, pcap) = espd::rig::procs::capture_wan(&r, None, None).unwrap();
     let sw = StrongSwan::start(r.dir()).unwrap();
     let _a = start_a(&r);
     if !espd_initiates {
@@ -200,6 +240,78 @@ fn check_setup_with_strongswan(name: &str, espd_initiates: bool) {
         2_000_000,
     );
     assert_eq!(t["ok"], true, "TCP a→b: {t}");
+    // tshark, given the keys strongSwan logged for the negotiated child, decrypts the wire:
+    // every ESP-in-UDP packet with a good ICV (the keys espd derived are the same).
+    std::thread::sleep(Duration::from_millis(300));
+    cap.stop(Duration::from_secs(2));
+    let (ki, kr) = charon_child_keys(&sw.log()).expect("charon logged the child's keys");
+    let spi = |dir: &str| {
+        ctl(&r, 'a', json!({"op": "sa_list"}))["sas"]
+            .as_array()
+            .and_then(|v| v.iter().find(|s| s["direction"] == dir))
+            .and_then(|s| s["spi"].as_str().map(str::to_string))
+            .unwrap()
+    };
+    // The quick mode's initiator key protects initiator → responder traffic.
+    let (k_ab, k_ba) = if espd_initiates {
+        (&ki, &kr)
+    } else {
+        (&kr, &ki)
+    };
+    let sas = [
+        ("203.0.113.1", "203.0.113.2", spi("outbound"), k_ab),
+        ("203.0.113.2", "203.0.113.1", spi("inbound"), k_ba),
+    ];
+    let mut cmd = std::process::Command::new("tshark");
+    cmd.arg("-r").arg(&pcap).args([
+        "-o",
+        "esp.enable_encryption_decode:TRUE",
+        "-o",
+        "esp.enable_authentication_check:TRUE",
+    ]);
+    for (src, dst, spi, k) in &sas {
+        cmd.args([
+            "-o",
+            &format!(
+                r#"uat:esp_sa:"IPv4","{src}","{dst}","{spi}","AES-GCM with 16 octet ICV [RFC4106]","0x{k}","NULL","""#
+            ),
+        ]);
+    }
+    let o = cmd
+        .args([
+            "-Y",
+            "esp",
+            "-T",
+            "fields",
+            "-e",
+            "esp.icv_good",
+            "-e",
+            "udp.dstport",
+        ])
+        .output()
+        .expect("tshark");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let esp: Vec<&str> = out.lines().collect();
+    let good = esp.iter().filter(|l| l.starts_with("1\t")).count();
+    if esp.len() < 4000 {
+        let dump = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(&pcap)
+            .args(["-c", "40"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        panic!(
+            "{} ESP packets on the wire; tshark said {}; first packets:\n{dump}",
+            esp.len(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert!(
+        good * 100 >= esp.len() * 99,
+        "tshark found {good} of {} ICVs good with the negotiated keys",
+        esp.len()
+    );
 }
 
 #[test]
