@@ -689,3 +689,73 @@ print(n)
     let after = wait_up(&r, 'a', Duration::from_secs(5));
     assert_eq!(after["icookie"], before["icookie"], "the main mode changed");
 }
+
+/// A quick mode's hard expiry with the peer frozen (no rekey can succeed, no DPD): 13895 for
+/// both SAs on time, and later packets are counted as 13911.
+#[test]
+fn quick_mode_hard_expiry_with_a_frozen_peer_gives_13895_then_13911() {
+    let name = "quick_mode_hard_expiry_with_a_frozen_peer_gives_13895_then_13911";
+    let Some(_g) = ready(name, true) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::StrongSwan);
+    ike.qm_lifetime_s = 12;
+    ike.rekey_margin_s = 6;
+    ike.dpd_delay_s = 0;
+    ike.sw_rekey_s = 0;
+    ike.sw_life_s = 60;
+    let r = ike_rig("hard", ike);
+    let sw = StrongSwan::start(r.dir()).unwrap();
+    let a = start_a(&r);
+    wait_up(&r, 'a', Duration::from_secs(20));
+    let sas = ctl(&r, 'a', json!({"op": "sa_list"}));
+    let age = sas["sas"][0]["age_s"].as_f64().unwrap();
+    let due = Instant::now() + Duration::from_secs_f64(12.0 - age);
+    let mut sub = subscribe(&r, 'a');
+    let pid = sw.proc.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ev = events_until(&mut sub, Duration::from_secs(20), |v| {
+        named(v, "sa_hard_expired").len() >= 2
+    });
+    let at = Instant::now();
+    let hard = named(&ev, "sa_hard_expired");
+    assert_eq!(hard.len(), 2, "{ev:?}");
+    assert!(hard.iter().all(|e| e["code"] == 13895), "{ev:?}");
+    let dirs: Vec<&str> = hard
+        .iter()
+        .filter_map(|e| e["direction"].as_str())
+        .collect();
+    assert!(
+        dirs.contains(&"inbound") && dirs.contains(&"outbound"),
+        "{dirs:?}"
+    );
+    let off = if at > due {
+        (at - due).as_secs_f64()
+    } else {
+        -(due - at).as_secs_f64()
+    };
+    assert!(off.abs() <= 1.5, "13895 {off:+.2} s off the 12 s lifetime");
+    // Packets for the expired SA are dropped and counted as 13911 (the SA lingers).
+    let _ = udp(
+        "host-a",
+        "host-b",
+        "198.51.100.2:5001",
+        "0.0.0.0:5001",
+        100,
+        200,
+        1000,
+    );
+    let summary = stop(a);
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let dropped = summary["drops_by_code"]["13911"].as_u64().unwrap_or(0);
+    assert!(dropped >= 90, "13911 drops: {summary}");
+    drop(sw);
+}
