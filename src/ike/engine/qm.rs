@@ -377,17 +377,10 @@ impl Engine {
             self.counters.dropped += 1;
             return;
         };
+        // Under a main mode not yet up nothing can be authenticated: a counted drop, no
+        // event (anyone who saw the cookies could make one per datagram).
         if self.mms[mi].state != super::MmState::Up || !h.flags.encrypted {
             self.counters.dropped += 1;
-            let p = self.mms[mi].peer;
-            if h.flags.encrypted {
-                self.failed(
-                    p,
-                    Exchange::Quick,
-                    codes::IKE_INVALID_MM_FOR_QM,
-                    "quick mode under a main mode that is not established".into(),
-                );
-            }
             return;
         }
         let mid = h.message_id;
@@ -410,7 +403,7 @@ impl Engine {
             }
             return;
         }
-        if self.mms[mi].mids.contains(&mid) {
+        if self.mms[mi].mids.contains(mid) {
             // A message ID already used (and forgotten): RFC 2409 §5.5 wants it unique.
             self.counters.dropped += 1;
             return;
@@ -871,13 +864,14 @@ impl Engine {
     }
 
     /// Records and announces a new child.
-    fn child_up(&mut self, _now: u64, ch: NewChild) {
+    fn child_up(&mut self, now: u64, ch: NewChild) {
         let peer = ch.peer;
         self.child_seq += 1;
         if let Some((i, _)) = ch.replaces
             && let Some(c) = self.children.iter_mut().find(|c| c.inbound == i)
         {
             c.superseded = true;
+            c.superseded_at = now;
             c.rekeying = false;
         }
         self.children.push(Child {
@@ -886,6 +880,8 @@ impl Engine {
             outbound: ch.outbound.spi,
             created: self.child_seq,
             superseded: false,
+            superseded_at: 0,
+            replaced: ch.replaces.map(|r| r.0),
             soft: false,
             rekeying: false,
         });
