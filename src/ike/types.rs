@@ -181,4 +181,6 @@ pub struct IkeLink {
     pub status: Arc<Mutex<Vec<PeerStatus>>>,
     /// Peer index by tunnel name.
     pub peers: Vec<String>,
+    /// IKE datagrams the socket readers dropped because the IKE thread's queue was full.
+    pub rx_dropped: Arc<std::sync::atomic::AtomicU64>,
 }

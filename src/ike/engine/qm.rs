@@ -92,6 +92,11 @@ fn select_esp(
         let Some(peer_spi) = p.spi_u32() else {
             continue;
         };
+        // RFC 4303 §2.1: SPIs 1..=255 are reserved, 0 is never sent.
+        if peer_spi < 256 {
+            why.push(format!("proposal {}: SPI {peer_spi} is reserved", p.number));
+            continue;
+        }
         for t in p.transforms() {
             match esp_transform_ok(cfg, &t, modes, nat, responder) {
                 Ok((esp, life_s, life_kb, mode, group)) => {
@@ -186,6 +191,33 @@ fn esp_transform_ok(
         (a, b) => a.or(b),
     };
     Ok((esp, life_s, life_kb, mode, group))
+}
+
+/// Whether QM2's IDs are the ones our QM1 sent (IDci ours, IDcr the peer's side).
+fn ids_as_sent(cfg: &IkePeer, ids: &[IdPayload<'_>]) -> Result<(), String> {
+    let [ci, cr] = ids else {
+        return Err(format!("{} ID payloads", ids.len()));
+    };
+    let sel = &cfg.selector;
+    let (proto, sport) = id_proto_port(sel, true);
+    let (_, dport) = id_proto_port(sel, false);
+    let ok = identity_prefix(&ci.identity) == Some(sel.src)
+        && identity_prefix(&cr.identity) == Some(sel.dst)
+        && (ci.protocol, ci.port) == (proto, sport)
+        && (cr.protocol, cr.port) == (proto, dport);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} {}/{} === {:?} {}/{}",
+            identity_prefix(&ci.identity),
+            ci.protocol,
+            ci.port,
+            identity_prefix(&cr.identity),
+            cr.protocol,
+            cr.port
+        ))
+    }
 }
 
 /// The payloads of a decrypted quick-mode message after its leading HASH.
@@ -631,7 +663,21 @@ impl Engine {
     fn match_proxy_ids(&self, mi: usize, ids: &[IdPayload<'_>]) -> Result<usize, String> {
         let m = &self.mms[mi];
         let (ci, cr) = match ids {
-            [ci, cr] => (identity_prefix(&ci.identity), identity_prefix(&cr.identity)),
+            [ci, cr] => {
+                // Protocol and ports must be the tunnel's too (its SAs carry all of it).
+                let sel = &self.peers[m.peer].selector;
+                let (proto, sport) = id_proto_port(sel, true);
+                let (_, dport) = id_proto_port(sel, false);
+                if (ci.protocol, ci.port) != (proto, dport)
+                    || (cr.protocol, cr.port) != (proto, sport)
+                {
+                    return Err(format!(
+                        "quick mode: the peer's proxy IDs name protocol/ports {}/{} === {}/{}, tunnel `{}` has {proto}/{dport} === {proto}/{sport}",
+                        ci.protocol, ci.port, cr.protocol, cr.port, self.peers[m.peer].tunnel
+                    ));
+                }
+                (identity_prefix(&ci.identity), identity_prefix(&cr.identity))
+            }
             [] => {
                 // No IDs: the main mode's addresses (RFC 2409 §5.5).
                 let host = |ip: std::net::IpAddr| {
@@ -722,6 +768,17 @@ impl Engine {
             self.counters.dropped += 1;
             return;
         };
+        // RFC 2409 §5.5: the responder returns the IDs it was sent.
+        if let Err(why) = ids_as_sent(cfg, &body.ids) {
+            self.qm_initiator_failed(
+                now,
+                mi,
+                qi,
+                codes::IKE_PROCESS_ERR_ID,
+                format!("quick mode: the responder's proxy IDs are not ours ({why})"),
+            );
+            return;
+        }
         let q = &mut self.mms[mi].qms[qi];
         let gxy = match (q.dh.take(), body.ke) {
             (None, _) => None,
