@@ -107,7 +107,7 @@ pub enum Action {
         peer: usize,
         inbound: Option<u32>,
         outbound: Option<u32>,
-        /// `peer_delete`, `dpd`, `terminated`, `expired`.
+        /// `peer_delete`, `dpd`, `terminated`, `no QM3`, `quick mode aborted`.
         reason: &'static str,
     },
     /// A negotiation failed (event `mm_failed` / `qm_failed` with `code`).

@@ -9,7 +9,9 @@
 //!
 //! Invariants: no input panics (every index is checked, every parse error is a counted drop);
 //! a message is acted on only after its HASH checks out, and the CBC IV chain only advances
-//! then; a retransmitted request (same bytes) is answered from the cached response and never
+//! then; a phase-2 message ID used before under the main mode (by either side: the
+//! informational HASH does not tell directions apart) is dropped before decryption; nothing
+//! unauthenticated ends a main mode past MM3 or moves its addresses; a retransmitted request (same bytes) is answered from the cached response and never
 //! processed twice; each SPI from [`Env::allocate_spi`] is either installed ([`Action::ChildUp`])
 //! or given back ([`Action::ReleaseSpi`]). Children belong to the peer, not to a main mode
 //! (IKEv1): a main mode's end never removes them, except DPD with `dpd_action`.

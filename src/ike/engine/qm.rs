@@ -436,8 +436,10 @@ impl Engine {
             return;
         }
         if self.mms[mi].mids.contains(mid) {
-            // A message ID already used (and forgotten): RFC 2409 §5.5 wants it unique.
+            // A message ID already used (a replayed QM1, or one of ours reflected): RFC 2409
+            // §5.5 wants it unique.
             self.counters.dropped += 1;
+            self.counters.replays += 1;
             return;
         }
         let _ = (local, from);
