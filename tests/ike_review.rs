@@ -966,3 +966,20 @@ fn proxy_ids_with_other_ports_are_refused() {
         w.b.failed()
     );
 }
+
+/// Finding 9 with a wrong pre-shared key: the responder's main mode stays (an MM5 that does
+/// not decrypt proves nothing), but the initiator's resent MM5s are reported again (at most
+/// one `mm_failed` in 5 s), and both sides end it by timeout; the initiator retries later.
+#[test]
+fn wrong_psk_is_reported_while_the_initiator_resends() {
+    let mut b = peer(false);
+    b.psk = Zeroizing::new(b"another-secret".to_vec());
+    let mut w = World::new(peer(true), b);
+    w.initiate_a();
+    assert_eq!(w.b.failed().len(), 1, "{:?}", w.b.failed());
+    w.advance(16 * S);
+    let fb = w.b.failed();
+    assert!((2..=4).contains(&fb.len()), "{fb:?}");
+    assert!(fb.iter().all(|f| f.1 == codes::IKE_AUTH_FAIL), "{fb:?}");
+    assert!(w.a.mm_up().is_empty() && w.b.mm_up().is_empty());
+}

@@ -208,6 +208,7 @@ impl Mm {
             peer_dpd_seq: None,
             keepalive_at: now,
             reported: false,
+            garbage_at: None,
             suspect: None,
             dead: false,
         }
@@ -837,13 +838,15 @@ impl Engine {
             Err((code, reason, false)) => {
                 // RFC 2408 §5: a message that does not decrypt or parse is discarded; the
                 // main mode waits for the genuine MM5 (anyone who saw the cookies can send
-                // garbage). A wrong pre-shared key looks the same: reported (with a notify to
-                // the initiator) once per main mode; the half-open limit ends it.
+                // garbage). A wrong pre-shared key looks the same (and the initiator resends
+                // it): reported, with a notify to the initiator, at most once every 5 s per
+                // main mode; the half-open limit ends it.
                 self.counters.dropped += 1;
                 let m = &mut self.mms[mi];
-                if m.reported {
+                if m.garbage_at.is_some_and(|t| now < t + 5 * S) {
                     return;
                 }
+                m.garbage_at = Some(now);
                 m.reported = true;
                 let (i, r) = (m.icookie, m.rcookie);
                 self.failed(

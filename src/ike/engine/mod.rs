@@ -206,6 +206,8 @@ pub(crate) struct Mm {
     /// A failure of the exchange already reported (an undecryptable MM5/MM6, an
     /// unauthenticated refusal): the timeout that may follow reports no second one.
     reported: bool,
+    /// When an undecryptable MM5 was last reported (at most one report in 5 s).
+    garbage_at: Option<u64>,
     /// Why the exchange is likely to fail, for the timeout's event: an MM5/MM6 that did not
     /// decrypt, or the peer's unauthenticated refusal.
     suspect: Option<(Code, String)>,
