@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +22,9 @@ use crate::sa::Direction;
 
 /// Largest datagram read (IKEv1 messages here stay far below).
 const MAX_DATAGRAM: usize = 65_535;
+/// The `ike list` snapshot is rebuilt at most this often (and whenever the engine reported
+/// something), not per datagram.
+const STATUS_EVERY_NS: u64 = 200_000_000;
 
 enum Input {
     Datagram {
@@ -63,6 +66,7 @@ pub fn start(
     stop: Arc<AtomicBool>,
 ) -> Result<IkeThread, String> {
     let (tx, rx) = mpsc::sync_channel::<Input>(4096);
+    let rx_dropped = Arc::new(AtomicU64::new(0));
     let locals: BTreeSet<IpAddr> = peers.iter().map(|p| p.local).collect();
     let mut sockets = HashMap::new();
     let mut threads = Vec::new();
@@ -74,11 +78,11 @@ pub fn start(
                 .map_err(|e| format!("ike: {addr}: {e}"))?;
             let r = s.try_clone().map_err(|e| format!("ike: {addr}: {e}"))?;
             sockets.insert(addr, s);
-            let (tx, stop) = (tx.clone(), stop.clone());
+            let (tx, stop, dropped) = (tx.clone(), stop.clone(), rx_dropped.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("espd-ike-{port}"))
-                    .spawn(move || read_loop(r, addr, tx, stop))
+                    .spawn(move || read_loop(r, addr, tx, stop, dropped))
                     .map_err(|e| format!("ike: thread: {e}"))?,
             );
         }
@@ -131,6 +135,7 @@ pub fn start(
         commands: ctx,
         status: status.clone(),
         peers: peers.iter().map(|p| p.tunnel.clone()).collect(),
+        rx_dropped: rx_dropped.clone(),
     };
     ctl.attach_ike(link.clone());
     let mut d = Driver {
@@ -140,7 +145,8 @@ pub fn start(
         sockets,
         control,
         status,
-        children: HashMap::new(),
+        rx_dropped,
+        rx_dropped_seen: 0,
     };
     threads.push(
         std::thread::Builder::new()
@@ -160,10 +166,24 @@ fn relevant(e: &Event) -> bool {
                 cause: MmCause::Lifetime,
                 ..
             }
+            | Event::SaRemoved {
+                direction: "inbound",
+                reason: RETIRED,
+                ..
+            }
     )
 }
 
-fn read_loop(s: UdpSocket, local: SocketAddr, tx: mpsc::SyncSender<Input>, stop: Arc<AtomicBool>) {
+/// The control's `sa_removed` reason for an old inbound SA at the end of a rekey's grace.
+const RETIRED: &str = "retired after rekey";
+
+fn read_loop(
+    s: UdpSocket,
+    local: SocketAddr,
+    tx: mpsc::SyncSender<Input>,
+    stop: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     while !stop.load(Ordering::Acquire) {
         let Ok((n, from)) = s.recv_from(&mut buf) else {
@@ -178,11 +198,18 @@ fn read_loop(s: UdpSocket, local: SocketAddr, tx: mpsc::SyncSender<Input>, stop:
                 _ => continue,
             }
         }
-        let _ = tx.try_send(Input::Datagram {
+        match tx.try_send(Input::Datagram {
             local,
             from,
             data: data.to_vec(),
-        });
+        }) {
+            Ok(()) => {}
+            // The IKE thread is behind: counted (`IkeLink::rx_dropped`); the peer resends.
+            Err(mpsc::TrySendError::Full(_)) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => return,
+        }
     }
 }
 
@@ -207,21 +234,16 @@ impl Env for DriverEnv<'_> {
     }
 }
 
-/// A child pair the IKE installed, by peer: its outbound key stays here so that the pair can
-/// become the tunnel's outbound SA again if the peer deletes a newer sibling.
-struct Installed {
-    inbound: u32,
-    outbound: u32,
-}
-
 /// How long our outbound swap waits after a quick mode we initiated: the peer installs its
 /// inbound SA when our QM3 arrives (strongSwan does), and packets on the new SA before that
 /// would be lost. The old outbound SA stays valid meanwhile (a rekey starts at soft expiry).
 pub const SWAP_DELAY_NS: u64 = 300_000_000;
 
-/// An outbound swap waiting for `at`.
+/// An outbound swap waiting for `at` (cancelled if its child goes first).
 struct Swap {
     at: u64,
+    /// The child's inbound SPI.
+    inbound: u32,
     tunnel: String,
     outbound: NewSa,
     retire: Option<u32>,
@@ -234,7 +256,9 @@ struct Driver {
     sockets: HashMap<SocketAddr, UdpSocket>,
     control: ControlHandle,
     status: Arc<Mutex<Vec<PeerStatus>>>,
-    children: HashMap<usize, Vec<Installed>>,
+    /// Datagrams the socket readers dropped (queue full), and how many were logged.
+    rx_dropped: Arc<AtomicU64>,
+    rx_dropped_seen: u64,
 }
 
 impl Driver {
@@ -249,6 +273,7 @@ impl Driver {
             }
         }
         self.apply();
+        let mut status_at = 0;
         while !stop.load(Ordering::Acquire) {
             let now = crate::now_ns();
             let wait = self
@@ -261,26 +286,45 @@ impl Driver {
             let mut env = DriverEnv {
                 control: &self.control,
             };
+            let mut changed = false;
             match input {
                 Ok(Input::Datagram { local, from, data }) => {
                     self.engine.receive(&mut env, now, local, from, &data)
                 }
-                Ok(Input::Command(Command::Initiate(p))) => self.engine.initiate(&mut env, now, p),
+                Ok(Input::Command(Command::Initiate(p))) => {
+                    changed = true;
+                    self.engine.initiate(&mut env, now, p)
+                }
                 Ok(Input::Command(Command::Terminate(p))) => {
+                    changed = true;
                     self.engine.terminate(&mut env, now, p)
                 }
                 Ok(Input::Event(e)) => self.event(e, now),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
-            let mut env = DriverEnv {
-                control: &self.control,
-            };
-            self.engine.tick(&mut env, now);
-            self.apply();
+            // Timers only when one is due (a datagram does not run them for every peer).
+            if self.engine.next_deadline().is_some_and(|d| d <= now) {
+                let mut env = DriverEnv {
+                    control: &self.control,
+                };
+                self.engine.tick(&mut env, now);
+            }
+            changed |= self.apply();
             self.swap_due(now);
-            if let Ok(mut s) = self.status.lock() {
-                *s = self.engine.status(now);
+            if changed || now >= status_at + STATUS_EVERY_NS {
+                status_at = now;
+                if let Ok(mut s) = self.status.lock() {
+                    *s = self.engine.status(now);
+                }
+                let dropped = self.rx_dropped.load(Ordering::Relaxed);
+                if dropped != self.rx_dropped_seen {
+                    tracing::warn!(
+                        "ike: {} datagrams dropped (input queue full)",
+                        dropped - self.rx_dropped_seen
+                    );
+                    self.rx_dropped_seen = dropped;
+                }
             }
         }
         // A clean stop tells the peers (DELETEs), as strongSwan does.
@@ -309,6 +353,11 @@ impl Driver {
                 if let Some(s) = parse_spi(&spi) {
                     self.engine
                         .child_hard_expired(&mut env, now, s, direction == "outbound");
+                }
+            }
+            Event::SaRemoved { spi, .. } => {
+                if let Some(s) = parse_spi(&spi) {
+                    self.engine.child_retired(s);
                 }
             }
             Event::MmExpired {
@@ -357,9 +406,12 @@ impl Driver {
         }
     }
 
-    /// Carries out everything the engine asked for, in order.
-    fn apply(&mut self) {
+    /// Carries out everything the engine asked for, in order; whether anything besides
+    /// datagrams was (the status snapshot is then rebuilt).
+    fn apply(&mut self) -> bool {
+        let mut changed = false;
         while let Some(a) = self.engine.poll_action() {
+            changed |= !matches!(a, Action::Send { .. });
             match a {
                 Action::Send {
                     local_port,
@@ -474,6 +526,7 @@ impl Driver {
                 }
             }
         }
+        changed
     }
 
     fn who(&self, peer: usize) -> (String, IpAddr) {
@@ -588,6 +641,12 @@ impl Driver {
                     .and_then(|_| c.install_sa(&outbound, now))
                     .map(|_| None)
             };
+            if r.is_err() {
+                // Nothing of the child stays: a responder's inbound SA (in since QM2, or
+                // installed just now) goes, its SPI is free again.
+                let _ = c.remove_sa_because(in_spi, Direction::Inbound, "install failed", now);
+                c.release_spi(in_spi);
+            }
             if r.is_ok() {
                 for child in [
                     Child {
@@ -620,32 +679,37 @@ impl Driver {
                 if let Some((outbound, retire)) = pending {
                     self.swaps.push(Swap {
                         at: crate::now_ns() + SWAP_DELAY_NS,
+                        inbound: in_spi,
                         tunnel: tunnel.clone(),
                         outbound,
                         retire,
                     });
                 }
-                let list = self.children.entry(ch.peer).or_default();
-                list.push(Installed {
-                    inbound: in_spi,
-                    outbound: out_spi,
-                });
             }
-            Ok(Err(e)) => tracing::warn!("ike: {tunnel}: installing the quick mode's SAs: {e}"),
+            Ok(Err(e)) => {
+                tracing::warn!("ike: {tunnel}: installing the quick mode's SAs: {e}");
+                // The engine forgets the child, tells the peer (ESP DELETE) and reports
+                // `qm_failed`; its actions follow in this `apply`.
+                let mut env = DriverEnv {
+                    control: &self.control,
+                };
+                self.engine
+                    .child_install_failed(&mut env, crate::now_ns(), in_spi, e);
+            }
             Err(_) => {}
         }
     }
 
     fn child_down(
         &mut self,
-        peer: usize,
+        _peer: usize,
         inbound: Option<u32>,
         outbound: Option<u32>,
         reason: &'static str,
     ) {
-        if let Some(list) = self.children.get_mut(&peer) {
-            list.retain(|c| Some(c.inbound) != inbound && Some(c.outbound) != outbound);
-        }
+        // A delayed outbound swap of this child must not bring it back.
+        self.swaps
+            .retain(|s| Some(s.inbound) != inbound && Some(s.outbound.spi) != outbound);
         let _ = self.control.call(move |c: &mut Control, now| {
             if let Some(s) = inbound {
                 let _ = c.remove_sa_because(s, Direction::Inbound, reason, now);

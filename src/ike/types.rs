@@ -107,7 +107,7 @@ pub enum Action {
         peer: usize,
         inbound: Option<u32>,
         outbound: Option<u32>,
-        /// `peer_delete`, `dpd`, `terminated`, `expired`.
+        /// `peer_delete`, `dpd`, `terminated`, `no QM3`, `quick mode aborted`.
         reason: &'static str,
     },
     /// A negotiation failed (event `mm_failed` / `qm_failed` with `code`).
@@ -181,4 +181,6 @@ pub struct IkeLink {
     pub status: Arc<Mutex<Vec<PeerStatus>>>,
     /// Peer index by tunnel name.
     pub peers: Vec<String>,
+    /// IKE datagrams the socket readers dropped because the IKE thread's queue was full.
+    pub rx_dropped: Arc<std::sync::atomic::AtomicU64>,
 }

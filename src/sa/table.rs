@@ -69,6 +69,9 @@ pub enum TableError {
 struct Alloc {
     /// Slot reserved by `allocate_spi` and not yet installed, or installed.
     used: Vec<bool>,
+    /// The SPI `allocate_spi` last handed out for each slot: `release_spi` frees only that
+    /// reservation (a late release of an older SPI must not free a newer one's slot).
+    reserved: Vec<u32>,
     next: u32,
     generation: u32,
 }
@@ -177,6 +180,7 @@ impl SaTable {
             cores: cores.max(1),
             alloc: Mutex::new(Alloc {
                 used: vec![false; cap as usize],
+                reserved: vec![0; cap as usize],
                 next: 0,
                 generation: u32::from_ne_bytes(r) % max_gen,
             }),
@@ -245,11 +249,13 @@ impl SaTable {
                 };
                 a.generation = a.generation % max_gen + 1;
                 let spi = (a.generation << self.slot_bits) | slot;
-                return Ok(if spi < 256 {
+                let spi = if spi < 256 {
                     spi | (1 << self.slot_bits)
                 } else {
                     spi
-                });
+                };
+                a.reserved[slot as usize] = spi;
+                return Ok(spi);
             }
         }
         Err(TableError::Full(cap))
@@ -324,13 +330,15 @@ impl SaTable {
         Ok(())
     }
 
-    /// Releases an SPI reserved by `allocate_spi` that was never installed.
+    /// Releases an SPI reserved by `allocate_spi` that was never installed (a no-op if the
+    /// slot is reserved for another SPI meanwhile, or holds an SA).
     pub fn release_spi(&self, spi: u32) {
         let mut a = self.alloc.lock().unwrap_or_else(|e| e.into_inner());
         let slot = (spi & self.mask) as usize;
         let guard = epoch::pin();
-        if self.inbound[slot].sa.load(&guard).is_none() {
+        if a.reserved.get(slot) == Some(&spi) && self.inbound[slot].sa.load(&guard).is_none() {
             a.used[slot] = false;
+            a.reserved[slot] = 0;
         }
     }
 
@@ -472,6 +480,27 @@ mod tests {
             spi,
             "SPIs are not reused right away"
         );
+    }
+
+    /// A late `release_spi` of an SPI whose SA came and went must not free the slot that a
+    /// newer SPI has reserved meanwhile.
+    #[test]
+    fn release_spi_frees_only_its_own_reservation() {
+        let t = SaTable::new(256, 1, 1);
+        let a = t.allocate_spi().unwrap();
+        t.install_inbound(Sa::new(&params(a, Direction::Inbound), 1, 0).unwrap())
+            .unwrap();
+        t.remove_inbound(a).unwrap();
+        let slot = (a & t.mask) as usize;
+        let b = (0..=t.mask)
+            .map(|_| t.allocate_spi().unwrap())
+            .find(|s| (s & t.mask) as usize == slot)
+            .unwrap();
+        assert_ne!(a, b);
+        t.release_spi(a);
+        assert!(t.alloc.lock().unwrap().used[slot], "b's reservation freed");
+        t.release_spi(b);
+        assert!(!t.alloc.lock().unwrap().used[slot]);
     }
 
     #[test]

@@ -58,6 +58,15 @@ impl Engine {
             return;
         };
         let mid = h.message_id;
+        // RFC 2409 §5.7: the informational HASH does not depend on the direction, so our own
+        // message reflected back verifies, and so does a replay. Message IDs are unique under
+        // a main mode (RFC 2408 §3.1): one used by either side already is refused before any
+        // work (a bounded log of the newest ones; R-U-THERE sequence numbers cover older ones).
+        if mid == 0 || self.mms[mi].mids.contains(mid) {
+            self.counters.dropped += 1;
+            self.counters.replays += 1;
+            return;
+        }
         let m = &self.mms[mi];
         let (Some(keys), Some(cbc)) = (&m.keys, &m.cbc) else {
             return;
@@ -79,10 +88,14 @@ impl Engine {
             self.counters.dropped += 1;
             return;
         }
-        self.authenticated(mi, now);
         let m = &mut self.mms[mi];
-        m.local = local;
-        m.remote = from;
+        m.mids.insert(mid);
+        // A fresh, authenticated message: behind a NAT the peer's mapping may have changed
+        // (RFC 3947 §5.2 lets the float follow it); without NAT-T the address stays.
+        if m.nat && local.port() == 4500 {
+            m.local = local;
+            m.remote = from;
+        }
         let peer = m.peer;
         let (i, r) = (m.icookie, m.rcookie);
         for p in ps.iter().skip(1) {
@@ -95,10 +108,34 @@ impl Engine {
                             self.send_info(env, mi, |b| {
                                 b.dpd(true, &i, &r, seq);
                             });
+                            // RFC 3706 §7: a sequence number above every earlier one is the
+                            // peer's own, fresh probe: it shows the peer alive and defers ours.
+                            // It does not end a DPD in flight: only the answer to our own
+                            // R-U-THERE does (a proof no replay or reflection can give).
+                            let m = &mut self.mms[mi];
+                            if m.peer_dpd_seq.is_none_or(|last| serial_after(seq, last)) {
+                                m.peer_dpd_seq = Some(seq);
+                                m.last_seen = now;
+                            }
                         }
                     }
-                    // Any authenticated message already cleared the DPD in flight.
-                    notify::R_U_THERE_ACK => {}
+                    // RFC 3706 §5.3: proof of life only as the answer to an R-U-THERE of
+                    // ours still outstanding (its sequence number, our cookies).
+                    notify::R_U_THERE_ACK => {
+                        let m = &self.mms[mi];
+                        let answers = n.cookies().is_none_or(|c| c == (i, r))
+                            && n.dpd_seq().is_some_and(|seq| {
+                                m.dpd.as_ref().is_some_and(|d| {
+                                    seq.wrapping_sub(d.first_seq)
+                                        <= m.dpd_seq.wrapping_sub(d.first_seq)
+                                })
+                            });
+                        if answers {
+                            self.authenticated(mi, now);
+                        } else {
+                            self.counters.dropped += 1;
+                        }
+                    }
                     notify::INITIAL_CONTACT => self.initial_contact(env, now, mi),
                     t if t < notify::CONNECTED => {
                         // A refusal of one of our quick modes: by its SPI, or the only one.
@@ -174,13 +211,15 @@ impl Engine {
         });
     }
 
-    /// INITIAL-CONTACT from the peer under main mode `mi`: its older main modes are gone.
+    /// INITIAL-CONTACT from the peer under main mode `mi`: its older main modes are gone
+    /// (never newer ones: the notify may be a late or replayed one under an old main mode).
     fn initial_contact(&mut self, env: &mut dyn Env, now: u64, mi: usize) {
-        let peer = self.mms[mi].peer;
+        let (peer, est) = (self.mms[mi].peer, self.mms[mi].established);
         for oi in 0..self.mms.len() {
             if oi != mi
                 && !self.mms[oi].dead
                 && self.mms[oi].state == MmState::Up
+                && self.mms[oi].established < est
                 && self.same_gateway(self.mms[oi].peer, peer)
             {
                 self.end_mm(env, now, oi, MmEnd::InitialContact);
@@ -214,17 +253,26 @@ impl Engine {
             return;
         };
         let peer = self.mms[mi].peer;
+        let reason = format!("main mode refused by the peer: {}", notify_name(t));
+        if self.mms[mi].state == MmState::I5 {
+            // After MM5 the peer answers with an encrypted MM6; a clear refusal (a wrong key
+            // on either side, or anyone who saw the cookies) does not end the main mode: it
+            // is reported once, and the retransmission timeout ends it if no MM6 comes.
+            let m = &mut self.mms[mi];
+            if !m.reported {
+                m.reported = true;
+                m.suspect = Some((notify_code(t), reason.clone()));
+                self.failed(peer, Exchange::Main, notify_code(t), reason);
+            }
+            return;
+        }
         self.mms[mi].dead = true;
-        self.failed(
-            peer,
-            Exchange::Main,
-            notify_code(t),
-            format!("main mode refused by the peer: {}", notify_name(t)),
-        );
+        self.failed(peer, Exchange::Main, notify_code(t), reason);
         self.schedule_retry(now, peer);
     }
 
-    /// Any authenticated message from the peer: proof of life.
+    /// A fresh message from the peer that only it could produce (an authenticated quick-mode
+    /// message, the answer to our R-U-THERE): proof of life.
     pub(super) fn authenticated(&mut self, mi: usize, now: u64) {
         let m = &mut self.mms[mi];
         m.last_seen = now;
@@ -304,12 +352,13 @@ impl Engine {
             }
             Some(d) if now >= d.next_at => {
                 let seq = m.dpd_seq.wrapping_add(1);
-                let started = d.started;
+                let (started, first_seq) = (d.started, d.first_seq);
                 let m = &mut self.mms[mi];
                 m.dpd_seq = seq;
                 m.dpd = Some(Dpd {
                     started,
                     next_at: now + resend,
+                    first_seq,
                 });
                 self.send_info(env, mi, |b| {
                     b.dpd(false, &i, &r, seq);
@@ -327,6 +376,7 @@ impl Engine {
                 m.dpd = Some(Dpd {
                     started: now,
                     next_at: now + resend,
+                    first_seq: seq,
                 });
                 self.send_info(env, mi, |b| {
                     b.dpd(false, &i, &r, seq);
@@ -394,4 +444,9 @@ impl Engine {
             }
         }
     }
+}
+
+/// RFC 1982 serial number order: `a` comes after `b`.
+fn serial_after(a: u32, b: u32) -> bool {
+    a != b && a.wrapping_sub(b) < 1 << 31
 }

@@ -205,7 +205,11 @@ impl Mm {
             last_seen: now,
             dpd: None,
             dpd_seq: 0,
+            peer_dpd_seq: None,
             keepalive_at: now,
+            reported: false,
+            garbage_at: None,
+            suspect: None,
             dead: false,
         }
     }
@@ -292,7 +296,11 @@ impl Engine {
         true
     }
 
-    /// Whether a new responder main mode from `ip` fits the limits (and takes a token).
+    /// Whether a new responder main mode from `ip` fits the limits (and takes a token). At
+    /// the half-open limit (of the address, or in all) the oldest half-open main mode that
+    /// has not reached MM3 gives way: it cost us no Diffie-Hellman yet, and it is all that a
+    /// spoofed MM1 can create, so spoofed MM1s cannot lock the genuine peer out. Refused only
+    /// when every half-open one is past MM3 (the initiator proved its address).
     fn admit(&mut self, now: u64, ip: IpAddr) -> bool {
         let el = now.saturating_sub(self.tokens_at);
         self.tokens_at = now;
@@ -300,18 +308,46 @@ impl Engine {
             .tokens
             .saturating_add(el.saturating_mul(MM_RATE))
             .min(MM_RATE * S);
+        if self.tokens < S {
+            return false;
+        }
         let half = |m: &&Mm| !m.dead && !m.initiator && m.state != MmState::Up;
         let total = self.mms.iter().filter(half).count();
+        if total >= HALF_OPEN_TOTAL && !self.evict_half_open(None) {
+            return false;
+        }
         let here = self
             .mms
             .iter()
             .filter(half)
             .filter(|m| m.remote.ip() == ip)
             .count();
-        if self.tokens < S || total >= HALF_OPEN_TOTAL || here >= HALF_OPEN_PER_ADDR {
+        if here >= HALF_OPEN_PER_ADDR && !self.evict_half_open(Some(ip)) {
             return false;
         }
         self.tokens -= S;
+        true
+    }
+
+    /// Ends the oldest responder main mode still waiting for MM3 (from `ip`, or any).
+    fn evict_half_open(&mut self, ip: Option<IpAddr>) -> bool {
+        let victim = self
+            .mms
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                !m.dead
+                    && !m.initiator
+                    && m.state == MmState::R2
+                    && ip.is_none_or(|ip| m.remote.ip() == ip)
+            })
+            .min_by_key(|(_, m)| m.created)
+            .map(|(i, _)| i);
+        let Some(i) = victim else {
+            return false;
+        };
+        self.mms[i].dead = true;
+        self.counters.limited += 1;
         true
     }
 
@@ -476,12 +512,18 @@ impl Engine {
     fn mm2(
         &mut self,
         env: &mut dyn Env,
-        _now: u64,
+        now: u64,
         mi: usize,
         from: SocketAddr,
         data: &[u8],
         msg: &Message<'_>,
     ) {
+        // Unauthenticated: only from where our MM1 went (anyone who saw the cookie could
+        // send one from elsewhere).
+        if from != self.mms[mi].remote {
+            self.counters.dropped += 1;
+            return;
+        }
         let Ok(ps) = msg.payloads() else {
             self.counters.dropped += 1;
             return;
@@ -507,6 +549,7 @@ impl Engine {
                 codes::IKE_POLICY_MATCH,
                 "main mode: the responder chose a transform we did not offer".into(),
             );
+            self.schedule_retry(now, peer);
             return;
         };
         let Some((dh, ke)) = dh_generate(x.prop.group) else {
@@ -517,6 +560,7 @@ impl Engine {
                 codes::IKE_DH_FAILURE,
                 "main mode: no Diffie-Hellman value".into(),
             );
+            self.schedule_retry(now, peer);
             return;
         };
         let ni = Self::nonce(env);
@@ -554,7 +598,7 @@ impl Engine {
         }
         m.state = MmState::I3;
         let port = m.local.port();
-        m.retx = Some(Retx::new(_now, buf.clone(), port, from));
+        m.retx = Some(Retx::new(now, buf.clone(), port, from));
         self.send(peer, port, from, buf);
     }
 
@@ -635,6 +679,11 @@ impl Engine {
         data: &[u8],
         msg: &Message<'_>,
     ) {
+        // Unauthenticated: only from the address and port MM1 came from.
+        if from != self.mms[mi].remote {
+            self.counters.dropped += 1;
+            return;
+        }
         let Ok(ps) = msg.payloads() else {
             self.counters.dropped += 1;
             return;
@@ -654,7 +703,6 @@ impl Engine {
         {
             let m = &mut self.mms[mi];
             m.local = local;
-            m.remote = from;
             m.ke_i = ke.to_vec();
             m.ke_r = ke_r;
             m.ni = ni.to_vec();
@@ -703,6 +751,11 @@ impl Engine {
         data: &[u8],
         msg: &Message<'_>,
     ) {
+        // Unauthenticated: only from where MM3 went.
+        if from != self.mms[mi].remote {
+            self.counters.dropped += 1;
+            return;
+        }
         let Ok(ps) = msg.payloads() else {
             self.counters.dropped += 1;
             return;
@@ -716,7 +769,6 @@ impl Engine {
         let force = self.peers[peer].encap.is_some();
         {
             let m = &mut self.mms[mi];
-            m.remote = from;
             m.ke_r = ke.to_vec();
             m.nr = nr.to_vec();
         }
@@ -783,7 +835,30 @@ impl Engine {
         let checked = self.check_auth(mi, msg, true);
         let (next, ic) = match checked {
             Ok(x) => x,
-            Err((code, reason)) => {
+            Err((code, reason, false)) => {
+                // RFC 2408 §5: a message that does not decrypt or parse is discarded; the
+                // main mode waits for the genuine MM5 (anyone who saw the cookies can send
+                // garbage). A wrong pre-shared key looks the same (and the initiator resends
+                // it): reported, with a notify to the initiator, at most once every 5 s per
+                // main mode; the half-open limit ends it.
+                self.counters.dropped += 1;
+                let m = &mut self.mms[mi];
+                if m.garbage_at.is_some_and(|t| now < t + 5 * S) {
+                    return;
+                }
+                m.garbage_at = Some(now);
+                m.reported = true;
+                let (i, r) = (m.icookie, m.rcookie);
+                self.failed(
+                    peer,
+                    Exchange::Main,
+                    code,
+                    format!("main mode from {from}: {reason}"),
+                );
+                self.send_clear_notify(env, peer, i, r, local, from, notify::AUTHENTICATION_FAILED);
+                return;
+            }
+            Err((code, reason, true)) => {
                 let m = &mut self.mms[mi];
                 m.dead = true;
                 let (i, r) = (m.icookie, m.rcookie);
@@ -832,7 +907,13 @@ impl Engine {
         let peer = self.mms[mi].peer;
         let (next, ic) = match self.check_auth(mi, msg, false) {
             Ok(x) => x,
-            Err((code, reason)) => {
+            Err((code, reason, false)) => {
+                // Discarded (see `mm5`); the timeout, if it comes, reports why.
+                self.counters.dropped += 1;
+                self.mms[mi].suspect = Some((code, format!("main mode: {reason}")));
+                return;
+            }
+            Err((code, reason, true)) => {
                 self.mms[mi].dead = true;
                 self.failed(peer, Exchange::Main, code, format!("main mode: {reason}"));
                 self.schedule_retry(now, peer);
@@ -847,22 +928,24 @@ impl Engine {
     }
 
     /// Decrypts MM5/MM6 and checks the peer's HASH and ID: the next IV and whether it carried
-    /// INITIAL-CONTACT, or the failure's code and reason.
+    /// INITIAL-CONTACT, or the failure's code, reason and whether the message decrypted and
+    /// parsed (only then is the failure the peer's authentication, and final).
     fn check_auth(
         &mut self,
         mi: usize,
         msg: &Message<'_>,
         initiators: bool,
-    ) -> Result<([u8; 16], bool), (codes::Code, String)> {
+    ) -> Result<([u8; 16], bool), (codes::Code, String, bool)> {
         let m = &self.mms[mi];
         let cfg = &self.peers[m.peer];
         let (Some(keys), Some(cbc)) = (&m.keys, &m.cbc) else {
-            return Err((codes::IKE_GENERAL_PROCESSING_ERROR, "no keys".into()));
+            return Err((codes::IKE_GENERAL_PROCESSING_ERROR, "no keys".into(), false));
         };
         let mismatch = || {
             (
                 codes::IKE_AUTH_FAIL,
                 "the encrypted identity does not decrypt: pre-shared key mismatch?".to_string(),
+                false,
             )
         };
         let (plain, next) = open(cbc, &m.iv, msg).ok_or_else(mismatch)?;
@@ -892,6 +975,7 @@ impl Engine {
                     "HASH_{} does not verify: pre-shared key mismatch",
                     if initiators { "I" } else { "R" }
                 ),
+                true,
             ));
         }
         if !id_matches(&id.identity, &cfg.remote_id) {
@@ -902,6 +986,7 @@ impl Engine {
                     id_text(&id.identity),
                     cfg.remote_id
                 ),
+                true,
             ));
         }
         Ok((next, ic))

@@ -9,7 +9,9 @@
 //!
 //! Invariants: no input panics (every index is checked, every parse error is a counted drop);
 //! a message is acted on only after its HASH checks out, and the CBC IV chain only advances
-//! then; a retransmitted request (same bytes) is answered from the cached response and never
+//! then; a phase-2 message ID used before under the main mode (by either side: the
+//! informational HASH does not tell directions apart) is dropped before decryption; nothing
+//! unauthenticated ends a main mode past MM3 or moves its addresses; a retransmitted request (same bytes) is answered from the cached response and never
 //! processed twice; each SPI from [`Env::allocate_spi`] is either installed ([`Action::ChildUp`])
 //! or given back ([`Action::ReleaseSpi`]). Children belong to the peer, not to a main mode
 //! (IKEv1): a main mode's end never removes them, except DPD with `dpd_action`.
@@ -56,6 +58,12 @@ const BACKOFF: [u64; 5] = [5, 10, 20, 40, 60];
 const HALF_OPEN_PER_ADDR: usize = 64;
 const HALF_OPEN_TOTAL: usize = 1024;
 const MM_RATE: u64 = 200;
+/// Message IDs remembered per main mode (ours and the peer's, RFC 2409 §5.5/§5.7: unique
+/// under it): repeats are dropped before any work; the oldest is forgotten first.
+const MIDS_KEPT: usize = 2048;
+/// How long a rekeyed (superseded) child is still known to the engine: longer than the
+/// control's default rekey grace, after which its inbound SA is retired anyway.
+const SUPERSEDED_KEEP: u64 = 60 * S;
 /// Nonce length we send.
 const NONCE_LEN: usize = 32;
 
@@ -68,8 +76,45 @@ pub struct Counters {
     pub duplicates: u64,
     /// Our own retransmissions.
     pub retransmits: u64,
-    /// New main modes refused by the half-open or rate limits.
+    /// New main modes refused by the half-open or rate limits, and half-open ones evicted
+    /// to make room.
     pub limited: u64,
+    /// Encrypted messages with a message ID already seen under their main mode (replays,
+    /// reflections of our own): dropped before decryption (also counted in `dropped`).
+    pub replays: u64,
+}
+
+/// The message IDs used under a main mode, both directions, bounded: the newest
+/// [`MIDS_KEPT`] are remembered (a set for the lookup, a queue for the age).
+#[derive(Default)]
+pub(crate) struct MidLog {
+    set: HashSet<u32>,
+    order: VecDeque<u32>,
+}
+
+impl MidLog {
+    pub(crate) fn contains(&self, mid: u32) -> bool {
+        self.set.contains(&mid)
+    }
+
+    /// Remembers `mid`; `false` if it was known already.
+    pub(crate) fn insert(&mut self, mid: u32) -> bool {
+        if !self.set.insert(mid) {
+            return false;
+        }
+        self.order.push_back(mid);
+        while self.order.len() > MIDS_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.order.len()
+    }
 }
 
 /// A message waiting for its answer, resent on a back-off.
@@ -149,18 +194,31 @@ pub(crate) struct Mm {
     /// Digest of the last request processed and the answer sent to it.
     last_in: Vec<u8>,
     last_out: Option<Vec<u8>>,
-    mids: HashSet<u32>,
+    /// Message IDs used under this main mode (ours and the peer's), bounded.
+    mids: MidLog,
     qms: Vec<Qm>,
     last_seen: u64,
     dpd: Option<Dpd>,
     dpd_seq: u32,
+    /// The highest R-U-THERE sequence number of the peer so far (RFC 3706 §7).
+    peer_dpd_seq: Option<u32>,
     keepalive_at: u64,
+    /// A failure of the exchange already reported (an undecryptable MM5/MM6, an
+    /// unauthenticated refusal): the timeout that may follow reports no second one.
+    reported: bool,
+    /// When an undecryptable MM5 was last reported (at most one report in 5 s).
+    garbage_at: Option<u64>,
+    /// Why the exchange is likely to fail, for the timeout's event: an MM5/MM6 that did not
+    /// decrypt, or the peer's unauthenticated refusal.
+    suspect: Option<(Code, String)>,
     dead: bool,
 }
 
 pub(crate) struct Dpd {
     started: u64,
     next_at: u64,
+    /// The sequence number of this round's first R-U-THERE (resends take the next ones).
+    first_seq: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,8 +266,11 @@ pub(crate) struct Child {
     outbound: u32,
     /// Creation order (the clock may not move between two children).
     created: u64,
-    /// A newer child was negotiated to replace it.
+    /// A newer child was negotiated to replace it (when).
     superseded: bool,
+    superseded_at: u64,
+    /// The inbound SPI of the child this one replaced (restored if this one fails to install).
+    replaced: Option<u32>,
     /// Its soft limit was reached.
     soft: bool,
     /// A rekey of it is under way.
@@ -306,8 +367,13 @@ impl Engine {
         self.sweep(env, now);
     }
 
-    /// Timers: retransmissions, DPD, reauthentication, half-open expiry, keepalives, retries.
+    /// Timers: retransmissions, DPD, reauthentication, half-open expiry, keepalives, retries,
+    /// the end of rekeyed children.
     pub fn tick(&mut self, env: &mut dyn Env, now: u64) {
+        // A rekeyed child is forgotten once its inbound SA has retired (the control retires it
+        // after the grace period; nothing else tells the engine): no DELETE for it later.
+        self.children
+            .retain(|c| !c.superseded || now < c.superseded_at + SUPERSEDED_KEEP);
         for mi in 0..self.mms.len() {
             if self.mms[mi].dead {
                 continue;
@@ -329,7 +395,7 @@ impl Engine {
             if !self.mms[mi].initiator && now >= self.mms[mi].created + HALF_OPEN {
                 let m = &mut self.mms[mi];
                 m.dead = true;
-                if m.state == MmState::R4 {
+                if m.state == MmState::R4 && !m.reported {
                     let p = m.peer;
                     self.failed(
                         p,
@@ -345,13 +411,16 @@ impl Engine {
             {
                 let m = &mut self.mms[mi];
                 m.dead = true;
-                let (p, st) = (m.peer, m.state);
-                self.failed(
-                    p,
-                    Exchange::Main,
-                    codes::IKE_TIMED_OUT,
-                    format!("main mode: no answer from the peer ({st:?} retransmitted)"),
-                );
+                let (p, st, reported) = (m.peer, m.state, m.reported);
+                let (code, reason) = m.suspect.take().unwrap_or_else(|| {
+                    (
+                        codes::IKE_TIMED_OUT,
+                        format!("main mode: no answer from the peer ({st:?} retransmitted)"),
+                    )
+                });
+                if !reported {
+                    self.failed(p, Exchange::Main, code, reason);
+                }
                 self.schedule_retry(now, p);
             }
             return;
@@ -410,6 +479,9 @@ impl Engine {
             if let Some(t) = r.retry_at {
                 at(t);
             }
+        }
+        for c in self.children.iter().filter(|c| c.superseded) {
+            at(c.superseded_at + SUPERSEDED_KEEP);
         }
         for (mi, m) in self.mms.iter().enumerate() {
             if m.dead {
@@ -575,6 +647,49 @@ impl Engine {
         if self.rt[peer].want && !self.children.iter().any(|o| o.peer == peer) {
             self.schedule_retry_at(now, peer, now);
         }
+        self.sweep(env, now);
+    }
+
+    /// The control retired the inbound SA of a rekeyed child (`retired after rekey`): the
+    /// child is forgotten (no DELETE for it later).
+    pub fn child_retired(&mut self, inbound_spi: u32) {
+        if let Some(ci) = self.child_by_spi(inbound_spi, false)
+            && self.children[ci].superseded
+        {
+            self.children.remove(ci);
+        }
+    }
+
+    /// Installing a negotiated child failed in the driver (it removed what went in and gave
+    /// the SPI back): the child is forgotten, the one it was to replace stays in service, the
+    /// peer is told with an ESP DELETE (it installed its side), `qm_failed` is reported and
+    /// a retry follows if the child is wanted.
+    pub fn child_install_failed(
+        &mut self,
+        env: &mut dyn Env,
+        now: u64,
+        inbound_spi: u32,
+        reason: String,
+    ) {
+        let Some(ci) = self.child_by_spi(inbound_spi, false) else {
+            return;
+        };
+        let c = self.children.remove(ci);
+        if let Some(old) = c.replaced
+            && let Some(o) = self.children.iter_mut().find(|o| o.inbound == old)
+        {
+            o.superseded = false;
+        }
+        if let Some(mi) = self.newest_up(c.peer) {
+            self.send_delete_esp(env, mi, &[c.inbound]);
+        }
+        self.failed(
+            c.peer,
+            Exchange::Quick,
+            codes::IKE_GENERAL_PROCESSING_ERROR,
+            format!("quick mode: installing the SAs failed ({reason})"),
+        );
+        self.schedule_retry(now, c.peer);
         self.sweep(env, now);
     }
 
@@ -795,6 +910,16 @@ impl Engine {
             }
             match q.state {
                 QmState::I1 | QmState::R2 => {
+                    if q.state == QmState::R2 {
+                        // Our inbound SA went in at QM2 (`InboundUp`): out again.
+                        self.actions.push_back(Action::ChildDown {
+                            peer: q.peer,
+                            inbound: Some(q.our_spi),
+                            outbound: None,
+                            reason: "quick mode aborted",
+                        });
+                    }
+                    // (After the removal: the table frees only a reservation of this SPI.)
                     self.actions
                         .push_back(Action::ReleaseSpi { spi: q.our_spi });
                     if requeue && q.state == QmState::I1 {
@@ -1051,4 +1176,22 @@ pub(crate) fn keymat(
     nr: &[u8],
 ) -> Zeroizing<Vec<u8>> {
     keys.esp_keymat(esp, gxy, spi, ni, nr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MIDS_KEPT, MidLog};
+
+    #[test]
+    fn mid_log_is_bounded_and_forgets_the_oldest() {
+        let mut l = MidLog::default();
+        assert!(l.insert(7));
+        assert!(!l.insert(7), "a repeat");
+        for m in 1000..1000 + MIDS_KEPT as u32 {
+            l.insert(m);
+        }
+        assert_eq!(l.len(), MIDS_KEPT);
+        assert!(!l.contains(7), "the oldest went first");
+        assert!(l.contains(1000 + MIDS_KEPT as u32 - 1));
+    }
 }

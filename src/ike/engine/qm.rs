@@ -92,6 +92,11 @@ fn select_esp(
         let Some(peer_spi) = p.spi_u32() else {
             continue;
         };
+        // RFC 4303 §2.1: SPIs 1..=255 are reserved, 0 is never sent.
+        if peer_spi < 256 {
+            why.push(format!("proposal {}: SPI {peer_spi} is reserved", p.number));
+            continue;
+        }
         for t in p.transforms() {
             match esp_transform_ok(cfg, &t, modes, nat, responder) {
                 Ok((esp, life_s, life_kb, mode, group)) => {
@@ -186,6 +191,33 @@ fn esp_transform_ok(
         (a, b) => a.or(b),
     };
     Ok((esp, life_s, life_kb, mode, group))
+}
+
+/// Whether QM2's IDs are the ones our QM1 sent (IDci ours, IDcr the peer's side).
+fn ids_as_sent(cfg: &IkePeer, ids: &[IdPayload<'_>]) -> Result<(), String> {
+    let [ci, cr] = ids else {
+        return Err(format!("{} ID payloads", ids.len()));
+    };
+    let sel = &cfg.selector;
+    let (proto, sport) = id_proto_port(sel, true);
+    let (_, dport) = id_proto_port(sel, false);
+    let ok = identity_prefix(&ci.identity) == Some(sel.src)
+        && identity_prefix(&cr.identity) == Some(sel.dst)
+        && (ci.protocol, ci.port) == (proto, sport)
+        && (cr.protocol, cr.port) == (proto, dport);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} {}/{} === {:?} {}/{}",
+            identity_prefix(&ci.identity),
+            ci.protocol,
+            ci.port,
+            identity_prefix(&cr.identity),
+            cr.protocol,
+            cr.port
+        ))
+    }
 }
 
 /// The payloads of a decrypted quick-mode message after its leading HASH.
@@ -377,17 +409,10 @@ impl Engine {
             self.counters.dropped += 1;
             return;
         };
+        // Under a main mode not yet up nothing can be authenticated: a counted drop, no
+        // event (anyone who saw the cookies could make one per datagram).
         if self.mms[mi].state != super::MmState::Up || !h.flags.encrypted {
             self.counters.dropped += 1;
-            let p = self.mms[mi].peer;
-            if h.flags.encrypted {
-                self.failed(
-                    p,
-                    Exchange::Quick,
-                    codes::IKE_INVALID_MM_FOR_QM,
-                    "quick mode under a main mode that is not established".into(),
-                );
-            }
             return;
         }
         let mid = h.message_id;
@@ -410,9 +435,11 @@ impl Engine {
             }
             return;
         }
-        if self.mms[mi].mids.contains(&mid) {
-            // A message ID already used (and forgotten): RFC 2409 §5.5 wants it unique.
+        if self.mms[mi].mids.contains(mid) {
+            // A message ID already used (a replayed QM1, or one of ours reflected): RFC 2409
+            // §5.5 wants it unique.
             self.counters.dropped += 1;
+            self.counters.replays += 1;
             return;
         }
         let _ = (local, from);
@@ -638,7 +665,21 @@ impl Engine {
     fn match_proxy_ids(&self, mi: usize, ids: &[IdPayload<'_>]) -> Result<usize, String> {
         let m = &self.mms[mi];
         let (ci, cr) = match ids {
-            [ci, cr] => (identity_prefix(&ci.identity), identity_prefix(&cr.identity)),
+            [ci, cr] => {
+                // Protocol and ports must be the tunnel's too (its SAs carry all of it).
+                let sel = &self.peers[m.peer].selector;
+                let (proto, sport) = id_proto_port(sel, true);
+                let (_, dport) = id_proto_port(sel, false);
+                if (ci.protocol, ci.port) != (proto, dport)
+                    || (cr.protocol, cr.port) != (proto, sport)
+                {
+                    return Err(format!(
+                        "quick mode: the peer's proxy IDs name protocol/ports {}/{} === {}/{}, tunnel `{}` has {proto}/{dport} === {proto}/{sport}",
+                        ci.protocol, ci.port, cr.protocol, cr.port, self.peers[m.peer].tunnel
+                    ));
+                }
+                (identity_prefix(&ci.identity), identity_prefix(&cr.identity))
+            }
             [] => {
                 // No IDs: the main mode's addresses (RFC 2409 §5.5).
                 let host = |ip: std::net::IpAddr| {
@@ -729,6 +770,17 @@ impl Engine {
             self.counters.dropped += 1;
             return;
         };
+        // RFC 2409 §5.5: the responder returns the IDs it was sent.
+        if let Err(why) = ids_as_sent(cfg, &body.ids) {
+            self.qm_initiator_failed(
+                now,
+                mi,
+                qi,
+                codes::IKE_PROCESS_ERR_ID,
+                format!("quick mode: the responder's proxy IDs are not ours ({why})"),
+            );
+            return;
+        }
         let q = &mut self.mms[mi].qms[qi];
         let gxy = match (q.dh.take(), body.ke) {
             (None, _) => None,
@@ -871,13 +923,14 @@ impl Engine {
     }
 
     /// Records and announces a new child.
-    fn child_up(&mut self, _now: u64, ch: NewChild) {
+    fn child_up(&mut self, now: u64, ch: NewChild) {
         let peer = ch.peer;
         self.child_seq += 1;
         if let Some((i, _)) = ch.replaces
             && let Some(c) = self.children.iter_mut().find(|c| c.inbound == i)
         {
             c.superseded = true;
+            c.superseded_at = now;
             c.rekeying = false;
         }
         self.children.push(Child {
@@ -886,6 +939,8 @@ impl Engine {
             outbound: ch.outbound.spi,
             created: self.child_seq,
             superseded: false,
+            superseded_at: 0,
+            replaced: ch.replaces.map(|r| r.0),
             soft: false,
             rekeying: false,
         });
