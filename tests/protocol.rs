@@ -1202,3 +1202,82 @@ fn answers_never_echo_key_material() {
         assert_eq!(leaked(&e.to_string(), &keys), None, "{e}");
     }
 }
+
+/// PROTOCOL.md's examples of the built-in IKE's events have the fields (and value kinds) of the
+/// events espd emits: each documented line against the same event built by the code.
+#[test]
+fn ike_events_have_the_fields_protocol_md_shows() {
+    use espd::codes;
+    use espd::control::events::{Event, ike_failed, mm_dead};
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("PROTOCOL.md"),
+    )
+    .unwrap();
+    let block = doc
+        .split("### Events of the built-in IKE")
+        .nth(1)
+        .and_then(|s| s.split("```json").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("PROTOCOL.md's IKE event examples");
+    let documented: Vec<Value> = block
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let peer: std::net::IpAddr = "203.0.113.2".parse().unwrap();
+    let real = [
+        Event::MmUp {
+            tunnel: "peer".into(),
+            peer,
+            icookie: "1".into(),
+            rcookie: "2".into(),
+            proposal: "aes256-sha256-ecp256".into(),
+            lifetime_s: 28_800,
+            initiator: true,
+            time: 0.5,
+        },
+        Event::QmUp {
+            tunnel: "peer".into(),
+            peer,
+            inbound_spi: "0x1".into(),
+            outbound_spi: "0x2".into(),
+            local_ts: "192.0.2.0/24".into(),
+            remote_ts: "198.51.100.0/24".into(),
+            rekey: true,
+            initiator: true,
+            time: 1.5,
+        },
+        mm_dead("peer".into(), peer, 1, 2, 2.5),
+        ike_failed(
+            true,
+            codes::by_number(13801).unwrap(),
+            "peer".into(),
+            peer,
+            "r".into(),
+            3.5,
+        ),
+        ike_failed(
+            false,
+            codes::by_number(13868).unwrap(),
+            "peer".into(),
+            peer,
+            "r".into(),
+            4.5,
+        ),
+    ];
+    assert_eq!(documented.len(), real.len(), "{block}");
+    for (d, e) in documented.iter().zip(&real) {
+        let r = serde_json::to_value(e).unwrap();
+        assert_eq!(d["event"], r["event"]);
+        assert_eq!(fields(d), fields(&r), "{d} vs {r}");
+        for k in fields(d) {
+            let k = k.to_string();
+            assert_eq!(kind(&d[&k]), kind(&r[&k]), "{k} of {}", d["event"]);
+        }
+        for k in ["code", "hex", "symbol", "message"] {
+            if r.get(k).is_some() {
+                assert_eq!(d[k], r[k], "{k} of {}", d["event"]);
+            }
+        }
+    }
+}
