@@ -759,3 +759,119 @@ fn quick_mode_hard_expiry_with_a_frozen_peer_gives_13895_then_13911() {
     assert!(dropped >= 90, "13911 drops: {summary}");
     drop(sw);
 }
+
+/// espd ↔ espd, what the strongSwan tests check without charon: gw-a's main-mode lifetime
+/// (12 s) gives 13885 `lifetime` on gw-a and, through its DELETE, 13885 `peer_delete` on gw-b,
+/// while both keep forwarding on the children (IKEv1).
+#[test]
+fn espd_to_espd_main_mode_lifetime_and_delete() {
+    let name = "espd_to_espd_main_mode_lifetime_and_delete";
+    let Some(_g) = ready(name, false) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::Espd);
+    ike.mm_lifetime_s = 12;
+    ike.rekey_margin_s = 4;
+    let r = ike_rig("e2e-life", ike);
+    let (_a, _b) = start_gateways(&r, EXE, &[]).unwrap();
+    let mm = wait_up(&r, 'a', Duration::from_secs(20));
+    wait_up(&r, 'b', Duration::from_secs(5));
+    let (mut sa, mut sb) = (subscribe(&r, 'a'), subscribe(&r, 'b'));
+    let (fwd, back) = udp_at_1k_both_ways(14_000);
+    assert_all_arrived(&fwd, 14_000, "a→b across the main mode's end");
+    assert_all_arrived(&back, 14_000, "b→a across the main mode's end");
+    let ea = events_until(&mut sa, Duration::from_secs(2), |v| {
+        !named(v, "mm_expired").is_empty()
+    });
+    let eb = events_until(&mut sb, Duration::from_secs(2), |v| {
+        !named(v, "mm_expired").is_empty()
+    });
+    let (xa, xb) = (named(&ea, "mm_expired"), named(&eb, "mm_expired"));
+    assert_eq!(xa.len(), 1, "{ea:?}");
+    assert_eq!(xb.len(), 1, "{eb:?}");
+    // Whoever's lifetime ran out says `lifetime`; the other heard the DELETE.
+    let causes = [xa[0]["cause"].as_str(), xb[0]["cause"].as_str()];
+    assert!(
+        causes.contains(&Some("lifetime")) && causes.contains(&Some("peer_delete")),
+        "{causes:?}"
+    );
+    assert_eq!(xa[0]["icookie"], mm["icookie"]);
+    assert_eq!(xb[0]["icookie"], mm["icookie"]);
+}
+
+/// espd ↔ espd: `espd ctl ike terminate` on gw-b gives gw-a its ESP DELETEs (children
+/// removed) and one 13885 `peer_delete`.
+#[test]
+fn espd_to_espd_terminate_deletes_the_children() {
+    let name = "espd_to_espd_terminate_deletes_the_children";
+    let Some(_g) = ready(name, false) else {
+        return;
+    };
+    let r = ike_rig("e2e-term", IkeRig::new(Peer::Espd));
+    let (_a, _b) = start_gateways(&r, EXE, &[]).unwrap();
+    wait_up(&r, 'a', Duration::from_secs(20));
+    wait_up(&r, 'b', Duration::from_secs(5));
+    let mut sa = subscribe(&r, 'a');
+    let o = std::process::Command::new(EXE)
+        .args(["ctl", "--socket"])
+        .arg(r.socket('b'))
+        .args(["ike", "terminate", "peer"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let ea = events_until(&mut sa, Duration::from_secs(3), |v| {
+        named(v, "sa_removed").len() >= 2 && !named(v, "mm_expired").is_empty()
+    });
+    let x = named(&ea, "mm_expired");
+    assert_eq!(x.len(), 1, "{ea:?}");
+    assert_eq!(x[0]["cause"], "peer_delete", "{ea:?}");
+    let removed: Vec<_> = named(&ea, "sa_removed")
+        .into_iter()
+        .filter(|e| e["reason"] == "peer_delete")
+        .collect();
+    assert!(removed.len() >= 2, "gw-a kept the children: {ea:?}");
+}
+
+/// espd ↔ espd DPD: gw-b frozen (SIGSTOP): gw-a gives one 13886 within dpd_delay +
+/// dpd_timeout + 2 s and clears the children; never 13885.
+#[test]
+fn espd_to_espd_dpd_declares_a_frozen_peer_dead() {
+    let name = "espd_to_espd_dpd_declares_a_frozen_peer_dead";
+    let Some(_g) = ready(name, false) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::Espd);
+    ike.dpd_delay_s = 2;
+    ike.dpd_timeout_s = 6;
+    let r = ike_rig("e2e-dpd", ike);
+    let (_a, b) = start_gateways(&r, EXE, &[]).unwrap();
+    wait_up(&r, 'a', Duration::from_secs(20));
+    let mut sub = subscribe(&r, 'a');
+    let pid = b.pid().to_string();
+    let t = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ev = events_until(&mut sub, Duration::from_secs(12), |v| {
+        !named(v, "mm_dead").is_empty()
+    });
+    let took = t.elapsed();
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let dead = named(&ev, "mm_dead");
+    assert_eq!(dead.len(), 1, "{ev:?}");
+    assert_eq!(dead[0]["code"], 13886);
+    assert!(took <= Duration::from_secs(10), "{took:?}");
+    assert!(
+        named(&ev, "mm_expired").is_empty(),
+        "DPD is never 13885: {ev:?}"
+    );
+    let later = events_until(&mut sub, Duration::from_millis(800), |_| false);
+    let cleared = named(&ev, "sa_removed").len() + named(&later, "sa_removed").len();
+    assert!(cleared >= 2, "children not cleared: {ev:?} {later:?}");
+}
