@@ -838,8 +838,9 @@ impl Engine {
         q.last_in = digest(data);
         q.last_out = Some(buf.clone());
         let (our_spi, replaces, udp) = (q.our_spi, q.replaces, q.udp);
-        self.send(peer, port, to, buf);
         let _ = env;
+        // The child (our new inbound SA) before QM3: the responder may send on it as soon as
+        // QM3 arrives, and the driver carries actions out in order.
         self.child_up(
             now,
             NewChild {
@@ -866,6 +867,7 @@ impl Engine {
                 initiator: true,
             },
         );
+        self.send(peer, port, to, buf);
     }
 
     /// QM3 (responder): the child is up.
