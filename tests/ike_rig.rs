@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use espd::control::api::Client;
 use espd::rig::ike::{IkeRig, Peer, StrongSwan, charon_path};
 use espd::rig::procs::{Proc, start_gateways};
-use espd::rig::{Rig, RigSpec};
+use espd::rig::{Rig, RigSpec, esp_sa_uat};
 use serde_json::{Value, json};
 
 mod common;
@@ -249,7 +249,8 @@ fn check_setup_with_strongswan(name: &str, espd_initiates: bool) {
         ctl(&r, 'a', json!({"op": "sa_list"}))["sas"]
             .as_array()
             .and_then(|v| v.iter().find(|s| s["direction"] == dir))
-            .and_then(|s| s["spi"].as_str().map(str::to_string))
+            .and_then(|s| s["spi"].as_str())
+            .and_then(|s| u32::from_str_radix(s.trim_start_matches("0x"), 16).ok())
             .unwrap()
     };
     // The quick mode's initiator key protects initiator → responder traffic.
@@ -259,39 +260,10 @@ fn check_setup_with_strongswan(name: &str, espd_initiates: bool) {
         (&kr, &ki)
     };
     let sas = [
-        ("203.0.113.1", "203.0.113.2", spi("outbound"), k_ab),
-        ("203.0.113.2", "203.0.113.1", spi("inbound"), k_ba),
+        esp_sa_uat("203.0.113.1", "203.0.113.2", spi("outbound"), k_ab),
+        esp_sa_uat("203.0.113.2", "203.0.113.1", spi("inbound"), k_ba),
     ];
-    let mut cmd = std::process::Command::new("tshark");
-    cmd.arg("-r").arg(&pcap).args([
-        "-o",
-        "esp.enable_encryption_decode:TRUE",
-        "-o",
-        "esp.enable_authentication_check:TRUE",
-    ]);
-    for (src, dst, spi, k) in &sas {
-        cmd.args([
-            "-o",
-            &format!(
-                r#"uat:esp_sa:"IPv4","{src}","{dst}","{spi}","AES-GCM with 16 octet ICV [RFC4106]","0x{k}","NULL","""#
-            ),
-        ]);
-    }
-    let o = cmd
-        .args([
-            "-Y",
-            "esp",
-            "-T",
-            "fields",
-            "-e",
-            "esp.icv_good",
-            "-e",
-            "udp.dstport",
-        ])
-        .output()
-        .expect("tshark");
-    let out = String::from_utf8_lossy(&o.stdout);
-    let esp: Vec<&str> = out.lines().collect();
+    let (esp, stderr) = tshark_esp(&pcap, &sas, "udp.dstport");
     let good = esp.iter().filter(|l| l.starts_with("1\t")).count();
     if esp.len() < 4000 {
         let dump = std::process::Command::new("tshark")
@@ -302,9 +274,8 @@ fn check_setup_with_strongswan(name: &str, espd_initiates: bool) {
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
             .unwrap_or_default();
         panic!(
-            "{} ESP packets on the wire; tshark said {}; first packets:\n{dump}",
-            esp.len(),
-            String::from_utf8_lossy(&o.stderr)
+            "{} ESP packets on the wire; tshark said {stderr}; first packets:\n{dump}",
+            esp.len()
         );
     }
     assert!(
@@ -542,6 +513,38 @@ fn espd_main_mode_lifetime_gives_13885_and_a_delete() {
     }
 }
 
+/// Freezes process `pid` (gateway B: charon or espd) with SIGSTOP: gw-a (dpd_delay 2 s,
+/// dpd_timeout 6 s) gives exactly one 13886 within 2 + 6 + 2 s, never a 13885, and clears the
+/// children. The process is thawed before the asserts.
+fn assert_dpd_gives_13886(r: &Rig, pid: u32) {
+    let mut sub = subscribe(r, 'a');
+    let pid = pid.to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let t = Instant::now();
+    assert!(signal("-STOP"), "SIGSTOP to {pid}");
+    let ev = events_until(&mut sub, Duration::from_secs(12), |v| {
+        !named(v, "mm_dead").is_empty()
+    });
+    let took = t.elapsed();
+    signal("-CONT");
+    let dead = named(&ev, "mm_dead");
+    assert_eq!(dead.len(), 1, "{ev:?}");
+    assert_eq!(dead[0]["code"], 13886);
+    assert!(took <= Duration::from_secs(2 + 6 + 2), "{took:?}");
+    assert!(
+        named(&ev, "mm_expired").is_empty(),
+        "DPD is never 13885: {ev:?}"
+    );
+    let later = events_until(&mut sub, Duration::from_millis(800), |_| false);
+    let cleared = named(&ev, "sa_removed").len() + named(&later, "sa_removed").len();
+    assert!(cleared >= 2, "children not cleared: {ev:?} {later:?}");
+}
+
 /// DPD: charon frozen with SIGSTOP: one 13886 within dpd_delay + dpd_timeout + 2 s, the
 /// children cleared (`dpd_action = clear`), and never a 13885.
 #[test]
@@ -557,34 +560,7 @@ fn dpd_declares_a_frozen_strongswan_dead() {
     let mut sw = StrongSwan::start(r.dir()).unwrap();
     let _a = start_a(&r);
     wait_up(&r, 'a', Duration::from_secs(20));
-    let mut sub = subscribe(&r, 'a');
-    let pid = sw.proc.pid().to_string();
-    let t = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let ev = events_until(&mut sub, Duration::from_secs(12), |v| {
-        !named(v, "mm_dead").is_empty()
-    });
-    let took = t.elapsed();
-    let _ = std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status();
-    let dead = named(&ev, "mm_dead");
-    assert_eq!(dead.len(), 1, "{ev:?}");
-    assert_eq!(dead[0]["code"], 13886);
-    assert!(took <= Duration::from_secs(2 + 6 + 2), "{took:?}");
-    assert!(
-        named(&ev, "mm_expired").is_empty(),
-        "DPD is never 13885: {ev:?}"
-    );
-    let later = events_until(&mut sub, Duration::from_millis(800), |_| false);
-    let cleared = named(&ev, "sa_removed").len() + named(&later, "sa_removed").len();
-    assert!(cleared >= 2, "children not cleared: {ev:?} {later:?}");
+    assert_dpd_gives_13886(&r, sw.proc.pid());
     sw.proc.stop(Duration::from_secs(2));
 }
 
@@ -852,32 +828,5 @@ fn espd_to_espd_dpd_declares_a_frozen_peer_dead() {
     let r = ike_rig("e2e-dpd", ike);
     let (_a, b) = start_gateways(&r, EXE, &[]).unwrap();
     wait_up(&r, 'a', Duration::from_secs(20));
-    let mut sub = subscribe(&r, 'a');
-    let pid = b.pid().to_string();
-    let t = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let ev = events_until(&mut sub, Duration::from_secs(12), |v| {
-        !named(v, "mm_dead").is_empty()
-    });
-    let took = t.elapsed();
-    let _ = std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status();
-    let dead = named(&ev, "mm_dead");
-    assert_eq!(dead.len(), 1, "{ev:?}");
-    assert_eq!(dead[0]["code"], 13886);
-    assert!(took <= Duration::from_secs(10), "{took:?}");
-    assert!(
-        named(&ev, "mm_expired").is_empty(),
-        "DPD is never 13885: {ev:?}"
-    );
-    let later = events_until(&mut sub, Duration::from_millis(800), |_| false);
-    let cleared = named(&ev, "sa_removed").len() + named(&later, "sa_removed").len();
-    assert!(cleared >= 2, "children not cleared: {ev:?} {later:?}");
+    assert_dpd_gives_13886(&r, b.pid());
 }

@@ -99,31 +99,7 @@ fn traffic_both_ways(mode: &'static str) {
     assert_eq!(wire.cleartext_lan, 0, "cleartext leaked onto the wire");
     assert!(wire.esp >= 4 * n, "{wire:?}");
     // tshark, given both SAs, decrypts every ESP packet with a good ICV.
-    let mut cmd = Command::new("tshark");
-    cmd.arg("-r").arg(&pcap).args([
-        "-o",
-        "esp.enable_encryption_decode:TRUE",
-        "-o",
-        "esp.enable_authentication_check:TRUE",
-    ]);
-    for sa in r.tshark_sas() {
-        cmd.args(["-o", &sa]);
-    }
-    let o = cmd
-        .args([
-            "-Y",
-            "esp",
-            "-T",
-            "fields",
-            "-e",
-            "esp.icv_good",
-            "-e",
-            "esp.sequence",
-        ])
-        .output()
-        .expect("tshark");
-    let out = String::from_utf8_lossy(&o.stdout);
-    let lines: Vec<&str> = out.lines().collect();
+    let (lines, _) = tshark_esp(&pcap, &r.tshark_sas(), "esp.sequence");
     assert_eq!(
         lines.len() as u64,
         wire.esp,

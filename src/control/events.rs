@@ -112,27 +112,22 @@ pub enum Event {
         time: f64,
     },
     /// A main-mode negotiation failed (`code`: 13801 auth, 13868 no proposal, ...).
-    MmFailed {
-        code: u32,
-        hex: String,
-        symbol: &'static str,
-        message: &'static str,
-        tunnel: String,
-        peer: IpAddr,
-        reason: String,
-        time: f64,
-    },
+    MmFailed(IkeFailure),
     /// A quick-mode negotiation failed.
-    QmFailed {
-        code: u32,
-        hex: String,
-        symbol: &'static str,
-        message: &'static str,
-        tunnel: String,
-        peer: IpAddr,
-        reason: String,
-        time: f64,
-    },
+    QmFailed(IkeFailure),
+}
+
+/// The fields of `mm_failed` and `qm_failed`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IkeFailure {
+    pub code: u32,
+    pub hex: String,
+    pub symbol: &'static str,
+    pub message: &'static str,
+    pub tunnel: String,
+    pub peer: IpAddr,
+    pub reason: String,
+    pub time: f64,
 }
 
 impl Event {
@@ -140,9 +135,8 @@ impl Event {
         match self {
             Event::MmExpired { .. } => Some(codes::IKE_MM_EXPIRED),
             Event::SaHardExpired { .. } => Some(codes::IKE_QM_EXPIRED),
-            Event::MmDead { code, .. }
-            | Event::MmFailed { code, .. }
-            | Event::QmFailed { code, .. } => codes::by_number(*code),
+            Event::MmDead { code, .. } => codes::by_number(*code),
+            Event::MmFailed(f) | Event::QmFailed(f) => codes::by_number(f.code),
             _ => None,
         }
     }
@@ -209,29 +203,20 @@ pub fn ike_failed(
     reason: String,
     time: f64,
 ) -> Event {
-    let (code, hex, symbol, message) = (code.code, code.hex(), code.symbol, code.message);
+    let f = IkeFailure {
+        code: code.code,
+        hex: code.hex(),
+        symbol: code.symbol,
+        message: code.message,
+        tunnel,
+        peer,
+        reason,
+        time,
+    };
     if main {
-        Event::MmFailed {
-            code,
-            hex,
-            symbol,
-            message,
-            tunnel,
-            peer,
-            reason,
-            time,
-        }
+        Event::MmFailed(f)
     } else {
-        Event::QmFailed {
-            code,
-            hex,
-            symbol,
-            message,
-            tunnel,
-            peer,
-            reason,
-            time,
-        }
+        Event::QmFailed(f)
     }
 }
 

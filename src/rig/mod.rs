@@ -402,12 +402,10 @@ rekey_grace_ms = 1000
 
     /// tshark's `esp_sa` entries for both SAs.
     pub fn tshark_sas(&self) -> Vec<String> {
-        [("203.0.113.1", "203.0.113.2", SPI_AB, &self.key_ab), ("203.0.113.2", "203.0.113.1", SPI_BA, &self.key_ba)]
-            .iter()
-            .map(|(s, d, spi, k)| {
-                format!(r#"uat:esp_sa:"IPv4","{s}","{d}","{spi:#010x}","AES-GCM with 16 octet ICV [RFC4106]","0x{k}","NULL","""#)
-            })
-            .collect()
+        vec![
+            esp_sa_uat("203.0.113.1", "203.0.113.2", SPI_AB, &self.key_ab),
+            esp_sa_uat("203.0.113.2", "203.0.113.1", SPI_BA, &self.key_ba),
+        ]
     }
 
     pub fn dir(&self) -> &Path {
@@ -456,6 +454,13 @@ pub fn remove_configs(dir: &Path) {
     }
     ike::remove_files(dir);
     let _ = std::fs::remove_dir(dir);
+}
+
+/// tshark's `esp_sa` entry (`-o uat:esp_sa:...`) for an AES-GCM-16 SA; `key`: hex key‖salt.
+pub fn esp_sa_uat(src: &str, dst: &str, spi: u32, key: &str) -> String {
+    format!(
+        r#"uat:esp_sa:"IPv4","{src}","{dst}","{spi:#010x}","AES-GCM with 16 octet ICV [RFC4106]","0x{key}","NULL","""#
+    )
 }
 
 /// Deletes every namespace of the rig (and with them veths and XDP programs). Idempotent.

@@ -154,6 +154,15 @@ pub struct SaTable {
     alloc: Mutex<Alloc>,
 }
 
+/// How many generations fit above `slot_bits` slot bits in a 32-bit SPI.
+fn max_generation(slot_bits: u32) -> u32 {
+    if slot_bits >= 32 {
+        1
+    } else {
+        (u32::MAX >> slot_bits).max(1)
+    }
+}
+
 impl SaTable {
     /// `capacity` inbound slots (rounded up to a power of two, at least 256), `tunnels` outbound
     /// tunnel slots, per-core state for `cores` workers.
@@ -165,15 +174,10 @@ impl SaTable {
         let mut r = [0u8; 4];
         let _ = aws_lc_rs::rand::fill(&mut r);
         let slot_bits = cap.trailing_zeros();
-        let max_gen = if slot_bits >= 32 {
-            1
-        } else {
-            (u32::MAX >> slot_bits).max(1)
-        };
         Self {
             inbound: crate::sys::HugeSlice::new(cap as usize),
             mask: cap - 1,
-            slot_bits: cap.trailing_zeros(),
+            slot_bits,
             tunnels: (0..tunnels).map(|_| EpochPtr::null()).collect(),
             installed: AtomicU32::new(0),
             outbound_installed: AtomicU32::new(0),
@@ -182,7 +186,7 @@ impl SaTable {
                 used: vec![false; cap as usize],
                 reserved: vec![0; cap as usize],
                 next: 0,
-                generation: u32::from_ne_bytes(r) % max_gen,
+                generation: u32::from_ne_bytes(r) % max_generation(slot_bits),
             }),
         }
     }
@@ -242,12 +246,7 @@ impl SaTable {
             a.next = (a.next + 1) & self.mask;
             if !a.used[slot as usize] {
                 a.used[slot as usize] = true;
-                let max_gen = if self.slot_bits >= 32 {
-                    1
-                } else {
-                    (u32::MAX >> self.slot_bits).max(1)
-                };
-                a.generation = a.generation % max_gen + 1;
+                a.generation = a.generation % max_generation(self.slot_bits) + 1;
                 let spi = (a.generation << self.slot_bits) | slot;
                 let spi = if spi < 256 {
                     spi | (1 << self.slot_bits)

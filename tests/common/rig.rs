@@ -125,3 +125,38 @@ pub fn stop(mut gw: Proc) -> serde_json::Value {
     }
     last
 }
+
+/// tshark over `pcap` with ESP decryption and ICV checks for `sas` (`esp_sa` UAT entries):
+/// one line per ESP packet, `esp.icv_good` then `extra` (tab-separated), and tshark's stderr.
+pub fn tshark_esp(pcap: &std::path::Path, sas: &[String], extra: &str) -> (Vec<String>, String) {
+    let mut cmd = std::process::Command::new("tshark");
+    cmd.arg("-r").arg(pcap).args([
+        "-o",
+        "esp.enable_encryption_decode:TRUE",
+        "-o",
+        "esp.enable_authentication_check:TRUE",
+    ]);
+    for sa in sas {
+        cmd.args(["-o", sa]);
+    }
+    let o = cmd
+        .args([
+            "-Y",
+            "esp",
+            "-T",
+            "fields",
+            "-e",
+            "esp.icv_good",
+            "-e",
+            extra,
+        ])
+        .output()
+        .expect("tshark");
+    (
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
