@@ -667,6 +667,27 @@ impl Engine {
         Ok(())
     }
 
+    /// The clear payloads of MM3 or MM4 with its KE and nonce, if it came from where the
+    /// main mode talks to and has both (else a counted drop).
+    fn key_exchange<'a>(
+        &mut self,
+        mi: usize,
+        from: SocketAddr,
+        msg: &Message<'a>,
+    ) -> Option<(Clear<'a>, &'a [u8], &'a [u8])> {
+        let c = (from == self.mms[mi].remote)
+            .then(|| msg.payloads().ok())
+            .flatten()
+            .map(|ps| clear_payloads(&ps));
+        if let Some(c) = c
+            && let (Some(ke), Some(n)) = (c.ke, c.nonce)
+        {
+            return Some((c, ke, n));
+        }
+        self.counters.dropped += 1;
+        None
+    }
+
     /// MM3 → MM4 (responder).
     #[allow(clippy::too_many_arguments)]
     fn mm3(
@@ -680,17 +701,7 @@ impl Engine {
         msg: &Message<'_>,
     ) {
         // Unauthenticated: only from the address and port MM1 came from.
-        if from != self.mms[mi].remote {
-            self.counters.dropped += 1;
-            return;
-        }
-        let Ok(ps) = msg.payloads() else {
-            self.counters.dropped += 1;
-            return;
-        };
-        let c = clear_payloads(&ps);
-        let (Some(ke), Some(ni)) = (c.ke, c.nonce) else {
-            self.counters.dropped += 1;
+        let Some((c, ke, ni)) = self.key_exchange(mi, from, msg) else {
             return;
         };
         let peer = self.mms[mi].peer;
@@ -752,17 +763,7 @@ impl Engine {
         msg: &Message<'_>,
     ) {
         // Unauthenticated: only from where MM3 went.
-        if from != self.mms[mi].remote {
-            self.counters.dropped += 1;
-            return;
-        }
-        let Ok(ps) = msg.payloads() else {
-            self.counters.dropped += 1;
-            return;
-        };
-        let c = clear_payloads(&ps);
-        let (Some(ke), Some(nr)) = (c.ke, c.nonce) else {
-            self.counters.dropped += 1;
+        let Some((c, ke, nr)) = self.key_exchange(mi, from, msg) else {
             return;
         };
         let peer = self.mms[mi].peer;
