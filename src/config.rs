@@ -401,6 +401,8 @@ pub struct Config {
     pub sas: Vec<(u32, SaParams)>,
     /// `[[ike.peers]]`: tunnels whose SAs the built-in IKE negotiates.
     pub ike: Vec<crate::ike::config::IkePeer>,
+    /// `[ike]` responder limits (for all peers together).
+    pub ike_limits: crate::ike::engine::ResponderLimits,
     pub control: ControlConfig,
 }
 
@@ -1006,6 +1008,8 @@ impl Config {
             &policies,
         )
         .map_err(|(k, r)| cx.err(k, r))?;
+        let ike_limits =
+            crate::ike::config::responder_limits(&raw.ike).map_err(|(k, r)| cx.err(k, r))?;
         let control = ControlConfig {
             socket: rc.socket,
             metrics,
@@ -1038,6 +1042,7 @@ impl Config {
             plain,
             cipher,
             ike,
+            ike_limits,
             tunnels,
             policies,
             sas,

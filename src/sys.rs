@@ -236,6 +236,131 @@ pub fn recv_batch(
     n as usize
 }
 
+/// Asks the kernel to tell each received IPv6 datagram's destination address
+/// (`IPV6_RECVPKTINFO`, read by [`recv_from_to6`]).
+pub fn enable_pktinfo6(sock: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a live c_int of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVPKTINFO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one datagram on an IPv6 socket bound to a wildcard address: its length, source
+/// and destination address (`None` unless [`enable_pktinfo6`] was called).
+pub fn recv_from_to6(
+    sock: &impl std::os::fd::AsRawFd,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, std::net::SocketAddrV6, Option<std::net::Ipv6Addr>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: sockaddr_in6 is plain data; zeroed is valid.
+    let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_name = (&mut from as *mut libc::sockaddr_in6).cast();
+    m.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control.as_mut_ptr().cast();
+    m.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: the header points at the live source address, buffer and control buffer, each
+    // with its length; all outlive the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut m, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut dst = None;
+    // SAFETY: the kernel filled `control` up to msg_controllen; CMSG_FIRSTHDR/NXTHDR stay
+    // inside it and return null at its end.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&m) };
+    while !c.is_null() {
+        // SAFETY: `c` is a complete header inside the control buffer (see above).
+        let h = unsafe { &*c };
+        if h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_PKTINFO {
+            // SAFETY: an IPV6_PKTINFO message carries one in6_pktinfo; read_unaligned
+            // needs no alignment.
+            let info: libc::in6_pktinfo =
+                unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast()) };
+            dst = Some(std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr));
+        }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        c = unsafe { libc::CMSG_NXTHDR(&m, c) };
+    }
+    let src = std::net::SocketAddrV6::new(
+        std::net::Ipv6Addr::from(from.sin6_addr.s6_addr),
+        u16::from_be(from.sin6_port),
+        0,
+        from.sin6_scope_id,
+    );
+    Ok((n as usize, src, dst))
+}
+
+/// Sends `data` to `to` from the local address `from` (`IPV6_PKTINFO`): one wildcard socket
+/// speaks for many local addresses.
+pub fn send_from6(
+    sock: &impl std::os::fd::AsRawFd,
+    data: &[u8],
+    to: std::net::SocketAddrV6,
+    from: std::net::Ipv6Addr,
+) -> std::io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: sockaddr_in6 is plain data; zeroed is valid.
+    let mut dst: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    dst.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    dst.sin6_port = to.port().to_be();
+    dst.sin6_addr.s6_addr = to.ip().octets();
+    dst.sin6_scope_id = to.scope_id();
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+    m.msg_name = (&mut dst as *mut libc::sockaddr_in6).cast();
+    m.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    m.msg_iov = &mut iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    m.msg_controllen =
+        unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in6_pktinfo>() as u32) } as usize;
+    // SAFETY: `control` (64 bytes) holds CMSG_SPACE(20) = 40 bytes; CMSG_FIRSTHDR points at
+    // its start, CMSG_DATA inside it, and the writes stay within the header's length.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = libc::IPPROTO_IPV6;
+        (*c).cmsg_type = libc::IPV6_PKTINFO;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in6_pktinfo>() as u32) as usize;
+        let info = libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr {
+                s6_addr: from.octets(),
+            },
+            ipi6_ifindex: 0,
+        };
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+    }
+    // SAFETY: the header points at the live destination, data and control buffer.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &m, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// A fixed-length, default-initialised slice in its own anonymous mapping, 2 MB aligned and
 /// marked for transparent huge pages (`MADV_HUGEPAGE`) when it spans at least 2 MB, so random
 /// lookups in a large table do not miss the TLB on every access. Falls back to the heap when

@@ -388,6 +388,7 @@ fn start_ike(
     }
     crate::ike::driver::start(
         cfg.ike.clone(),
+        cfg.ike_limits,
         control,
         crate::control::ControlHandle::new(api_tx),
         shared.stop.clone(),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use super::engine::ResponderLimits;
 use crate::config::Tunnel;
 use crate::sa::policy::{Policy, PolicyAction, Selector};
 use crate::sa::{Mode, UdpEncap};
@@ -19,6 +20,31 @@ use crate::sa::{Mode, UdpEncap};
 pub struct RawIke {
     #[serde(default)]
     pub peers: Vec<RawPeer>,
+    /// New responder main modes accepted per second from all peers (default 200).
+    pub responder_mm_per_s: Option<u64>,
+    /// Half-open responder main modes in all (default 1024).
+    pub responder_half_open: Option<u64>,
+}
+
+/// `[ike]` `responder_mm_per_s` and `responder_half_open`, checked (errors: `(key, reason)`).
+pub fn responder_limits(raw: &RawIke) -> Result<ResponderLimits, (String, String)> {
+    let d = ResponderLimits::default();
+    let check = |key: &str, v: Option<u64>, default: u64| match v {
+        None => Ok(default),
+        Some(v) if (1..=1_000_000).contains(&v) => Ok(v),
+        Some(v) => Err((
+            format!("ike.{key}"),
+            format!("{v} is not between 1 and 1000000"),
+        )),
+    };
+    Ok(ResponderLimits {
+        mm_per_s: check("responder_mm_per_s", raw.responder_mm_per_s, d.mm_per_s)?,
+        half_open: check(
+            "responder_half_open",
+            raw.responder_half_open,
+            d.half_open as u64,
+        )? as usize,
+    })
 }
 
 /// One `[[ike.peers]]` table as written.
@@ -453,6 +479,28 @@ mod tests {
         for (extra, mode, want) in cases {
             let e = parse(&extra, mode).unwrap_err();
             assert!(e.contains(want), "{e} (wanted {want})");
+        }
+    }
+
+    #[test]
+    fn responder_limits_default_and_are_checked() {
+        let d = super::ResponderLimits::default();
+        assert_eq!(parse(PEER, 0o600).unwrap().ike_limits, d);
+        let c = parse(
+            &format!("\n[ike]\nresponder_mm_per_s = 5000\nresponder_half_open = 20000\n{PEER}"),
+            0o600,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.ike_limits.mm_per_s, c.ike_limits.half_open),
+            (5000, 20_000)
+        );
+        for (k, v) in [
+            ("responder_mm_per_s", 0),
+            ("responder_half_open", 1_000_001),
+        ] {
+            let e = parse(&format!("\n[ike]\n{k} = {v}\n{PEER}"), 0o600).unwrap_err();
+            assert!(e.contains(&format!("ike.{k}: {v} is not between")), "{e}");
         }
     }
 }

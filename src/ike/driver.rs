@@ -22,9 +22,13 @@ use crate::sa::Direction;
 
 /// Largest datagram read (IKEv1 messages here stay far below).
 const MAX_DATAGRAM: usize = 65_535;
-/// The `ike list` snapshot is rebuilt at most this often (and whenever the engine reported
-/// something), not per datagram.
+/// The `ike list` snapshot is rebuilt this often, and sooner (but at most every
+/// [`STATUS_SOON_NS`]) when the engine reported something: never per datagram, since the
+/// snapshot covers every peer (thousands on a concentrator).
 const STATUS_EVERY_NS: u64 = 200_000_000;
+const STATUS_SOON_NS: u64 = 20_000_000;
+/// Inputs taken per round of the IKE thread before timers and actions.
+const INPUTS_PER_ROUND: usize = 64;
 
 enum Input {
     Datagram {
@@ -61,6 +65,7 @@ impl IkeThread {
 /// address that cannot be bound.
 pub fn start(
     peers: Vec<IkePeer>,
+    limits: super::engine::ResponderLimits,
     ctl: &mut Control,
     control: ControlHandle,
     stop: Arc<AtomicBool>,
@@ -138,9 +143,11 @@ pub fn start(
         rx_dropped: rx_dropped.clone(),
     };
     ctl.attach_ike(link.clone());
+    let mut engine = Engine::new(peers.clone());
+    engine.set_responder_limits(limits);
     let mut d = Driver {
         swaps: Vec::new(),
-        engine: Engine::new(peers.clone()),
+        engine,
         peers,
         sockets,
         control,
@@ -274,37 +281,39 @@ impl Driver {
         }
         self.apply();
         let mut status_at = 0;
+        let mut dirty = false;
         while !stop.load(Ordering::Acquire) {
             let now = crate::now_ns();
-            let wait = self
-                .engine
-                .next_deadline()
+            // One deadline per round (it visits every main mode): timers that an input sets
+            // are in the future, so it also says whether to tick after the inputs.
+            let deadline = self.engine.next_deadline();
+            let mut wait = deadline
                 .map_or(100_000_000, |d| d.saturating_sub(now))
                 .clamp(1_000_000, 100_000_000);
-            let input = rx.recv_timeout(Duration::from_nanos(wait));
-            let now = crate::now_ns();
-            let mut env = DriverEnv {
-                control: &self.control,
-            };
+            if dirty {
+                wait = wait.min(
+                    (status_at + STATUS_SOON_NS)
+                        .saturating_sub(now)
+                        .max(1_000_000),
+                );
+            }
             let mut changed = false;
-            match input {
-                Ok(Input::Datagram { local, from, data }) => {
-                    self.engine.receive(&mut env, now, local, from, &data)
-                }
-                Ok(Input::Command(Command::Initiate(p))) => {
-                    changed = true;
-                    self.engine.initiate(&mut env, now, p)
-                }
-                Ok(Input::Command(Command::Terminate(p))) => {
-                    changed = true;
-                    self.engine.terminate(&mut env, now, p)
-                }
-                Ok(Input::Event(e)) => self.event(e, now),
+            match rx.recv_timeout(Duration::from_nanos(wait)) {
+                Ok(i) => changed |= self.input(i),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            // What else is already queued is taken in the same round (up to a bound, so
+            // timers still run under a flood).
+            for _ in 1..INPUTS_PER_ROUND {
+                match rx.try_recv() {
+                    Ok(i) => changed |= self.input(i),
+                    Err(_) => break,
+                }
+            }
+            let now = crate::now_ns();
             // Timers only when one is due (a datagram does not run them for every peer).
-            if self.engine.next_deadline().is_some_and(|d| d <= now) {
+            if deadline.is_some_and(|d| d <= now) {
                 let mut env = DriverEnv {
                     control: &self.control,
                 };
@@ -312,8 +321,10 @@ impl Driver {
             }
             changed |= self.apply();
             self.swap_due(now);
-            if changed || now >= status_at + STATUS_EVERY_NS {
+            dirty |= changed;
+            if (dirty && now >= status_at + STATUS_SOON_NS) || now >= status_at + STATUS_EVERY_NS {
                 status_at = now;
+                dirty = false;
                 if let Ok(mut s) = self.status.lock() {
                     *s = self.engine.status(now);
                 }
@@ -336,6 +347,32 @@ impl Driver {
             self.engine.terminate(&mut env, now, i);
         }
         self.apply();
+    }
+
+    /// One input to the engine; whether it was an operator command (the status changes).
+    fn input(&mut self, input: Input) -> bool {
+        let now = crate::now_ns();
+        let mut env = DriverEnv {
+            control: &self.control,
+        };
+        match input {
+            Input::Datagram { local, from, data } => {
+                self.engine.receive(&mut env, now, local, from, &data);
+                false
+            }
+            Input::Command(Command::Initiate(p)) => {
+                self.engine.initiate(&mut env, now, p);
+                true
+            }
+            Input::Command(Command::Terminate(p)) => {
+                self.engine.terminate(&mut env, now, p);
+                true
+            }
+            Input::Event(e) => {
+                self.event(e, now);
+                false
+            }
+        }
     }
 
     fn event(&mut self, e: Event, now: u64) {

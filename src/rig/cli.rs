@@ -124,6 +124,17 @@ pub enum TrafficOp {
         #[arg(long, default_value_t = 120.0)]
         max: f64,
     },
+    /// The IKEv1 initiator swarm of `espd bench --ike` (run inside gw-a).
+    IkeSwarm {
+        #[arg(long, default_value_t = 1000)]
+        peers: usize,
+        #[arg(long, default_value_t = 50)]
+        window: usize,
+        #[arg(long)]
+        psk_file: PathBuf,
+        #[arg(long, default_value_t = 180.0)]
+        timeout: f64,
+    },
     TcpSend {
         #[arg(long)]
         dst: SocketAddr,
@@ -143,6 +154,12 @@ pub enum TrafficOp {
 /// `espd traffic ...`: runs one tool and prints its report as a JSON line.
 pub fn traffic(a: TrafficArgs) -> anyhow::Result<()> {
     let json = match a.op {
+        TrafficOp::IkeSwarm {
+            peers,
+            window,
+            psk_file,
+            timeout,
+        } => super::swarm::client(peers, window, &psk_file, timeout)?.to_string(),
         TrafficOp::UdpSend {
             dst,
             flow,
@@ -301,10 +318,48 @@ pub struct BenchArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub compare: Option<PathBuf>,
+    /// Instead of the data-plane suite: an IKEv1 initiator swarm against espd and strongSwan
+    /// as responders (`--systems` picks among espd,strongswan).
+    #[arg(long)]
+    pub ike: bool,
+    /// Swarm peers, each with its own outer IPv6 address (with --ike).
+    #[arg(long, default_value_t = 1000)]
+    pub ike_peers: usize,
+    /// Setups in flight at once (with --ike).
+    #[arg(long, default_value_t = 50)]
+    pub ike_window: usize,
+    /// Runs per responder, interleaved (with --ike).
+    #[arg(long, default_value_t = 1)]
+    pub ike_runs: usize,
 }
 
 /// `espd bench`: checks `--sizes` (64..=1400 or IMIX), then runs the suite.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    if a.ike {
+        let systems: Vec<String> = a
+            .systems
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| s == "espd" || s == "strongswan")
+            .collect();
+        anyhow::ensure!(
+            !systems.is_empty(),
+            "--systems: --ike compares espd and strongswan responders"
+        );
+        anyhow::ensure!(
+            (1..=60_000).contains(&a.ike_peers),
+            "--ike-peers: {} is not between 1 and 60000",
+            a.ike_peers
+        );
+        super::swarm::run(&super::swarm::SwarmOptions {
+            peers: a.ike_peers,
+            window: a.ike_window.max(1),
+            systems,
+            runs: a.ike_runs.max(1),
+            out: a.out,
+        })?;
+        return Ok(());
+    }
     let sizes = a
         .sizes
         .split(',')

@@ -15,6 +15,9 @@ pub enum Peer {
     StrongSwan,
 }
 
+/// The plugins charon loads on the rig (userspace ESP: kernel-libipsec).
+pub const CHARON_PLUGINS: &str = "random nonce aes sha1 sha2 hmac gcm pem pkcs1 x509 pubkey curve25519 gmp kdf openssl kernel-libipsec kernel-netlink socket-default vici updown";
+
 /// IKE settings of both gateways.
 #[derive(Clone, Debug)]
 pub struct IkeRig {
@@ -112,7 +115,7 @@ impl IkeRig {
 
     fn strongswan_conf(&self, dir: &Path) -> String {
         format!(
-            "charon {{\n  load_modular = no\n  load = random nonce aes sha1 sha2 hmac gcm pem pkcs1 x509 pubkey curve25519 gmp kdf openssl kernel-libipsec kernel-netlink socket-default vici updown\n  filelog {{\n    charon {{\n      path = {}\n      default = 1\n      ike = 2\n      chd = 4\n      time_format = %s\n      flush_line = yes\n    }}\n  }}\n  plugins {{\n    vici {{\n      socket = unix://{}\n    }}\n  }}\n}}\n",
+            "charon {{\n  load_modular = no\n  load = {CHARON_PLUGINS}\n  filelog {{\n    charon {{\n      path = {}\n      default = 1\n      ike = 2\n      chd = 4\n      time_format = %s\n      flush_line = yes\n    }}\n  }}\n  plugins {{\n    vici {{\n      socket = unix://{}\n    }}\n  }}\n}}\n",
             dir.join("charon.log").display(),
             dir.join("charon.vici").display()
         )

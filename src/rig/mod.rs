@@ -26,6 +26,7 @@ pub mod demo;
 pub mod ike;
 pub mod keyer;
 pub mod procs;
+pub mod swarm;
 pub mod traffic;
 
 use std::fmt::Write as _;

@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{
-    Cookie, Engine, HALF_OPEN_PER_ADDR, HALF_OPEN_TOTAL, MM_RATE, Mm, MmState, Retx, S, cipher_of,
-    cookie_u64, dh_generate, digest, header, open, prf_of, proposal_name, seal,
+    Cookie, Engine, HALF_OPEN_PER_ADDR, Mm, MmState, Retx, S, cipher_of, cookie_u64, dh_generate,
+    digest, header, open, prf_of, proposal_name, seal,
 };
 use crate::codes;
 use crate::ike::config::{IkeCipher, IkeHash, IkeId, IkeProposal};
@@ -306,14 +306,14 @@ impl Engine {
         self.tokens_at = now;
         self.tokens = self
             .tokens
-            .saturating_add(el.saturating_mul(MM_RATE))
-            .min(MM_RATE * S);
+            .saturating_add(el.saturating_mul(self.limits.mm_per_s))
+            .min(self.limits.mm_per_s.saturating_mul(S));
         if self.tokens < S {
             return false;
         }
         let half = |m: &&Mm| !m.dead && !m.initiator && m.state != MmState::Up;
         let total = self.mms.iter().filter(half).count();
-        if total >= HALF_OPEN_TOTAL && !self.evict_half_open(None) {
+        if total >= self.limits.half_open && !self.evict_half_open(None) {
             return false;
         }
         let here = self

@@ -53,11 +53,8 @@ const DONE_KEEP: u64 = 60 * S;
 const KEEPALIVE: u64 = 20 * S;
 /// Retry back-off of an `initiate = true` peer after a failure (seconds).
 const BACKOFF: [u64; 5] = [5, 10, 20, 40, 60];
-/// Responder limits: half-open main modes per peer address and in all, and new main modes
-/// per second (token bucket of this size, refilled continuously).
+/// Half-open responder main modes per peer address.
 const HALF_OPEN_PER_ADDR: usize = 64;
-const HALF_OPEN_TOTAL: usize = 1024;
-const MM_RATE: u64 = 200;
 /// Message IDs remembered per main mode (ours and the peer's, RFC 2409 §5.5/§5.7: unique
 /// under it): repeats are dropped before any work; the oldest is forgotten first.
 const MIDS_KEPT: usize = 2048;
@@ -66,6 +63,24 @@ const MIDS_KEPT: usize = 2048;
 const SUPERSEDED_KEEP: u64 = 60 * S;
 /// Nonce length we send.
 const NONCE_LEN: usize = 32;
+
+/// What a responder accepts from all peers together (`[ike]` `responder_mm_per_s` and
+/// `responder_half_open`): new main modes per second (a token bucket of this size, refilled
+/// continuously) and half-open main modes in all. Beyond either, MM1 is refused (13882).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponderLimits {
+    pub mm_per_s: u64,
+    pub half_open: usize,
+}
+
+impl Default for ResponderLimits {
+    fn default() -> Self {
+        ResponderLimits {
+            mm_per_s: 200,
+            half_open: 1024,
+        }
+    }
+}
 
 /// Counters of what the engine refused or repeated (for `status` and tests).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -293,11 +308,15 @@ pub(crate) struct PeerRt {
 /// The IKEv1 engine for all configured peers.
 pub struct Engine {
     peers: Vec<IkePeer>,
+    /// Each peer's gateway: the lowest index of the peers with the same local and remote
+    /// address and PSK (they share main modes).
+    gw: Vec<usize>,
     rt: Vec<PeerRt>,
     mms: Vec<Mm>,
     children: Vec<Child>,
     actions: VecDeque<Action>,
     counters: Counters,
+    limits: ResponderLimits,
     /// Token bucket for new responder main modes (tokens × 1e9) and its last refill.
     tokens: u64,
     tokens_at: u64,
@@ -312,19 +331,34 @@ pub struct Engine {
 impl Engine {
     pub fn new(peers: Vec<IkePeer>) -> Engine {
         let rt = peers.iter().map(|_| PeerRt::default()).collect();
+        let mut first: std::collections::HashMap<(IpAddr, IpAddr, &[u8]), usize> =
+            std::collections::HashMap::new();
+        let gw = peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| *first.entry((p.local, p.remote, &p.psk[..])).or_insert(i))
+            .collect();
         Engine {
+            gw,
             peers,
             rt,
             mms: Vec::new(),
             children: Vec::new(),
             actions: VecDeque::new(),
             counters: Counters::default(),
-            tokens: MM_RATE * S,
+            limits: ResponderLimits::default(),
+            tokens: ResponderLimits::default().mm_per_s * S,
             tokens_at: 0,
             limit_reported: None,
             refusal_reported: None,
             child_seq: 0,
         }
+    }
+
+    /// Sets the responder's limits (`[ike]` in the config); the token bucket starts full.
+    pub fn set_responder_limits(&mut self, limits: ResponderLimits) {
+        self.tokens = limits.mm_per_s.saturating_mul(S);
+        self.limits = limits;
     }
 
     /// A datagram arrived on `local` (our address and port, 500 or 4500; the non-ESP marker
@@ -374,11 +408,12 @@ impl Engine {
         // after the grace period; nothing else tells the engine): no DELETE for it later.
         self.children
             .retain(|c| !c.superseded || now < c.superseded_at + SUPERSEDED_KEEP);
+        let mut newest = self.newest_table();
         for mi in 0..self.mms.len() {
             if self.mms[mi].dead {
                 continue;
             }
-            self.tick_mm(env, now, mi);
+            self.tick_mm(env, now, mi, &mut newest);
         }
         for p in 0..self.peers.len() {
             if self.rt[p].retry_at.is_some_and(|t| t <= now) {
@@ -389,7 +424,7 @@ impl Engine {
         self.sweep(env, now);
     }
 
-    fn tick_mm(&mut self, env: &mut dyn Env, now: u64, mi: usize) {
+    fn tick_mm(&mut self, env: &mut dyn Env, now: u64, mi: usize, newest: &mut [Option<usize>]) {
         // Main-mode retransmission (initiator) or half-open expiry (responder).
         if self.mms[mi].state != MmState::Up {
             if !self.mms[mi].initiator && now >= self.mms[mi].created + HALF_OPEN {
@@ -429,8 +464,7 @@ impl Engine {
         if self.mms[mi].dead {
             return;
         }
-        let newest = self.newest_up(self.mms[mi].peer) == Some(mi);
-        if !newest {
+        if !self.is_newest(newest, mi) {
             return;
         }
         self.tick_dpd(env, now, mi);
@@ -475,6 +509,7 @@ impl Engine {
     pub fn next_deadline(&self) -> Option<u64> {
         let mut d: Option<u64> = None;
         let mut at = |t: u64| d = Some(d.map_or(t, |x| x.min(t)));
+        let newest = self.newest_table();
         for r in &self.rt {
             if let Some(t) = r.retry_at {
                 at(t);
@@ -502,7 +537,7 @@ impl Engine {
                     None => at(q.created + DONE_KEEP),
                 }
             }
-            if self.newest_up(m.peer) != Some(mi) {
+            if self.gw.get(m.peer).and_then(|&g| newest[g]) != Some(mi) {
                 continue;
             }
             if let Some(t) = self.dpd_deadline(m) {
@@ -720,39 +755,45 @@ impl Engine {
         self.counters
     }
 
+    /// The operator's view of every peer, built in one pass over main modes and children
+    /// (linear in their number: a concentrator has thousands of peers).
     pub fn status(&self, now: u64) -> Vec<PeerStatus> {
+        let n = self.peers.len();
+        let mut main_modes: Vec<Vec<MainModeStatus>> = vec![Vec::new(); n];
+        let mut busy = vec![false; n];
+        for m in self.mms.iter().filter(|m| !m.dead) {
+            for q in &m.qms {
+                if matches!(q.state, QmState::I1 | QmState::R2) && q.peer < n {
+                    busy[q.peer] = true;
+                }
+            }
+            if m.peer >= n {
+                continue;
+            }
+            if m.state != MmState::Up {
+                busy[m.peer] = true;
+                continue;
+            }
+            main_modes[m.peer].push(MainModeStatus {
+                icookie: format!("{:016x}", cookie_u64(&m.icookie)),
+                rcookie: format!("{:016x}", cookie_u64(&m.rcookie)),
+                proposal: m.prop.map(proposal_name).unwrap_or_default(),
+                initiator: m.initiator,
+                age_s: now.saturating_sub(m.established) / S,
+            });
+        }
+        let mut children: Vec<Vec<(u32, u32)>> = vec![Vec::new(); n];
+        for c in self.children.iter().filter(|c| c.peer < n) {
+            children[c.peer].push((c.inbound, c.outbound));
+        }
         self.peers
             .iter()
+            .zip(main_modes.into_iter().zip(children))
             .enumerate()
-            .map(|(i, p)| {
-                let mms: Vec<&Mm> = self.mms.iter().filter(|m| !m.dead && m.peer == i).collect();
-                let main_modes: Vec<MainModeStatus> = mms
-                    .iter()
-                    .filter(|m| m.state == MmState::Up)
-                    .map(|m| MainModeStatus {
-                        icookie: format!("{:016x}", cookie_u64(&m.icookie)),
-                        rcookie: format!("{:016x}", cookie_u64(&m.rcookie)),
-                        proposal: m.prop.map(proposal_name).unwrap_or_default(),
-                        initiator: m.initiator,
-                        age_s: now.saturating_sub(m.established) / S,
-                    })
-                    .collect();
-                let children: Vec<(u32, u32)> = self
-                    .children
-                    .iter()
-                    .filter(|c| c.peer == i)
-                    .map(|c| (c.inbound, c.outbound))
-                    .collect();
-                let busy = mms.iter().any(|m| m.state != MmState::Up)
-                    || self.mms.iter().any(|m| {
-                        !m.dead
-                            && m.qms.iter().any(|q| {
-                                q.peer == i && matches!(q.state, QmState::I1 | QmState::R2)
-                            })
-                    });
+            .map(|(i, (p, (main_modes, children)))| {
                 let state = if !main_modes.is_empty() || !children.is_empty() {
                     "established"
-                } else if busy {
+                } else if busy[i] {
                     "connecting"
                 } else {
                     "idle"
@@ -781,10 +822,38 @@ impl Engine {
 
     /// Whether two peer configurations talk to the same gateway (one main mode serves both).
     fn same_gateway(&self, a: usize, b: usize) -> bool {
-        match (self.peers.get(a), self.peers.get(b)) {
-            (Some(x), Some(y)) => x.local == y.local && x.remote == y.remote && x.psk == y.psk,
-            _ => false,
+        matches!((self.gw.get(a), self.gw.get(b)), (Some(x), Some(y)) if x == y)
+    }
+
+    /// [`Engine::newest_up`] of every gateway at once (indexed by gateway), in one pass:
+    /// the timers visit every main mode, and asking per main mode would cost O(n²).
+    fn newest_table(&self) -> Vec<Option<usize>> {
+        let mut best: Vec<Option<usize>> = vec![None; self.peers.len()];
+        for (i, m) in self.mms.iter().enumerate() {
+            if m.dead || m.state != MmState::Up {
+                continue;
+            }
+            let Some(&g) = self.gw.get(m.peer) else {
+                continue;
+            };
+            if best[g].is_none_or(|b| self.mms[b].established <= m.established) {
+                best[g] = Some(i);
+            }
         }
+        best
+    }
+
+    /// Whether main mode `mi` is its gateway's newest established one, with `table` from
+    /// [`Engine::newest_table`] refreshed for the gateway when its entry died since.
+    fn is_newest(&self, table: &mut [Option<usize>], mi: usize) -> bool {
+        let p = self.mms[mi].peer;
+        let Some(&g) = self.gw.get(p) else {
+            return false;
+        };
+        if table[g].is_none_or(|b| self.mms[b].dead || self.mms[b].state != MmState::Up) {
+            table[g] = self.newest_up(p);
+        }
+        table[g] == Some(mi)
     }
 
     /// The newest established main mode that can carry `peer`'s quick modes.
