@@ -108,3 +108,13 @@ fn ike_wire_corpus() {
         "only {parsed} of {inputs} inputs parsed to at least one payload"
     );
 }
+
+#[test]
+fn ike_engine_flags_all_handshake() {
+    // Every configuration the first byte picks, with no further steps: no panic, and the
+    // plain ones (asserted inside) come up.
+    for flags in 0..=255u8 {
+        let r = espd::fuzzing::ike_engine(&[flags]);
+        eprintln!("{flags:#04x} {r:?}");
+    }
+}

@@ -247,6 +247,37 @@ fn rekey_without_main_mode_starts_one() {
     assert!(w.a.children()[1].replaces.is_some());
 }
 
+/// Both ends initiate at the same moment (both `initiate = true`, e.g. started together),
+/// each main mode with INITIAL-CONTACT: neither end may end the main mode it is initiating
+/// because of the other's notify (the peer is answering it), so both main modes come up on
+/// both ends, every quick mode is answered and the pairs cross-match. (The fuzz target
+/// `ike_engine` found it: each end kept only the main mode the other had dropped, and every
+/// quick mode timed out, for ever.)
+#[test]
+fn both_ends_initiating_at_once_get_working_pairs() {
+    let mut b = peer(false);
+    b.initiate = true;
+    let mut w = World::new(peer(true), b);
+    w.a.e.initiate(&mut w.a.env, w.now, 0);
+    w.b.e.initiate(&mut w.b.env, w.now, 0);
+    w.pump();
+    assert!(w.a.failed().is_empty(), "{:?}", w.a.failed());
+    assert!(w.b.failed().is_empty(), "{:?}", w.b.failed());
+    let (mut ma, mut mb): (Vec<_>, Vec<_>) = (
+        w.a.mm_up().iter().map(|m| (m.0, m.1)).collect(),
+        w.b.mm_up().iter().map(|m| (m.0, m.1)).collect(),
+    );
+    ma.sort();
+    mb.sort();
+    assert_eq!(ma, mb, "the same main modes on both ends");
+    assert!(w.a.mm_down().is_empty() && w.b.mm_down().is_empty());
+    check_pairs(&w, 2);
+    // Nothing times out later either.
+    w.advance(60 * S);
+    assert!(w.a.failed().is_empty() && w.b.failed().is_empty());
+    assert!(w.a.child_down().is_empty() && w.b.child_down().is_empty());
+}
+
 #[test]
 fn simultaneous_rekey_leaves_working_pairs() {
     let mut w = World::std();
