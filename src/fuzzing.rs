@@ -2736,6 +2736,7 @@ fn fuzz_peer(a: bool, flags: u8) -> crate::ike::config::IkePeer {
         qm_lifetime_s: if short { 10 } else { 3_600 },
         qm_lifetime_kb: short.then_some(100),
         rekey_margin_s: if short { 3 } else { 540 },
+        rekey_margin_kb: short.then_some(40),
         reauth: short,
         dpd_delay_s: if flags & 8 != 0 { 2 } else { 0 },
         dpd_timeout_s: 5,

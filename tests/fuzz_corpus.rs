@@ -125,7 +125,10 @@ fn ike_engine_corpus() {
     assert!(inputs >= 10, "the corpus is missing ({inputs} inputs)");
     // The seeds (a handshake, rekeys, deletes, DPD, NAT-T, PFS, refusals, strongSwan's MM1,
     // mutated replays) reach established state, rekeys, failures and children taken down.
-    assert!(reaching * 2 >= inputs, "only {reaching} of {inputs} set up a child");
+    assert!(
+        reaching * 2 >= inputs,
+        "only {reaching} of {inputs} set up a child"
+    );
     assert!(
         total.rekeys > 0 && total.failures > 0 && total.children_down > 0,
         "{total:?}"

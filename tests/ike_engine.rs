@@ -142,6 +142,37 @@ fn kilobyte_lifetimes() {
     assert!(lb.soft_bytes.unwrap() < lb.hard_bytes.unwrap());
 }
 
+/// `rekey_margin_kb`: the initiator's soft limit that many kilobytes before the negotiated
+/// end, the responder's half as many; a margin not below the negotiated life falls back to
+/// 90% / 95%.
+#[test]
+fn kilobyte_rekey_margin() {
+    let mut a = peer(true);
+    a.qm_lifetime_kb = Some(180);
+    a.rekey_margin_kb = Some(110);
+    let mut b = peer(false);
+    b.qm_lifetime_kb = Some(180);
+    b.rekey_margin_kb = Some(110);
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    let (la, lb) = (w.a.children()[0].limits, w.b.children()[0].limits);
+    assert_eq!(la.hard_bytes, Some(180 * 1024));
+    assert_eq!(la.soft_bytes, Some(70 * 1024));
+    assert_eq!(lb.soft_bytes, Some(125 * 1024));
+    // B offers less than A's margin: A falls back to 90% of what was negotiated.
+    let mut a = peer(true);
+    a.qm_lifetime_kb = Some(1000);
+    a.rekey_margin_kb = Some(500);
+    let mut b = peer(false);
+    b.qm_lifetime_kb = Some(400);
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    let (la, lb) = (w.a.children()[0].limits, w.b.children()[0].limits);
+    assert_eq!(la.hard_bytes, Some(400 * 1024));
+    assert_eq!(la.soft_bytes, Some(400 * 1024 / 10 * 9));
+    assert_eq!(lb.soft_bytes, Some(400 * 1024 / 20 * 19));
+}
+
 #[test]
 fn nat_t_forced_floats_and_encapsulates() {
     let mut a = peer(true);
