@@ -2658,7 +2658,7 @@ impl crate::ike::types::Env for FuzzEnv {
     fn allocate_spi(&mut self) -> Option<u32> {
         // A full SA table now and then (every 61st SPI).
         self.next_spi = self.next_spi.wrapping_add(1);
-        if self.next_spi % 61 == 0 {
+        if self.next_spi.is_multiple_of(61) {
             return None;
         }
         self.allocated.insert(self.next_spi);
