@@ -65,6 +65,7 @@ fn peer(a: bool) -> IkePeer {
         qm_lifetime_s: 3_600,
         qm_lifetime_kb: None,
         rekey_margin_s: 540,
+        rekey_margin_kb: None,
         reauth: false,
         dpd_delay_s: 0,
         dpd_timeout_s: 150,

@@ -11,6 +11,10 @@
 //!   frame sent is opened again by the peer gateway's inbound pipeline.
 //! * [`control`]: JSON lines (raw or generated) into the control thread's request handler.
 //! * [`config`]: text (raw or generated TOML) into the config parser.
+//! * [`ike_wire`]: bytes into the ISAKMP parser and builder.
+//! * [`ike_engine`]: two IKE engines after a real handshake, joined by a network the input
+//!   controls (delivery order, drops, duplicates, made-up and mutated datagrams, the clock,
+//!   lifetime events).
 //!
 //! The structure-aware targets read their input as a stream of choices ([`Choices`]); past its
 //! end every choice is 0, and 0 always picks the ordinary case, so short inputs are valid
@@ -2612,4 +2616,516 @@ pub fn ike_wire(data: &[u8]) -> usize {
         }
     }
     n
+}
+
+// ---------- ike_engine: two IKE engines and a hostile network ----------
+
+/// What one [`ike_engine`] run reached (for the corpus replay).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IkeEngineRun {
+    /// Datagrams handed to an engine (real, replayed, mutated or made up).
+    pub delivered: usize,
+    /// Main modes and quick modes that came up, on both sides.
+    pub main_modes: usize,
+    pub children: usize,
+    /// Quick modes that replaced a child (rekeys), on both sides.
+    pub rekeys: usize,
+    /// `Failed` actions (`mm_failed` / `qm_failed`) and children taken down.
+    pub failures: usize,
+    pub children_down: usize,
+}
+
+/// Seeded randomness and counter SPIs; remembers what it handed out.
+struct FuzzEnv {
+    rng: u64,
+    next_spi: u32,
+    allocated: HashSet<u32>,
+}
+
+impl crate::ike::types::Env for FuzzEnv {
+    fn random(&mut self, buf: &mut [u8]) {
+        for c in buf.chunks_mut(8) {
+            // xorshift64*
+            let mut x = self.rng;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.rng = x;
+            let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_be_bytes();
+            c.copy_from_slice(&v[..c.len()]);
+        }
+    }
+    fn allocate_spi(&mut self) -> Option<u32> {
+        // A full SA table now and then (every 61st SPI).
+        self.next_spi = self.next_spi.wrapping_add(1);
+        if self.next_spi.is_multiple_of(61) {
+            return None;
+        }
+        self.allocated.insert(self.next_spi);
+        Some(self.next_spi)
+    }
+}
+
+/// One engine of the pair and what it said so far.
+struct FuzzSide {
+    e: crate::ike::engine::Engine,
+    env: FuzzEnv,
+    ip: IpAddr,
+    /// (icookie, rcookie) of the main modes that came up.
+    mms: Vec<(u64, u64)>,
+    /// SPIs of its children (inbound, outbound), for lifetime events.
+    spis: Vec<(u32, u32)>,
+}
+
+/// A datagram in flight: to A or B, on our port `port`, from `from`.
+struct InFlight {
+    to_a: bool,
+    port: u16,
+    from: std::net::SocketAddr,
+    data: Vec<u8>,
+}
+
+const S_NS: u64 = 1_000_000_000;
+const IKE_A: [u8; 4] = [203, 0, 113, 1];
+const IKE_B: [u8; 4] = [203, 0, 113, 2];
+
+/// Gateway A's or B's `[[ike.peers]]` entry as the fuzz input's first byte shapes it:
+/// bit 0 ESP in UDP (NAT-T on 4500), bit 1 PFS, bit 3 DPD (2 s / 5 s, `restart` on A),
+/// bit 4 short lifetimes (10 s quick modes with a kB limit, 20 s main modes, reauth),
+/// bit 5 disjoint ESP proposals, bit 6 disjoint phase-1 proposals.
+fn fuzz_peer(a: bool, flags: u8) -> crate::ike::config::IkePeer {
+    use crate::ike::config::{DpdAction, IkeId, IkePeer, parse_proposal};
+    let (l, r, src, dst) = if a {
+        (IKE_A, IKE_B, "192.0.2.0/24", "198.51.100.0/24")
+    } else {
+        (IKE_B, IKE_A, "198.51.100.0/24", "192.0.2.0/24")
+    };
+    let (local, remote) = (IpAddr::from(l), IpAddr::from(r));
+    // Only the fast groups: a MODP-2048 handshake per input would be most of the run.
+    let proposals = if flags & 0x40 != 0 && !a {
+        vec![parse_proposal("aes128-sha512-curve25519").expect("proposal")]
+    } else {
+        vec![
+            parse_proposal("aes256-sha256-ecp256").expect("proposal"),
+            parse_proposal("aes128-sha384-curve25519").expect("proposal"),
+        ]
+    };
+    let esp = match (flags & 0x20 != 0, a) {
+        (true, true) => vec![128],
+        (true, false) => vec![256],
+        _ => vec![128, 256],
+    };
+    let short = flags & 0x10 != 0;
+    IkePeer {
+        index: 0,
+        tunnel: "t".into(),
+        tunnel_index: 0,
+        local,
+        remote,
+        encap: (flags & 1 != 0).then_some(crate::sa::UdpEncap {
+            src_port: 4500,
+            dst_port: 4500,
+        }),
+        psk: zeroize::Zeroizing::new(b"espd-fuzz-psk".to_vec()),
+        local_id: IkeId::Addr(local),
+        remote_id: IkeId::Addr(remote),
+        proposals,
+        esp,
+        pfs_group: (flags & 2 != 0).then_some(19),
+        mm_lifetime_s: if short { 20 } else { 28_800 },
+        qm_lifetime_s: if short { 10 } else { 3_600 },
+        qm_lifetime_kb: short.then_some(100),
+        rekey_margin_s: if short { 3 } else { 540 },
+        rekey_margin_kb: short.then_some(40),
+        reauth: short,
+        dpd_delay_s: if flags & 8 != 0 { 2 } else { 0 },
+        dpd_timeout_s: 5,
+        dpd_action: if a && flags & 8 != 0 {
+            DpdAction::Restart
+        } else {
+            DpdAction::Clear
+        },
+        initiate: a || flags & 4 != 0,
+        selector: Selector {
+            src: src.parse().expect("prefix"),
+            dst: dst.parse().expect("prefix"),
+            protocol: None,
+            src_ports: PortRange::ANY,
+            dst_ports: PortRange::ANY,
+        },
+    }
+}
+
+struct IkeWorld {
+    a: FuzzSide,
+    b: FuzzSide,
+    now: u64,
+    q: std::collections::VecDeque<InFlight>,
+    /// Every datagram sent so far (bounded), with its sender (`true`: A) and our port.
+    sent: Vec<(bool, u16, Vec<u8>)>,
+    run: IkeEngineRun,
+}
+
+/// Deliveries per input at most (two engines can answer each other for ever, e.g. a notify
+/// for a notify, and the fuzzer must not spend its time there).
+const IKE_DELIVERIES: usize = 400;
+const IKE_SENT_KEPT: usize = 64;
+
+impl IkeWorld {
+    fn side(&mut self, a: bool) -> &mut FuzzSide {
+        if a { &mut self.a } else { &mut self.b }
+    }
+
+    /// Takes every action of both engines: datagrams into the network, the rest checked and
+    /// counted.
+    fn collect(&mut self) {
+        use crate::ike::types::Action as A;
+        for from_a in [true, false] {
+            loop {
+                let side = self.side(from_a);
+                let Some(act) = side.e.poll_action() else {
+                    break;
+                };
+                match act {
+                    A::Send {
+                        local_port,
+                        to,
+                        data,
+                        ..
+                    } => {
+                        let side = self.side(from_a);
+                        let me = side.ip;
+                        assert!(
+                            local_port == 500 || local_port == 4500,
+                            "sent from port {local_port}"
+                        );
+                        assert!(data.len() <= 65_535, "a datagram of {} bytes", data.len());
+                        // A keepalive never reaches the engine (the driver drops it).
+                        if local_port == 4500 && data == [0xff] {
+                            continue;
+                        }
+                        let peer_ip = if from_a { IKE_B } else { IKE_A };
+                        if to.ip() != IpAddr::from(peer_ip) {
+                            continue;
+                        }
+                        if self.sent.len() < IKE_SENT_KEPT {
+                            self.sent.push((from_a, local_port, data.clone()));
+                        }
+                        self.q.push_back(InFlight {
+                            to_a: !from_a,
+                            port: to.port(),
+                            from: std::net::SocketAddr::new(me, local_port),
+                            data,
+                        });
+                    }
+                    A::MainModeUp {
+                        icookie, rcookie, ..
+                    } => {
+                        self.run.main_modes += 1;
+                        self.side(from_a).mms.push((icookie, rcookie));
+                    }
+                    A::InboundUp { inbound, .. } => {
+                        let side = self.side(from_a);
+                        assert!(
+                            side.env.allocated.contains(&inbound.spi),
+                            "inbound SA {:#x} with an SPI never allocated",
+                            inbound.spi
+                        );
+                        assert!([20, 36].contains(&inbound.keymat.len()));
+                    }
+                    A::ChildUp(c) => {
+                        let side = self.side(from_a);
+                        assert!(
+                            side.env.allocated.contains(&c.inbound.spi),
+                            "child with inbound SPI {:#x} never allocated",
+                            c.inbound.spi
+                        );
+                        assert!([20, 36].contains(&c.inbound.keymat.len()));
+                        assert_eq!(c.inbound.keymat.len(), c.outbound.keymat.len());
+                        assert!(c.limits.validate().is_ok(), "{:?}", c.limits);
+                        if side.spis.len() < 16 {
+                            side.spis.push((c.inbound.spi, c.outbound.spi));
+                        }
+                        self.run.children += 1;
+                        self.run.rekeys += usize::from(c.replaces.is_some());
+                    }
+                    A::ChildDown { .. } => self.run.children_down += 1,
+                    A::Failed { .. } => self.run.failures += 1,
+                    A::MainModeDown { .. } | A::ReleaseSpi { .. } => {}
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, p: InFlight) {
+        if self.run.delivered >= IKE_DELIVERIES {
+            return;
+        }
+        self.run.delivered += 1;
+        let now = self.now;
+        let side = self.side(p.to_a);
+        let local = std::net::SocketAddr::new(side.ip, p.port);
+        side.e.receive(&mut side.env, now, local, p.from, &p.data);
+        self.collect();
+    }
+
+    fn pump_one(&mut self) {
+        if let Some(p) = self.q.pop_front() {
+            self.deliver(p);
+        }
+    }
+
+    /// Delivers what is in flight, in order, and what that causes (bounded).
+    fn pump(&mut self) {
+        while self.run.delivered < IKE_DELIVERIES
+            && let Some(p) = self.q.pop_front()
+        {
+            self.deliver(p);
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = self.now;
+        for a in [true, false] {
+            let side = self.side(a);
+            side.e.tick(&mut side.env, now);
+            let _ = (side.e.status(now), side.e.counters());
+        }
+        self.collect();
+    }
+
+    /// Runs the clock `dt` on, ticking at every deadline on the way (datagrams stay in
+    /// flight: the fuzzer decides when they arrive).
+    fn advance(&mut self, dt: u64) {
+        let end = self.now.saturating_add(dt);
+        let mut stuck = 0;
+        for _ in 0..200 {
+            let d = [self.a.e.next_deadline(), self.b.e.next_deadline()]
+                .into_iter()
+                .flatten()
+                .min();
+            match d {
+                Some(d) if d <= end => {
+                    if d <= self.now {
+                        stuck += 1;
+                        // The driver would wake every millisecond for it.
+                        assert!(
+                            stuck < 50,
+                            "a deadline in the past that tick does not clear"
+                        );
+                    } else {
+                        stuck = 0;
+                        self.now = d;
+                    }
+                    self.tick();
+                }
+                _ => break,
+            }
+        }
+        self.now = self.now.max(end);
+        self.tick();
+    }
+}
+
+/// Two IKE engines (A initiates; B too with bit 2 of the first byte, see [`fuzz_peer`] for
+/// the others) joined by a network the input controls. Unless bit 7 is set they first run a
+/// real main mode and quick mode, so the input works on established state. The rest of the input is a list of steps: deliver, drop, duplicate or
+/// reorder datagrams in flight, inject made-up datagrams or mutated copies of real ones (to
+/// either side, on 500 or 4500, from the peer or a stranger), reflect a side's own messages
+/// back at it, move the clock (ticking every deadline), and the data path's and operator's
+/// inputs (soft and hard expiry, retirement and failed installs of a child, main-mode
+/// expiry, initiate, terminate). Nothing may panic; SPIs installed must have been allocated.
+pub fn ike_engine(data: &[u8]) -> IkeEngineRun {
+    use crate::ike::engine::Engine;
+    let mut c = Choices::new(data);
+    let flags = c.u8();
+    let side = |a: bool, seed: u64, spi: u32| FuzzSide {
+        e: Engine::new(vec![fuzz_peer(a, flags)]),
+        env: FuzzEnv {
+            rng: seed,
+            next_spi: spi,
+            allocated: HashSet::new(),
+        },
+        ip: IpAddr::from(if a { IKE_A } else { IKE_B }),
+        mms: Vec::new(),
+        spis: Vec::new(),
+    };
+    let mut w = IkeWorld {
+        a: side(true, 0x5eed_000a, 0xa000_0000),
+        b: side(false, 0x5eed_000b, 0xb000_0000),
+        now: 1_000 * S_NS,
+        q: std::collections::VecDeque::new(),
+        sent: Vec::new(),
+        run: IkeEngineRun::default(),
+    };
+    if flags & 0x80 == 0 {
+        let now = w.now;
+        w.a.e.initiate(&mut w.a.env, now, 0);
+        if flags & 4 != 0 {
+            w.b.e.initiate(&mut w.b.env, now, 0);
+        }
+        w.collect();
+        w.pump();
+        if flags & 0x64 == 0 {
+            // The plain handshake must work, or the rest of the run tests nothing.
+            assert!(
+                w.run.main_modes == 2 && w.run.children == 2,
+                "the opening handshake failed: {:?}",
+                w.run
+            );
+        }
+    }
+    for _ in 0..96 {
+        if c.is_empty() {
+            break;
+        }
+        match c.u8() % 12 {
+            0 | 1 => w.pump_one(),
+            2 => {
+                w.q.pop_front();
+            }
+            3 => {
+                if let Some(p) = w.q.front() {
+                    let copy = InFlight {
+                        data: p.data.clone(),
+                        ..*p
+                    };
+                    w.deliver(copy);
+                }
+            }
+            4 => {
+                let k = c.below(w.q.len());
+                if let Some(p) = w.q.remove(k) {
+                    w.deliver(p);
+                }
+            }
+            5 => {
+                // A made-up datagram.
+                let to_a = c.u8() & 1 == 0;
+                let port = c.pick(&[500u16, 4500]);
+                let from = c.pick(&[0u8, 0, 1, 2]);
+                let from_port = c.pick(&[500u16, 4500, 4500, 1701, 40000]);
+                let n = usize::from(c.u16() % 2048);
+                let data = c.bytes(n).to_vec();
+                let ip = match from {
+                    0 => {
+                        if to_a {
+                            IKE_B
+                        } else {
+                            IKE_A
+                        }
+                    }
+                    1 => [203, 0, 113, 9],
+                    _ => {
+                        if to_a {
+                            IKE_A
+                        } else {
+                            IKE_B
+                        }
+                    }
+                };
+                w.deliver(InFlight {
+                    to_a,
+                    port,
+                    from: std::net::SocketAddr::new(IpAddr::from(ip), from_port),
+                    data,
+                });
+            }
+            6 | 11 => {
+                // A real datagram again, mutated (6) or not (11), to its receiver or back
+                // to its sender.
+                let mutate = c.u8() % 12 == 6;
+                let k = c.below(w.sent.len());
+                let Some((by_a, port, mut data)) = w.sent.get(k).cloned() else {
+                    continue;
+                };
+                if mutate && !data.is_empty() {
+                    for _ in 0..=c.below(4) {
+                        let at = c.below(data.len());
+                        data[at] ^= c.u8().max(1);
+                    }
+                    if c.rare(4) {
+                        data.truncate(c.below(data.len()));
+                    }
+                }
+                let reflect = c.rare(3);
+                let to_a = if reflect { by_a } else { !by_a };
+                let from_ip = if by_a { IKE_A } else { IKE_B };
+                w.deliver(InFlight {
+                    to_a,
+                    port: if c.rare(5) {
+                        4500 + 500 - port.min(4500)
+                    } else {
+                        port
+                    },
+                    from: std::net::SocketAddr::new(IpAddr::from(from_ip), port),
+                    data,
+                });
+            }
+            7 => {
+                let dt = c.pick(&[
+                    1_000_000u64,
+                    50_000_000,
+                    500_000_000,
+                    S_NS,
+                    2 * S_NS,
+                    5 * S_NS,
+                    10 * S_NS,
+                    31 * S_NS,
+                    121 * S_NS,
+                    700 * S_NS,
+                    3_700 * S_NS,
+                    30_000 * S_NS,
+                ]);
+                w.advance(dt);
+            }
+            8 => {
+                // The data path's and the control thread's inputs.
+                let a = c.u8() & 1 == 0;
+                let kind = c.below(6);
+                let pick = c.u8();
+                let now = w.now;
+                let s = w.side(a);
+                let (inb, outb) = if s.spis.is_empty() {
+                    (u32::from(pick), u32::from(pick))
+                } else {
+                    s.spis[usize::from(pick) % s.spis.len()]
+                };
+                let env = &mut s.env;
+                match kind {
+                    0 => s.e.child_soft_expired(env, now, outb, true),
+                    1 => s.e.child_soft_expired(env, now, inb, false),
+                    2 => s.e.child_hard_expired(env, now, inb, pick & 1 == 0),
+                    3 => s.e.child_retired(inb),
+                    4 => s.e.child_install_failed(env, now, inb, "fuzz".into()),
+                    _ => {
+                        let (i, r) = s
+                            .mms
+                            .get(usize::from(pick) % s.mms.len().max(1))
+                            .copied()
+                            .unwrap_or_default();
+                        s.e.main_mode_expired(env, now, i, r);
+                    }
+                }
+                w.collect();
+            }
+            9 => {
+                let a = c.u8() & 1 == 0;
+                let terminate = c.u8() & 1 == 1;
+                let now = w.now;
+                let s = w.side(a);
+                if terminate {
+                    s.e.terminate(&mut s.env, now, 0);
+                } else {
+                    s.e.initiate(&mut s.env, now, 0);
+                }
+                w.collect();
+            }
+            _ => w.pump(),
+        }
+    }
+    w.pump();
+    w.advance(S_NS);
+    w.pump();
+    w.run
 }

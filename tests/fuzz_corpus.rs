@@ -108,3 +108,42 @@ fn ike_wire_corpus() {
         "only {parsed} of {inputs} inputs parsed to at least one payload"
     );
 }
+
+#[test]
+fn ike_engine_corpus() {
+    let (mut inputs, mut total) = (0, espd::fuzzing::IkeEngineRun::default());
+    let mut reaching = 0;
+    replay("ike_engine", |d| {
+        let r = espd::fuzzing::ike_engine(d);
+        inputs += 1;
+        reaching += usize::from(r.children > 0);
+        total.delivered += r.delivered;
+        total.rekeys += r.rekeys;
+        total.failures += r.failures;
+        total.children_down += r.children_down;
+    });
+    assert!(inputs >= 10, "the corpus is missing ({inputs} inputs)");
+    // The seeds (a handshake, rekeys, deletes, DPD, NAT-T, PFS, refusals, strongSwan's MM1,
+    // mutated replays) reach established state, rekeys, failures and children taken down.
+    assert!(
+        reaching * 2 >= inputs,
+        "only {reaching} of {inputs} set up a child"
+    );
+    assert!(
+        total.rekeys > 0 && total.failures > 0 && total.children_down > 0,
+        "{total:?}"
+    );
+}
+
+#[test]
+fn ike_engine_every_configuration_starts() {
+    // Every configuration the first byte picks, with no steps after it: no panic, and the
+    // plain ones come up (asserted inside).
+    let children: Vec<usize> = (0..=255u8)
+        .map(|f| espd::fuzzing::ike_engine(&[f]).children)
+        .collect();
+    // Without the skip (bit 7) and the refusals (bits 5 and 6), a child on each end (one
+    // pair), or two pairs when both ends initiate at once (bit 2): 16 configurations each.
+    assert_eq!(children.iter().filter(|c| **c == 2).count(), 16);
+    assert_eq!(children.iter().filter(|c| **c == 4).count(), 16);
+}

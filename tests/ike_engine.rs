@@ -142,6 +142,37 @@ fn kilobyte_lifetimes() {
     assert!(lb.soft_bytes.unwrap() < lb.hard_bytes.unwrap());
 }
 
+/// `rekey_margin_kb`: the initiator's soft limit that many kilobytes before the negotiated
+/// end, the responder's half as many; a margin not below the negotiated life falls back to
+/// 90% / 95%.
+#[test]
+fn kilobyte_rekey_margin() {
+    let mut a = peer(true);
+    a.qm_lifetime_kb = Some(180);
+    a.rekey_margin_kb = Some(110);
+    let mut b = peer(false);
+    b.qm_lifetime_kb = Some(180);
+    b.rekey_margin_kb = Some(110);
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    let (la, lb) = (w.a.children()[0].limits, w.b.children()[0].limits);
+    assert_eq!(la.hard_bytes, Some(180 * 1024));
+    assert_eq!(la.soft_bytes, Some(70 * 1024));
+    assert_eq!(lb.soft_bytes, Some(125 * 1024));
+    // B offers less than A's margin: A falls back to 90% of what was negotiated.
+    let mut a = peer(true);
+    a.qm_lifetime_kb = Some(1000);
+    a.rekey_margin_kb = Some(500);
+    let mut b = peer(false);
+    b.qm_lifetime_kb = Some(400);
+    let mut w = World::new(a, b);
+    setup(&mut w);
+    let (la, lb) = (w.a.children()[0].limits, w.b.children()[0].limits);
+    assert_eq!(la.hard_bytes, Some(400 * 1024));
+    assert_eq!(la.soft_bytes, Some(400 * 1024 / 10 * 9));
+    assert_eq!(lb.soft_bytes, Some(400 * 1024 / 20 * 19));
+}
+
 #[test]
 fn nat_t_forced_floats_and_encapsulates() {
     let mut a = peer(true);
@@ -245,6 +276,37 @@ fn rekey_without_main_mode_starts_one() {
     assert_eq!(w.a.mm_up().len(), 2);
     check_pairs(&w, 2);
     assert!(w.a.children()[1].replaces.is_some());
+}
+
+/// Both ends initiate at the same moment (both `initiate = true`, e.g. started together),
+/// each main mode with INITIAL-CONTACT: neither end may end the main mode it is initiating
+/// because of the other's notify (the peer is answering it), so both main modes come up on
+/// both ends, every quick mode is answered and the pairs cross-match. (The fuzz target
+/// `ike_engine` found it: each end kept only the main mode the other had dropped, and every
+/// quick mode timed out, for ever.)
+#[test]
+fn both_ends_initiating_at_once_get_working_pairs() {
+    let mut b = peer(false);
+    b.initiate = true;
+    let mut w = World::new(peer(true), b);
+    w.a.e.initiate(&mut w.a.env, w.now, 0);
+    w.b.e.initiate(&mut w.b.env, w.now, 0);
+    w.pump();
+    assert!(w.a.failed().is_empty(), "{:?}", w.a.failed());
+    assert!(w.b.failed().is_empty(), "{:?}", w.b.failed());
+    let (mut ma, mut mb): (Vec<_>, Vec<_>) = (
+        w.a.mm_up().iter().map(|m| (m.0, m.1)).collect(),
+        w.b.mm_up().iter().map(|m| (m.0, m.1)).collect(),
+    );
+    ma.sort();
+    mb.sort();
+    assert_eq!(ma, mb, "the same main modes on both ends");
+    assert!(w.a.mm_down().is_empty() && w.b.mm_down().is_empty());
+    check_pairs(&w, 2);
+    // Nothing times out later either.
+    w.advance(60 * S);
+    assert!(w.a.failed().is_empty() && w.b.failed().is_empty());
+    assert!(w.a.child_down().is_empty() && w.b.child_down().is_empty());
 }
 
 #[test]

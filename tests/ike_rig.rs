@@ -830,3 +830,299 @@ fn espd_to_espd_dpd_declares_a_frozen_peer_dead() {
     wait_up(&r, 'a', Duration::from_secs(20));
     assert_dpd_gives_13886(&r, b.pid());
 }
+
+/// Collects gateway `me`'s events on a thread until the flag is set (a long run gives more
+/// events than a subscriber's queue holds if nobody reads them meanwhile).
+fn collect_events(
+    r: &Rig,
+    me: char,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Vec<Value>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut sub = subscribe(r, me);
+    let flag = stop.clone();
+    let t = std::thread::spawn(move || {
+        events_until(&mut sub, Duration::from_secs(600), |_| {
+            flag.load(std::sync::atomic::Ordering::Acquire)
+        })
+    });
+    (stop, t)
+}
+
+/// Acceptance 9: 100 quick-mode rekeys under load, espd ↔ espd, and not one packet lost.
+/// The rekeys come from the kilobyte lifetime (a time lifetime cannot go below 10 s): 180 kB
+/// with a 110 kB margin, so gw-a (the quick modes' initiator) rekeys after 70 kB, about
+/// every 0.3 s at 1,000 datagrams of 200 bytes per second each way, and the last 110 kB
+/// (about 0.5 s) carry the quick mode and the delayed outbound swap.
+#[test]
+fn espd_to_espd_100_rekeys_under_load_lose_nothing() {
+    let name = "espd_to_espd_100_rekeys_under_load_lose_nothing";
+    let Some(_g) = ready(name, false) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::Espd);
+    ike.qm_lifetime_kb = Some(180);
+    ike.rekey_margin_kb = Some(110);
+    let r = ike_rig("e2e-100", ike);
+    let (a, b) = start_gateways(&r, EXE, &[]).unwrap();
+    wait_up(&r, 'a', Duration::from_secs(20));
+    wait_up(&r, 'b', Duration::from_secs(5));
+    let ((stop_a, ta), (stop_b, tb)) = (collect_events(&r, 'a'), collect_events(&r, 'b'));
+    let n = 50_000;
+    let t = Instant::now();
+    let (fwd, back) = udp_at_1k_both_ways(n);
+    let took = t.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    for s in [&stop_a, &stop_b] {
+        s.store(true, std::sync::atomic::Ordering::Release);
+    }
+    let (ea, eb) = (ta.join().unwrap(), tb.join().unwrap());
+    let rekeys = |ev: &[Value], initiator: bool| {
+        named(ev, "qm_up")
+            .iter()
+            .filter(|e| e["rekey"] == true && e["initiator"] == initiator)
+            .count()
+    };
+    let (ra, rb) = (rekeys(&ea, true), rekeys(&eb, true));
+    let sas = (
+        ctl(&r, 'a', json!({"op": "sa_list"})),
+        ctl(&r, 'b', json!({"op": "sa_list"})),
+    );
+    let (sa, sb) = (stop(a), stop(b));
+    let lost = |x: &Value| n.saturating_sub(x["unique"].as_u64().unwrap_or(0));
+    eprintln!(
+        "{name}: {} rekeys started by gw-a, {} by gw-b in {took:.1?}; lost a→b {}, b→a {}; \
+         drops gw-a {}, gw-b {}",
+        ra,
+        rb,
+        lost(&fwd),
+        lost(&back),
+        sa["drops_by_code"],
+        sb["drops_by_code"]
+    );
+    let failed = [named(&ea, "qm_failed"), named(&eb, "qm_failed")];
+    let ok = fwd["unique"] == n
+        && back["unique"] == n
+        && [&fwd, &back]
+            .iter()
+            .all(|x| x["corrupt"] == 0 && x["duplicates"] == 0)
+        && ra + rb >= 100;
+    if !ok {
+        let tail = |ev: &[Value]| ev[ev.len().saturating_sub(30)..].to_vec();
+        panic!(
+            "{ra} + {rb} rekeys (100 wanted); a→b {fwd}; b→a {back}\n\
+             gw-a {sa}\ngw-b {sb}\nSAs a {}\nSAs b {}\nqm_failed {failed:?}\n\
+             last events a {:?}\nlast events b {:?}",
+            sas.0,
+            sas.1,
+            tail(&ea),
+            tail(&eb)
+        );
+    }
+    assert!(
+        failed.iter().all(|f| f.is_empty()),
+        "quick modes failed: {failed:?}"
+    );
+}
+
+/// `espd ctl ike initiate peer` on gateway `me`.
+fn ike_initiate(r: &Rig, me: char) {
+    let o = std::process::Command::new(EXE)
+        .args(["ctl", "--socket"])
+        .arg(r.socket(me))
+        .args(["ike", "initiate", "peer"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+}
+
+/// gw-a initiates (it was told not to at start, so nothing is missed); then both ends'
+/// events until each reported `event` (`mm_failed` or `qm_failed`).
+fn failures_on_both(r: &Rig, event: &str, within: Duration) -> (Vec<Value>, Vec<Value>) {
+    let (mut sa, mut sb) = (subscribe(r, 'a'), subscribe(r, 'b'));
+    ike_initiate(r, 'a');
+    let t = Instant::now();
+    let (mut ea, mut eb) = (Vec::new(), Vec::new());
+    while t.elapsed() < within && (named(&ea, event).is_empty() || named(&eb, event).is_empty()) {
+        ea.extend(events_until(&mut sa, Duration::from_millis(200), |_| false));
+        eb.extend(events_until(&mut sb, Duration::from_millis(200), |_| false));
+    }
+    (ea, eb)
+}
+
+/// Acceptance 8, no common proposal: espd ↔ espd with disjoint phase-1 proposals. The
+/// responder refuses MM1 with 13868 (and a NO_PROPOSAL_CHOSEN notify), the initiator reports
+/// the refusal with 13868 too; nothing comes up and both daemons keep running.
+#[test]
+fn espd_to_espd_no_common_proposal_gives_13868_on_both_ends() {
+    let name = "espd_to_espd_no_common_proposal_gives_13868_on_both_ends";
+    let Some(_g) = ready(name, false) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::Espd);
+    ike.extra_a = "proposals = [\"aes256-sha256-ecp256\", \"aes128-sha256-modp2048\"]\n".into();
+    ike.extra_b = "proposals = [\"aes128-sha512-ecp384\"]\n".into();
+    ike.initiators.clear();
+    let r = ike_rig("e2e-noprop", ike);
+    let (mut a, mut b) = start_gateways(&r, EXE, &[]).unwrap();
+    let (ea, eb) = failures_on_both(&r, "mm_failed", Duration::from_secs(15));
+    let (fa, fb) = (named(&ea, "mm_failed"), named(&eb, "mm_failed"));
+    assert!(!fa.is_empty() && !fb.is_empty(), "a {ea:?}\nb {eb:?}");
+    assert_eq!(fa[0]["code"], 13868, "initiator: {}", fa[0]);
+    assert_eq!(fb[0]["code"], 13868, "responder: {}", fb[0]);
+    assert!(
+        fb[0]["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("no proposal chosen")),
+        "{}",
+        fb[0]
+    );
+    assert!(named(&ea, "mm_up").is_empty() && named(&eb, "mm_up").is_empty());
+    assert!(a.running(), "gw-a died: {}", a.stderr_text());
+    assert!(b.running(), "gw-b died: {}", b.stderr_text());
+    assert!(!tunnel_has_sas(&r, 'a') && !tunnel_has_sas(&r, 'b'));
+}
+
+fn tunnel_has_sas(r: &Rig, me: char) -> bool {
+    ctl(r, me, json!({"op": "sa_list"}))["sas"]
+        .as_array()
+        .is_some_and(|v| !v.is_empty())
+}
+
+/// Acceptance 8, no common ESP proposal: the main mode comes up, the quick mode (AES-GCM
+/// 128 offered, 256 only accepted) fails with `qm_failed` 13868 on both ends and no SA is
+/// installed.
+#[test]
+fn espd_to_espd_no_common_esp_gives_qm_failed_13868() {
+    let name = "espd_to_espd_no_common_esp_gives_qm_failed_13868";
+    let Some(_g) = ready(name, false) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::Espd);
+    ike.extra_a = "esp = [\"aes128gcm16\"]\n".into();
+    ike.extra_b = "esp = [\"aes256gcm16\"]\n".into();
+    ike.initiators.clear();
+    let r = ike_rig("e2e-noesp", ike);
+    let (mut a, mut b) = start_gateways(&r, EXE, &[]).unwrap();
+    let (ea, eb) = failures_on_both(&r, "qm_failed", Duration::from_secs(15));
+    let (fa, fb) = (named(&ea, "qm_failed"), named(&eb, "qm_failed"));
+    assert!(!fa.is_empty() && !fb.is_empty(), "a {ea:?}\nb {eb:?}");
+    assert_eq!(fa[0]["code"], 13868, "initiator: {}", fa[0]);
+    assert_eq!(fb[0]["code"], 13868, "responder: {}", fb[0]);
+    assert!(named(&ea, "qm_up").is_empty() && named(&eb, "qm_up").is_empty());
+    assert!(!tunnel_has_sas(&r, 'a') && !tunnel_has_sas(&r, 'b'));
+    assert!(a.running(), "gw-a died: {}", a.stderr_text());
+    assert!(b.running(), "gw-b died: {}", b.stderr_text());
+}
+
+/// Acceptance 8, no common proposal from a third party while a tunnel is up: an MM1 from
+/// gw-b's address (another port) offering only AES-128/SHA-512/ECP-384 gets a
+/// NO_PROPOSAL_CHOSEN notify back and 13868 on gw-a's stream; the tunnel keeps forwarding
+/// on the same main mode.
+#[test]
+fn an_mm1_with_no_common_proposal_leaves_the_tunnel_forwarding() {
+    let name = "an_mm1_with_no_common_proposal_leaves_the_tunnel_forwarding";
+    let Some(_g) = ready(name, false) else {
+        return;
+    };
+    let r = ike_rig("noprop-mm1", IkeRig::new(Peer::Espd));
+    let (mut a, _b) = start_gateways(&r, EXE, &[]).unwrap();
+    let before = wait_up(&r, 'a', Duration::from_secs(20));
+    wait_up(&r, 'b', Duration::from_secs(5));
+    let mut sub = subscribe(&r, 'a');
+    // MM1: SA (DOI IPsec, identity situation), proposal 1 (ISAKMP), transform 1 (KEY_IKE):
+    // AES-CBC 128, SHA2-512, PSK, group 20, 28800 s. The answer must be an informational
+    // with notify 14 (NO_PROPOSAL_CHOSEN) for our cookie.
+    let script = r#"
+import os, socket, struct
+attrs = struct.pack(">HHHHHHHHHHHHHHI", 0x8001, 7, 0x800e, 128, 0x8002, 6, 0x8003, 1,
+                    0x8004, 20, 0x800b, 1, 0x000c, 4, 28800)
+tr = struct.pack(">BBHBBH", 0, 0, 8 + len(attrs), 1, 1, 0) + attrs
+prop = struct.pack(">BBHBBBB", 0, 0, 8 + len(tr), 1, 1, 0, 1) + tr
+sa = struct.pack(">BBHII", 0, 0, 12 + len(prop), 1, 1) + prop
+ic = os.urandom(8)
+msg = ic + b"\0" * 8 + bytes([1, 0x10, 2, 0]) + b"\0" * 4 + struct.pack(">I", 28 + len(sa)) + sa
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("203.0.113.2", 20500))
+s.settimeout(5)
+s.sendto(msg, ("203.0.113.1", 500))
+d, _ = s.recvfrom(2048)
+assert d[:8] == ic, "another cookie"
+assert d[18] == 5, "exchange %d, not informational" % d[18]
+assert d[16] == 11, "first payload %d, not a notify" % d[16]
+ty = struct.unpack(">H", d[28 + 10:28 + 12])[0]
+print(ty)
+"#;
+    let o = std::process::Command::new("ip")
+        .args(["netns", "exec", "gw-b", "python3", "-c", script])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "no refusal came back: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "14",
+        "the notify type"
+    );
+    let ev = events_until(&mut sub, Duration::from_secs(3), |v| {
+        !named(v, "mm_failed").is_empty()
+    });
+    let f = named(&ev, "mm_failed");
+    assert_eq!(f.len(), 1, "{ev:?}");
+    assert_eq!(f[0]["code"], 13868, "{}", f[0]);
+    assert!(a.running(), "gw-a died: {}", a.stderr_text());
+    udp_both_ways(2000);
+    let after = wait_up(&r, 'a', Duration::from_secs(5));
+    assert_eq!(after["icookie"], before["icookie"], "the main mode changed");
+}
+
+/// Acceptance 8 against strongSwan: espd offers only AES-128/SHA-512/ECP-384, which
+/// strongSwan (`aes256-sha256-ecp256,aes128-sha256-modp2048`) does not take: espd's
+/// initiation fails with 13868; strongSwan's initiation towards espd fails too, and espd
+/// (the responder) reports 13868.
+#[test]
+fn no_common_proposal_with_strongswan_gives_13868_both_ways() {
+    let name = "no_common_proposal_with_strongswan_gives_13868_both_ways";
+    let Some(_g) = ready(name, true) else {
+        return;
+    };
+    let mut ike = IkeRig::new(Peer::StrongSwan);
+    ike.extra_a = "proposals = [\"aes128-sha512-ecp384\"]\n".into();
+    ike.initiators.clear();
+    let r = ike_rig("sw-noprop", ike);
+    let sw = StrongSwan::start(r.dir()).unwrap();
+    let mut a = start_a(&r);
+    let mut sub = subscribe(&r, 'a');
+    ike_initiate(&r, 'a');
+    let ev = events_until(&mut sub, Duration::from_secs(15), |v| {
+        !named(v, "mm_failed").is_empty()
+    });
+    let f = named(&ev, "mm_failed");
+    assert!(!f.is_empty(), "{ev:?}\ncharon: {}", sw.log());
+    assert_eq!(f[0]["code"], 13868, "espd as initiator: {}", f[0]);
+    let o = sw.swanctl(&["--initiate", "--child", "net", "--timeout", "10"]);
+    assert!(o.is_err(), "strongSwan got a tunnel: {o:?}");
+    let ev = events_until(&mut sub, Duration::from_secs(5), |v| {
+        named(v, "mm_failed").iter().any(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("main mode from"))
+        })
+    });
+    let f: Vec<_> = named(&ev, "mm_failed")
+        .into_iter()
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("main mode from"))
+        })
+        .collect();
+    assert!(!f.is_empty(), "{ev:?}");
+    assert_eq!(f[0]["code"], 13868, "espd as responder: {}", f[0]);
+    assert!(a.running(), "gw-a died: {}", a.stderr_text());
+}

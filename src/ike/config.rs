@@ -63,6 +63,7 @@ pub struct RawPeer {
     qm_lifetime_s: Option<u64>,
     qm_lifetime_kb: Option<u64>,
     rekey_margin_s: Option<u64>,
+    rekey_margin_kb: Option<u64>,
     reauth: Option<bool>,
     dpd_delay_s: Option<u64>,
     dpd_timeout_s: Option<u64>,
@@ -135,6 +136,11 @@ pub struct IkePeer {
     pub qm_lifetime_s: u64,
     pub qm_lifetime_kb: Option<u64>,
     pub rekey_margin_s: u64,
+    /// With `qm_lifetime_kb`: the quick mode's initiator rekeys this many kilobytes before
+    /// the end (its responder half as many); `None`: at 90% (responder 95%) of the
+    /// kilobytes. The margin must carry the traffic of a quick mode (and, with traffic one
+    /// way only, of `driver::SWAP_DELAY_NS` more), or packets are refused at the hard limit.
+    pub rekey_margin_kb: Option<u64>,
     pub reauth: bool,
     /// 0: no DPD.
     pub dpd_delay_s: u64,
@@ -363,6 +369,22 @@ pub fn build(
                 format!("{kb} is not between 10 and 2^44"),
             ));
         }
+        let rekey_margin_kb = match (p.rekey_margin_kb, p.qm_lifetime_kb) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err((
+                    k("rekey_margin_kb"),
+                    "needs qm_lifetime_kb (the kilobytes it is a margin of)".into(),
+                ));
+            }
+            (Some(m), Some(kb)) if m == 0 || m >= kb => {
+                return Err((
+                    k("rekey_margin_kb"),
+                    format!("{m} must be above 0 and below qm_lifetime_kb ({kb})"),
+                ));
+            }
+            (Some(m), Some(_)) => Some(m),
+        };
         let dpd_delay_s = secs("dpd_delay_s", p.dpd_delay_s, 30, 0)?;
         let dpd_timeout_s = secs("dpd_timeout_s", p.dpd_timeout_s, 150, 1)?;
         let dpd_action = match p.dpd_action.as_deref().unwrap_or("clear") {
@@ -392,6 +414,7 @@ pub fn build(
             qm_lifetime_s,
             qm_lifetime_kb: p.qm_lifetime_kb,
             rekey_margin_s,
+            rekey_margin_kb,
             reauth: p.reauth.unwrap_or(false),
             dpd_delay_s,
             dpd_timeout_s,
@@ -443,6 +466,20 @@ mod tests {
         assert_eq!(p.selector.src.to_string(), "192.0.2.0/24");
         assert_eq!(p.selector.dst.to_string(), "198.51.100.0/24");
         assert!(!format!("{p:?}").contains("a-test-secret"));
+        assert_eq!((p.qm_lifetime_kb, p.rekey_margin_kb), (None, None));
+    }
+
+    #[test]
+    fn a_kilobyte_margin_goes_with_a_kilobyte_lifetime() {
+        let c = parse(
+            &(PEER.to_string() + "qm_lifetime_kb = 180\nrekey_margin_kb = 110\n"),
+            0o600,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.ike[0].qm_lifetime_kb, c.ike[0].rekey_margin_kb),
+            (Some(180), Some(110))
+        );
     }
 
     #[test]
@@ -464,6 +501,21 @@ mod tests {
                 PEER.to_string() + "qm_lifetime_s = 60\nrekey_margin_s = 60\n",
                 0o600,
                 "ike.peers[0].rekey_margin_s:",
+            ),
+            (
+                PEER.to_string() + "rekey_margin_kb = 100\n",
+                0o600,
+                "ike.peers[0].rekey_margin_kb: needs qm_lifetime_kb",
+            ),
+            (
+                PEER.to_string() + "qm_lifetime_kb = 100\nrekey_margin_kb = 100\n",
+                0o600,
+                "ike.peers[0].rekey_margin_kb: 100 must be above 0 and below qm_lifetime_kb (100)",
+            ),
+            (
+                PEER.to_string() + "qm_lifetime_kb = 100\nrekey_margin_kb = 0\n",
+                0o600,
+                "ike.peers[0].rekey_margin_kb: 0 must be above 0",
             ),
             (
                 PEER.to_string() + "dpd_action = \"hold\"\n",

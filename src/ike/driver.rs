@@ -241,10 +241,16 @@ impl Env for DriverEnv<'_> {
     }
 }
 
-/// How long our outbound swap waits after a quick mode we initiated: the peer installs its
-/// inbound SA when our QM3 arrives (strongSwan does), and packets on the new SA before that
-/// would be lost. The old outbound SA stays valid meanwhile (a rekey starts at soft expiry).
+/// How long our outbound swap waits at most after a quick mode we initiated: the peer
+/// installs its inbound SA when our QM3 arrives (strongSwan does), and packets on the new SA
+/// before that would be lost. The old outbound SA stays valid meanwhile (a rekey starts at
+/// soft expiry). The swap comes sooner when the peer is seen to have the new pair (packets
+/// arrive on our new inbound SA: it sends on its new outbound SA, which it installs with
+/// its inbound one), or when the old outbound SA reaches its hard limit (it refuses every
+/// packet from then on).
 pub const SWAP_DELAY_NS: u64 = 300_000_000;
+/// While a swap waits, the new inbound SA is looked at this often.
+const SWAP_POLL_NS: u64 = 2_000_000;
 
 /// An outbound swap waiting for `at` (cancelled if its child goes first).
 struct Swap {
@@ -287,9 +293,14 @@ impl Driver {
             // One deadline per round (it visits every main mode): timers that an input sets
             // are in the future, so it also says whether to tick after the inputs.
             let deadline = self.engine.next_deadline();
+            let most = if self.swaps.is_empty() {
+                100_000_000
+            } else {
+                SWAP_POLL_NS
+            };
             let mut wait = deadline
-                .map_or(100_000_000, |d| d.saturating_sub(now))
-                .clamp(1_000_000, 100_000_000);
+                .map_or(most, |d| d.saturating_sub(now))
+                .clamp(1_000_000, most);
             if dirty {
                 wait = wait.min(
                     (status_at + STATUS_SOON_NS)
@@ -376,6 +387,15 @@ impl Driver {
     }
 
     fn event(&mut self, e: Event, now: u64) {
+        if let Event::SaHardExpired {
+            spi,
+            direction: "outbound",
+            ..
+        } = &e
+            && let Some(s) = parse_spi(spi)
+        {
+            self.swap_if_current(s, now);
+        }
         let mut env = DriverEnv {
             control: &self.control,
         };
@@ -411,9 +431,63 @@ impl Driver {
         }
     }
 
-    /// Outbound swaps whose delay is over: make-before-break through `rekey` (the new inbound
-    /// SA is in already; the replaced inbound SA retires after the grace period).
+    /// The tunnel's outbound SA `spi` reached its hard limit while its replacement waits for
+    /// the swap: the replacement goes in now (the old SA refuses every packet anyway).
+    fn swap_if_current(&mut self, spi: u32, now: u64) {
+        let mut tunnels: Vec<String> = self.swaps.iter().map(|s| s.tunnel.clone()).collect();
+        tunnels.dedup();
+        for t in tunnels {
+            let name = t.clone();
+            let current = self
+                .control
+                .call(move |c: &mut Control, _| c.outbound_spi(&name))
+                .ok()
+                .flatten();
+            if current == Some(spi)
+                && let Some(s) = self
+                    .swaps
+                    .iter_mut()
+                    .filter(|s| s.tunnel == t)
+                    .min_by_key(|s| s.at)
+            {
+                s.at = now;
+            }
+        }
+        self.swap_due(now);
+    }
+
+    /// Outbound swaps whose delay is over, or whose new inbound SA has carried packets (the
+    /// peer has the new pair): make-before-break through `rekey` (the new inbound SA is in
+    /// already; the replaced inbound SA retires after the grace period).
     fn swap_due(&mut self, now: u64) {
+        if self.swaps.is_empty() {
+            return;
+        }
+        let waiting: Vec<u32> = self
+            .swaps
+            .iter()
+            .filter(|s| s.at > now)
+            .map(|s| s.inbound)
+            .collect();
+        if !waiting.is_empty() {
+            let used: Vec<u32> = self
+                .control
+                .call(move |c: &mut Control, now| {
+                    waiting
+                        .into_iter()
+                        .filter(|spi| {
+                            c.sa(*spi, Direction::Inbound, now)
+                                .is_ok_and(|i| i.packets > 0)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for s in self.swaps.iter_mut() {
+                if used.contains(&s.inbound) {
+                    s.at = now;
+                }
+            }
+        }
         let (due, later): (Vec<Swap>, Vec<Swap>) = std::mem::take(&mut self.swaps)
             .into_iter()
             .partition(|s| s.at <= now);

@@ -26,14 +26,20 @@ pub struct IkeRig {
     pub mm_lifetime_s: u64,
     pub qm_lifetime_s: u64,
     pub rekey_margin_s: u64,
+    /// `qm_lifetime_kb` and `rekey_margin_kb` of the espd gateways.
+    pub qm_lifetime_kb: Option<u64>,
+    pub rekey_margin_kb: Option<u64>,
     pub dpd_delay_s: u64,
     pub dpd_timeout_s: u64,
     /// Which espd gateways initiate ('a', 'b').
     pub initiators: Vec<char>,
     /// `pfs_group` of the espd gateways (strongSwan's child proposes modp2048 first).
     pub pfs_group: Option<String>,
-    /// Extra `[[ike.peers]]` lines for gateway A.
+    /// Extra `[[ike.peers]]` lines for gateway A and (espd) gateway B.
     pub extra_a: String,
+    pub extra_b: String,
+    /// strongSwan's phase-1 `proposals`.
+    pub sw_proposals: String,
     /// strongSwan: reauthenticate the main mode (`reauth_time`, seconds; 0: never).
     pub sw_reauth_s: u64,
     /// strongSwan: `rekey_time` of the child (seconds; 0: never).
@@ -51,11 +57,15 @@ impl IkeRig {
             mm_lifetime_s: 28_800,
             qm_lifetime_s: 3_600,
             rekey_margin_s: 540,
+            qm_lifetime_kb: None,
+            rekey_margin_kb: None,
             dpd_delay_s: 30,
             dpd_timeout_s: 150,
             initiators: vec!['a'],
             pfs_group: (peer == Peer::StrongSwan).then(|| "modp2048".to_string()),
             extra_a: String::new(),
+            extra_b: String::new(),
+            sw_proposals: "aes256-sha256-ecp256,aes128-sha256-modp2048".into(),
             sw_reauth_s: 0,
             sw_rekey_s: 3_000,
             sw_life_s: 3_600,
@@ -81,9 +91,17 @@ impl IkeRig {
         if let Some(g) = &self.pfs_group {
             let _ = writeln!(s, "pfs_group = \"{g}\"");
         }
-        if me == 'a' {
-            s.push_str(&self.extra_a);
+        if let Some(kb) = self.qm_lifetime_kb {
+            let _ = writeln!(s, "qm_lifetime_kb = {kb}");
         }
+        if let Some(kb) = self.rekey_margin_kb {
+            let _ = writeln!(s, "rekey_margin_kb = {kb}");
+        }
+        s.push_str(if me == 'a' {
+            &self.extra_a
+        } else {
+            &self.extra_b
+        });
         s
     }
 
@@ -126,7 +144,8 @@ impl IkeRig {
         let mut s = String::new();
         let _ = write!(
             s,
-            "connections {{\n  espd {{\n    version = 1\n    local_addrs = 203.0.113.2\n    remote_addrs = 203.0.113.1\n    proposals = aes256-sha256-ecp256,aes128-sha256-modp2048\n    aggressive = no\n    reauth_time = {}s\n    rand_time = 0s\n    dpd_delay = {}s\n    dpd_timeout = {}s\n    send_certreq = no\n    local {{\n      auth = psk\n      id = 203.0.113.2\n    }}\n    remote {{\n      auth = psk\n      id = 203.0.113.1\n    }}\n    children {{\n      net {{\n        local_ts = 198.51.100.0/24\n        remote_ts = 192.0.2.0/24\n        esp_proposals = aes128gcm16-modp2048,aes128gcm16\n        rekey_time = {}s\n        life_time = {}s\n        rand_time = 0s\n        dpd_action = clear\n        mode = tunnel\n        start_action = none\n      }}\n    }}\n  }}\n}}\nsecrets {{\n  ike-espd {{\n    id-a = 203.0.113.1\n    id-b = 203.0.113.2\n    secret = \"{}\"\n  }}\n}}\n",
+            "connections {{\n  espd {{\n    version = 1\n    local_addrs = 203.0.113.2\n    remote_addrs = 203.0.113.1\n    proposals = {}\n    aggressive = no\n    reauth_time = {}s\n    rand_time = 0s\n    dpd_delay = {}s\n    dpd_timeout = {}s\n    send_certreq = no\n    local {{\n      auth = psk\n      id = 203.0.113.2\n    }}\n    remote {{\n      auth = psk\n      id = 203.0.113.1\n    }}\n    children {{\n      net {{\n        local_ts = 198.51.100.0/24\n        remote_ts = 192.0.2.0/24\n        esp_proposals = aes128gcm16-modp2048,aes128gcm16\n        rekey_time = {}s\n        life_time = {}s\n        rand_time = 0s\n        dpd_action = clear\n        mode = tunnel\n        start_action = none\n      }}\n    }}\n  }}\n}}\nsecrets {{\n  ike-espd {{\n    id-a = 203.0.113.1\n    id-b = 203.0.113.2\n    secret = \"{}\"\n  }}\n}}\n",
+            self.sw_proposals,
             self.sw_reauth_s,
             self.dpd_delay_s,
             self.dpd_timeout_s,

@@ -82,6 +82,7 @@ fn swarm_peer(i: usize, psk: &[u8]) -> anyhow::Result<IkePeer> {
         qm_lifetime_s: 3_600,
         qm_lifetime_kb: None,
         rekey_margin_s: 540,
+        rekey_margin_kb: None,
         reauth: false,
         dpd_delay_s: 0,
         dpd_timeout_s: 150,

@@ -76,6 +76,7 @@ fn peer(a_side: bool) -> IkePeer {
         qm_lifetime_s: 3_600,
         qm_lifetime_kb: None,
         rekey_margin_s: 540,
+        rekey_margin_kb: None,
         reauth: false,
         dpd_delay_s: 30,
         dpd_timeout_s: 150,

@@ -1032,12 +1032,16 @@ impl Engine {
         self.rt[peer].contacted = true;
         self.actions.push_back(up);
         if ic {
-            // RFC 2407 §4.6.3.3: the peer has no other state with us.
+            // RFC 2407 §4.6.3.3: the peer has no other state with us. A main mode we are
+            // initiating stays: the peer may be answering it right now (both ends initiated
+            // at once, each with INITIAL-CONTACT), and it can speak only for what it had
+            // when it sent the notify. Ending ours would leave each end with the main mode
+            // the other ended, and every quick mode unanswered.
             for oi in 0..self.mms.len() {
                 if oi != mi && !self.mms[oi].dead && self.same_gateway(self.mms[oi].peer, peer) {
                     if self.mms[oi].state == MmState::Up {
                         self.end_mm(env, now, oi, MmEnd::InitialContact);
-                    } else {
+                    } else if !self.mms[oi].initiator {
                         self.abort_qms(oi, None, false);
                         self.mms[oi].dead = true;
                     }

@@ -1209,11 +1209,13 @@ pub(crate) fn identity_prefix(id: &Identity<'_>) -> Option<Prefix> {
 /// SA limits for a child: hard at the negotiated life; soft `margin` earlier for the quick
 /// mode's initiator and `margin / 2` earlier for its responder (so the initiator rekeys
 /// first, and the responder still does if the initiator does not); with a life shorter than
-/// the margin, 80% / 90% of it. Bytes: 90% / 95%.
+/// the margin, 80% / 90% of it. Bytes likewise with `margin_kb`, or without it (or with a
+/// negotiated life not above it) at 90% / 95%.
 pub(crate) fn child_limits(
     life_s: u64,
     life_kb: Option<u64>,
     margin_s: u64,
+    margin_kb: Option<u64>,
     initiator: bool,
 ) -> Limits {
     let life_s = life_s.max(2);
@@ -1225,7 +1227,16 @@ pub(crate) fn child_limits(
         life_s * 9 / 10
     };
     let hard_bytes = life_kb.map(|kb| kb.saturating_mul(1024));
-    let soft_bytes = hard_bytes.map(|b| if initiator { b / 10 * 9 } else { b / 20 * 19 }.max(1));
+    let soft_bytes = life_kb.map(|kb| {
+        match margin_kb {
+            Some(m) if m < kb => (kb - if initiator { m } else { m / 2 }).saturating_mul(1024),
+            _ => {
+                let b = kb.saturating_mul(1024);
+                if initiator { b / 10 * 9 } else { b / 20 * 19 }
+            }
+        }
+        .max(1)
+    });
     Limits {
         soft_bytes,
         hard_bytes,
