@@ -667,6 +667,14 @@ print(n)
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::thread::sleep(Duration::from_secs(1));
     assert!(a.running(), "gw-a died: {}", a.stderr_text());
+    // Every one of the 4,000 random datagrams is counted where the operator sees it
+    // (`ike_list`): dropped by the engine, or by the full input queue.
+    let c = ctl(&r, 'a', json!({"op": "ike_list"}))["counters"].clone();
+    let counted = ["dropped", "rx_queue_full", "limited"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert!(counted >= 4000, "{c}");
     udp_both_ways(2000);
     let after = wait_up(&r, 'a', Duration::from_secs(5));
     assert_eq!(after["icookie"], before["icookie"], "the main mode changed");

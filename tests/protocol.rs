@@ -715,8 +715,13 @@ fn every_op_round_trips_with_the_documented_answer() {
     ));
     // Without [[ike.peers]]: an empty list, and commands refused naming the field.
     let r = rt(&mut a, json!({"op": "ike_list"}));
-    shape(&r, &["peers"]);
+    shape(&r, &["counters", "peers"]);
     assert_eq!(r["peers"], json!([]));
+    assert_eq!(
+        r["counters"],
+        json!({"dropped": 0, "duplicates": 0, "retransmits": 0, "limited": 0, "replays": 0,
+               "rx_queue_full": 0})
+    );
     seen.insert("subscribe".into(), vec![]);
     for op in ["ike_initiate", "ike_terminate"] {
         let e = a.err(json!({"op": op, "tunnel": "to-b"}));

@@ -339,7 +339,7 @@ fn dispatch(ctl: &mut Control, req: Request, now: u64) -> Result<Value> {
             let list: Vec<Value> = ctl.main_modes(now).iter().map(mm_json).collect();
             json!({ "main_modes": list })
         }
-        Request::IkeList {} => json!({ "peers": ctl.ike_status() }),
+        Request::IkeList {} => json!({ "peers": ctl.ike_status(), "counters": ctl.ike_counters() }),
         Request::IkeInitiate { tunnel } => {
             ctl.ike_command(&tunnel, true)?;
             json!({})

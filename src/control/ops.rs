@@ -8,7 +8,7 @@ use crossbeam_epoch as epoch;
 
 use super::events::{Event, MmCause, spi_str};
 use super::mm::MmRecord;
-use super::types::{MainMode, MainModeInfo, Rekey, Rekeyed, SaInfo, SaList, Stats};
+use super::types::{IkeCounters, MainMode, MainModeInfo, Rekey, Rekeyed, SaInfo, SaList, Stats};
 use super::{Control, ControlError, Result, dir_name};
 use crate::config::{NewPolicy, NewSa, NewTunnel};
 use crate::sa::{Direction, Sa};
@@ -256,8 +256,21 @@ impl Control {
     pub fn ike_status(&self) -> Vec<crate::ike::types::PeerStatus> {
         self.ike
             .as_ref()
-            .and_then(|l| l.status.lock().ok().map(|s| s.clone()))
+            .and_then(|l| l.status.lock().ok().map(|s| s.peers.clone()))
             .unwrap_or_default()
+    }
+
+    /// The built-in IKE's counters (zero without one): what its engine dropped, answered
+    /// again, retransmitted, refused by the responder limits and took for replays, and the
+    /// datagrams its input queue had no room for.
+    pub fn ike_counters(&self) -> IkeCounters {
+        let Some(l) = self.ike.as_ref() else {
+            return IkeCounters::default();
+        };
+        IkeCounters {
+            engine: l.status.lock().map(|s| s.counters).unwrap_or_default(),
+            rx_queue_full: l.rx_dropped.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Asks the built-in IKE to set up (`initiate`) or tear down the tunnel's SAs.

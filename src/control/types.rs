@@ -87,3 +87,12 @@ pub struct Stats {
     pub main_modes: usize,
     pub control: super::ControlCounters,
 }
+
+/// `ike_list`'s `counters`: the IKE engine's (flattened) and the input queue's drops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct IkeCounters {
+    #[serde(flatten)]
+    pub engine: crate::ike::engine::Counters,
+    /// Datagrams the socket readers dropped because the IKE thread's queue was full.
+    pub rx_queue_full: u64,
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::config::IkePeer;
 use super::engine::Engine;
-use super::types::{Action, Command, Env, IkeLink, MmEnd, NewChild, PeerStatus};
+use super::types::{Action, Command, Env, IkeLink, IkeSnapshot, MmEnd, NewChild};
 use crate::config::NewSa;
 use crate::control::events::{Event, MmCause, ike_failed, spi_str};
 use crate::control::types::{Child, MainMode, Rekey};
@@ -135,7 +135,7 @@ pub fn start(
                 .map_err(|e| format!("ike: thread: {e}"))?,
         );
     }
-    let status = Arc::new(Mutex::new(Vec::new()));
+    let status = Arc::new(Mutex::new(IkeSnapshot::default()));
     let link = IkeLink {
         commands: ctx,
         status: status.clone(),
@@ -268,7 +268,7 @@ struct Driver {
     peers: Vec<IkePeer>,
     sockets: HashMap<SocketAddr, UdpSocket>,
     control: ControlHandle,
-    status: Arc<Mutex<Vec<PeerStatus>>>,
+    status: Arc<Mutex<IkeSnapshot>>,
     /// Datagrams the socket readers dropped (queue full), and how many were logged.
     rx_dropped: Arc<AtomicU64>,
     rx_dropped_seen: u64,
@@ -337,7 +337,10 @@ impl Driver {
                 status_at = now;
                 dirty = false;
                 if let Ok(mut s) = self.status.lock() {
-                    *s = self.engine.status(now);
+                    *s = IkeSnapshot {
+                        peers: self.engine.status(now),
+                        counters: self.engine.counters(),
+                    };
                 }
                 let dropped = self.rx_dropped.load(Ordering::Relaxed);
                 if dropped != self.rx_dropped_seen {

@@ -173,12 +173,19 @@ pub enum Command {
     Terminate(usize),
 }
 
+/// The IKE thread's last snapshot for operators: its peers and its engine's counters.
+#[derive(Clone, Debug, Default)]
+pub struct IkeSnapshot {
+    pub peers: Vec<PeerStatus>,
+    pub counters: super::engine::Counters,
+}
+
 /// The control thread's link to the IKE thread: commands go out without waiting, the status
 /// is the IKE thread's last snapshot (so the control thread never blocks on it).
 #[derive(Clone)]
 pub struct IkeLink {
     pub commands: mpsc::Sender<Command>,
-    pub status: Arc<Mutex<Vec<PeerStatus>>>,
+    pub status: Arc<Mutex<IkeSnapshot>>,
     /// Peer index by tunnel name.
     pub peers: Vec<String>,
     /// IKE datagrams the socket readers dropped because the IKE thread's queue was full.

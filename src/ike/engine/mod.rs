@@ -82,8 +82,8 @@ impl Default for ResponderLimits {
     }
 }
 
-/// Counters of what the engine refused or repeated (for `status` and tests).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Counters of what the engine refused or repeated (`ike_list`, tests).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     /// Datagrams dropped: malformed, unknown cookies, bad hash, unexpected, over a limit.
     pub dropped: u64,
