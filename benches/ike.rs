@@ -9,12 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use espd::ike::config::{DpdAction, IkeId, IkePeer, parse_proposal};
+use espd::ike::config::{IkePeer, parse_proposal};
 use espd::ike::crypto::{DhGroup, DhSecret, Prf};
 use espd::ike::engine::Engine;
 use espd::ike::types::{Action, Env};
 use espd::sa::policy::{PortRange, Selector};
-use zeroize::Zeroizing;
 
 struct BenchEnv {
     spi: u32,
@@ -49,35 +48,22 @@ fn peer(a: bool) -> IkePeer {
     let local: IpAddr = l.parse().unwrap();
     let remote: IpAddr = r.parse().unwrap();
     IkePeer {
-        index: 0,
-        tunnel: "t".into(),
-        tunnel_index: 0,
-        local,
-        remote,
-        encap: None,
-        psk: Zeroizing::new(b"espd-bench-psk".to_vec()),
-        local_id: IkeId::Addr(local),
-        remote_id: IkeId::Addr(remote),
         proposals: vec![parse_proposal("aes256-sha256-ecp256").unwrap()],
         esp: vec![128],
-        pfs_group: None,
-        mm_lifetime_s: 28_800,
-        qm_lifetime_s: 3_600,
-        qm_lifetime_kb: None,
-        rekey_margin_s: 540,
-        rekey_margin_kb: None,
-        reauth: false,
         dpd_delay_s: 0,
-        dpd_timeout_s: 150,
-        dpd_action: DpdAction::Clear,
-        initiate: true,
-        selector: Selector {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            protocol: None,
-            src_ports: PortRange::ANY,
-            dst_ports: PortRange::ANY,
-        },
+        ..IkePeer::new(
+            "t",
+            local,
+            remote,
+            b"espd-bench-psk",
+            Selector {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                protocol: None,
+                src_ports: PortRange::ANY,
+                dst_ports: PortRange::ANY,
+            },
+        )
     }
 }
 

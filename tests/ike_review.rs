@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use espd::codes::{self, Code};
-use espd::ike::config::{DpdAction, IkeId, IkePeer, parse_proposal};
+use espd::ike::config::IkePeer;
 use espd::ike::engine::Engine;
 use espd::ike::types::{Action, Env, Exchange, MmEnd, NewChild};
 use espd::sa::policy::{PortRange, Selector};

@@ -152,6 +152,49 @@ pub struct IkePeer {
     pub selector: Selector,
 }
 
+impl IkePeer {
+    /// A peer with the defaults a `[[ike.peers]]` table gets (IDs: the addresses; strongSwan's
+    /// proposals; ESP 128 then 256; no PFS; 28800 s / 3600 s, margin 540 s; DPD 30 s / 150 s,
+    /// clear; initiate; no UDP encapsulation). Callers that build peers without a config file
+    /// (benchmarks, the IKE swarm, tests) change what they need with `..IkePeer::new(..)`.
+    pub fn new(
+        tunnel: &str,
+        local: IpAddr,
+        remote: IpAddr,
+        psk: &[u8],
+        selector: Selector,
+    ) -> IkePeer {
+        IkePeer {
+            index: 0,
+            tunnel: tunnel.to_string(),
+            tunnel_index: 0,
+            local,
+            remote,
+            encap: None,
+            psk: Zeroizing::new(psk.to_vec()),
+            local_id: IkeId::Addr(local),
+            remote_id: IkeId::Addr(remote),
+            proposals: DEFAULT_PROPOSALS
+                .iter()
+                .filter_map(|s| parse_proposal(s).ok())
+                .collect(),
+            esp: vec![128, 256],
+            pfs_group: None,
+            mm_lifetime_s: 28_800,
+            qm_lifetime_s: 3_600,
+            qm_lifetime_kb: None,
+            rekey_margin_s: 540,
+            rekey_margin_kb: None,
+            reauth: false,
+            dpd_delay_s: 30,
+            dpd_timeout_s: 150,
+            dpd_action: DpdAction::Clear,
+            initiate: true,
+            selector,
+        }
+    }
+}
+
 impl std::fmt::Debug for IkePeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IkePeer")

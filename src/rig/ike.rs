@@ -107,26 +107,16 @@ impl IkeRig {
 
     /// The PSK files (0600) and, for strongSwan, its configuration.
     pub fn write_files(&self, dir: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
         std::fs::create_dir_all(dir)?;
         for me in ['a', 'b'] {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(dir.join(format!("gw-{me}.psk")))?;
-            std::io::Write::write_all(&mut f, format!("{}\n", self.psk).as_bytes())?;
+            super::write_private(
+                &dir.join(format!("gw-{me}.psk")),
+                format!("{}\n", self.psk).as_bytes(),
+            )?;
         }
         if self.peer == Peer::StrongSwan {
             std::fs::write(dir.join("strongswan.conf"), self.strongswan_conf(dir))?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(dir.join("swanctl.conf"))?;
-            std::io::Write::write_all(&mut f, self.swanctl_conf().as_bytes())?;
+            super::write_private(&dir.join("swanctl.conf"), self.swanctl_conf().as_bytes())?;
         }
         Ok(())
     }

@@ -116,6 +116,18 @@ pub struct Rig {
 pub const SPI_AB: u32 = 0x0000_a001;
 pub const SPI_BA: u32 = 0x0000_b001;
 
+/// Writes `data` to `path`, owner-only (0600) from the moment it exists: keys and PSKs.
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, data)
+}
+
 pub(crate) fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     aws_lc_rs::rand::fill(&mut b).expect("system randomness");
@@ -360,7 +372,7 @@ rekey_grace_ms = 1000
     }
 
     fn write_configs(&self) -> Result<(), RigError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&self.spec.dir)
             .map_err(|e| RigError::Io(self.spec.dir.clone(), e))?;
         let _ = std::fs::set_permissions(&self.spec.dir, std::fs::Permissions::from_mode(0o700));
@@ -378,15 +390,7 @@ rekey_grace_ms = 1000
             {
                 continue;
             }
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(p)
-                .map_err(|e| RigError::Io(p.clone(), e))?;
-            std::io::Write::write_all(&mut f, self.config(me).as_bytes())
-                .map_err(|e| RigError::Io(p.clone(), e))?;
+            write_private(p, self.config(me).as_bytes()).map_err(|e| RigError::Io(p.clone(), e))?;
             // The rig made these keys just now: their sequence state starts fresh.
             let cfg = crate::config::Config::load(p)
                 .map_err(|e| RigError::Io(p.clone(), std::io::Error::other(e.to_string())))?;

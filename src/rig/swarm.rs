@@ -20,11 +20,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 use super::procs::Proc;
 use super::{Rig, RigSpec, ns};
-use crate::ike::config::{DpdAction, IkeId, IkePeer, parse_proposal};
+use crate::ike::config::{IkePeer, parse_proposal};
 use crate::ike::engine::Engine;
 use crate::ike::types::{Action, Env};
 use crate::sa::UdpEncap;
@@ -59,44 +58,30 @@ fn swarm_net(i: usize) -> Ipv6Addr {
     Ipv6Addr::from(SWARM_NET_BASE + i as u128)
 }
 
-/// One IKE peer of the swarm (peer `i`), or (with `responder`) the responder's view of it.
+/// One IKE peer of the swarm (peer `i`).
 fn swarm_peer(i: usize, psk: &[u8]) -> anyhow::Result<IkePeer> {
+    let selector = Selector {
+        src: format!("{}/128", swarm_net(i))
+            .parse()
+            .map_err(anyhow::Error::msg)?,
+        dst: RESPONDER_NET.parse().map_err(anyhow::Error::msg)?,
+        protocol: None,
+        src_ports: PortRange::ANY,
+        dst_ports: PortRange::ANY,
+    };
     let (local, remote) = (IpAddr::V6(swarm_addr(i)), IpAddr::V6(RESPONDER));
     Ok(IkePeer {
         index: i,
-        tunnel: format!("s{i}"),
         tunnel_index: i as u32,
-        local,
-        remote,
         encap: Some(UdpEncap {
             src_port: 4500,
             dst_port: 4500,
         }),
-        psk: Zeroizing::new(psk.to_vec()),
-        local_id: IkeId::Addr(local),
-        remote_id: IkeId::Addr(remote),
         proposals: vec![parse_proposal("aes256-sha256-ecp256").map_err(anyhow::Error::msg)?],
         esp: vec![128],
-        pfs_group: None,
-        mm_lifetime_s: 28_800,
-        qm_lifetime_s: 3_600,
-        qm_lifetime_kb: None,
-        rekey_margin_s: 540,
-        rekey_margin_kb: None,
-        reauth: false,
         dpd_delay_s: 0,
-        dpd_timeout_s: 150,
-        dpd_action: DpdAction::Clear,
         initiate: false,
-        selector: Selector {
-            src: format!("{}/128", swarm_net(i))
-                .parse()
-                .map_err(anyhow::Error::msg)?,
-            dst: RESPONDER_NET.parse().map_err(anyhow::Error::msg)?,
-            protocol: None,
-            src_ports: PortRange::ANY,
-            dst_ports: PortRange::ANY,
-        },
+        ..IkePeer::new(&format!("s{i}"), local, remote, psk, selector)
     })
 }
 
@@ -339,7 +324,6 @@ socket = "{}"
 /// gw-b's strongSwan: one connection for the whole swarm (`remote_addrs` a prefix), the same
 /// proposals, no key logging (log levels at charon's defaults).
 fn strongswan_files(dir: &Path, psk: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let conf = format!(
         "charon {{\n  load_modular = no\n  load = {}\n  filelog {{\n    charon {{\n      path = {}\n      default = 1\n      flush_line = yes\n    }}\n  }}\n  plugins {{\n    vici {{\n      socket = unix://{}\n    }}\n  }}\n}}\n",
         super::ike::CHARON_PLUGINS,
@@ -350,13 +334,7 @@ fn strongswan_files(dir: &Path, psk: &str) -> std::io::Result<()> {
     let swanctl = format!(
         "connections {{\n  swarm {{\n    version = 1\n    local_addrs = {RESPONDER}\n    remote_addrs = fd00:5::/64\n    proposals = aes256-sha256-ecp256\n    aggressive = no\n    reauth_time = 0s\n    rand_time = 0s\n    dpd_delay = 0s\n    send_certreq = no\n    local {{\n      auth = psk\n      id = {RESPONDER}\n    }}\n    remote {{\n      auth = psk\n    }}\n    children {{\n      net {{\n        local_ts = {RESPONDER_NET}\n        remote_ts = fd00:7::/64\n        esp_proposals = aes128gcm16\n        rekey_time = 0s\n        rand_time = 0s\n        mode = tunnel\n        start_action = none\n      }}\n    }}\n  }}\n}}\nsecrets {{\n  ike-swarm {{\n    secret = \"{psk}\"\n  }}\n}}\n"
     );
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(dir.join("swanctl.conf"))?;
-    std::io::Write::write_all(&mut f, swanctl.as_bytes())
+    super::write_private(&dir.join("swanctl.conf"), swanctl.as_bytes())
 }
 
 /// The MAC address of `wan0` in namespace `n`.
@@ -401,29 +379,11 @@ fn trial(o: &SwarmOptions, system: &str, exe: &str) -> anyhow::Result<Value> {
         ns(n, &["ip", "-batch", &f.to_string_lossy()])?;
     }
     let psk = format!("espd-swarm-{}", super::random_hex(16));
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(dir.join("swarm.psk"))?;
-        std::io::Write::write_all(&mut f, format!("{psk}\n").as_bytes())?;
-    }
+    super::write_private(&dir.join("swarm.psk"), format!("{psk}\n").as_bytes())?;
     let responder: Box<dyn std::any::Any> = match system {
         "espd" => {
             let cfg = dir.join("gw-b-swarm.toml");
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&cfg)?;
-                std::io::Write::write_all(&mut f, espd_config(o.peers, &dir).as_bytes())?;
-            }
+            super::write_private(&cfg, espd_config(o.peers, &dir).as_bytes())?;
             let cfg = cfg.to_string_lossy().to_string();
             let mut p = Proc::spawn("gw-b", "gw-b", &[exe, "run", "--config", &cfg])?;
             super::ike::subscribe(&dir.join("gw-b.sock"), Duration::from_secs(20))

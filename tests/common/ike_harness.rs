@@ -57,38 +57,20 @@ fn peer(a_side: bool) -> IkePeer {
     let local: IpAddr = l.parse().unwrap();
     let remote: IpAddr = r.parse().unwrap();
     IkePeer {
-        index: 0,
-        tunnel: if a_side { "to-b" } else { "to-a" }.into(),
-        tunnel_index: 0,
-        local,
-        remote,
-        encap: None,
-        psk: Zeroizing::new(b"espd-engine-test-psk".to_vec()),
-        local_id: IkeId::Addr(local),
-        remote_id: IkeId::Addr(remote),
-        proposals: vec![
-            parse_proposal("aes256-sha256-ecp256").unwrap(),
-            parse_proposal("aes128-sha256-modp2048").unwrap(),
-        ],
-        esp: vec![128, 256],
-        pfs_group: None,
-        mm_lifetime_s: 28_800,
-        qm_lifetime_s: 3_600,
-        qm_lifetime_kb: None,
-        rekey_margin_s: 540,
-        rekey_margin_kb: None,
-        reauth: false,
-        dpd_delay_s: 30,
-        dpd_timeout_s: 150,
-        dpd_action: DpdAction::Clear,
         initiate: a_side,
-        selector: Selector {
-            src: src.parse().unwrap(),
-            dst: dst.parse().unwrap(),
-            protocol: None,
-            src_ports: PortRange::ANY,
-            dst_ports: PortRange::ANY,
-        },
+        ..IkePeer::new(
+            if a_side { "to-b" } else { "to-a" },
+            local,
+            remote,
+            b"espd-engine-test-psk",
+            Selector {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                protocol: None,
+                src_ports: PortRange::ANY,
+                dst_ports: PortRange::ANY,
+            },
+        )
     }
 }
 
