@@ -141,6 +141,38 @@ pub fn set_rcvbuf(sock: &impl std::os::fd::AsRawFd, bytes: i32) {
     }
 }
 
+/// SO_PREFER_BUSY_POLL (Linux 5.11, asm-generic/socket.h; the `libc` crate does not export it
+/// for every target).
+pub const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+/// SO_BUSY_POLL_BUDGET (Linux 5.11, asm-generic/socket.h).
+pub const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+/// Sets an integer socket option; the kernel's refusal (ENOPROTOOPT on a kernel that does not
+/// know the option, EPERM, EINVAL) is returned as is.
+pub fn set_socket_option(
+    sock: std::os::fd::BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `sock` is open while borrowed; the value is a valid c_int whose size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
 pub fn peer_uid(s: &impl std::os::fd::AsRawFd) -> Option<u32> {
     let mut cred = libc::ucred {
