@@ -517,6 +517,18 @@ impl XskPair {
         Ok(())
     }
 
+    /// The NAPI id that delivered one side's last frame (SO_INCOMING_NAPI_ID), 0 when it has
+    /// none that busy polling can reach (then `busy_poll` only costs syscalls).
+    pub fn napi_id(&self, plain: bool) -> u32 {
+        let port = if plain { &self.plain } else { &self.cipher };
+        crate::sys::socket_option(
+            port.borrowed_fd(),
+            libc::SOL_SOCKET,
+            crate::sys::SO_INCOMING_NAPI_ID,
+        )
+        .map_or(0, |v| v as u32)
+    }
+
     /// One busy-poll round on both sockets: `recvfrom(MSG_DONTWAIT)` with no buffer, which on
     /// a socket with SO_BUSY_POLL set polls its queue's NAPI once (and in zero-copy mode kicks
     /// rx if the fill ring asks for it). Errors (EAGAIN and the like) are of no interest.
