@@ -366,6 +366,9 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
             }
             empty = 0;
             if crate::now_ns() < last_rx.saturating_add(spin_ns) {
+                // A thread woken on this core (an end host's process on a shared machine, the
+                // other gateway) runs now rather than when the spin ends or its slice is due.
+                std::thread::yield_now();
                 continue;
             }
         }
