@@ -178,7 +178,8 @@ def measure_load(gws, espd, pps, seconds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--espd", required=True, help="the gateway binary")
+    ap.add_argument("--espd", help="the gateway binary")
+    ap.add_argument("--table", help="only print the table of the measurements in this --json file")
     ap.add_argument("--tools", help="binary for the traffic tools (default: --espd)")
     ap.add_argument("--base-espd", help="the gateway binary for strategy `base`")
     ap.add_argument("--strategies", default="sleep,spin,busy_poll")
@@ -192,6 +193,13 @@ def main():
     ap.add_argument("--same-core", action="store_true")
     ap.add_argument("--json", help="append every measurement to this file")
     a = ap.parse_args()
+    if a.table:
+        rs = [json.loads(ln) for ln in open(a.table) if ln.strip()]
+        ss = list(dict.fromkeys(r["strategy"] for r in rs))
+        table(rs, ss, [x["pps"] for x in rs[0]["loads"]], "flood" in rs[0])
+        return 0
+    if not a.espd:
+        ap.error("--espd is required")
     espd = os.path.abspath(a.espd)
     tools = os.path.abspath(a.tools or a.espd)
     loads = [int(x) for x in a.loads.split(",") if x]
