@@ -235,6 +235,13 @@ def main():
                         f.write(json.dumps(rec) + "\n")
     finally:
         sh(espd, "rig", "down", "--dir", RIG_DIR, check=False)
+        # Our copies of the configs hold the rig's keys.
+        for gw in "ab":
+            for ext in ("toml", "toml.seq", "toml.seq.lock"):
+                try:
+                    os.remove(f"{RIG_DIR}/idle-gw-{gw}.{ext}")
+                except FileNotFoundError:
+                    pass
     table(results, strategies, loads, a.flood)
 
 
