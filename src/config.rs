@@ -102,6 +102,8 @@ struct RawDataplane {
     prefetch_above: Option<u32>,
     xdp_mode: Option<String>,
     state_file: Option<PathBuf>,
+    idle: Option<String>,
+    spin_us: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -393,6 +395,8 @@ pub struct Config {
     /// (`dataplane.state_file`; default: next to the config, `NAME.seq`).
     pub state_file: PathBuf,
     pub xdp_mode: XdpMode,
+    /// What a worker does when both rx rings are empty (`dataplane.idle`, `dataplane.spin_us`).
+    pub idle: crate::datapath::worker::Idle,
     pub plain: Interface,
     pub cipher: Interface,
     pub tunnels: Vec<Tunnel>,
@@ -819,6 +823,8 @@ impl Config {
             }
         };
         let icmp_rate = d.icmp_rate.unwrap_or(1000);
+        let idle = crate::datapath::worker::Idle::parse(d.idle.as_deref(), d.spin_us)
+            .map_err(|(key, reason)| cx.err(key, reason))?;
 
         let ifs = raw.interfaces.ok_or_else(|| {
             cx.err(
@@ -1039,6 +1045,7 @@ impl Config {
                 None => crate::control::seqstate::default_path(path),
             },
             xdp_mode,
+            idle,
             plain,
             cipher,
             ike,

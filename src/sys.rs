@@ -141,6 +141,69 @@ pub fn set_rcvbuf(sock: &impl std::os::fd::AsRawFd, bytes: i32) {
     }
 }
 
+/// SO_PREFER_BUSY_POLL (Linux 5.11, asm-generic/socket.h; the `libc` crate does not export it
+/// for every target).
+pub const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+/// SO_BUSY_POLL_BUDGET (Linux 5.11, asm-generic/socket.h).
+pub const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+/// SO_INCOMING_NAPI_ID (Linux 4.12, asm-generic/socket.h): the NAPI instance that delivered
+/// the socket's last packet, 0 when none has a busy-pollable id.
+pub const SO_INCOMING_NAPI_ID: libc::c_int = 56;
+
+/// Reads an integer socket option.
+pub fn socket_option(
+    sock: std::os::fd::BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> std::io::Result<libc::c_int> {
+    use std::os::fd::AsRawFd;
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `sock` is open while borrowed; `v` and `len` are valid for writes of the sizes
+    // given.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            &mut v as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(v)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Sets an integer socket option; the kernel's refusal (ENOPROTOOPT on a kernel that does not
+/// know the option, EPERM, EINVAL) is returned as is.
+pub fn set_socket_option(
+    sock: std::os::fd::BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `sock` is open while borrowed; the value is a valid c_int whose size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
 pub fn peer_uid(s: &impl std::os::fd::AsRawFd) -> Option<u32> {
     let mut cred = libc::ucred {

@@ -194,3 +194,43 @@ fn prefetch_above_defaults_and_parses() {
         "{e}"
     );
 }
+
+#[test]
+fn idle_strategy_defaults_parses_and_names_the_field() {
+    use espd::datapath::worker::{Idle, IdleStrategy};
+    let parse = |extra: &str| {
+        let t = base().replace("[dataplane]\n", &format!("[dataplane]\n{extra}"));
+        Config::parse(Path::new("gw.toml"), &t).map(|c| c.idle)
+    };
+    assert_eq!(parse("").unwrap(), Idle::default());
+    assert_eq!(parse("").unwrap().strategy, IdleStrategy::Sleep);
+    let spin = parse("idle = \"spin\"\n").unwrap();
+    assert_eq!(
+        (spin.strategy, spin.spin_us),
+        (IdleStrategy::Spin, Idle::DEFAULT_SPIN_US)
+    );
+    let bp = parse("idle = \"busy_poll\"\nspin_us = 200\n").unwrap();
+    assert_eq!((bp.strategy, bp.spin_us), (IdleStrategy::BusyPoll, 200));
+    assert_eq!(bp.to_string(), "busy_poll 200 µs");
+    for (extra, want) in [
+        (
+            "idle = \"poll\"\n",
+            "gw.toml: dataplane.idle: `poll` is not sleep, spin or busy_poll",
+        ),
+        (
+            "idle = \"spin\"\nspin_us = 0\n",
+            "gw.toml: dataplane.spin_us: 0 is not between 1 and 10000",
+        ),
+        (
+            "idle = \"busy_poll\"\nspin_us = 10001\n",
+            "gw.toml: dataplane.spin_us: 10001 is not between 1 and 10000",
+        ),
+        (
+            "spin_us = 20\n",
+            "gw.toml: dataplane.spin_us: is used by idle = \"spin\" and \"busy_poll\"",
+        ),
+    ] {
+        let e = err(&base().replace("[dataplane]\n", &format!("[dataplane]\n{extra}")));
+        assert!(e.starts_with(want), "{extra:?}: {e}");
+    }
+}

@@ -92,6 +92,11 @@ pub struct Summary {
     pub workers: usize,
     pub zero_copy: bool,
     pub null_crypto: bool,
+    /// The workers' idle strategy (`dataplane.idle`) and spin time (0 with `sleep`).
+    pub idle: &'static str,
+    pub spin_us: u32,
+    /// Times a worker went to sleep with both rx rings empty.
+    pub idle_sleeps: u64,
     pub seconds: f64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -295,6 +300,7 @@ fn start_workers(
             pcfg: cfg.pipeline_config(),
             l2: shared.l2.state.clone(),
             stop: shared.stop.clone(),
+            idle: cfg.idle,
         };
         let tx = tx.clone();
         handles.push(
@@ -344,6 +350,7 @@ fn start_workers(
         workers = cfg.workers,
         zero_copy,
         xdp = if xdp.native { "native" } else { "generic" },
+        idle = %cfg.idle,
         "espd running on {} (plain) and {} (cipher)",
         cfg.plain.name,
         cfg.cipher.name
@@ -528,6 +535,8 @@ fn tear_down(mut control: Control, r: Running, cfg: &Config, opts: &RunOptions) 
         workers: cfg.workers,
         zero_copy: r.workers.zero_copy,
         null_crypto: opts.null_crypto,
+        idle: cfg.idle.name(),
+        spin_us: cfg.idle.spin_us,
         seconds: r.start.elapsed().as_secs_f64(),
         soft_events: soft,
         hard_events: hard,
@@ -554,6 +563,7 @@ impl Summary {
             s.prefragmented += c.prefragmented.get();
             s.icmp_sent += c.icmp_sent.get();
             s.tx_ring_full += c.tx_ring_full.get();
+            s.idle_sleeps += c.idle_sleeps.get();
             s.kernel_rx_dropped += c.kernel_rx_dropped.get();
             s.events_dropped += c.events_dropped.get();
             for r in DropReason::ALL {

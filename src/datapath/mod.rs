@@ -175,6 +175,8 @@ pub struct CoreStats {
     pub kernel_fill_empty: Counter,
     /// Descriptors from the kernel outside the UMEM or past their chunk, dropped unused.
     pub bad_descs: Counter,
+    /// Times the worker went to sleep in poll(2) with both rx rings empty.
+    pub idle_sleeps: Counter,
     pub drops: [Counter; DropReason::ALL.len()],
 }
 

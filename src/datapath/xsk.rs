@@ -161,6 +161,8 @@ pub struct XskPair {
     free: Vec<u64>,
     /// Descriptors refused by [`rx_frame`] / [`completed_chunk`], not yet taken.
     bad_descs: u64,
+    /// Frames queued on either tx ring whose completion has not been reaped yet.
+    outstanding: u64,
 }
 
 /// Chunk address and offset in the chunk of the frame an rx descriptor describes, if the frame
@@ -173,6 +175,35 @@ fn rx_frame(addr: u64, len: u32, umem_len: u64) -> Option<(u64, usize)> {
     let off = addr - chunk;
     (chunk < umem_len && off + u64::from(len) <= u64::from(FRAME_SIZE))
         .then_some((chunk, off as usize))
+}
+
+/// The frame an rx descriptor describes (see [`XskPair::frame`]); a free function so that
+/// [`XskPair::receive`] can use it while it borrows an rx ring.
+#[inline]
+fn frame_in(
+    area: &Area,
+    free: &mut Vec<u64>,
+    bad_descs: &mut u64,
+    desc: &XdpDesc,
+) -> Option<XskFrame> {
+    let Some((chunk_addr, off)) = rx_frame(desc.addr, desc.len, area.len as u64) else {
+        *bad_descs += 1;
+        let chunk = desc.addr & !(FRAME_SIZE as u64 - 1);
+        if chunk < area.len as u64 {
+            free.push(chunk);
+        }
+        return None;
+    };
+    // SAFETY: `rx_frame` checked `chunk_addr < area.len`, and the UMEM is a whole number of
+    // FRAME_SIZE chunks, so the chunk [chunk_addr, chunk_addr + FRAME_SIZE) lies inside the
+    // mapping and the addition stays in bounds.
+    let chunk = unsafe { area.ptr.as_ptr().add(chunk_addr as usize) };
+    Some(XskFrame {
+        chunk,
+        chunk_addr,
+        off,
+        len: desc.len as usize,
+    })
 }
 
 /// The chunk of a completed transmission's address, if it lies inside the UMEM.
@@ -242,6 +273,7 @@ impl XskPair {
             area,
             free,
             bad_descs: 0,
+            outstanding: 0,
         })
     }
 
@@ -266,34 +298,21 @@ impl XskPair {
     /// chunk of the UMEM; a chunk of ours with a bad length goes back to the free list.
     #[inline]
     fn frame(&mut self, desc: &XdpDesc) -> Option<XskFrame> {
-        let Some((chunk_addr, off)) = rx_frame(desc.addr, desc.len, self.area.len as u64) else {
-            self.bad_descs += 1;
-            let chunk = desc.addr & !(FRAME_SIZE as u64 - 1);
-            if chunk < self.area.len as u64 {
-                self.free.push(chunk);
-            }
-            return None;
-        };
-        // SAFETY: `rx_frame` checked `chunk_addr < area.len`, and the UMEM is a whole number of
-        // FRAME_SIZE chunks, so the chunk [chunk_addr, chunk_addr + FRAME_SIZE) lies inside the
-        // mapping and the addition stays in bounds.
-        let chunk = unsafe { self.area.ptr.as_ptr().add(chunk_addr as usize) };
-        Some(XskFrame {
-            chunk,
-            chunk_addr,
-            off,
-            len: desc.len as usize,
-        })
+        frame_in(&self.area, &mut self.free, &mut self.bad_descs, desc)
     }
 
     /// Returns completed transmissions of both sockets to the free list (addresses outside
-    /// the UMEM are counted and dropped).
+    /// the UMEM are counted and dropped). Touches nothing when no transmission is outstanding.
     #[inline]
     pub fn reap(&mut self) {
+        if self.outstanding == 0 {
+            return;
+        }
         let umem = self.area.len as u64;
         for dev in [&mut self.plain.device, &mut self.cipher.device] {
             let mut c = dev.complete(RING_SIZE);
             while let Some(addr) = c.read() {
+                self.outstanding = self.outstanding.saturating_sub(1);
                 match completed_chunk(addr, umem) {
                     Some(chunk) => self.free.push(chunk),
                     None => self.bad_descs += 1,
@@ -301,6 +320,12 @@ impl XskPair {
             }
             c.release();
         }
+    }
+
+    /// Frames handed to the kernel for transmission whose completion was not reaped yet.
+    #[inline]
+    pub fn tx_outstanding(&self) -> u64 {
+        self.outstanding
     }
 
     /// Tops up both fill rings from the free list, keeping `reserve` frames back.
@@ -347,34 +372,32 @@ impl XskPair {
         }
     }
 
-    /// Receives up to `max` frames from one side into `out` (cleared first).
+    /// Receives up to `max` frames from one side into `out` (cleared first), never more than
+    /// `out` has room for (so it never allocates). An empty ring costs one load of its
+    /// producer index: nothing is zeroed or written.
     #[inline]
     pub fn receive(&mut self, plain: bool, max: u32, out: &mut Vec<XskFrame>) {
         out.clear();
-        let mut descs = [XdpDesc {
-            addr: 0,
-            len: 0,
-            options: 0,
-        }; 64];
-        let mut n = 0;
-        {
-            let rx = if plain {
-                &mut self.plain.rx
-            } else {
-                &mut self.cipher.rx
-            };
-            let mut r = rx.receive(max.min(64));
-            while let Some(d) = r.read() {
-                descs[n] = d;
-                n += 1;
-            }
-            r.release();
+        let max = max.min(out.capacity().min(u32::MAX as usize) as u32);
+        let XskPair {
+            plain: p,
+            cipher: c,
+            area,
+            free,
+            bad_descs,
+            ..
+        } = self;
+        let rx = if plain { &mut p.rx } else { &mut c.rx };
+        if rx.available() == 0 {
+            return;
         }
-        for d in &descs[..n] {
-            if let Some(f) = self.frame(d) {
+        let mut r = rx.receive(max);
+        while let Some(d) = r.read() {
+            if let Some(f) = frame_in(area, free, bad_descs, &d) {
                 out.push(f);
             }
         }
+        r.release();
     }
 
     /// Queues every frame whose action is `want` for transmission on one side, committing the
@@ -413,6 +436,7 @@ impl XskPair {
                 let Some(f) = pending.next() else { break };
                 w.insert_once(f.desc());
                 left -= 1;
+                self.outstanding += 1;
             }
             w.commit();
         }
@@ -441,7 +465,9 @@ impl XskPair {
         self.free.push(frame.chunk_addr);
     }
 
-    /// Kicks the kernel to transmit: copy mode moves at most 32 frames per `sendto`.
+    /// Kicks the kernel to transmit, only while the tx ring holds frames and its need-wakeup
+    /// flag asks for a kick (always in copy mode, where each `sendto` moves at most 32 frames;
+    /// rarely in zero-copy mode).
     #[inline]
     pub fn flush(&mut self, plain: bool) {
         let tx = if plain {
@@ -450,12 +476,77 @@ impl XskPair {
             &mut self.cipher.tx
         };
         let mut tries = 0;
-        while tx.pending() > 0 && tries < 8 {
-            if !tx.needs_wakeup() && tries > 0 {
-                break;
-            }
+        while tries < 8 && tx.pending() > 0 && tx.needs_wakeup() {
             tx.wake();
             tries += 1;
+        }
+    }
+
+    /// Sets SO_PREFER_BUSY_POLL, SO_BUSY_POLL (`usec`) and SO_BUSY_POLL_BUDGET (`budget`) on
+    /// both sockets (`dataplane.idle = "busy_poll"`). The kernel then runs a queue's NAPI
+    /// processing in [`busy_poll`](Self::busy_poll) calls instead of in softirq.
+    pub fn set_busy_poll(&self, usec: u32, budget: u32) -> Result<(), XskError> {
+        for port in [&self.plain, &self.cipher] {
+            let opts = [
+                (
+                    "setsockopt SO_PREFER_BUSY_POLL (dataplane.idle = \"busy_poll\" needs Linux 5.11)",
+                    crate::sys::SO_PREFER_BUSY_POLL,
+                    1,
+                ),
+                (
+                    "setsockopt SO_BUSY_POLL (dataplane.idle = \"busy_poll\")",
+                    libc::SO_BUSY_POLL,
+                    usec.min(i32::MAX as u32) as i32,
+                ),
+                (
+                    "setsockopt SO_BUSY_POLL_BUDGET (dataplane.idle = \"busy_poll\" needs Linux 5.11)",
+                    crate::sys::SO_BUSY_POLL_BUDGET,
+                    budget.min(i32::MAX as u32) as i32,
+                ),
+            ];
+            for (op, opt, v) in opts {
+                crate::sys::set_socket_option(port.borrowed_fd(), libc::SOL_SOCKET, opt, v)
+                    .map_err(|source| XskError::Socket {
+                        op,
+                        iface: port.iface.clone(),
+                        queue: port.queue,
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The NAPI id that delivered one side's last frame (SO_INCOMING_NAPI_ID), 0 when it has
+    /// none that busy polling can reach (then `busy_poll` only costs syscalls).
+    pub fn napi_id(&self, plain: bool) -> u32 {
+        let port = if plain { &self.plain } else { &self.cipher };
+        crate::sys::socket_option(
+            port.borrowed_fd(),
+            libc::SOL_SOCKET,
+            crate::sys::SO_INCOMING_NAPI_ID,
+        )
+        .map_or(0, |v| v as u32)
+    }
+
+    /// One busy-poll round on both sockets: `recvfrom(MSG_DONTWAIT)` with no buffer, which on
+    /// a socket with SO_BUSY_POLL set polls its queue's NAPI once (and in zero-copy mode kicks
+    /// rx if the fill ring asks for it). Errors (EAGAIN and the like) are of no interest.
+    #[inline]
+    pub fn busy_poll(&self) {
+        for fd in [self.plain.fd(), self.cipher.fd()] {
+            // SAFETY: `fd` is this pair's open socket; a null buffer of length 0 and null
+            // address pointers are valid arguments to recvfrom.
+            unsafe {
+                libc::recvfrom(
+                    fd,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
         }
     }
 
