@@ -177,6 +177,57 @@ fn replay_and_too_old() {
     assert_eq!(b.stats.drops_by_code()[&13913], 3);
 }
 
+/// The replay window is committed once per batch (numbers of one SA and block together):
+/// inside one batch a duplicate is still refused, a forgery still never moves the window, and
+/// a jump ahead makes the batch's later old numbers too old, as packet by packet.
+#[test]
+fn replay_inside_one_batch() {
+    let (a, b) = pair();
+    let pkts: Vec<Vec<u8>> = (0..1100)
+        .map(|i| {
+            frame(
+                "192.0.2.10",
+                "198.51.100.20",
+                17,
+                1,
+                2,
+                &payload(20, i as u8),
+            )
+        })
+        .collect();
+    let esp: Vec<Vec<u8>> = a.out(&pkts).into_iter().map(|(_, f)| f).collect();
+    let mut forged = esp[4].clone();
+    *forged.last_mut().unwrap() ^= 1;
+    let batch = [
+        esp[3].clone(),
+        esp[3].clone(),
+        forged,
+        esp[4].clone(),
+        esp[35].clone(),
+        esp[5].clone(),
+        esp[3].clone(),
+    ];
+    let got: Vec<Action> = b.inn(&batch).into_iter().map(|(a, _)| a).collect();
+    use Action::{Drop, Tx};
+    use DropReason::{Integrity, Replay};
+    assert_eq!(
+        got,
+        [Tx, Drop(Replay), Drop(Integrity), Tx, Tx, Tx, Drop(Replay)]
+    );
+    // Seq 7, then 1100 (the window moves to 77..1100), then 8: too old by then.
+    let got: Vec<Action> = b
+        .inn(&[esp[6].clone(), esp[1099].clone(), esp[7].clone()])
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(got, [Tx, Tx, Drop(Replay)]);
+    // Every frame of a full batch of consecutive numbers, and again: all replays.
+    let next: Vec<Vec<u8>> = esp[1000..1099].to_vec();
+    assert!(b.inn(&next).iter().all(|(a, _)| *a == Tx));
+    assert!(b.inn(&next).iter().all(|(a, _)| *a == Drop(Replay)));
+    assert_eq!(b.stats.drops_by_code()[&13913], 3 + 99);
+}
+
 /// Seals an arbitrary ESP payload (with trailer) under B's inbound SA key, for attacks that
 /// need a valid ICV: bad padding, bad next header, wrong inner addresses.
 fn craft(inner_with_trailer: &[u8], seq: u64) -> Vec<u8> {

@@ -32,10 +32,12 @@ pub fn gw(name: &str) -> Gw {
 
 /// Ethernet + IPv4 + UDP frame whose IP packet is `ip_len` bytes (≥ 28), A's LAN → B's LAN.
 pub fn udp_frame(ip_len: usize) -> Vec<u8> {
-    let (src, dst) = (
-        Ipv4Addr::new(192, 0, 2, 10),
-        Ipv4Addr::new(198, 51, 100, 20),
-    );
+    udp_frame_to(ip_len, Ipv4Addr::new(198, 51, 100, 20))
+}
+
+/// [`udp_frame`] to another host `dst` on B's side.
+pub fn udp_frame_to(ip_len: usize, dst: Ipv4Addr) -> Vec<u8> {
+    let src = Ipv4Addr::new(192, 0, 2, 10);
     let mut f = vec![0u8; 14 + ip_len];
     f[..6].copy_from_slice(&[2, 0, 0, 0, 0xa, 1]);
     f[6..12].copy_from_slice(&[2, 0, 0, 0, 0xa, 2]);

@@ -9,7 +9,8 @@
 //!   ESP encap/seal in place → outer Ethernet → `Tx`.
 //! Inbound (cipher side → plain side):
 //!   Ethernet → outer IP → ESP (raw or UDP/4500) → SA by SPI → replay pre-check → open →
-//!   replay commit → trailer checks → lifetime count (after authentication) → selector check
+//!   replay commit (once for the batch: numbers of one SA and window block together) →
+//!   trailer checks → lifetime count (after authentication) → selector check
 //!   → ECN (RFC 6040) and inner TTL / hop limit (tunnel mode) → inner Ethernet → `Tx`.
 //! An inner packet whose TTL / hop limit runs out is answered with ICMP time exceeded: back to
 //! the plain side at the encapsulator, through the tunnel (the outbound path) at the
@@ -198,6 +199,71 @@ pub struct Pipeline<'a> {
 /// Most sequence numbers taken with one atomic operation.
 const SEQ_BLOCK: u64 = 8;
 
+/// An inbound packet authenticated and decrypted, waiting for its replay commit.
+#[derive(Clone, Copy)]
+struct Opened<'g> {
+    sa: &'g Sa,
+    esp: esp::decap::Opened,
+    /// Outer IP header: offset, length up to ESP, offset of the byte naming ESP, family.
+    ip_at: usize,
+    ip_hdr_len: usize,
+    nh_field: usize,
+    v6: bool,
+}
+
+/// Commits the sequence numbers of a batch's opened packets to their SAs' replay windows
+/// (RFC 4303 §3.4.3: after the ICV verified, before anything else looks at the packet).
+/// Packets of one SA whose numbers share a block of the window (32 numbers), in a row in
+/// the batch (other frames between them apart), commit with one `commit_block`: when
+/// workers share an inbound SA, its window's lines move between cores once per block
+/// instead of once per packet. A packet whose number is refused (a duplicate, also of an
+/// earlier packet of the run, or too old) is dropped as `replay` and leaves `opened`.
+fn commit_replay(opened: &mut [Option<Opened<'_>>; 64], acts: &mut [Action]) {
+    let mut i = 0;
+    while i < opened.len() {
+        let Some(first) = opened[i] else {
+            i += 1;
+            continue;
+        };
+        let block = first.esp.seq >> 5;
+        // The run: frames i..end, of which `members` (bit k: frame i + k) are in it.
+        let (mut bits, mut members, mut end) = (0u32, 0u64, i);
+        while end < opened.len() {
+            match opened[end] {
+                Some(o) if std::ptr::eq(o.sa, first.sa) && o.esp.seq >> 5 == block => {
+                    let bit = 1u32 << (o.esp.seq & 31);
+                    if bits & bit != 0 {
+                        // The same number twice in the run: the later one is a replay.
+                        opened[end] = None;
+                        acts[end] = Action::Drop(DropReason::Replay);
+                    } else {
+                        bits |= bit;
+                        members |= 1 << (end - i);
+                    }
+                }
+                Some(_) => break,
+                None => {}
+            }
+            end += 1;
+        }
+        let won = match &first.sa.replay {
+            Some(r) => r.commit_block(block, bits),
+            None => 0,
+        };
+        while members != 0 {
+            let k = i + members.trailing_zeros() as usize;
+            members &= members - 1;
+            if let Some(o) = opened[k]
+                && won & (1 << (o.esp.seq & 31)) == 0
+            {
+                opened[k] = None;
+                acts[k] = Action::Drop(DropReason::Replay);
+            }
+        }
+        i = end;
+    }
+}
+
 /// Parsed L3 facts about a frame's IP packet.
 struct L3 {
     /// Offset of the IP header in the buffer.
@@ -322,10 +388,22 @@ impl<'a> Pipeline<'a> {
             if prefetch {
                 self.prefetch_inbound(fs, &guard);
             }
-            for (f, a) in fs.iter_mut().zip(acts.iter_mut()) {
+            // Three passes: open (up to the ICV), commit the replay window for the batch,
+            // finish. Numbers of one SA and block commit together (see `commit_replay`).
+            let mut opened: [Option<Opened<'_>>; 64] = [None; 64];
+            for ((f, a), o) in fs.iter_mut().zip(acts.iter_mut()).zip(opened.iter_mut()) {
                 self.stats.rx_packets.add(1);
                 self.stats.rx_bytes.add(f.len() as u64);
-                *a = self.inbound_one(f, now, spd, &guard);
+                match self.inbound_open(f, now, spd, &guard) {
+                    Ok(p) => *o = Some(p),
+                    Err(done) => *a = done,
+                }
+            }
+            commit_replay(&mut opened, acts);
+            for ((f, a), o) in fs.iter_mut().zip(acts.iter_mut()).zip(opened) {
+                if let Some(o) = o {
+                    *a = self.inbound_finish(f, &o, now, spd, &guard);
+                }
                 self.account(f, *a);
             }
         }
@@ -685,26 +763,29 @@ impl<'a> Pipeline<'a> {
         Action::Tx
     }
 
-    fn inbound_one<F: FrameMut>(
+    /// The inbound path up to the ICV: a frame that is an authenticated ESP packet of one of
+    /// our SAs, decrypted in place, comes back `Ok` with its sequence number not yet committed
+    /// to the replay window; any other frame comes back with its action.
+    fn inbound_open<'g, F: FrameMut>(
         &mut self,
         f: &mut F,
         now: u64,
         spd: &Spd,
-        guard: &Guard,
-    ) -> Action {
+        guard: &'g Guard,
+    ) -> Result<Opened<'g>, Action> {
         let (off, flen) = (f.offset(), f.len());
         let buf = f.buf_mut();
         let Some(frame) = buf.get(off..off + flen) else {
-            return Action::Drop(DropReason::Malformed);
+            return Err(Action::Drop(DropReason::Malformed));
         };
         let l3 = match parse_l3(frame, off) {
             Ok(Some(l3)) => l3,
-            Ok(None) => return Action::Punt,
-            Err(r) => return Action::Drop(r),
+            Ok(None) => return Err(Action::Punt),
+            Err(r) => return Err(Action::Drop(r)),
         };
         // RFC 1122 §3.2.1.2: a datagram whose header checksum fails is discarded.
         if !l3.v6 && !ipv4::checksum_ok(&buf[l3.at..l3.at + l3.hdr_len]) {
-            return Action::Drop(DropReason::IpChecksum);
+            return Err(Action::Drop(DropReason::IpChecksum));
         }
         let to_us = self.dp.is_local(l3.v6, l3.key.dst);
         let ul = l3.at + l3.hdr_len;
@@ -715,19 +796,19 @@ impl<'a> Pipeline<'a> {
                 // The UDP length (checked: at least the header, at most the IP payload) bounds
                 // the ESP packet (RFC 768, RFC 3948 §2.2); IP payload bytes after it are not ESP.
                 let Ok((_, _, ulen)) = udp::parse(&buf[ul..ul + ul_len]) else {
-                    return Action::Drop(DropReason::Malformed);
+                    return Err(Action::Drop(DropReason::Malformed));
                 };
                 let payload = &buf[ul + udp::HEADER_LEN..ul + ulen];
                 // RFC 3948 §2.2: a zero non-ESP marker means IKE; §2.3: 0xFF is a keepalive.
                 if payload.len() < 4 || payload[..4] == [0, 0, 0, 0] {
-                    return Action::Punt;
+                    return Err(Action::Punt);
                 }
                 (ul + udp::HEADER_LEN, payload.len())
             }
-            _ if to_us => return Action::Punt,
+            _ if to_us => return Err(Action::Punt),
             _ => {
                 // Cleartext crossing the gateway from the cipher side.
-                return match spd.lookup(&l3.key.reversed()) {
+                return Err(match spd.lookup(&l3.key.reversed()) {
                     Lookup::Matched(PolicyAction::Protect(_))
                     | Lookup::Default(PolicyAction::Protect(_)) => {
                         Action::Drop(DropReason::ClearText)
@@ -740,22 +821,47 @@ impl<'a> Pipeline<'a> {
                     | Lookup::Default(PolicyAction::Bypass) => {
                         self.bypass(buf, off, self.cfg.plain)
                     }
-                };
+                });
             }
         };
         if l3.fragment {
-            return Action::Drop(DropReason::Fragment);
+            return Err(Action::Drop(DropReason::Fragment));
         }
         let Some(spi) = crate::wire::esp::peek_spi(&buf[esp_at..esp_at + esp_len]) else {
-            return Action::Drop(DropReason::Malformed);
+            return Err(Action::Drop(DropReason::Malformed));
         };
         let Some(sa) = self.dp.sas.inbound(spi, guard) else {
-            return Action::Drop(DropReason::BadSpi);
+            return Err(Action::Drop(DropReason::BadSpi));
         };
         if let Some(r) = self.lifetime(sa, sa.lifetime.check_time(now)) {
-            return Action::Drop(r);
+            return Err(Action::Drop(r));
         }
-        let d = match esp::decap(sa, buf, l3.at, l3.hdr_len, l3.nh_field, esp_at, esp_len) {
+        match esp::decap::open_only(sa, buf, esp_at, esp_len) {
+            Ok(esp) => Ok(Opened {
+                sa,
+                esp,
+                ip_at: l3.at,
+                ip_hdr_len: l3.hdr_len,
+                nh_field: l3.nh_field,
+                v6: l3.v6,
+            }),
+            Err(e) => Err(Action::Drop(esp_drop(e))),
+        }
+    }
+
+    /// The inbound path after the replay commit: trailer checks, lifetime, selectors, ECN,
+    /// inner TTL, inner Ethernet header.
+    fn inbound_finish<F: FrameMut>(
+        &mut self,
+        f: &mut F,
+        o: &Opened<'_>,
+        now: u64,
+        spd: &Spd,
+        guard: &Guard,
+    ) -> Action {
+        let sa = o.sa;
+        let buf = f.buf_mut();
+        let d = match esp::decap::finish(sa, buf, o.ip_at, o.ip_hdr_len, o.nh_field, &o.esp) {
             Ok(d) => d,
             Err(e) => return Action::Drop(esp_drop(e)),
         };
@@ -772,7 +878,7 @@ impl<'a> Pipeline<'a> {
         }
         if sa.mode == Mode::Tunnel {
             // RFC 6040 §4.2 (normal mode): the outer ECN field onto the inner one.
-            let outer_ecn = ecn_of(&buf[l3.at..], l3.v6);
+            let outer_ecn = ecn_of(&buf[o.ip_at..], o.v6);
             let pkt = &mut buf[d.start..d.start + d.len];
             let inner_ecn = ecn_of(pkt, d.v6);
             match esp::decap::ecn_decap(inner_ecn, outer_ecn) {

@@ -20,6 +20,17 @@ pub struct Decapped {
     pub v6: bool,
 }
 
+/// An ESP packet authenticated and decrypted in place whose sequence number is not yet
+/// committed to the replay window (see [`open_only`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    /// The full 64-bit sequence number.
+    pub seq: u64,
+    /// Start and length of the decrypted ciphertext (payload, padding, trailer).
+    data: usize,
+    ct_len: usize,
+}
+
 /// Opens the ESP packet `buf[esp_at..esp_at + esp_len]` of `sa` (SPI already matched).
 /// Returns the decrypted payload range (payload without padding and trailer) and the next
 /// header value.
@@ -30,7 +41,26 @@ pub fn open_at(
     esp_at: usize,
     esp_len: usize,
 ) -> Result<(usize, usize, u8, u64), EspError> {
-    let esp = &mut buf[esp_at..esp_at + esp_len];
+    let o = open_only(sa, buf, esp_at, esp_len)?;
+    commit(sa, &o)?;
+    let (data_len, next_header) = trailer(buf, &o)?;
+    Ok((o.data, data_len, next_header, o.seq))
+}
+
+/// The first half of [`open_at`]: the replay pre-check and the ICV verification with
+/// decryption, without the replay commit. The caller commits the number ([`commit`], or
+/// `ReplayWindow::commit_block` for several numbers of a batch at once) before it looks at
+/// the trailer ([`finish`]), so that every authenticated packet moves the window.
+#[inline]
+pub fn open_only(
+    sa: &Sa,
+    buf: &mut [u8],
+    esp_at: usize,
+    esp_len: usize,
+) -> Result<Opened, EspError> {
+    let esp = buf
+        .get_mut(esp_at..esp_at.saturating_add(esp_len))
+        .ok_or(EspError::Malformed)?;
     let p = EspPacket::new_checked(&*esp).map_err(|_| EspError::Malformed)?;
     let ct_len = p.ciphertext_len();
     if ct_len % 4 != 0 {
@@ -51,8 +81,27 @@ pub fn open_at(
     let tag: &[u8; ICV_LEN] = (&*tag).try_into().map_err(|_| EspError::Malformed)?;
     sa.open(&nonce, &a[..alen], body, tag)
         .map_err(|_| EspError::Integrity)?;
-    // §3.4.3: the window is updated only after the ICV verified.
-    replay.commit(seq).map_err(|_| EspError::Replay)?;
+    Ok(Opened {
+        seq,
+        data: esp_at + PAYLOAD_OFFSET,
+        ct_len,
+    })
+}
+
+/// RFC 4303 §3.4.3: the window is updated only after the ICV verified.
+#[inline]
+pub fn commit(sa: &Sa, o: &Opened) -> Result<(), EspError> {
+    let replay = sa.replay.as_ref().ok_or(EspError::BadNextHeader)?;
+    replay.commit(o.seq).map_err(|_| EspError::Replay)
+}
+
+/// The trailer of an opened packet: payload length and next header.
+#[inline]
+fn trailer(buf: &[u8], o: &Opened) -> Result<(usize, u8), EspError> {
+    let body = buf
+        .get(o.data..o.data + o.ct_len)
+        .ok_or(EspError::Malformed)?;
+    let ct_len = o.ct_len;
     let next_header = body[ct_len - 1];
     let pad_len = body[ct_len - 2] as usize;
     if pad_len + 2 > ct_len {
@@ -67,7 +116,7 @@ pub fn open_at(
     {
         return Err(EspError::BadPadding);
     }
-    Ok((esp_at + PAYLOAD_OFFSET, data_len, next_header, seq))
+    Ok((data_len, next_header))
 }
 
 /// Decapsulates an ESP packet. `ip_start` is the outer IP header, `ip_hdr_len` its length
@@ -82,7 +131,23 @@ pub fn decap(
     esp_at: usize,
     esp_len: usize,
 ) -> Result<Decapped, EspError> {
-    let (data, data_len, next_header, seq) = open_at(sa, buf, esp_at, esp_len)?;
+    let o = open_only(sa, buf, esp_at, esp_len)?;
+    commit(sa, &o)?;
+    finish(sa, buf, ip_start, ip_hdr_len, nh_field, &o)
+}
+
+/// The second half of [`decap`], once `o`'s sequence number is committed: trailer checks,
+/// then the inner packet (tunnel) or the rebuilt one (transport).
+pub fn finish(
+    sa: &Sa,
+    buf: &mut [u8],
+    ip_start: usize,
+    ip_hdr_len: usize,
+    nh_field: usize,
+    o: &Opened,
+) -> Result<Decapped, EspError> {
+    let (data_len, next_header) = trailer(buf, o)?;
+    let (data, seq) = (o.data, o.seq);
     if next_header == proto::IPV6_NONXT {
         return Err(EspError::Dummy);
     }
