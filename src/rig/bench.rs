@@ -1770,7 +1770,11 @@ mod tests {
         let k = std::cell::Cell::new(0u32);
         let (ndr, pdr, _) = run_search(400_000.0, 130_000.0, 2, |r, _| {
             k.set(k.get() + 1);
-            if k.get() % 5 == 0 { 0.01 } else { m(r) }
+            if k.get().is_multiple_of(5) {
+                0.01
+            } else {
+                m(r)
+            }
         });
         assert!(ndr <= 100_000.0 && pdr <= 120_000.0, "{ndr} {pdr}");
     }
