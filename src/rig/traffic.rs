@@ -480,13 +480,14 @@ pub struct SinkReport {
     pub bytes: u64,
     /// Datagrams of other flows (an earlier trial still draining) or not ours.
     pub other: u64,
-    /// From the first to the last datagram counted.
+    /// From the first datagram counted to the last datagram received.
     pub seconds: f64,
 }
 
 /// Counts datagrams (recvmmsg) of `flow` (or of every flow) until `stop` is set, then until
-/// nothing more arrived for `idle` (a system with a deep queue still delivers after the sender
-/// stopped: those packets count), or until `max` in any case. `ready` runs once the socket
+/// no datagram of any flow arrived for `idle` (a system with a deep queue still delivers after
+/// the sender stopped: those packets count, and the next trial starts on a drained system), or
+/// until `max` in any case. `ready` runs once the socket
 /// is bound.
 pub fn sink(
     bind: SocketAddr,
@@ -519,6 +520,8 @@ pub fn sink(
             continue;
         }
         for (b, &l) in bufs.iter().zip(lens.iter()).take(n) {
+            // Quiet means no datagram at all: an earlier trial's backlog drains first.
+            last = Instant::now();
             let ours = l >= HEADER
                 && b[..4] == MAGIC.to_be_bytes()
                 && flow.is_none_or(|f| b[4..8] == f.to_be_bytes());
@@ -526,7 +529,6 @@ pub fn sink(
                 r.other += 1;
                 continue;
             }
-            last = Instant::now();
             first.get_or_insert(last);
             r.received += 1;
             r.bytes += (l + ip_hdr) as u64;
