@@ -1,7 +1,9 @@
 //! A small traffic generator and checking sink for the rig (`espd traffic ...`, run inside the
 //! host namespaces). Every UDP datagram carries a flow id, a sequence number and a payload
 //! derived from both, so the sink checks every byte, and counts losses and duplicates. TCP
-//! streams a deterministic byte pattern that the sink checks byte for byte.
+//! streams a deterministic byte pattern that the sink checks byte for byte. For `espd bench`:
+//! a paced or flooding sender ([`blast`]) and a counting [`sink`] for throughput and CPU
+//! trials, and request/response round trips ([`rr`] against an [`echo`] responder).
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
