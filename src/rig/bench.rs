@@ -581,6 +581,7 @@ impl Up {
                 for mut c in procs {
                     c.stop(Duration::from_secs(5));
                 }
+                kernel_routing(false)?;
             }
         }
         Ok(())
