@@ -675,13 +675,15 @@ fn search(ctx: &Ctx, o: &BenchOptions, size: usize, flood: &Value) -> anyhow::Re
         "ndr": at(s.result(0)),
         "pdr": at(s.result(1)),
         "trials": trials.iter().map(|p| p.len()).collect::<Vec<_>>(),
-        "trial_log": trials.iter().flatten().map(|t| json!([t["seconds"], t["target_pps"], t["loss"]])).collect::<Vec<_>>(),
+        // [trial seconds, rate asked, rate offered, loss] in the order run.
+        "trial_log": trials.iter().flatten().map(|t| json!([t["seconds"], t["target_pps"], t["offered_pps"], t["loss"]])).collect::<Vec<_>>(),
     }))
 }
 
 fn progress(run: usize, runs: usize, what: &str) {
     println!("[run {}/{runs}] {what}", run + 1);
 }
+
 fn kernel_routing(on: bool) -> anyhow::Result<()> {
     let v = if on { "1" } else { "0" };
     for (gw, net, via) in [
@@ -1382,8 +1384,10 @@ pub fn compare(new: &Value, old: &Value) -> String {
     let mut s = String::from(
         "\nchange against the earlier report (medians; CHANGED: the difference is bigger than the\nwider min–max spread of the two reports, else within noise):\n",
     );
+    let mut found = 0;
     let mut line = |what: String, o: &Value, n: &Value| {
         if let Some((a, b, changed)) = change(o, n) {
+            found += 1;
             let _ = writeln!(
                 s,
                 "  {what:<40} {a:>12.2} → {b:>12.2} ({:+.1} %){}",
@@ -1433,6 +1437,11 @@ pub fn compare(new: &Value, old: &Value) -> String {
                 );
             }
         }
+    }
+    if found == 0 {
+        s.push_str(
+            "  nothing to compare (the earlier report has none of these figures as medians)\n",
+        );
     }
     s
 }
