@@ -124,6 +124,9 @@ pub enum TrafficOp {
         flow: Option<u32>,
         #[arg(long, default_value_t = 0.2)]
         idle: f64,
+        /// Datagrams more than this many seconds after SIGTERM also count as late.
+        #[arg(long, default_value_t = 2.0)]
+        grace: f64,
         #[arg(long, default_value_t = 120.0)]
         max: f64,
     },
@@ -224,11 +227,13 @@ pub fn traffic(a: TrafficArgs) -> anyhow::Result<()> {
             bind,
             flow,
             idle,
+            grace,
             max,
         } => serde_json::to_string(&traffic::sink(
             bind,
             flow,
             Duration::from_secs_f64(idle),
+            Duration::from_secs_f64(grace),
             Duration::from_secs_f64(max),
             &stop_on_signal(),
             ready,

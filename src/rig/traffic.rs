@@ -340,6 +340,7 @@ mod tests {
                 "127.0.0.1:47114".parse().unwrap(),
                 Some(7),
                 Duration::from_millis(100),
+                Duration::from_secs(1),
                 Duration::from_secs(30),
                 &STOP,
                 || tx.send(()).unwrap(),
@@ -354,7 +355,7 @@ mod tests {
         assert_eq!((mine.sent, other.sent), (1000, 100));
         STOP.store(true, Ordering::Relaxed);
         let r = sink.join().unwrap();
-        assert_eq!((r.received, r.other), (mine.sent, other.sent));
+        assert_eq!((r.received, r.other, r.late), (mine.sent, other.sent, 0));
         // IMIX: 7:4:1 of 64, 576 and 1400 bytes.
         assert_eq!(r.bytes, mine.bytes);
         assert_eq!(mean_ip_size(0), 346.0);
@@ -480,6 +481,9 @@ pub struct SinkReport {
     pub received: u64,
     /// IP bytes of those datagrams.
     pub bytes: u64,
+    /// Of `received`, those that came more than `grace` after the stop: late (a queue
+    /// draining), not forwarded at the rate offered.
+    pub late: u64,
     /// Datagrams of other flows (an earlier trial still draining) or not ours.
     pub other: u64,
     /// From the first datagram counted to the last datagram received.
@@ -489,12 +493,13 @@ pub struct SinkReport {
 /// Counts datagrams (recvmmsg) of `flow` (or of every flow) until `stop` is set, then until
 /// no datagram of any flow arrived for `idle` (a system with a deep queue still delivers after
 /// the sender stopped: those packets count, and the next trial starts on a drained system), or
-/// until `max` in any case. `ready` runs once the socket
-/// is bound.
+/// until `max` in any case; those that came more than `grace` after the stop are also counted
+/// as `late`. `ready` runs once the socket is bound.
 pub fn sink(
     bind: SocketAddr,
     flow: Option<u32>,
     idle: Duration,
+    grace: Duration,
     max: Duration,
     stop: &AtomicBool,
     ready: impl FnOnce(),
@@ -533,6 +538,9 @@ pub fn sink(
             }
             first.get_or_insert(last);
             r.received += 1;
+            if stopped.is_some_and(|t| last.duration_since(t) > grace) {
+                r.late += 1;
+            }
             r.bytes += (l + ip_hdr) as u64;
         }
     }
