@@ -34,7 +34,8 @@ enum Cmd {
     #[command(hide = true)]
     Keyer(rig::KeyerArgs),
     /// Benchmark suite on the rig: espd against crypto-off forwarding, kernel routing and
-    /// strongSwan; throughput, latency, rekeys under load; JSON report and SVG plots.
+    /// strongSwan; round trips, CPU per packet, RFC 2544 throughput (NDR/PDR), rekeys under
+    /// load; median of --runs; JSON and text reports, SVG plots.
     Bench(rig::BenchArgs),
     /// The veth test rig (network namespaces host-a, gw-a, wan, gw-b, host-b).
     Rig(rig::RigArgs),

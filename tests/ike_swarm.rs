@@ -22,7 +22,16 @@ fn a_small_swarm_sets_up_every_peer_against_espd_and_strongswan() {
     }
     let out = std::env::temp_dir().join(format!("espd-ike-swarm-test-{}", std::process::id()));
     let o = std::process::Command::new(EXE)
-        .args(["bench", "--ike", "--ike-peers", "40", "--ike-window", "8"])
+        .args([
+            "bench",
+            "--ike",
+            "--ike-peers",
+            "40",
+            "--ike-window",
+            "8",
+            "--runs",
+            "1",
+        ])
         .args(["--systems", "espd,strongswan", "--out"])
         .arg(&out)
         .output()

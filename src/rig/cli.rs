@@ -115,12 +115,18 @@ pub enum TrafficOp {
         #[arg(long, default_value_t = 0)]
         pps: u64,
     },
-    /// Counts datagrams (recvmmsg) and their one-way latency.
+    /// Counts datagrams (recvmmsg) of one flow (or all) until SIGTERM, then until nothing
+    /// arrived for --idle seconds; prints `ready` once bound.
     Sink {
         #[arg(long)]
         bind: SocketAddr,
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long)]
+        flow: Option<u32>,
+        #[arg(long, default_value_t = 0.2)]
         idle: f64,
+        /// Datagrams more than this many seconds after SIGTERM also count as late.
+        #[arg(long, default_value_t = 2.0)]
+        grace: f64,
         #[arg(long, default_value_t = 120.0)]
         max: f64,
     },
@@ -134,6 +140,31 @@ pub enum TrafficOp {
         psk_file: PathBuf,
         #[arg(long, default_value_t = 180.0)]
         timeout: f64,
+    },
+    /// Request/response responder: echoes every datagram until SIGTERM or --max seconds;
+    /// prints `ready` once bound.
+    Echo {
+        #[arg(long)]
+        bind: SocketAddr,
+        #[arg(long, default_value_t = 120.0)]
+        max: f64,
+    },
+    /// Round trips to an `echo` responder (like netperf UDP_RR; like `ping` with
+    /// --interval-us): --count requests of --size-byte IP packets, --outstanding in flight.
+    Rr {
+        #[arg(long)]
+        dst: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 1000)]
+        count: u64,
+        #[arg(long, default_value_t = 0)]
+        interval_us: u64,
+        #[arg(long, default_value_t = 1)]
+        outstanding: u32,
+        /// A request unanswered for this long is lost.
+        #[arg(long, default_value_t = 200)]
+        timeout_ms: u64,
     },
     TcpSend {
         #[arg(long)]
@@ -149,6 +180,22 @@ pub enum TrafficOp {
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
+}
+
+/// A flag that SIGTERM and SIGINT set: the sink and the echo responder stop on it and still
+/// print their report.
+fn stop_on_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let f = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, f.clone());
+    }
+    f
+}
+
+/// Tells the process that started a tool that its socket is bound (the first line of stdout).
+fn ready() {
+    println!("ready");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 }
 
 /// `espd traffic ...`: runs one tool and prints its report as a JSON line.
@@ -193,11 +240,41 @@ pub fn traffic(a: TrafficArgs) -> anyhow::Result<()> {
             seconds,
             pps,
         } => serde_json::to_string(&traffic::blast(dst, flow, size, seconds, pps)?)?,
-        TrafficOp::Sink { bind, idle, max } => serde_json::to_string(&traffic::sink(
+        TrafficOp::Sink {
             bind,
+            flow,
+            idle,
+            grace,
+            max,
+        } => serde_json::to_string(&traffic::sink(
+            bind,
+            flow,
             Duration::from_secs_f64(idle),
+            Duration::from_secs_f64(grace),
             Duration::from_secs_f64(max),
-            if bind.is_ipv4() { 28 } else { 48 },
+            &stop_on_signal(),
+            ready,
+        )?)?,
+        TrafficOp::Echo { bind, max } => serde_json::to_string(&traffic::echo(
+            bind,
+            Duration::from_secs_f64(max),
+            &stop_on_signal(),
+            ready,
+        )?)?,
+        TrafficOp::Rr {
+            dst,
+            size,
+            count,
+            interval_us,
+            outstanding,
+            timeout_ms,
+        } => serde_json::to_string(&traffic::rr(
+            dst,
+            size,
+            count,
+            Duration::from_micros(interval_us),
+            outstanding,
+            Duration::from_millis(timeout_ms),
         )?)?,
         TrafficOp::TcpSend { dst, bytes } => {
             serde_json::to_string(&traffic::tcp_send(dst, bytes)?)?
@@ -303,17 +380,46 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<()> {
 // The arguments of `espd bench`.
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// Full trial length: RFC 2544 final trials, the flood, the CPU window.
     #[arg(long, default_value_t = 4.0)]
     pub seconds: f64,
+    /// Length of the throughput search's first, shorter trials.
+    #[arg(long, default_value_t = 1.0)]
+    pub trial_seconds: f64,
+    /// The search stops when NDR and PDR are each known within this fraction.
+    #[arg(long, default_value_t = 0.05)]
+    pub precision: f64,
+    /// Measurements of every figure; the report gives their median and min–max.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
     /// Comma-separated IP packet sizes; 0 or imix for IMIX.
     #[arg(long, default_value = "64,512,1372,1400,imix")]
     pub sizes: String,
     #[arg(long, default_value = "espd,null,kernel,strongswan")]
     pub systems: String,
-    #[arg(long, default_value_t = 10_000)]
-    pub latency_pps: u64,
+    /// Offered loads (pps) of the CPU-per-packet points.
+    #[arg(long, default_value = "10000,20000,50000")]
+    pub cpu_loads: String,
+    /// IP packet sizes of the CPU-per-packet points.
+    #[arg(long, default_value = "64,1400")]
+    pub cpu_sizes: String,
+    /// Round trips per run (0: none).
+    #[arg(long, default_value_t = 2000)]
+    pub rtt_count: u64,
+    /// Gap between round-trip requests, µs (0: back to back, like netperf UDP_RR).
+    #[arg(long, default_value_t = 2000)]
+    pub rtt_interval_us: u64,
+    /// Round-trip requests in flight.
+    #[arg(long, default_value_t = 1)]
+    pub rtt_outstanding: u32,
+    /// Skip the throughput search and the flood (round trips and CPU only).
+    #[arg(long)]
+    pub no_throughput: bool,
+    /// Rekey interval of the rekeys-under-load check (0: skip it).
     #[arg(long, default_value_t = 100)]
     pub rekey_ms: u64,
+    #[arg(long, default_value_t = 10_000)]
+    pub rekey_pps: u64,
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
     #[arg(long)]
@@ -328,12 +434,26 @@ pub struct BenchArgs {
     /// Setups in flight at once (with --ike).
     #[arg(long, default_value_t = 50)]
     pub ike_window: usize,
-    /// Runs per responder, interleaved (with --ike).
-    #[arg(long, default_value_t = 1)]
-    pub ike_runs: usize,
 }
 
-/// `espd bench`: checks `--sizes` (64..=1400 or IMIX), then runs the suite.
+/// A comma-separated list of IP packet sizes (64..=1400, or 0/imix for IMIX).
+fn parse_sizes(what: &str, list: &str) -> anyhow::Result<Vec<usize>> {
+    let sizes = list
+        .split(',')
+        .map(|s| match s.trim() {
+            "imix" | "0" => Ok(0),
+            n => n
+                .parse::<usize>()
+                .map_err(|_| anyhow::anyhow!("{what}: `{n}` is not a size")),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(bad) = sizes.iter().find(|s| **s != 0 && !(64..=1400).contains(*s)) {
+        anyhow::bail!("{what}: {bad} is outside 64..=1400 (the rig's LAN MTU is 1400)");
+    }
+    Ok(sizes)
+}
+
+/// `espd bench`: checks the arguments, then runs the suite.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.ike {
         let systems: Vec<String> = a
@@ -355,30 +475,49 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
             peers: a.ike_peers,
             window: a.ike_window.max(1),
             systems,
-            runs: a.ike_runs.max(1),
+            runs: a.runs.max(1),
             out: a.out,
         })?;
         return Ok(());
     }
-    let sizes = a
-        .sizes
+    let sizes = parse_sizes("--sizes", &a.sizes)?;
+    let cpu_sizes = parse_sizes("--cpu-sizes", &a.cpu_sizes)?;
+    let cpu_loads = a
+        .cpu_loads
         .split(',')
-        .map(|s| match s.trim() {
-            "imix" | "0" => Ok(0),
-            n => n
-                .parse::<usize>()
-                .map_err(|_| anyhow::anyhow!("--sizes: `{n}` is not a size")),
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| anyhow::anyhow!("--cpu-loads: `{s}` is not a rate in pps"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if let Some(bad) = sizes.iter().find(|s| **s != 0 && !(64..=1400).contains(*s)) {
-        anyhow::bail!("--sizes: {bad} is outside 64..=1400 (the rig's LAN MTU is 1400)");
+    if a.runs == 0 {
+        anyhow::bail!("--runs must be at least 1");
+    }
+    if !(a.seconds > 0.0 && a.trial_seconds > 0.0) {
+        anyhow::bail!("--seconds and --trial-seconds must be positive");
+    }
+    if !(a.precision > 0.0 && a.precision < 1.0) {
+        anyhow::bail!("--precision is a fraction between 0 and 1");
     }
     super::bench::run(&super::bench::BenchOptions {
         seconds: a.seconds,
+        trial_seconds: a.trial_seconds,
+        precision: a.precision,
+        runs: a.runs,
         sizes,
         systems: a.systems.split(',').map(|s| s.trim().to_string()).collect(),
-        latency_pps: a.latency_pps,
+        cpu_loads,
+        cpu_sizes,
+        rtt_count: a.rtt_count,
+        rtt_interval_us: a.rtt_interval_us,
+        rtt_outstanding: a.rtt_outstanding,
+        no_throughput: a.no_throughput,
         rekey_ms: a.rekey_ms,
+        rekey_pps: a.rekey_pps,
         out: a.out,
         compare: a.compare,
     })?;
