@@ -27,6 +27,9 @@ const MAX_DATAGRAM: usize = 65_535;
 /// snapshot covers every peer (thousands on a concentrator).
 const STATUS_EVERY_NS: u64 = 200_000_000;
 const STATUS_SOON_NS: u64 = 20_000_000;
+/// How long past a main mode's negotiated lifetime its responder waits for the initiator's
+/// DELETE before ending it itself (13885 `lifetime`).
+const RESPONDER_GRACE_S: u64 = 1;
 /// Inputs taken per round of the IKE thread before timers and actions.
 const INPUTS_PER_ROUND: usize = 64;
 
@@ -543,13 +546,22 @@ impl Driver {
                     initiator,
                 } => {
                     let (tunnel, remote) = self.who(peer);
+                    // The initiator's timer ends the main mode and its DELETE tells us; as
+                    // responder we enforce the lifetime only RESPONDER_GRACE_S later. With
+                    // equal timers both ends fired within the DELETE's flight time about one
+                    // time in five and both reported `lifetime`.
+                    let enforced_s = if initiator {
+                        lifetime_s
+                    } else {
+                        lifetime_s.saturating_add(RESPONDER_GRACE_S)
+                    };
                     let _ = self.control.call(move |c: &mut Control, now| {
                         let r = c.main_mode_up(
                             MainMode {
                                 icookie,
                                 rcookie,
                                 peer: remote,
-                                lifetime_s,
+                                lifetime_s: enforced_s,
                                 lifetime_kb,
                                 children: Vec::new(),
                             },

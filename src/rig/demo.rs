@@ -11,8 +11,9 @@ use super::procs::{Proc, capture_wan, count_wire, start_gateways};
 use super::{Rig, RigSpec};
 
 /// The demo's IKE: quick modes of 10 s rekeyed 6 s before they end (every ~4 s), main modes
-/// of 10 s without reauthentication: gw-a's ends by lifetime (13885 `lifetime`) and its
-/// DELETE reaches gw-b (13885 `peer_delete`); the next rekey sets up a new main mode first.
+/// of 10 s without reauthentication: gw-a's (the initiator's) ends by lifetime (13885
+/// `lifetime`) and its DELETE reaches gw-b (13885 `peer_delete`), which as responder would
+/// end it only a second later; the next rekey sets up a new main mode first.
 ///
 /// With strongSwan as gw-b the main mode is strongSwan's to end: it reauthenticates after
 /// 6 s (a new main mode adopts the children) and deletes the old one (13885 `peer_delete` on
