@@ -1425,15 +1425,7 @@ secrets {{
         );
         let sas = l.swanctl(&["--list-sas"]);
         eprintln!("{sas}");
-        let (i, r) = match l.ev.iter().find_map(|a| match a {
-            Action::MainModeUp {
-                icookie, rcookie, ..
-            } => Some((*icookie, *rcookie)),
-            _ => None,
-        }) {
-            Some(x) => x,
-            None => panic!("no main mode"),
-        };
+        let (i, r, _) = *mains_up(&l.ev).first().expect("no main mode");
         assert_eq!(sw_cookies(&sas), vec![(i, r)], "cookies");
         let child = match &l.ev.iter().rev().find(|a| is_child(a)) {
             Some(Action::ChildUp(c)) => (c.inbound.spi, c.outbound.spi, c.udp_encap),
@@ -1506,18 +1498,7 @@ secrets {{
             l.ev
         );
         let _ = init.wait();
-        let ups: Vec<(u64, u64, bool)> =
-            l.ev.iter()
-                .filter_map(|a| match a {
-                    Action::MainModeUp {
-                        icookie,
-                        rcookie,
-                        initiator,
-                        ..
-                    } => Some((*icookie, *rcookie, *initiator)),
-                    _ => None,
-                })
-                .collect();
+        let ups = mains_up(&l.ev);
         let (i2, r2, ini) = *ups.last().unwrap();
         assert!(!ini);
         assert_eq!(sw_cookies(&l.swanctl(&["--list-sas"])), vec![(i2, r2)]);

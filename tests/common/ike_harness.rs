@@ -74,6 +74,21 @@ fn peer(a_side: bool) -> IkePeer {
     }
 }
 
+/// The main modes that came up in `ev`: (icookie, rcookie, initiator), in order.
+fn mains_up(ev: &[Action]) -> Vec<(u64, u64, bool)> {
+    ev.iter()
+        .filter_map(|a| match a {
+            Action::MainModeUp {
+                icookie,
+                rcookie,
+                initiator,
+                ..
+            } => Some((*icookie, *rcookie, *initiator)),
+            _ => None,
+        })
+        .collect()
+}
+
 struct Side {
     e: Engine,
     env: TestEnv,
@@ -98,18 +113,7 @@ impl Side {
     }
 
     fn mm_up(&self) -> Vec<(u64, u64, bool)> {
-        self.ev
-            .iter()
-            .filter_map(|a| match a {
-                Action::MainModeUp {
-                    icookie,
-                    rcookie,
-                    initiator,
-                    ..
-                } => Some((*icookie, *rcookie, *initiator)),
-                _ => None,
-            })
-            .collect()
+        mains_up(&self.ev)
     }
     fn mm_down(&self) -> Vec<(u64, u64, MmEnd)> {
         self.ev
