@@ -127,6 +127,17 @@ fn bench_round_trips_agree_with_ping_and_the_report_has_every_figure() {
         );
         assert_eq!(c["saturated"], false, "{sys}: {c}");
         assert!(med(&c["machine_busy_us_per_pkt"]) > 0.0, "{sys}: {c}");
+        // The machine's busy time includes the load tools' CPU (to /proc's tick rounding: two
+        // ticks at each end of the window, 10 ms each).
+        for t in c["trials"].as_array().unwrap() {
+            let cpu = &t["cpu"];
+            let slack = 4.0 * 10_000.0 / cpu["packets"].as_f64().unwrap();
+            assert!(
+                cpu["machine_busy_us_per_pkt"].as_f64().unwrap()
+                    >= cpu["load_tools_us_per_pkt"].as_f64().unwrap() - slack,
+                "{sys}: {cpu}"
+            );
+        }
         assert!(med(&c["machine_net_us_per_pkt"]).is_finite(), "{sys}: {c}");
         if sys == "espd" {
             assert!(med(&c["process_us_per_pkt"]) > 0.0, "{c}");
