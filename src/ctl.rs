@@ -1,9 +1,12 @@
 //! `espd ctl`: a client for the control socket. Each subcommand sends one JSON request and
-//! prints the JSON answer; `events` follows the event stream; `raw` sends request lines read
-//! from its argument or, with `-`, from stdin (keeps keys off the command line). The
-//! subcommands' arguments ([`CtlArgs`]) live here; [`run`] turns them into requests.
+//! prints the answer: as aligned tables for operators (`status`, `sa list`, `tunnel list`,
+//! `policy list`, `ike list`, `mm list`, `stats`), or with `--json` as one JSON document.
+//! `events` follows the event stream; `raw` sends request lines read from its argument or,
+//! with `-`, from stdin. Keys never travel on the command line: `--key-file FILE` (or `-`
+//! for stdin) reads them into buffers wiped on drop. The subcommands' arguments
+//! ([`CtlArgs`]) live here; [`run`] turns them into requests.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -61,11 +64,137 @@ pub fn events(socket: &Path) -> anyhow::Result<bool> {
     }
 }
 
-// The arguments of `espd ctl` (its help text is the subcommand's doc comment in main.rs).
+/// Sends one request line (it may carry a key: the caller's buffer is wiped on drop).
+fn ask(socket: &Path, line: &str) -> anyhow::Result<Value> {
+    let mut c =
+        Client::connect(socket).map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
+    Ok(c.call_raw(line)?)
+}
+
+/// Prints an answer: `--json` as one pretty JSON document, else `human(answer)`; an error as
+/// `error: ...`. Returns false for an error.
+fn show(json: bool, v: &Value, human: impl Fn(&Value) -> String) -> bool {
+    let ok = v["ok"] == true;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+        );
+    } else if !ok {
+        println!("error: {}", v["error"].as_str().unwrap_or("(no message)"));
+    } else {
+        print!("{}", human(v));
+    }
+    ok
+}
+
+/// The most bytes a key file may hold (hex of a 36-byte key‖salt is 72 digits; the rest is
+/// room for whitespace and a `0x`).
+const MAX_KEY_FILE: usize = 4096;
+
+/// Reads a key (hex of key‖salt) from `src`, or from stdin when it is `-`: whitespace and a
+/// leading `0x` are removed, the digits are checked to be hexadecimal, and every buffer that
+/// held them is wiped on drop. Errors never quote the file's content.
+pub fn read_key(src: &Path) -> anyhow::Result<Zeroizing<String>> {
+    let mut buf = Zeroizing::new(vec![0u8; MAX_KEY_FILE + 1]);
+    let mut n = 0;
+    let mut fill = |r: &mut dyn Read| -> std::io::Result<()> {
+        while n < buf.len() {
+            match r.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    let name = src.display().to_string();
+    if src == Path::new("-") {
+        fill(&mut std::io::stdin().lock())
+    } else {
+        std::fs::File::open(src).and_then(|mut f| fill(&mut f))
+    }
+    .map_err(|e| anyhow::anyhow!("key file {name}: {e}"))?;
+    if n > MAX_KEY_FILE {
+        anyhow::bail!("key file {name}: longer than {MAX_KEY_FILE} bytes: not a key");
+    }
+    parse_key(&buf[..n]).map_err(|e| anyhow::anyhow!("key file {name}: {e}"))
+}
+
+/// The hex digits of `text` (whitespace and a leading `0x` removed), checked.
+fn parse_key(text: &[u8]) -> Result<Zeroizing<String>, &'static str> {
+    let mut key = Zeroizing::new(String::with_capacity(text.len()));
+    for &b in text.iter().filter(|b| !b.is_ascii_whitespace()) {
+        key.push(char::from(b));
+    }
+    if key.starts_with("0x") || key.starts_with("0X") {
+        key.replace_range(..2, "");
+    }
+    if key.is_empty() {
+        return Err("empty: expected the key‖salt in hex");
+    }
+    if !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("not hexadecimal (expected the key‖salt in hex)");
+    }
+    Ok(key)
+}
+
+/// A value spliced into a request by [`splice`]: JSON text as is, or a string (quoted, not
+/// escaped: hex only).
+enum Part<'a> {
+    Json(&'a str),
+    Hex(&'a str),
+}
+
+/// `fields` (a JSON object) with `parts` added, as text in a buffer wiped on drop, sized once
+/// so that no reallocation leaves a copy of a key behind. Keys never pass through a `Value`.
+fn splice(fields: &Value, parts: &[(&str, Part<'_>)]) -> Zeroizing<String> {
+    let head = fields.to_string();
+    let head = head.strip_suffix('}').unwrap_or(&head);
+    let len = head.len()
+        + 2
+        + parts
+            .iter()
+            .map(|(k, p)| {
+                k.len()
+                    + 6
+                    + match p {
+                        Part::Json(t) | Part::Hex(t) => t.len(),
+                    }
+            })
+            .sum::<usize>();
+    let mut s = Zeroizing::new(String::with_capacity(len));
+    s.push_str(head);
+    for (k, p) in parts {
+        if !s.ends_with('{') {
+            s.push(',');
+        }
+        s.push('"');
+        s.push_str(k);
+        s.push_str("\":");
+        match p {
+            Part::Json(t) => s.push_str(t),
+            Part::Hex(t) => {
+                s.push('"');
+                s.push_str(t);
+                s.push('"');
+            }
+        }
+    }
+    s.push('}');
+    s
+}
+
+/// The arguments of `espd ctl` (its help text is the subcommand's doc comment in main.rs).
 #[derive(clap::Args)]
 pub struct CtlArgs {
+    /// The daemon's control socket (`[control] socket` in its config).
     #[arg(long, default_value = "/run/espd/espd.sock")]
     pub socket: PathBuf,
+    /// Print the daemon's answer as one JSON document (the machine form) instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub op: CtlOp,
 }
@@ -78,17 +207,23 @@ pub enum CtlOp {
         op: SaOp,
     },
     /// Make-before-break rekey of a tunnel's outbound SA (optionally with its new inbound SA).
+    /// Keys are read from files (`-`: stdin), never from the command line.
     Rekey {
+        /// The tunnel whose outbound SA is replaced.
         #[arg(long)]
         tunnel: String,
+        /// SPI of the new outbound SA (`0x...` or decimal).
         #[arg(long)]
         out_spi: String,
-        #[arg(long)]
-        out_key: String,
+        /// File holding the new outbound SA's key‖salt in hex (`-`: stdin).
+        #[arg(long, value_name = "FILE")]
+        out_key_file: PathBuf,
+        /// SPI of the new inbound SA, installed first (with --in-key-file).
         #[arg(long)]
         in_spi: Option<String>,
-        #[arg(long)]
-        in_key: Option<String>,
+        /// File holding the new inbound SA's key‖salt in hex (`-`: stdin; not both keys).
+        #[arg(long, value_name = "FILE")]
+        in_key_file: Option<PathBuf>,
         /// Inbound SA to retire after the grace period.
         #[arg(long)]
         retire: Option<String>,
@@ -106,10 +241,38 @@ pub enum CtlOp {
     },
     /// Follow the event stream (one JSON line per event).
     Events,
-    /// Counters.
+    /// Counters: the workers' (per path, drops by reason and code) and the control thread's.
     Stats,
     /// Send raw JSON request lines (`-`: read them from stdin).
-    Raw { request: String },
+    Raw {
+        /// One request line, or `-` to read lines from stdin.
+        request: String,
+    },
+    /// Uptime, workers, tunnels, SAs by direction, packets and bytes in and out, drops, IKE
+    /// peers up, and one line per tunnel.
+    Status,
+    /// Tunnels: configuration, SAs and counters summed over their SAs (rekeys included).
+    Tunnel {
+        #[command(subcommand)]
+        op: TunnelOp,
+    },
+    /// The security policy database, in match order.
+    Policy {
+        #[command(subcommand)]
+        op: PolicyOp,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum TunnelOp {
+    /// One line per tunnel.
+    List,
+}
+
+#[derive(clap::Subcommand)]
+pub enum PolicyOp {
+    /// One line per policy, first match first.
+    List,
 }
 
 #[derive(clap::Subcommand)]
@@ -117,51 +280,76 @@ pub enum IkeOp {
     /// Peers, their main modes and children.
     List,
     /// Set the tunnel up (main mode if needed, then quick mode).
-    Initiate { tunnel: String },
+    Initiate {
+        /// The tunnel of an `[[ike.peers]]` entry.
+        tunnel: String,
+    },
     /// ESP and ISAKMP DELETEs to the peer; the tunnel's SAs are removed.
-    Terminate { tunnel: String },
+    Terminate {
+        /// The tunnel of an `[[ike.peers]]` entry.
+        tunnel: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
 pub enum SaOp {
+    /// One line per SA: tunnel, direction, SPI, counters, age, lifetime left, failures.
     List {
+        /// Only SAs of this direction (`in` or `out`).
         #[arg(long)]
         direction: Option<String>,
     },
+    /// One SA with its counters and transferable state (never its key).
     Get {
+        /// The SA's SPI (`0x...` or decimal).
         spi: String,
+        /// `in` or `out`.
         direction: String,
     },
+    /// Install an SA; its key is read from a file or stdin, never from the command line.
     Add {
+        /// The tunnel the SA belongs to.
         #[arg(long)]
         tunnel: String,
+        /// `in` or `out`.
         #[arg(long)]
         direction: String,
+        /// The SA's SPI (`0x...` or decimal).
         #[arg(long)]
         spi: String,
-        /// key‖salt in hex (prefer `ctl raw -` to keep keys out of the process list).
-        #[arg(long)]
-        key: String,
+        /// File holding key‖salt in hex (20 or 36 bytes); `-` reads it from stdin.
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+        /// 64-bit extended sequence numbers (RFC 4303 §2.2.1).
         #[arg(long)]
         esn: bool,
     },
+    /// Remove an SA at once.
     Del {
+        /// The SA's SPI (`0x...` or decimal).
         spi: String,
+        /// `in` or `out`.
         direction: String,
     },
 }
 
 #[derive(clap::Subcommand)]
 pub enum MmOp {
+    /// Record a main mode (phase 1 SA) of an external IKE daemon.
     Add {
+        /// Initiator cookie, hex (8 bytes).
         #[arg(long)]
         icookie: String,
+        /// Responder cookie, hex (8 bytes).
         #[arg(long)]
         rcookie: String,
+        /// The peer's IP address.
         #[arg(long)]
         peer: String,
+        /// Lifetime in seconds (13885 when it ends).
         #[arg(long)]
         lifetime: u64,
+        /// Lifetime in kilobytes over its children.
         #[arg(long)]
         kb: Option<u64>,
         /// A child SA and its direction, `in:SPI` or `out:SPI` (repeatable).
@@ -170,60 +358,94 @@ pub enum MmOp {
     },
     /// Report that the peer deleted the main mode (surfaces 13885).
     Delete {
+        /// Initiator cookie, hex (8 bytes).
         #[arg(long)]
         icookie: String,
+        /// Responder cookie, hex (8 bytes).
         #[arg(long)]
         rcookie: String,
     },
+    /// The recorded main modes.
     List,
 }
 
 /// `espd ctl`: one request (or the event stream, or raw lines); fails when the daemon refuses.
 pub fn run(a: CtlArgs) -> anyhow::Result<()> {
     let socket = a.socket;
+    let js = a.json;
+    let req = |v: Value| ask(&socket, &Zeroizing::new(v.to_string()));
     let ok = match a.op {
         CtlOp::Sa { op } => match op {
-            SaOp::List { direction } => {
-                call(&socket, json!({"op": "sa_list", "direction": direction}))?
-            }
-            SaOp::Get { spi, direction } => call(
-                &socket,
-                json!({"op": "sa_get", "spi": spi, "direction": direction}),
-            )?,
+            SaOp::List { direction } => show(
+                js,
+                &req(json!({"op": "sa_list", "direction": direction}))?,
+                table::sa_list,
+            ),
+            SaOp::Get { spi, direction } => show(
+                js,
+                &req(json!({"op": "sa_get", "spi": spi, "direction": direction}))?,
+                table::fields,
+            ),
             SaOp::Add {
                 tunnel,
                 direction,
                 spi,
-                key,
+                key_file,
                 esn,
-            } => call(
-                &socket,
-                json!({"op": "sa_add", "sa": {"tunnel": tunnel, "direction": direction, "spi": spi, "key": key, "esn": esn}}),
-            )?,
-            SaOp::Del { spi, direction } => call(
-                &socket,
-                json!({"op": "sa_delete", "spi": spi, "direction": direction}),
-            )?,
+            } => {
+                let key = read_key(&key_file)?;
+                let sa = splice(
+                    &json!({"tunnel": tunnel, "direction": direction, "spi": spi, "esn": esn}),
+                    &[("key", Part::Hex(&key))],
+                );
+                let line = splice(&json!({"op": "sa_add"}), &[("sa", Part::Json(&sa))]);
+                show(js, &ask(&socket, &line)?, table::fields)
+            }
+            SaOp::Del { spi, direction } => show(
+                js,
+                &req(json!({"op": "sa_delete", "spi": spi, "direction": direction}))?,
+                table::fields,
+            ),
         },
         CtlOp::Rekey {
             tunnel,
             out_spi,
-            out_key,
+            out_key_file,
             in_spi,
-            in_key,
+            in_key_file,
             retire,
         } => {
-            let inbound = match (in_spi, in_key) {
-                (Some(s), Some(k)) => {
-                    json!({"tunnel": tunnel, "direction": "in", "spi": s, "key": k})
+            let stdin = Path::new("-");
+            if out_key_file == stdin && in_key_file.as_deref() == Some(stdin) {
+                anyhow::bail!("--out-key-file and --in-key-file cannot both be stdin (`-`)");
+            }
+            let inbound = match (in_spi, in_key_file) {
+                (Some(s), Some(f)) => {
+                    let k = read_key(&f)?;
+                    Some(splice(
+                        &json!({"tunnel": tunnel, "direction": "in", "spi": s}),
+                        &[("key", Part::Hex(&k))],
+                    ))
                 }
-                (None, None) => Value::Null,
-                _ => anyhow::bail!("--in-spi and --in-key go together"),
+                (None, None) => None,
+                _ => anyhow::bail!("--in-spi and --in-key-file go together"),
             };
-            call(
-                &socket,
-                json!({"op": "rekey", "tunnel": tunnel, "outbound": {"tunnel": tunnel, "direction": "out", "spi": out_spi, "key": out_key}, "inbound": inbound, "retire_inbound": retire}),
-            )?
+            let k = read_key(&out_key_file)?;
+            let outbound = splice(
+                &json!({"tunnel": tunnel, "direction": "out", "spi": out_spi}),
+                &[("key", Part::Hex(&k))],
+            );
+            let line = splice(
+                &json!({"op": "rekey", "tunnel": tunnel, "retire_inbound": retire}),
+                &[
+                    ("outbound", Part::Json(&outbound)),
+                    (
+                        "inbound",
+                        Part::Json(inbound.as_deref().map_or("null", |s| s.as_str())),
+                    ),
+                ],
+            );
+            show(js, &ask(&socket, &line)?, table::fields)
         }
         CtlOp::Mm { op } => match op {
             MmOp::Add {
@@ -233,31 +455,573 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
                 lifetime,
                 kb,
                 children,
-            } => call(
-                &socket,
-                json!({"op": "mm_add", "icookie": icookie, "rcookie": rcookie, "peer": peer, "lifetime_s": lifetime, "lifetime_kb": kb, "children": children}),
-            )?,
-            MmOp::Delete { icookie, rcookie } => call(
-                &socket,
-                json!({"op": "mm_delete", "icookie": icookie, "rcookie": rcookie}),
-            )?,
-            MmOp::List => call(&socket, json!({"op": "mm_list"}))?,
+            } => show(
+                js,
+                &req(
+                    json!({"op": "mm_add", "icookie": icookie, "rcookie": rcookie, "peer": peer, "lifetime_s": lifetime, "lifetime_kb": kb, "children": children}),
+                )?,
+                table::fields,
+            ),
+            MmOp::Delete { icookie, rcookie } => show(
+                js,
+                &req(json!({"op": "mm_delete", "icookie": icookie, "rcookie": rcookie}))?,
+                table::fields,
+            ),
+            MmOp::List => show(js, &req(json!({"op": "mm_list"}))?, table::mm_list),
         },
         CtlOp::Ike { op } => match op {
-            IkeOp::List => call(&socket, json!({"op": "ike_list"}))?,
-            IkeOp::Initiate { tunnel } => {
-                call(&socket, json!({"op": "ike_initiate", "tunnel": tunnel}))?
-            }
-            IkeOp::Terminate { tunnel } => {
-                call(&socket, json!({"op": "ike_terminate", "tunnel": tunnel}))?
-            }
+            IkeOp::List => show(js, &req(json!({"op": "ike_list"}))?, table::ike_list),
+            IkeOp::Initiate { tunnel } => show(
+                js,
+                &req(json!({"op": "ike_initiate", "tunnel": tunnel}))?,
+                table::fields,
+            ),
+            IkeOp::Terminate { tunnel } => show(
+                js,
+                &req(json!({"op": "ike_terminate", "tunnel": tunnel}))?,
+                table::fields,
+            ),
         },
         CtlOp::Events => events(&socket)?,
-        CtlOp::Stats => call(&socket, json!({"op": "stats"}))?,
+        CtlOp::Stats => show(js, &req(json!({"op": "stats"}))?, table::stats),
         CtlOp::Raw { request } => raw(&socket, &request)?,
+        CtlOp::Status => {
+            let stats = req(json!({"op": "stats"}))?;
+            let tunnels = if stats["ok"] == true {
+                req(json!({"op": "tunnel_list"}))?
+            } else {
+                stats.clone()
+            };
+            let ok = stats["ok"] == true && tunnels["ok"] == true;
+            // One document: the stats answer with the tunnels in it.
+            let mut doc = stats;
+            if let Value::Object(m) = &mut doc {
+                m.insert("ok".into(), json!(ok));
+                m.insert("tunnel_list".into(), tunnels["tunnels"].clone());
+                if !ok && m.get("error").is_none() {
+                    m.insert("error".into(), tunnels["error"].clone());
+                }
+            }
+            show(js, &doc, table::status)
+        }
+        CtlOp::Tunnel { op } => match op {
+            TunnelOp::List => show(js, &req(json!({"op": "tunnel_list"}))?, table::tunnel_list),
+        },
+        CtlOp::Policy { op } => match op {
+            PolicyOp::List => show(js, &req(json!({"op": "policy_list"}))?, table::policy_list),
+        },
     };
     if !ok {
         anyhow::bail!("the daemon refused the request");
     }
     Ok(())
+}
+
+/// The human forms of the answers: aligned tables and `name: value` lines.
+pub mod table {
+    use serde_json::Value;
+    use std::fmt::Write as _;
+
+    /// Left-aligned columns separated by two spaces; a column whose cells are all numbers
+    /// (or `-`) is right-aligned.
+    pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
+        let n = headers.len();
+        let mut width: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+        let mut numeric = vec![true; n];
+        for r in rows {
+            for (i, c) in r.iter().enumerate().take(n) {
+                width[i] = width[i].max(c.chars().count());
+                numeric[i] &= c == "-" || c.parse::<f64>().is_ok();
+            }
+        }
+        let mut out = String::new();
+        let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+            let mut l = String::new();
+            for (i, c) in cells.enumerate().take(n) {
+                let pad = width[i].saturating_sub(c.chars().count());
+                if i > 0 {
+                    l.push_str("  ");
+                }
+                if numeric[i] {
+                    l.push_str(&" ".repeat(pad));
+                    l.push_str(c);
+                } else {
+                    l.push_str(c);
+                    if i + 1 < n {
+                        l.push_str(&" ".repeat(pad));
+                    }
+                }
+            }
+            out.push_str(l.trim_end());
+            out.push('\n');
+        };
+        line(&mut headers.iter().copied());
+        for r in rows {
+            line(&mut r.iter().map(String::as_str));
+        }
+        out
+    }
+
+    /// `n` bytes in binary units (`1.5 MiB`).
+    pub fn bytes(n: u64) -> String {
+        const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+        let mut v = n as f64;
+        let mut u = 0;
+        while v >= 1024.0 && u + 1 < U.len() {
+            v /= 1024.0;
+            u += 1;
+        }
+        if u == 0 {
+            format!("{n} B")
+        } else {
+            format!("{v:.2} {}", U[u])
+        }
+    }
+
+    /// Seconds as `1d 2h 3m 4s` (largest units only).
+    pub fn duration(s: f64) -> String {
+        let s = s.max(0.0) as u64;
+        let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+        match (d, h, m) {
+            (0, 0, 0) => format!("{sec}s"),
+            (0, 0, _) => format!("{m}m {sec}s"),
+            (0, _, _) => format!("{h}h {m}m {sec}s"),
+            _ => format!("{d}d {h}h {m}m"),
+        }
+    }
+
+    fn u(v: &Value) -> u64 {
+        v.as_u64().unwrap_or(0)
+    }
+
+    fn s(v: &Value) -> String {
+        match v {
+            Value::Null => "-".into(),
+            Value::String(x) => x.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Any answer: one `name: value` line per field but `ok` (nothing for an empty answer).
+    pub fn fields(v: &Value) -> String {
+        let mut out = String::new();
+        if let Value::Object(m) = v {
+            for (k, x) in m.iter().filter(|(k, _)| *k != "ok") {
+                let _ = writeln!(out, "{k}: {}", s(x));
+            }
+        }
+        if out.is_empty() {
+            out.push_str("ok\n");
+        }
+        out
+    }
+
+    /// `sa list`.
+    pub fn sa_list(v: &Value) -> String {
+        let sas = v["sas"].as_array().cloned().unwrap_or_default();
+        let rows: Vec<Vec<String>> = sas
+            .iter()
+            .map(|a| {
+                vec![
+                    s(&a["tunnel"]),
+                    match a["direction"].as_str() {
+                        Some("inbound") => "in".into(),
+                        Some("outbound") => "out".into(),
+                        _ => s(&a["direction"]),
+                    },
+                    s(&a["spi"]),
+                    s(&a["cipher"]),
+                    u(&a["packets"]).to_string(),
+                    bytes(u(&a["bytes"])),
+                    duration(a["age_s"].as_f64().unwrap_or(0.0)),
+                    a["lifetime_left_s"].as_f64().map_or("-".into(), duration),
+                    u(&a["replay_failures"]).to_string(),
+                    u(&a["integrity_failures"]).to_string(),
+                ]
+            })
+            .collect();
+        let mut out = render(
+            &[
+                "TUNNEL",
+                "DIR",
+                "SPI",
+                "CIPHER",
+                "PACKETS",
+                "BYTES",
+                "AGE",
+                "LEFT",
+                "REPLAY-FAIL",
+                "ICV-FAIL",
+            ],
+            &rows,
+        );
+        let total = u(&v["total"]);
+        if total as usize > rows.len() {
+            let _ = writeln!(out, "({} of {total} SAs shown)", rows.len());
+        }
+        out
+    }
+
+    /// `tunnel list`.
+    pub fn tunnel_list(v: &Value) -> String {
+        let rows: Vec<Vec<String>> = v["tunnels"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                let ins: Vec<String> = t["inbound_spis"]
+                    .as_array()
+                    .map(|a| a.iter().map(s).collect())
+                    .unwrap_or_default();
+                vec![
+                    s(&t["name"]),
+                    s(&t["local"]),
+                    s(&t["remote"]),
+                    s(&t["mode"]),
+                    s(&t["encap"]),
+                    s(&t["mtu"]),
+                    s(&t["outbound_spi"]),
+                    if ins.is_empty() {
+                        "-".into()
+                    } else {
+                        ins.join(",")
+                    },
+                    u(&t["inbound"]["packets"]).to_string(),
+                    bytes(u(&t["inbound"]["bytes"])),
+                    u(&t["outbound"]["packets"]).to_string(),
+                    bytes(u(&t["outbound"]["bytes"])),
+                    (u(&t["inbound"]["replay_failures"]) + u(&t["inbound"]["integrity_failures"]))
+                        .to_string(),
+                ]
+            })
+            .collect();
+        render(
+            &[
+                "TUNNEL",
+                "LOCAL",
+                "REMOTE",
+                "MODE",
+                "ENCAP",
+                "MTU",
+                "OUT-SPI",
+                "IN-SPIS",
+                "IN-PKTS",
+                "IN-BYTES",
+                "OUT-PKTS",
+                "OUT-BYTES",
+                "IN-FAIL",
+            ],
+            &rows,
+        )
+    }
+
+    /// `policy list`.
+    pub fn policy_list(v: &Value) -> String {
+        let rows: Vec<Vec<String>> = v["policies"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let action = p["action"].as_str().unwrap_or("-");
+                let action = action.split('(').next().unwrap_or(action).to_lowercase();
+                vec![
+                    i.to_string(),
+                    s(&p["src"]),
+                    s(&p["dst"]),
+                    p["protocol"]
+                        .as_u64()
+                        .map_or("any".into(), |x| x.to_string()),
+                    p["src_ports"].as_str().unwrap_or("any").to_string(),
+                    p["dst_ports"].as_str().unwrap_or("any").to_string(),
+                    action,
+                    s(&p["tunnel"]),
+                ]
+            })
+            .collect();
+        render(
+            &[
+                "#", "SRC", "DST", "PROTO", "SPORTS", "DPORTS", "ACTION", "TUNNEL",
+            ],
+            &rows,
+        )
+    }
+
+    /// `ike list`: one line per peer, then the engine's non-zero counters.
+    pub fn ike_list(v: &Value) -> String {
+        let rows: Vec<Vec<String>> = v["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                let mms = p["main_modes"].as_array().cloned().unwrap_or_default();
+                let children: Vec<String> = p["children"]
+                    .as_array()
+                    .map(|c| {
+                        c.iter()
+                            .map(|x| format!("in {:#010x}/out {:#010x}", u(&x[0]), u(&x[1])))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                vec![
+                    s(&p["tunnel"]),
+                    s(&p["remote"]),
+                    s(&p["state"]),
+                    mms.len().to_string(),
+                    mms.first()
+                        .map_or("-".into(), |m| duration(u(&m["age_s"]) as f64)),
+                    if children.is_empty() {
+                        "-".into()
+                    } else {
+                        children.join(", ")
+                    },
+                ]
+            })
+            .collect();
+        let mut out = render(
+            &[
+                "TUNNEL",
+                "REMOTE",
+                "STATE",
+                "MAIN-MODES",
+                "MM-AGE",
+                "CHILDREN",
+            ],
+            &rows,
+        );
+        if let Value::Object(c) = &v["counters"] {
+            let nz: Vec<String> = c
+                .iter()
+                .filter(|(_, x)| u(x) > 0)
+                .map(|(k, x)| format!("{k} {}", u(x)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "counters: {}",
+                if nz.is_empty() {
+                    "all zero".into()
+                } else {
+                    nz.join(", ")
+                }
+            );
+        }
+        out
+    }
+
+    /// `mm list`.
+    pub fn mm_list(v: &Value) -> String {
+        let rows: Vec<Vec<String>> = v["main_modes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|m| {
+                vec![
+                    s(&m["icookie"]),
+                    s(&m["rcookie"]),
+                    s(&m["peer"]),
+                    s(&m["lifetime_s"]),
+                    duration(m["expires_in_s"].as_f64().unwrap_or(0.0)),
+                    m["children"].as_array().map_or(0, |c| c.len()).to_string(),
+                ]
+            })
+            .collect();
+        render(
+            &[
+                "ICOOKIE",
+                "RCOOKIE",
+                "PEER",
+                "LIFETIME-S",
+                "EXPIRES-IN",
+                "CHILDREN",
+            ],
+            &rows,
+        )
+    }
+
+    /// Drops as `total (reason n, ...)`, non-zero reasons only.
+    fn drops(dp: &Value) -> String {
+        let by: Vec<String> = dp["drops_by_reason"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, x)| u(x) > 0)
+                    .map(|(k, x)| format!("{k} {}", u(x)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if by.is_empty() {
+            u(&dp["drops"]).to_string()
+        } else {
+            format!("{} ({})", u(&dp["drops"]), by.join(", "))
+        }
+    }
+
+    /// `status`: the summary, then one line per tunnel.
+    pub fn status(v: &Value) -> String {
+        let mut out = String::new();
+        let dp = &v["dataplane"];
+        let _ = writeln!(
+            out,
+            "espd: up {}, {} workers",
+            duration(v["uptime_s"].as_f64().unwrap_or(0.0)),
+            u(&v["workers"])
+        );
+        let _ = writeln!(
+            out,
+            "  tunnels: {}  policies: {}  SAs: {} in, {} out  IKE peers up: {}  main modes: {}",
+            u(&v["tunnels"]),
+            u(&v["policies"]),
+            u(&v["sas_inbound"]),
+            u(&v["sas_outbound"]),
+            u(&v["ike_peers_up"]),
+            u(&v["main_modes"])
+        );
+        if dp.is_object() {
+            for (name, p) in [("inbound", &dp["inbound"]), ("outbound", &dp["outbound"])] {
+                let _ = writeln!(
+                    out,
+                    "  {name:<8}  rx {} packets ({})  tx {} packets ({})",
+                    u(&p["rx_packets"]),
+                    bytes(u(&p["rx_bytes"])),
+                    u(&p["tx_packets"]),
+                    bytes(u(&p["tx_bytes"]))
+                );
+            }
+            let _ = writeln!(out, "  drops: {}", drops(dp));
+        }
+        let c = &v["control"];
+        let _ = writeln!(
+            out,
+            "  rekeys: {}  SAs installed: {}  removed: {}",
+            u(&c["rekeys"]),
+            u(&c["sas_installed"]),
+            u(&c["sas_removed"])
+        );
+        if v["tunnel_list"].as_array().is_some_and(|t| !t.is_empty()) {
+            out.push('\n');
+            out.push_str(&tunnel_list(
+                &serde_json::json!({ "tunnels": v["tunnel_list"] }),
+            ));
+        }
+        out
+    }
+
+    /// `stats`: every counter, `name: value`, grouped.
+    pub fn stats(v: &Value) -> String {
+        let mut out = String::new();
+        let dp = &v["dataplane"];
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        if let Value::Object(m) = dp {
+            for (k, x) in m {
+                match x {
+                    Value::Number(_) => rows.push(vec![format!("dataplane.{k}"), s(x)]),
+                    Value::Object(o) => {
+                        for (k2, y) in o {
+                            rows.push(vec![format!("dataplane.{k}.{k2}"), s(y)]);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Value::Object(m) = &v["control"] {
+            for (k, x) in m {
+                match x {
+                    Value::Object(o) => {
+                        for (k2, y) in o {
+                            rows.push(vec![format!("control.{k}.{k2}"), s(y)]);
+                        }
+                    }
+                    other => rows.push(vec![format!("control.{k}"), s(other)]),
+                }
+            }
+        }
+        for k in [
+            "uptime_s",
+            "workers",
+            "tunnels",
+            "policies",
+            "sas",
+            "sas_inbound",
+            "sas_outbound",
+            "main_modes",
+            "ike_peers_up",
+        ] {
+            rows.push(vec![k.to_string(), s(&v[k])]);
+        }
+        out.push_str(&render(&["COUNTER", "VALUE"], &rows));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_read_as_hex_with_whitespace_removed() {
+        let k = parse_key(b"  0x0011 2233\n4455\r\n").unwrap();
+        assert_eq!(&*k, "001122334455");
+        assert!(parse_key(b"\n").is_err());
+        let e = parse_key(b"00112233zz secret").unwrap_err();
+        assert!(!e.contains("secret") && !e.contains("zz"), "{e}");
+    }
+
+    #[test]
+    fn key_files_are_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("espd-ctl-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("k");
+        std::fs::write(&f, "00112233445566778899aabbccddeeff01020304\n").unwrap();
+        assert_eq!(
+            &*read_key(&f).unwrap(),
+            "00112233445566778899aabbccddeeff01020304"
+        );
+        std::fs::write(&f, "x".repeat(MAX_KEY_FILE + 1)).unwrap();
+        assert!(read_key(&f).unwrap_err().to_string().contains("longer"));
+        let missing = read_key(&dir.join("none")).unwrap_err().to_string();
+        assert!(missing.contains("none"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn requests_with_keys_are_spliced_as_valid_json() {
+        let sa = splice(
+            &json!({"tunnel": "t\"x", "direction": "in", "spi": "0x100"}),
+            &[("key", Part::Hex("aabb"))],
+        );
+        let line = splice(
+            &json!({"op": "rekey", "retire_inbound": null}),
+            &[
+                ("outbound", Part::Json(&sa)),
+                ("inbound", Part::Json("null")),
+            ],
+        );
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["outbound"]["key"], "aabb");
+        assert_eq!(v["outbound"]["tunnel"], "t\"x");
+        assert_eq!(v["inbound"], Value::Null);
+        let empty = splice(&json!({}), &[("key", Part::Hex("00"))]);
+        assert_eq!(&*empty, "{\"key\":\"00\"}");
+        assert!(line.capacity() >= line.len());
+    }
+
+    #[test]
+    fn tables_align_columns_and_right_align_numbers() {
+        let t = table::render(
+            &["NAME", "PKTS"],
+            &[
+                vec!["a".into(), "5".into()],
+                vec!["long-name".into(), "12345".into()],
+            ],
+        );
+        assert_eq!(t, "NAME        PKTS\na              5\nlong-name  12345\n");
+        assert_eq!(table::bytes(512), "512 B");
+        assert_eq!(table::bytes(1536), "1.50 KiB");
+        assert_eq!(table::duration(3723.0), "1h 2m 3s");
+    }
 }

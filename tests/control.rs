@@ -984,7 +984,9 @@ fn stalled_metrics_client_blocks_neither_the_next_scrape_nor_shutdown() {
         "all SAs counted"
     );
     assert!(
-        body.contains("espd_sa_packets_total{spi=\"0x00029c3f\",direction=\"inbound\"} 0"),
+        body.contains(
+            "espd_sa_packets_total{spi=\"0x00029c3f\",direction=\"inbound\",tunnel=\"to-a\"} 0"
+        ),
         "the last SA's series is there"
     );
 

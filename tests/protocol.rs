@@ -242,7 +242,7 @@ fn malformed_requests_get_clear_errors() {
 }
 
 /// The fields of an SA in `sa_get` and `sa_list` answers.
-const SA_FIELDS: [&str; 15] = [
+const SA_FIELDS: [&str; 18] = [
     "age_s",
     "backend",
     "bytes",
@@ -251,10 +251,13 @@ const SA_FIELDS: [&str; 15] = [
     "direction",
     "esn",
     "expired",
+    "integrity_failures",
     "last_seq",
     "lifetime",
+    "lifetime_left_s",
     "mode",
     "packets",
+    "replay_failures",
     "spi",
     "state",
     "tunnel",
@@ -279,9 +282,19 @@ fn check_sa(v: &Value, with_state: bool) {
     );
     assert!(v["backend"].is_string(), "{v}");
     assert!(v["esn"].is_boolean() && v["expired"].is_boolean(), "{v}");
-    for n in ["packets", "bytes", "last_seq"] {
+    for n in [
+        "packets",
+        "bytes",
+        "last_seq",
+        "replay_failures",
+        "integrity_failures",
+    ] {
         assert!(v[n].is_u64(), "{n}: {v}");
     }
+    assert!(
+        v["lifetime_left_s"].is_null() || v["lifetime_left_s"].is_f64(),
+        "{v}"
+    );
     assert!(v["consumed"].is_f64() && v["age_s"].is_f64(), "{v}");
     let limits = &v["lifetime"];
     assert_eq!(
@@ -545,14 +558,31 @@ fn every_op_round_trips_with_the_documented_answer() {
     let p = r["policies"].as_array().unwrap();
     assert_eq!(p.len(), 5, "{r}");
     for x in p {
-        assert_eq!(fields(x), ["action", "dst", "protocol", "src"], "{x}");
+        assert_eq!(
+            fields(x),
+            [
+                "action",
+                "dst",
+                "dst_ports",
+                "protocol",
+                "src",
+                "src_ports",
+                "tunnel"
+            ],
+            "{x}"
+        );
         assert!(x["src"].is_string() && x["dst"].is_string() && x["action"].is_string());
         assert!(x["protocol"].is_null() || x["protocol"].is_u64(), "{x}");
     }
     // The action is written as the SPD holds it (the tunnel by its index).
     assert_eq!(
         p[0],
-        json!({"src": "192.0.2.0/24", "dst": "198.51.100.0/24", "protocol": null, "action": "Protect(0)"})
+        json!({"src": "192.0.2.0/24", "dst": "198.51.100.0/24", "protocol": null, "action": "Protect(0)",
+            "src_ports": null, "dst_ports": null, "tunnel": "to-b"})
+    );
+    assert_eq!(
+        (&p[2]["dst_ports"], &p[2]["tunnel"], &p[3]["tunnel"]),
+        (&json!("4000-4010"), &json!("t2"), &Value::Null)
     );
     assert_eq!(
         (
@@ -670,8 +700,148 @@ fn every_op_round_trips_with_the_documented_answer() {
         (Some("mm_expired"), Some("peer_delete"))
     );
 
+    let r = rt(&mut a, json!({"op": "tunnel_list"}));
+    shape(&r, &["tunnels"]);
+    let t = r["tunnels"].as_array().unwrap();
+    assert_eq!(t.len(), 1, "t2 was deleted: {r}");
+    for x in t {
+        assert_eq!(
+            fields(x),
+            [
+                "encap",
+                "inbound",
+                "inbound_spis",
+                "index",
+                "local",
+                "mode",
+                "mtu",
+                "name",
+                "outbound",
+                "outbound_spi",
+                "remote"
+            ],
+            "{x}"
+        );
+        for d in ["inbound", "outbound"] {
+            assert_eq!(
+                fields(&x[d]),
+                ["bytes", "integrity_failures", "packets", "replay_failures"],
+                "{x}"
+            );
+        }
+    }
+    assert_eq!(
+        (
+            &t[0]["name"],
+            &t[0]["outbound_spi"],
+            &t[0]["mode"],
+            &t[0]["encap"]
+        ),
+        (
+            &json!("to-b"),
+            &json!("0x00005001"),
+            &json!("tunnel"),
+            &json!("none")
+        )
+    );
+    let ins = t[0]["inbound_spis"].as_array().unwrap();
+    assert!(
+        ins.contains(&json!(spi_str(spi2))) && ins.contains(&json!("0x0000b001")),
+        "{r}"
+    );
+
     let r = rt(&mut a, json!({"op": "stats"}));
-    shape(&r, &["control", "main_modes", "policies", "sas", "tunnels"]);
+    shape(
+        &r,
+        &[
+            "control",
+            "dataplane",
+            "ike_peers_up",
+            "main_modes",
+            "policies",
+            "sas",
+            "sas_inbound",
+            "sas_outbound",
+            "tunnels",
+            "uptime_s",
+            "workers",
+        ],
+    );
+    // Without the daemon's workers attached: no dataplane counters.
+    assert_eq!(r["dataplane"], Value::Null);
+    assert_eq!(
+        (
+            &r["sas_inbound"],
+            &r["sas_outbound"],
+            &r["workers"],
+            &r["ike_peers_up"]
+        ),
+        (&json!(4), &json!(1), &json!(1), &json!(0))
+    );
+    assert!(r["uptime_s"].is_f64(), "{r}");
+    // With the workers' counters: every counter named, drops by reason and by code.
+    let cores: Arc<[espd::datapath::CoreStats]> = (0..2)
+        .map(|_| espd::datapath::CoreStats::default())
+        .collect();
+    a.ctl.attach_core_stats(cores.clone());
+    cores[1]
+        .path(espd::datapath::Path::Inbound)
+        .rx_packets
+        .add(3);
+    cores[0]
+        .path(espd::datapath::Path::Outbound)
+        .tx_bytes
+        .add(1500);
+    cores[0].rx_packets.add(3);
+    cores[1].drop(espd::datapath::DropReason::Replay);
+    cores[0].drop(espd::datapath::DropReason::Integrity);
+    let dp = rt(&mut a, json!({"op": "stats"}))["dataplane"].clone();
+    assert_eq!(
+        fields(&dp),
+        [
+            "bad_descriptors",
+            "bypassed",
+            "checksums_completed",
+            "drops",
+            "drops_by_code",
+            "drops_by_reason",
+            "events_dropped",
+            "icmp_sent",
+            "idle_sleeps",
+            "inbound",
+            "kernel_fill_empty",
+            "kernel_rx_dropped",
+            "outbound",
+            "prefragmented",
+            "punted",
+            "rx_bytes",
+            "rx_packets",
+            "tx_bytes",
+            "tx_packets",
+            "tx_ring_full"
+        ],
+        "{dp}"
+    );
+    assert_eq!(
+        fields(&dp["inbound"]),
+        ["rx_bytes", "rx_packets", "tx_bytes", "tx_packets"]
+    );
+    assert_eq!(
+        (
+            &dp["rx_packets"],
+            &dp["inbound"]["rx_packets"],
+            &dp["outbound"]["tx_bytes"],
+            &dp["drops"]
+        ),
+        (&json!(3), &json!(3), &json!(1500), &json!(2))
+    );
+    assert_eq!(dp["drops_by_code"], json!({"13913": 1, "13915": 1}));
+    let reasons = dp["drops_by_reason"].as_object().unwrap();
+    assert_eq!(reasons.len(), espd::datapath::DropReason::ALL.len(), "{dp}");
+    assert_eq!(
+        (&reasons["replay"], &reasons["bad_spi"]),
+        (&json!(1), &json!(0))
+    );
     assert_eq!(
         fields(&r["control"]),
         [

@@ -63,6 +63,8 @@ pub enum Request {
         index: usize,
     },
     PolicyList {},
+    /// The tunnels: configuration, SAs and counters summed over their SAs.
+    TunnelList {},
     /// Make-before-break: install `inbound` (if given), make `outbound` the tunnel's SA, and
     /// retire `retire_inbound` after the grace period.
     Rekey {
@@ -139,8 +141,8 @@ pub enum Reply {
 /// the control thread.
 pub fn deliver(ctl: &mut Control, msg: ApiMsg, now: u64) {
     match msg {
-        ApiMsg::Request { line, reply } => {
-            let answer = match handle(ctl, &line, now) {
+        ApiMsg::Request { line, reply, peer } => {
+            let answer = match handle_from(ctl, &line, now, peer) {
                 Reply::Line(l) => Some(l),
                 Reply::Subscribe => None,
             };
@@ -153,14 +155,39 @@ pub fn deliver(ctl: &mut Control, msg: ApiMsg, now: u64) {
 
 /// Handles one request line; never panics on input.
 pub fn handle(ctl: &mut Control, line: &str, now: u64) -> Reply {
+    handle_from(ctl, line, now, None)
+}
+
+/// Handles one request line from `peer` (`None`: in process); a request that can change
+/// state leaves an audit line (`audit.rs`) with its result.
+pub fn handle_from(
+    ctl: &mut Control,
+    line: &str,
+    now: u64,
+    peer: Option<super::audit::Peer>,
+) -> Reply {
+    let audit = super::audit::Audit::of(line);
     let req: Request = match serde_json::from_str(line) {
         Ok(r) => r,
-        Err(e) => return Reply::Line(error_line(&format!("request: {e}"))),
+        Err(e) => {
+            if let Some(a) = &audit {
+                // serde's message can quote values of the request: not in the log.
+                a.log(peer, &Err("request did not parse".into()));
+            }
+            return Reply::Line(error_line(&format!("request: {e}")));
+        }
     };
     if let Request::Subscribe {} = req {
         return Reply::Subscribe;
     }
-    Reply::Line(match dispatch(ctl, req, now) {
+    let result = dispatch(ctl, req, now);
+    if let Some(a) = &audit {
+        a.log(
+            peer,
+            &result.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        );
+    }
+    Reply::Line(match result {
         Ok(mut v) => {
             if let Value::Object(m) = &mut v {
                 m.insert("ok".into(), Value::Bool(true));
@@ -275,7 +302,11 @@ fn dispatch(ctl: &mut Control, req: Request, now: u64) -> Result<Value> {
             let list: Vec<Value> = ctl
                 .policies()
                 .iter()
-                .map(|p| json!({ "src": p.selector.src.to_string(), "dst": p.selector.dst.to_string(), "protocol": p.selector.protocol, "action": format!("{:?}", p.action) }))
+                .map(|p| {
+                    let mut v = json!({ "src": p.selector.src.to_string(), "dst": p.selector.dst.to_string(), "protocol": p.selector.protocol, "action": format!("{:?}", p.action) });
+                    policy_extra(ctl, p, &mut v);
+                    v
+                })
                 .collect();
             json!({ "policies": list })
         }
@@ -348,9 +379,12 @@ fn dispatch(ctl: &mut Control, req: Request, now: u64) -> Result<Value> {
             ctl.ike_command(&tunnel, false)?;
             json!({})
         }
+        Request::TunnelList {} => json!({ "tunnels": ctl.tunnel_list() }),
         Request::Stats {} => {
             let s = ctl.stats();
-            json!({ "sas": s.sas, "tunnels": s.tunnels, "policies": s.policies, "main_modes": s.main_modes, "control": s.control })
+            let mut v = json!({ "sas": s.sas, "tunnels": s.tunnels, "policies": s.policies, "main_modes": s.main_modes, "control": s.control });
+            stats_extra(&s, &mut v);
+            v
         }
         Request::Subscribe {} => json!({}),
     })
@@ -376,7 +410,45 @@ fn sa_json(s: &SaInfo) -> Value {
     put("expired", json!(s.expired));
     put("age_s", json!(s.age_s));
     put("state", json!(s.state));
+    put("replay_failures", json!(s.replay_failures));
+    put("integrity_failures", json!(s.integrity_failures));
+    put("lifetime_left_s", json!(s.lifetime_left_s));
     Value::Object(m)
+}
+
+/// `stats`'s fields for operators: uptime, workers, SAs by direction, IKE peers up and the
+/// workers' counters.
+fn stats_extra(s: &super::Stats, v: &mut Value) {
+    if let Value::Object(m) = v {
+        m.insert("uptime_s".into(), json!(s.uptime_s));
+        m.insert("workers".into(), json!(s.workers));
+        m.insert("sas_inbound".into(), json!(s.sas_inbound));
+        m.insert("sas_outbound".into(), json!(s.sas_outbound));
+        m.insert("ike_peers_up".into(), json!(s.ike_peers_up));
+        m.insert("dataplane".into(), json!(s.dataplane));
+    }
+}
+
+/// `policy_list`'s fields beyond the selector: index, ports, and the tunnel's name.
+fn policy_extra(ctl: &Control, p: &crate::sa::policy::Policy, v: &mut Value) {
+    let ports = |r: crate::sa::policy::PortRange| match (r.lo, r.hi) {
+        (0, 65535) => Value::Null,
+        (a, b) if a == b => json!(a.to_string()),
+        (a, b) => json!(format!("{a}-{b}")),
+    };
+    if let Value::Object(m) = v {
+        m.insert("src_ports".into(), ports(p.selector.src_ports));
+        m.insert("dst_ports".into(), ports(p.selector.dst_ports));
+        let tunnel = match p.action {
+            crate::sa::PolicyAction::Protect(t) => ctl
+                .tunnels()
+                .iter()
+                .find(|x| x.index == t)
+                .map(|x| x.name.clone()),
+            _ => None,
+        };
+        m.insert("tunnel".into(), json!(tunnel));
+    }
 }
 
 fn mm_json(i: &MainModeInfo) -> Value {

@@ -10,9 +10,62 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use super::ControlCounters;
+use super::types::{SaTotals, dir_index};
 use crate::datapath::pipeline::Dataplane;
-use crate::datapath::{CoreStats, DropReason};
+use crate::datapath::{CoreStats, DropReason, Path};
+
+/// Label values of `direction`, by [`dir_index`].
+const DIRECTIONS: [&str; 2] = ["inbound", "outbound"];
+
+/// The `tunnel` label of an SA: its tunnel's name (empty while unknown).
+fn tunnel_label(names: &BTreeMap<u32, String>, t: Option<u32>) -> String {
+    t.and_then(|t| names.get(&t).cloned()).unwrap_or_default()
+}
+
+/// Escapes a label value (Prometheus text format: backslash, quote, newline).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Every metric name [`MetricsSource::render`] emits (the Grafana dashboard's test checks its
+/// queries against this list).
+pub const METRIC_NAMES: &[&str] = &[
+    "espd_rx_packets_total",
+    "espd_rx_bytes_total",
+    "espd_tx_packets_total",
+    "espd_tx_bytes_total",
+    "espd_path_rx_packets_total",
+    "espd_path_rx_bytes_total",
+    "espd_path_tx_packets_total",
+    "espd_path_tx_bytes_total",
+    "espd_punted_total",
+    "espd_bypassed_total",
+    "espd_prefragmented_total",
+    "espd_tx_ring_full_total",
+    "espd_event_queue_full_total",
+    "espd_bad_descriptors_total",
+    "espd_drops_total",
+    "espd_sa_packets_total",
+    "espd_sa_bytes_total",
+    "espd_sa_lifetime_consumed_ppm",
+    "espd_sa_replay_failures_total",
+    "espd_sa_integrity_failures_total",
+    "espd_tunnel_packets_total",
+    "espd_tunnel_bytes_total",
+    "espd_tunnel_replay_failures_total",
+    "espd_tunnel_integrity_failures_total",
+    "espd_tunnel_sas",
+    "espd_sas",
+    "espd_rekeys_total",
+    "espd_events_total",
+    "espd_events_by_code_total",
+    "espd_subscriber_lag_drops_total",
+];
 
 pub struct MetricsSource {
     pub stats: Arc<[CoreStats]>,
@@ -60,6 +113,39 @@ impl MetricsSource {
             "counter",
             "Bytes transmitted by the workers.",
             per_core(&|c| c.tx_bytes.get()),
+        );
+        let per_path = |f: &dyn Fn(&crate::datapath::PathStats) -> u64| -> Vec<(String, u64)> {
+            let mut v = Vec::new();
+            for (i, c) in self.stats.iter().enumerate() {
+                for (p, name) in [(Path::Inbound, "inbound"), (Path::Outbound, "outbound")] {
+                    v.push((format!("{{core=\"{i}\",path=\"{name}\"}}"), f(c.path(p))));
+                }
+            }
+            v
+        };
+        metric(
+            "espd_path_rx_packets_total",
+            "counter",
+            "Frames received by each pipeline path (inbound: cipher side in; outbound: plain side in).",
+            per_path(&|p| p.rx_packets.get()),
+        );
+        metric(
+            "espd_path_rx_bytes_total",
+            "counter",
+            "Bytes received by each pipeline path.",
+            per_path(&|p| p.rx_bytes.get()),
+        );
+        metric(
+            "espd_path_tx_packets_total",
+            "counter",
+            "Frames sent by each pipeline path (inbound: plain side out; outbound: cipher side out).",
+            per_path(&|p| p.tx_packets.get()),
+        );
+        metric(
+            "espd_path_tx_bytes_total",
+            "counter",
+            "Bytes sent by each pipeline path.",
+            per_path(&|p| p.tx_bytes.get()),
         );
         metric(
             "espd_punted_total",
@@ -119,30 +205,52 @@ impl MetricsSource {
         let mut sa_p = Vec::new();
         let mut sa_b = Vec::new();
         let mut sa_c = Vec::new();
+        let mut sa_r = Vec::new();
+        let mut sa_i = Vec::new();
         let now = crate::now_ns();
         let (mut n, mut bytes) = (0usize, 0usize);
+        let totals = self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tunnel_totals
+            .clone();
+        // Held while the live SAs are summed: the control thread banks a removed SA's
+        // counters under it, so each SA is counted once, live or banked (see `TunnelTotals`).
+        let tt = totals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut per_tunnel: BTreeMap<u32, [SaTotals; 2]> = tt.removed.clone();
+        let mut live: BTreeMap<u32, [u64; 2]> = BTreeMap::new();
         self.dp.sas.for_each(|_, sa| {
+            let d = dir_index(sa.direction);
+            let t = SaTotals::of(sa);
+            if let Some(ti) = sa.tunnel() {
+                per_tunnel.entry(ti).or_default()[d] += t;
+                live.entry(ti).or_default()[d] += 1;
+            }
             n += 1;
             if n > self.sa_limit || bytes > MAX_SA_SERIES_BYTES {
-                return std::ops::ControlFlow::Break(());
+                return std::ops::ControlFlow::Continue(());
             }
-            let (p, b) = sa.totals();
             let l = format!(
-                "{{spi=\"{:#010x}\",direction=\"{}\"}}",
+                "{{spi=\"{:#010x}\",direction=\"{}\",tunnel=\"{}\"}}",
                 sa.spi,
-                if sa.direction == crate::sa::Direction::Inbound {
-                    "inbound"
-                } else {
-                    "outbound"
-                }
+                DIRECTIONS[d],
+                escape(&tunnel_label(&tt.names, sa.tunnel())),
             );
-            // Three series of name + labels + a value of at most 20 digits.
-            bytes += 3 * (l.len() + 64);
-            sa_c.push((l.clone(), (sa.lifetime.consumed(p, b, now) * 1e6) as u64));
-            sa_p.push((l.clone(), p));
-            sa_b.push((l, b));
+            // Five series of name + labels + a value of at most 20 digits.
+            bytes += 5 * (l.len() + 64);
+            sa_c.push((
+                l.clone(),
+                (sa.lifetime.consumed(t.packets, t.bytes, now) * 1e6) as u64,
+            ));
+            sa_p.push((l.clone(), t.packets));
+            sa_b.push((l.clone(), t.bytes));
+            sa_r.push((l.clone(), t.replay_failures));
+            sa_i.push((l, t.integrity_failures));
             std::ops::ControlFlow::Continue(())
         });
+        let names = tt.names.clone();
+        drop(tt);
         metric("espd_sa_packets_total", "counter", "Packets per SA.", sa_p);
         metric("espd_sa_bytes_total", "counter", "Bytes per SA.", sa_b);
         metric(
@@ -150,6 +258,71 @@ impl MetricsSource {
             "gauge",
             "Most consumed hard lifetime per SA, parts per million.",
             sa_c,
+        );
+        metric(
+            "espd_sa_replay_failures_total",
+            "counter",
+            "Inbound packets an SA refused as replayed or too old.",
+            sa_r,
+        );
+        metric(
+            "espd_sa_integrity_failures_total",
+            "counter",
+            "Inbound packets of an SA whose ICV did not verify.",
+            sa_i,
+        );
+        let tunnel_series = |f: &dyn Fn(&SaTotals) -> u64| -> Vec<(String, u64)> {
+            let mut v = Vec::new();
+            for (ti, name) in &names {
+                let sums = per_tunnel.get(ti).copied().unwrap_or_default();
+                for (d, dir) in DIRECTIONS.iter().enumerate() {
+                    v.push((
+                        format!("{{tunnel=\"{}\",direction=\"{dir}\"}}", escape(name)),
+                        f(&sums[d]),
+                    ));
+                }
+            }
+            v
+        };
+        metric(
+            "espd_tunnel_packets_total",
+            "counter",
+            "Packets per tunnel and direction, over all its SAs (removed and replaced ones included: survives rekeys).",
+            tunnel_series(&|t| t.packets),
+        );
+        metric(
+            "espd_tunnel_bytes_total",
+            "counter",
+            "Bytes per tunnel and direction, over all its SAs (survives rekeys).",
+            tunnel_series(&|t| t.bytes),
+        );
+        metric(
+            "espd_tunnel_replay_failures_total",
+            "counter",
+            "Inbound packets refused as replays, per tunnel over all its SAs.",
+            tunnel_series(&|t| t.replay_failures),
+        );
+        metric(
+            "espd_tunnel_integrity_failures_total",
+            "counter",
+            "Inbound packets failing the ICV check, per tunnel over all its SAs.",
+            tunnel_series(&|t| t.integrity_failures),
+        );
+        let mut sas_of = Vec::new();
+        for (ti, name) in &names {
+            let c = live.get(ti).copied().unwrap_or_default();
+            for (d, dir) in DIRECTIONS.iter().enumerate() {
+                sas_of.push((
+                    format!("{{tunnel=\"{}\",direction=\"{dir}\"}}", escape(name)),
+                    c[d],
+                ));
+            }
+        }
+        metric(
+            "espd_tunnel_sas",
+            "gauge",
+            "Installed SAs per tunnel and direction.",
+            sas_of,
         );
         metric(
             "espd_sas",

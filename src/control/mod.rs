@@ -6,6 +6,7 @@
 //! control socket reaches it through a channel. Nothing here blocks a worker.
 
 pub mod api;
+pub mod audit;
 pub mod error;
 pub mod events;
 pub mod handle;
@@ -60,6 +61,9 @@ pub struct ControlCounters {
     pub events_by_name: BTreeMap<&'static str, u64>,
     pub events_by_code: BTreeMap<u32, u64>,
     pub subscriber_lag_drops: u64,
+    /// Per-tunnel counters of removed SAs, for the metrics endpoint (not serialised).
+    #[serde(skip)]
+    pub tunnel_totals: Arc<Mutex<types::TunnelTotals>>,
 }
 
 pub struct Control {
@@ -102,6 +106,12 @@ pub struct Control {
     /// visited a slice at a time until their deadlines are known.
     unused: BTreeSet<(u32, Direction)>,
     unused_cursor: Option<(u32, Direction)>,
+    /// The workers' counters, once the daemon attached them (`stats`'s `dataplane`).
+    core_stats: Option<Arc<[crate::datapath::CoreStats]>>,
+    /// When the control started (ns, control clock): `stats`'s `uptime_s`.
+    started_ns: u64,
+    /// The same as `counters.tunnel_totals` (see [`types::TunnelTotals`]).
+    tunnel_totals: Arc<Mutex<types::TunnelTotals>>,
 }
 
 /// Keys of removed SAs that carried traffic, remembered (about 50 bytes each, 3.3 MB at most):
@@ -142,6 +152,9 @@ impl Control {
             watchers: Vec::new(),
             ike: None,
             counters: Arc::new(Mutex::new(ControlCounters::default())),
+            core_stats: None,
+            started_ns: crate::now_ns(),
+            tunnel_totals: Arc::default(),
             cores: cfg.workers,
             grace_ns: cfg.control.rekey_grace_ms * 1_000_000,
             linger_ns: cfg.control.expired_linger_ms * 1_000_000,
@@ -151,10 +164,52 @@ impl Control {
             unused: BTreeSet::new(),
             unused_cursor: None,
         };
+        c.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tunnel_totals = c.tunnel_totals.clone();
+        c.sync_tunnel_names();
         for (t, p) in &cfg.sas {
             c.register((p.spi, p.direction), *t);
         }
         c
+    }
+
+    /// Gives `stats` the workers' counters (the daemon, once they exist).
+    pub fn attach_core_stats(&mut self, stats: Arc<[crate::datapath::CoreStats]>) {
+        self.core_stats = Some(stats);
+    }
+
+    /// Publishes the tunnels' names to the per-tunnel totals (and forgets the totals of
+    /// tunnels that are gone). Call after the tunnel list changes.
+    fn sync_tunnel_names(&self) {
+        let mut tt = self.tunnel_totals.lock().unwrap_or_else(|e| e.into_inner());
+        tt.names = self
+            .tunnels
+            .iter()
+            .map(|t| (t.index, t.name.clone()))
+            .collect();
+        let types::TunnelTotals { names, removed } = &mut *tt;
+        removed.retain(|t, _| names.contains_key(t));
+    }
+
+    /// Adds the counters of the registered SA `key` (if any) to its tunnel's totals and runs
+    /// `f`, the dataplane change that takes the SA out, under the same lock: the metrics
+    /// endpoint sums the live SAs under it too, so it sees the SA either live or banked,
+    /// never both or neither, and a tunnel's counters never go backwards. Packets a worker
+    /// still counts on the SA after `f` (in flight at its removal) are not added.
+    fn bank<R>(&self, key: Option<(u32, Direction)>, f: impl FnOnce() -> R) -> R {
+        let mut tt = self.tunnel_totals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = key
+            && let Some(&t) = self.sas.get(&key)
+        {
+            let g = epoch::pin();
+            if let Some(sa) = self.lookup(key, &g) {
+                tt.removed.entry(t).or_default()[types::dir_index(key.1)] +=
+                    types::SaTotals::of(sa);
+            }
+        }
+        f()
     }
 
     /// The registered SA `key`, if it is still installed.
@@ -184,6 +239,7 @@ impl Control {
         self.sas.insert(key, t);
         let g = epoch::pin();
         if let Some(sa) = self.lookup(key, &g) {
+            sa.set_tunnel(t);
             let used = match &sa.replay {
                 Some(w) => KeyUse::In(w.clone()),
                 None => KeyUse::Out(sa.seq_handle()),
@@ -569,6 +625,7 @@ impl Control {
             None => now,
         };
         let sa = Sa::new(&p, self.cores, installed)?;
+        sa.set_tunnel(t);
         if let Some(st) = &spec.state {
             sa.import_state(st).map_err(|e| {
                 let (f, r) = e.split_once(": ").unwrap_or(("state", &e));
@@ -613,13 +670,13 @@ impl Control {
             .get(&(spi, d))
             .ok_or(ControlError::NotInstalled { spi, direction: d })?;
         match d {
-            Direction::Inbound => self.dp.sas.remove_inbound(spi)?,
+            Direction::Inbound => self.bank(Some((spi, d)), || self.dp.sas.remove_inbound(spi))?,
             Direction::Outbound => {
                 let g = epoch::pin();
                 let current = self.dp.sas.outbound(t, &g).map(|s| s.spi);
                 drop(g);
                 if current == Some(spi) {
-                    self.dp.sas.set_outbound(t, None)?;
+                    self.bank(Some((spi, d)), || self.dp.sas.set_outbound(t, None))?;
                 }
             }
         }

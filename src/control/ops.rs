@@ -8,7 +8,10 @@ use crossbeam_epoch as epoch;
 
 use super::events::{Event, MmCause, spi_str};
 use super::mm::MmRecord;
-use super::types::{IkeCounters, MainMode, MainModeInfo, Rekey, Rekeyed, SaInfo, SaList, Stats};
+use super::types::{
+    IkeCounters, MainMode, MainModeInfo, Rekey, Rekeyed, SaInfo, SaList, SaTotals, Stats,
+    TunnelInfo, dir_index,
+};
 use super::{Control, ControlError, Result, dir_name};
 use crate::config::{NewPolicy, NewSa, NewTunnel};
 use crate::sa::{Direction, Sa};
@@ -89,15 +92,18 @@ impl Control {
             direction: key.1,
         })?;
         let s = Sa::successor(&p, self.cores, now, prev)?;
+        // A new key starts the counters afresh: the old SA's go to its tunnel's totals.
+        let fresh = s.key_id != prev.key_id;
         drop(g);
         self.check_key(&s, Some(key.0))?;
         self.resume_key(&s);
         // An SA waiting for removal after a hard expiry lives on under its new limits.
         self.lingering.retain(|&(_, spi, d)| (spi, d) != key);
+        let banked = fresh.then_some(key);
         match s.direction {
-            Direction::Inbound => self.dp.sas.replace_inbound(s)?,
+            Direction::Inbound => self.bank(banked, || self.dp.sas.replace_inbound(s))?,
             Direction::Outbound => {
-                self.dp.sas.set_outbound(t, Some(s))?;
+                self.bank(banked, || self.dp.sas.set_outbound(t, Some(s)))?;
             }
         }
         self.forget(key);
@@ -167,6 +173,7 @@ impl Control {
             .find(|i| !used.contains(i))
             .ok_or(ControlError::NoTunnelSlot(self.tunnel_capacity))?;
         self.tunnels.push(tunnel.into_tunnel(index));
+        self.sync_tunnel_names();
         Ok(index)
     }
 
@@ -193,6 +200,7 @@ impl Control {
         self.policies
             .retain(|p| p.action != crate::sa::PolicyAction::Protect(t));
         self.tunnels.retain(|x| x.index != t);
+        self.sync_tunnel_names();
         self.publish_spd();
         Ok(())
     }
@@ -360,7 +368,10 @@ impl Control {
         }
         // 2. Swap the outbound pointer: the next packet uses the new SA.
         let new_spi = new_out.spi;
-        let old = self.dp.sas.set_outbound(t, Some(new_out))?;
+        let current = self.outbound_spi(&r.tunnel);
+        let old = self.bank(current.map(|s| (s, Direction::Outbound)), || {
+            self.dp.sas.set_outbound(t, Some(new_out))
+        })?;
         if let Some(o) = old {
             self.forget((o, Direction::Outbound));
         }
@@ -476,9 +487,77 @@ impl Control {
             .collect()
     }
 
+    /// The tunnels with their SAs and their counters summed over their SAs, removed and
+    /// replaced ones included (`tunnel_list`).
+    pub fn tunnel_list(&self) -> Vec<TunnelInfo> {
+        use std::collections::BTreeMap;
+        let mut inbound: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        let mut live: BTreeMap<u32, [SaTotals; 2]> = BTreeMap::new();
+        // Under the totals' lock: no SA moves from live to banked while we sum.
+        let tt = self.tunnel_totals.lock().unwrap_or_else(|e| e.into_inner());
+        let g = epoch::pin();
+        for (&(spi, d), &t) in &self.sas {
+            if d == Direction::Inbound {
+                inbound.entry(t).or_default().push(spi);
+            }
+            if let Some(sa) = self.lookup((spi, d), &g) {
+                live.entry(t).or_default()[dir_index(d)] += SaTotals::of(sa);
+            }
+        }
+        self.tunnels
+            .iter()
+            .map(|t| {
+                let mut sum = tt.removed.get(&t.index).copied().unwrap_or_default();
+                if let Some(l) = live.get(&t.index) {
+                    sum[0] += l[0];
+                    sum[1] += l[1];
+                }
+                TunnelInfo {
+                    name: t.name.clone(),
+                    index: t.index,
+                    local: t.endpoints.local,
+                    remote: t.endpoints.remote,
+                    mode: match t.mode {
+                        crate::sa::Mode::Tunnel => "tunnel",
+                        crate::sa::Mode::Transport => "transport",
+                    },
+                    encap: t.encap.map_or("none".into(), |e| {
+                        format!("udp:{}:{}", e.src_port, e.dst_port)
+                    }),
+                    mtu: t.mtu,
+                    outbound_spi: self.dp.sas.outbound(t.index, &g).map(|s| spi_str(s.spi)),
+                    inbound_spis: inbound
+                        .get(&t.index)
+                        .map(|v| v.iter().map(|s| spi_str(*s)).collect())
+                        .unwrap_or_default(),
+                    inbound: sum[0],
+                    outbound: sum[1],
+                }
+            })
+            .collect()
+    }
+
     /// Table sizes and the control thread's counters.
     pub fn stats(&self) -> Stats {
+        let sas_inbound = self
+            .sas
+            .keys()
+            .filter(|(_, d)| *d == Direction::Inbound)
+            .count();
         Stats {
+            sas_inbound,
+            sas_outbound: self.sas.len() - sas_inbound,
+            workers: self.cores,
+            uptime_s: crate::now_ns().saturating_sub(self.started_ns) as f64 / 1e9,
+            ike_peers_up: self
+                .ike_status()
+                .iter()
+                .filter(|p| p.state == "established")
+                .count(),
+            dataplane: self
+                .core_stats
+                .as_deref()
+                .map(super::types::DataplaneStats::of),
             sas: self.sas.len(),
             tunnels: self.tunnels.len(),
             policies: self.policies.len(),
@@ -496,7 +575,16 @@ impl Control {
         let g = epoch::pin();
         let sa = self.lookup((spi, d), &g)?;
         let (packets, bytes) = sa.totals();
+        let (replay_failures, integrity_failures) = sa.failures();
+        let hard = sa
+            .lifetime
+            .deadlines()
+            .1
+            .min(sa.lifetime.use_deadlines().map_or(u64::MAX, |d| d.1));
         Some(SaInfo {
+            lifetime_left_s: (hard != u64::MAX).then(|| hard.saturating_sub(now) as f64 / 1e9),
+            replay_failures,
+            integrity_failures,
             spi,
             direction: d,
             tunnel: self.tunnel_name(t),

@@ -6,7 +6,9 @@
 //! Each connection has its own thread that parses nothing: it forwards lines to the control
 //! thread over a channel and writes back what it answers. Malformed input gets an error line
 //! naming the field; the daemon never dies on input. Request lines can carry keys: they are
-//! read through [`LineReader`] and travel as `Zeroizing` buffers, wiped once handled.
+//! read through [`LineReader`] and travel as `Zeroizing` buffers, wiped once handled. Each
+//! request carries its peer's uid and pid to the control thread for the audit log
+//! (`audit.rs`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 
@@ -29,6 +31,8 @@ pub enum ApiMsg {
     Request {
         line: Zeroizing<String>,
         reply: mpsc::Sender<Option<String>>,
+        /// Who sent it (SO_PEERCRED), for the audit log.
+        peer: Option<super::audit::Peer>,
     },
     /// Register an event stream.
     Subscribe { tx: mpsc::SyncSender<String> },
@@ -85,7 +89,8 @@ fn connection(s: UnixStream, tx: mpsc::Sender<ApiMsg>) {
         Ok(w) => w,
         Err(_) => return,
     };
-    match crate::sys::peer_uid(&s) {
+    let peer = crate::sys::peer_cred(&s).map(|(uid, pid)| super::audit::Peer { uid, pid });
+    match peer.map(|p| p.uid) {
         Some(0) => {}
         other => {
             let _ = writeln!(
@@ -130,7 +135,14 @@ fn connection(s: UnixStream, tx: mpsc::Sender<ApiMsg>) {
             continue;
         }
         let (rtx, rrx) = mpsc::channel();
-        if tx.send(ApiMsg::Request { line, reply: rtx }).is_err() {
+        if tx
+            .send(ApiMsg::Request {
+                line,
+                reply: rtx,
+                peer,
+            })
+            .is_err()
+        {
             return;
         }
         match rrx.recv() {

@@ -164,6 +164,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
 
     // The control thread is this one: it owns `control` and runs it in `wait`.
     let mut control = crate::control::Control::new(cfg, shared.dp.clone());
+    control.attach_core_stats(shared.stats.clone());
     let mut threads = Vec::new();
     threads.extend(start_seq_saver(seqs, &shared));
     let services = (|| {

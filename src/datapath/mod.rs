@@ -153,13 +153,35 @@ impl Counter {
     }
 }
 
-/// Counters of one core. Written by its worker only; read by anyone.
+/// Frames and bytes one path (inbound or outbound) of one core received and sent.
 #[derive(Debug, Default)]
+pub struct PathStats {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+}
+
+/// Which pipeline path: the inbound one (cipher side → plain side, decapsulation) or the
+/// outbound one (plain side → cipher side, encapsulation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Path {
+    Inbound = 0,
+    Outbound = 1,
+}
+
+/// Counters of one core. Written by its worker only; read by anyone. Aligned to two cache
+/// lines so that no two cores' counters share a line (adjacent-line prefetch included).
+#[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct CoreStats {
     pub rx_packets: Counter,
     pub rx_bytes: Counter,
     pub tx_packets: Counter,
     pub tx_bytes: Counter,
+    /// The same split by path: `paths[Path::Inbound as usize]`, `paths[Path::Outbound as usize]`.
+    pub paths: [PathStats; 2],
     pub punted: Counter,
     /// Packets a bypass policy (or the default policy `bypass`) forwarded in the clear.
     pub bypassed: Counter,
@@ -181,6 +203,11 @@ pub struct CoreStats {
 }
 
 impl CoreStats {
+    /// The counters of one path.
+    #[inline]
+    pub fn path(&self, p: Path) -> &PathStats {
+        &self.paths[p as usize]
+    }
     #[inline]
     pub fn drop(&self, r: DropReason) {
         self.drops[r as usize].add(1);

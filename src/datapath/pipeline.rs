@@ -27,10 +27,10 @@ use crossbeam_epoch::{self as epoch, Guard};
 use crossbeam_queue::ArrayQueue;
 
 use super::frag::{self, FragError};
-use super::{CoreStats, DropReason};
+use super::{CoreStats, DropReason, Path};
 use crate::esp::{self, EspError};
 use crate::sa::policy::{FlowKey, Lookup, PolicyAction, raw};
-use crate::sa::{Admit, Direction, Mode, Sa, SaTable, SeqShort, Spd};
+use crate::sa::{Admit, Direction, Mode, Sa, SaFailure, SaTable, SeqShort, Spd};
 use crate::wire::esp::{ICV_LEN, TRAILER_LEN};
 use crate::wire::ethernet::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, Mac};
 use crate::wire::ipv4::{self, Ipv4Packet, Ipv4Repr};
@@ -218,7 +218,7 @@ struct Opened<'g> {
 /// workers share an inbound SA, its window's lines move between cores once per block
 /// instead of once per packet. A packet whose number is refused (a duplicate, also of an
 /// earlier packet of the run, or too old) is dropped as `replay` and leaves `opened`.
-fn commit_replay(opened: &mut [Option<Opened<'_>>; 64], acts: &mut [Action]) {
+fn commit_replay(opened: &mut [Option<Opened<'_>>; 64], acts: &mut [Action], core: usize) {
     let mut i = 0;
     while i < opened.len() {
         let Some(first) = opened[i] else {
@@ -236,6 +236,7 @@ fn commit_replay(opened: &mut [Option<Opened<'_>>; 64], acts: &mut [Action]) {
                         // The same number twice in the run: the later one is a replay.
                         opened[end] = None;
                         acts[end] = Action::Drop(DropReason::Replay);
+                        o.sa.count_failure(core, SaFailure::Replay);
                     } else {
                         bits |= bit;
                         members |= 1 << (end - i);
@@ -258,6 +259,7 @@ fn commit_replay(opened: &mut [Option<Opened<'_>>; 64], acts: &mut [Action]) {
             {
                 opened[k] = None;
                 acts[k] = Action::Drop(DropReason::Replay);
+                o.sa.count_failure(core, SaFailure::Replay);
             }
         }
         i = end;
@@ -350,9 +352,12 @@ impl<'a> Pipeline<'a> {
             for ((f, a), hint) in fs.iter_mut().zip(acts.iter_mut()).zip(hints) {
                 self.stats.rx_packets.add(1);
                 self.stats.rx_bytes.add(f.len() as u64);
+                let path = self.stats.path(Path::Outbound);
+                path.rx_packets.add(1);
+                path.rx_bytes.add(f.len() as u64);
                 let left = (n - i) as u64;
                 *a = self.outbound_one(f, now, spd, &guard, left, hint, pool, extra);
-                self.account(f, *a);
+                self.account(f, *a, Path::Outbound);
                 i += 1;
             }
         }
@@ -394,17 +399,20 @@ impl<'a> Pipeline<'a> {
             for ((f, a), o) in fs.iter_mut().zip(acts.iter_mut()).zip(opened.iter_mut()) {
                 self.stats.rx_packets.add(1);
                 self.stats.rx_bytes.add(f.len() as u64);
+                let path = self.stats.path(Path::Inbound);
+                path.rx_packets.add(1);
+                path.rx_bytes.add(f.len() as u64);
                 match self.inbound_open(f, now, spd, &guard) {
                     Ok(p) => *o = Some(p),
                     Err(done) => *a = done,
                 }
             }
-            commit_replay(&mut opened, acts);
+            commit_replay(&mut opened, acts, self.core);
             for ((f, a), o) in fs.iter_mut().zip(acts.iter_mut()).zip(opened) {
                 if let Some(o) = o {
                     *a = self.inbound_finish(f, &o, now, spd, &guard);
                 }
-                self.account(f, *a);
+                self.account(f, *a, Path::Inbound);
             }
         }
     }
@@ -437,11 +445,14 @@ impl<'a> Pipeline<'a> {
     }
 
     #[inline]
-    fn account<F: FrameMut>(&self, f: &F, a: Action) {
+    fn account<F: FrameMut>(&self, f: &F, a: Action, path: Path) {
         match a {
             Action::Tx | Action::TxBack => {
                 self.stats.tx_packets.add(1);
                 self.stats.tx_bytes.add(f.len() as u64);
+                let p = self.stats.path(path);
+                p.tx_packets.add(1);
+                p.tx_bytes.add(f.len() as u64);
             }
             Action::Drop(r) => self.stats.drop(r),
             Action::Punt => self.stats.punted.add(1),
@@ -751,6 +762,9 @@ impl<'a> Pipeline<'a> {
                     extra[at].set(eth, len);
                     self.stats.tx_packets.add(1);
                     self.stats.tx_bytes.add(len as u64);
+                    let p = self.stats.path(Path::Outbound);
+                    p.tx_packets.add(1);
+                    p.tx_bytes.add(len as u64);
                 }
                 Err(r) => {
                     // The fragments sent so far cannot be reassembled; send no more.
@@ -845,7 +859,15 @@ impl<'a> Pipeline<'a> {
                 nh_field: l3.nh_field,
                 v6: l3.v6,
             }),
-            Err(e) => Err(Action::Drop(esp_drop(e))),
+            Err(e) => {
+                // Per-SA failure counts: written on these drop paths only.
+                match e {
+                    EspError::Replay => sa.count_failure(self.core, SaFailure::Replay),
+                    EspError::Integrity => sa.count_failure(self.core, SaFailure::Integrity),
+                    _ => {}
+                }
+                Err(Action::Drop(esp_drop(e)))
+            }
         }
     }
 

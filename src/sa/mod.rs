@@ -9,5 +9,7 @@ pub mod table;
 
 pub use lifetime::{Admit, Limits};
 pub use policy::{PolicyAction, Selector, Spd};
-pub use sa::{Direction, Endpoints, Mode, Sa, SaParams, SaState, SeqCounter, SeqShort, UdpEncap};
+pub use sa::{
+    Direction, Endpoints, Mode, Sa, SaFailure, SaParams, SaState, SeqCounter, SeqShort, UdpEncap,
+};
 pub use table::SaTable;

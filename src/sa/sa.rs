@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 use serde::{Deserialize, Serialize};
@@ -137,6 +137,17 @@ pub struct SaState {
 pub struct SaCoreStats {
     pub packets: AtomicU64,
     pub bytes: AtomicU64,
+    /// Packets refused by the replay window (written only on that drop path).
+    pub replay_failures: AtomicU64,
+    /// Packets whose ICV did not verify (written only on that drop path).
+    pub integrity_failures: AtomicU64,
+}
+
+/// An inbound failure counted per SA (see [`Sa::count_failure`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaFailure {
+    Replay,
+    Integrity,
 }
 
 /// A live SA. Immutable after construction except for atomics.
@@ -174,6 +185,9 @@ pub struct Sa {
     /// Outbound sequence counter. Shared with the SA's same-key successors (`sa_update`): a
     /// key never sees a sequence number (hence a GCM nonce) twice.
     seq: Arc<CachePadded<SeqCounter>>,
+    /// Index of the tunnel the SA belongs to (`u32::MAX`: not known yet). Set by the control
+    /// thread before the SA is published; read by the metrics endpoint, never per packet.
+    tunnel: AtomicU32,
 }
 
 /// Why no sequence number could be taken.
@@ -350,6 +364,7 @@ impl Sa {
                 .collect(),
             canary: AtomicU64::new(CANARY | p.spi as u64),
             outer_v4: outer_v4_template(p),
+            tunnel: AtomicU32::new(u32::MAX),
         })
     }
 
@@ -385,6 +400,12 @@ impl Sa {
         // The counters continue too, so `sa_get` and metrics stay cumulative.
         sa.cores[0].packets.store(totals.0, Ordering::Relaxed);
         sa.cores[0].bytes.store(totals.1, Ordering::Relaxed);
+        let (replay, integrity) = prev.failures();
+        sa.cores[0].replay_failures.store(replay, Ordering::Relaxed);
+        sa.cores[0]
+            .integrity_failures
+            .store(integrity, Ordering::Relaxed);
+        sa.set_tunnel(prev.tunnel().unwrap_or(u32::MAX));
         Ok(sa)
     }
 
@@ -588,6 +609,40 @@ impl Sa {
             .store(c.packets.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         c.bytes
             .store(c.bytes.load(Ordering::Relaxed) + bytes, Ordering::Relaxed);
+    }
+
+    /// Counts one inbound packet refused by the replay window or the ICV check, on `core`.
+    /// Only the drop paths call this, on the SA's per-core line: the fast path writes nothing
+    /// more.
+    #[inline]
+    pub fn count_failure(&self, core: usize, f: SaFailure) {
+        let c = &self.cores[core % self.cores.len()];
+        let n = match f {
+            SaFailure::Replay => &c.replay_failures,
+            SaFailure::Integrity => &c.integrity_failures,
+        };
+        n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// Replay and integrity failures over all cores.
+    pub fn failures(&self) -> (u64, u64) {
+        self.cores.iter().fold((0, 0), |(r, i), c| {
+            (
+                r + c.replay_failures.load(Ordering::Relaxed),
+                i + c.integrity_failures.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Records the tunnel the SA belongs to (the control thread, before publishing it).
+    pub fn set_tunnel(&self, t: u32) {
+        self.tunnel.store(t, Ordering::Relaxed);
+    }
+
+    /// The tunnel the SA belongs to, once the control thread has recorded it.
+    pub fn tunnel(&self) -> Option<u32> {
+        let t = self.tunnel.load(Ordering::Relaxed);
+        (t != u32::MAX).then_some(t)
     }
 
     /// Packets and bytes over all cores.
