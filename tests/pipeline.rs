@@ -226,6 +226,19 @@ fn replay_inside_one_batch() {
     assert!(b.inn(&next).iter().all(|(a, _)| *a == Tx));
     assert!(b.inn(&next).iter().all(|(a, _)| *a == Drop(Replay)));
     assert_eq!(b.stats.drops_by_code()[&13913], 3 + 99);
+    // The SA counts its own replays and forgeries (on the drop paths only).
+    let g = crossbeam_epoch::pin();
+    let sa = b.dp.sas.inbound(0xa001, &g).expect("B's inbound SA");
+    assert_eq!(sa.failures(), (3 + 99, 1));
+    // Every frame on its path: B's inbound path took 208 and sent 105; A's outbound all.
+    use espd::datapath::Path;
+    let (bi, ao) = (b.stats.path(Path::Inbound), a.stats.path(Path::Outbound));
+    assert_eq!(
+        (bi.rx_packets.get(), bi.tx_packets.get()),
+        (7 + 3 + 99 + 99, 4 + 2 + 99)
+    );
+    assert_eq!(b.stats.path(Path::Outbound).rx_packets.get(), 0);
+    assert_eq!((ao.rx_packets.get(), ao.tx_packets.get()), (1100, 1100));
 }
 
 /// Seals an arbitrary ESP payload (with trailer) under B's inbound SA key, for attacks that

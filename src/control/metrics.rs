@@ -1,7 +1,10 @@
-//! Prometheus text exposition (version 0.0.4) on a configurable address: per-core and per-SA
-//! packets and bytes, drops by code and reason, lifetime consumed, rekeys, events by code,
-//! queue-full counts. Served by its own thread, one short-lived thread per connection (a few at
-//! a time, each with a deadline); it only reads counters and the SA table.
+//! Prometheus text exposition (version 0.0.4) on a configurable address: per-core packets and
+//! bytes (also per pipeline path), drops by code and reason, per-SA packets, bytes, replay and
+//! integrity failures and lifetime consumed (labelled by SPI, direction and tunnel), per-tunnel
+//! totals that survive rekeys (`espd_tunnel_*`), rekeys, events by code, queue-full counts.
+//! Served by its own thread, one short-lived thread per connection (a few at a time, each with
+//! a deadline); it only reads counters and the SA table. [`METRIC_NAMES`] lists every metric
+//! (the Grafana dashboard in dist/grafana/ is checked against it).
 
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
@@ -475,4 +478,228 @@ fn write_by(s: &mut TcpStream, mut buf: &[u8], deadline: Instant, stop: &AtomicB
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::control::Control;
+    use crate::control::api::{Reply, handle};
+
+    fn control() -> (Control, MetricsSource) {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gw-a.toml"))
+                .unwrap();
+        let cfg = Config::parse(std::path::Path::new("gw-a.toml"), &text).unwrap();
+        let dp = Arc::new(cfg.build_dataplane(1).unwrap());
+        let c = Control::new(&cfg, dp.clone());
+        let src = MetricsSource {
+            stats: (0..2).map(|_| CoreStats::default()).collect(),
+            dp,
+            counters: c.counters.clone(),
+            sa_limit: 1000,
+        };
+        (c, src)
+    }
+
+    fn ok(c: &mut Control, req: &str) {
+        match handle(c, req, 1) {
+            Reply::Line(l) => assert!(l.contains("\"ok\":true"), "{req} → {l}"),
+            Reply::Subscribe => panic!("{req}"),
+        }
+    }
+
+    /// The value of the series `name{labels}` in `text`.
+    fn value(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Metric names of the exposition (its `# TYPE` lines).
+    fn names(text: &str) -> BTreeSet<&str> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect()
+    }
+
+    #[test]
+    fn the_exposition_has_exactly_the_listed_metrics() {
+        let (_c, src) = control();
+        let text = src.render();
+        let want: BTreeSet<&str> = METRIC_NAMES.iter().copied().collect();
+        assert_eq!(names(&text), want);
+        // Every sample belongs to a declared metric.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap_or_default();
+            assert!(want.contains(name), "{l}");
+        }
+        assert!(
+            text.contains(
+                "espd_sa_packets_total{spi=\"0x0000a001\",direction=\"outbound\",tunnel=\"to-b\"} 0"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("espd_path_rx_packets_total{core=\"1\",path=\"inbound\"} 0"));
+        assert_eq!(
+            value(
+                &text,
+                "espd_tunnel_sas{tunnel=\"to-b\",direction=\"inbound\"}"
+            ),
+            Some(1)
+        );
+    }
+
+    /// A tunnel's series keep counting across a rekey and a removal: what the old SAs counted
+    /// stays in `espd_tunnel_*` after they are gone, and the per-SA series carry the tunnel.
+    #[test]
+    fn tunnel_totals_survive_rekeys_and_removals() {
+        let (mut c, src) = control();
+        let g = crossbeam_epoch::pin();
+        let out = src.dp.sas.outbound(0, &g).unwrap();
+        out.count(0, 1000);
+        out.count(0, 500);
+        let inb = src.dp.sas.inbound(0xb001, &g).unwrap();
+        inb.count(0, 700);
+        inb.count_failure(0, crate::sa::SaFailure::Replay);
+        inb.count_failure(0, crate::sa::SaFailure::Integrity);
+        inb.count_failure(0, crate::sa::SaFailure::Integrity);
+        drop(g);
+        let series = |d: &str| format!("{{tunnel=\"to-b\",direction=\"{d}\"}}");
+        let before = src.render();
+        assert_eq!(
+            value(
+                &before,
+                &format!("espd_tunnel_bytes_total{}", series("outbound"))
+            ),
+            Some(1500)
+        );
+        assert_eq!(
+            value(
+                &before,
+                "espd_sa_integrity_failures_total{spi=\"0x0000b001\",direction=\"inbound\",tunnel=\"to-b\"}"
+            ),
+            Some(2)
+        );
+        ok(
+            &mut c,
+            r#"{"op":"rekey","tunnel":"to-b","outbound":{"tunnel":"to-b","direction":"out","spi":"0xa002","key":"a1b2c3d4e5f60718293a4b5c6d7e8f9011223344"}}"#,
+        );
+        let g = crossbeam_epoch::pin();
+        src.dp.sas.outbound(0, &g).unwrap().count(0, 100);
+        drop(g);
+        ok(
+            &mut c,
+            r#"{"op":"sa_delete","spi":"0xb001","direction":"in"}"#,
+        );
+        let after = src.render();
+        assert!(
+            !after.contains("spi=\"0x0000a001\""),
+            "the old SA's series is gone"
+        );
+        assert_eq!(
+            value(
+                &after,
+                &format!("espd_tunnel_bytes_total{}", series("outbound"))
+            ),
+            Some(1600)
+        );
+        assert_eq!(
+            value(
+                &after,
+                &format!("espd_tunnel_packets_total{}", series("outbound"))
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            value(
+                &after,
+                &format!("espd_tunnel_bytes_total{}", series("inbound"))
+            ),
+            Some(700)
+        );
+        assert_eq!(
+            value(
+                &after,
+                &format!("espd_tunnel_integrity_failures_total{}", series("inbound"))
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            value(
+                &after,
+                &format!("espd_tunnel_replay_failures_total{}", series("inbound"))
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            value(&after, &format!("espd_tunnel_sas{}", series("inbound"))),
+            Some(0)
+        );
+        // `tunnel_list` sums the same way.
+        let t = &c.tunnel_list()[0];
+        assert_eq!((t.outbound.bytes, t.inbound.bytes), (1600, 700));
+        assert_eq!(t.inbound.integrity_failures, 2);
+        // A deleted tunnel's series go with it.
+        ok(&mut c, r#"{"op":"tunnel_delete","name":"to-b"}"#);
+        assert!(!src.render().contains("tunnel=\"to-b\""));
+    }
+
+    /// Every metric the Grafana dashboard queries is one the endpoint emits.
+    #[test]
+    fn the_grafana_dashboard_queries_only_emitted_metrics() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/dist/grafana/espd-dashboard.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut exprs = Vec::new();
+        fn walk<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    for (k, x) in m {
+                        match (k.as_str(), x) {
+                            ("expr" | "query", serde_json::Value::String(s)) => out.push(s),
+                            _ => walk(x, out),
+                        }
+                    }
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+                _ => {}
+            }
+        }
+        walk(&v, &mut exprs);
+        assert!(exprs.len() >= 8, "{exprs:?}");
+        let mut used = BTreeSet::new();
+        for e in &exprs {
+            let b = e.as_bytes();
+            let mut i = 0;
+            while let Some(at) = e[i..].find("espd_") {
+                let s = i + at;
+                let mut j = s;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
+                    j += 1;
+                }
+                used.insert(&e[s..j]);
+                i = j;
+            }
+        }
+        for m in &used {
+            assert!(
+                METRIC_NAMES.contains(m),
+                "the dashboard queries {m}, which espd does not emit"
+            );
+        }
+        for m in [
+            "espd_tunnel_bytes_total",
+            "espd_drops_total",
+            "espd_sa_replay_failures_total",
+        ] {
+            assert!(used.contains(m), "the dashboard shows {m}");
+        }
+    }
 }
