@@ -313,7 +313,7 @@ fn espd_to_espd_setup_and_traffic() {
     let o = std::process::Command::new(EXE)
         .args(["ctl", "--socket"])
         .arg(r.socket('a'))
-        .args(["ike", "list"])
+        .args(["--json", "ike", "list"])
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
