@@ -591,6 +591,27 @@ mod tests {
         let g = crossbeam_epoch::pin();
         src.dp.sas.outbound(0, &g).unwrap().count(0, 100);
         drop(g);
+        // An update with the same key carries the counters on (nothing counted twice); one
+        // with a new key starts afresh and the old counts stay in the tunnel's totals.
+        ok(
+            &mut c,
+            r#"{"op":"sa_update","sa":{"tunnel":"to-b","direction":"in","spi":"0xb001","key":"ffeeddccbbaa99887766554433221100a0b0c0d0"}}"#,
+        );
+        let mid = src.render();
+        assert_eq!(
+            value(
+                &mid,
+                &format!("espd_tunnel_bytes_total{}", series("inbound"))
+            ),
+            Some(700)
+        );
+        ok(
+            &mut c,
+            r#"{"op":"sa_update","sa":{"tunnel":"to-b","direction":"in","spi":"0xb001","key":"0102030405060708090a0b0c0d0e0f1011121314"}}"#,
+        );
+        let g = crossbeam_epoch::pin();
+        src.dp.sas.inbound(0xb001, &g).unwrap().count(0, 50);
+        drop(g);
         ok(
             &mut c,
             r#"{"op":"sa_delete","spi":"0xb001","direction":"in"}"#,
@@ -619,7 +640,7 @@ mod tests {
                 &after,
                 &format!("espd_tunnel_bytes_total{}", series("inbound"))
             ),
-            Some(700)
+            Some(750)
         );
         assert_eq!(
             value(
@@ -641,7 +662,7 @@ mod tests {
         );
         // `tunnel_list` sums the same way.
         let t = &c.tunnel_list()[0];
-        assert_eq!((t.outbound.bytes, t.inbound.bytes), (1600, 700));
+        assert_eq!((t.outbound.bytes, t.inbound.bytes), (1600, 750));
         assert_eq!(t.inbound.integrity_failures, 2);
         // A deleted tunnel's series go with it.
         ok(&mut c, r#"{"op":"tunnel_delete","name":"to-b"}"#);

@@ -199,6 +199,17 @@ impl Control {
     /// never both or neither, and a tunnel's counters never go backwards. Packets a worker
     /// still counts on the SA after `f` (in flight at its removal) are not added.
     fn bank<R>(&self, key: Option<(u32, Direction)>, f: impl FnOnce() -> R) -> R {
+        self.bank_beyond(key, types::SaTotals::default(), f)
+    }
+
+    /// [`Control::bank`] of what the SA counted beyond `carried` (the counters a same-key
+    /// successor took over and goes on from).
+    fn bank_beyond<R>(
+        &self,
+        key: Option<(u32, Direction)>,
+        carried: types::SaTotals,
+        f: impl FnOnce() -> R,
+    ) -> R {
         let mut tt = self.tunnel_totals.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(key) = key
             && let Some(&t) = self.sas.get(&key)
@@ -206,7 +217,7 @@ impl Control {
             let g = epoch::pin();
             if let Some(sa) = self.lookup(key, &g) {
                 tt.removed.entry(t).or_default()[types::dir_index(key.1)] +=
-                    types::SaTotals::of(sa);
+                    types::SaTotals::of(sa).beyond(carried);
             }
         }
         f()

@@ -92,18 +92,25 @@ impl Control {
             direction: key.1,
         })?;
         let s = Sa::successor(&p, self.cores, now, prev)?;
-        // A new key starts the counters afresh: the old SA's go to its tunnel's totals.
-        let fresh = s.key_id != prev.key_id;
+        // A new key starts the counters afresh: the old SA's go to its tunnel's totals. With
+        // the same key the successor carries them on; what the old one counts after the copy
+        // goes to the totals, so a tunnel's series never step back.
+        let carried = if s.key_id == prev.key_id {
+            SaTotals::of(&s)
+        } else {
+            SaTotals::default()
+        };
         drop(g);
         self.check_key(&s, Some(key.0))?;
         self.resume_key(&s);
         // An SA waiting for removal after a hard expiry lives on under its new limits.
         self.lingering.retain(|&(_, spi, d)| (spi, d) != key);
-        let banked = fresh.then_some(key);
         match s.direction {
-            Direction::Inbound => self.bank(banked, || self.dp.sas.replace_inbound(s))?,
+            Direction::Inbound => {
+                self.bank_beyond(Some(key), carried, || self.dp.sas.replace_inbound(s))?
+            }
             Direction::Outbound => {
-                self.bank(banked, || self.dp.sas.set_outbound(t, Some(s)))?;
+                self.bank_beyond(Some(key), carried, || self.dp.sas.set_outbound(t, Some(s)))?;
             }
         }
         self.forget(key);

@@ -217,6 +217,20 @@ impl SaTotals {
     }
 }
 
+impl SaTotals {
+    /// What `self` counted beyond `base` (never negative).
+    pub fn beyond(self, base: SaTotals) -> SaTotals {
+        SaTotals {
+            packets: self.packets.saturating_sub(base.packets),
+            bytes: self.bytes.saturating_sub(base.bytes),
+            replay_failures: self.replay_failures.saturating_sub(base.replay_failures),
+            integrity_failures: self
+                .integrity_failures
+                .saturating_sub(base.integrity_failures),
+        }
+    }
+}
+
 impl std::ops::AddAssign for SaTotals {
     fn add_assign(&mut self, o: SaTotals) {
         self.packets += o.packets;
