@@ -190,7 +190,7 @@ fn splice(fields: &Value, parts: &[(&str, Part<'_>)]) -> Zeroizing<String> {
 #[derive(clap::Args)]
 pub struct CtlArgs {
     /// The daemon's control socket (`[control] socket` in its config).
-    #[arg(long, default_value = "/run/espd/espd.sock")]
+    #[arg(long, global = true, default_value = "/run/espd/espd.sock")]
     pub socket: PathBuf,
     /// Print the daemon's answer as one JSON document (the machine form) instead of a table.
     #[arg(long, global = true)]
