@@ -1088,10 +1088,7 @@ impl Config {
                     })?
                 }
                 _ => {
-                    return Err(cx.err(
-                        k("key"),
-                        "give exactly one of key, key_file or secret",
-                    ));
+                    return Err(cx.err(k("key"), "give exactly one of key, key_file or secret"));
                 }
             };
             specs.push(SaSpec {

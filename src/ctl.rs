@@ -110,6 +110,12 @@ pub enum CtlOp {
     Stats,
     /// Send raw JSON request lines (`-`: read them from stdin).
     Raw { request: String },
+    /// Re-read the config file (or FILE) and apply what changed, like SIGHUP; refused as a
+    /// whole when a change needs a restart. Prints what was added, removed and changed.
+    Load {
+        /// Config to apply instead of the file last loaded (it becomes the one SIGHUP reads).
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -255,6 +261,11 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
         CtlOp::Events => events(&socket)?,
         CtlOp::Stats => call(&socket, json!({"op": "stats"}))?,
         CtlOp::Raw { request } => raw(&socket, &request)?,
+        CtlOp::Load { file } => {
+            // The daemon runs elsewhere: a relative path is made absolute here.
+            let path = file.map(|f| std::fs::canonicalize(&f).unwrap_or(f));
+            call(&socket, json!({"op": "load", "path": path}))?
+        }
     };
     if !ok {
         anyhow::bail!("the daemon refused the request");

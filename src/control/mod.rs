@@ -12,6 +12,7 @@ pub mod handle;
 pub mod metrics;
 pub mod mm;
 mod ops;
+pub mod reload;
 pub mod seqstate;
 pub mod socket;
 pub mod types;
@@ -102,6 +103,8 @@ pub struct Control {
     /// visited a slice at a time until their deadlines are known.
     unused: BTreeSet<(u32, Direction)>,
     unused_cursor: Option<(u32, Direction)>,
+    /// The config the running state came from (what a reload compares against).
+    from_file: reload::FromFile,
 }
 
 /// Keys of removed SAs that carried traffic, remembered (about 50 bytes each, 3.3 MB at most):
@@ -150,6 +153,7 @@ impl Control {
             timers: BinaryHeap::new(),
             unused: BTreeSet::new(),
             unused_cursor: None,
+            from_file: reload::FromFile::new(cfg),
         };
         for (t, p) in &cfg.sas {
             c.register((p.spi, p.direction), *t);
