@@ -539,8 +539,36 @@ impl Control {
                 ));
             }
         }
+        for s in &update {
+            // The installed SA must still be the file's (same key), not one the socket put
+            // under its SPI: an outbound successor under another key would start a sequence
+            // counter the state file does not track.
+            let p = &s.params;
+            let k = (p.spi, p.direction);
+            if self.key_of.get(&k).map(|(id, _)| *id) != Some(crate::sa::sa::key_id(&p.keymat)) {
+                return Err(ControlError::invalid(
+                    "config",
+                    format!(
+                        "{} SA {} was replaced over the control socket (another key); delete it or restart (nothing was changed)",
+                        dir_name(p.direction),
+                        spi_str(p.spi)
+                    ),
+                ));
+            }
+        }
         for s in &install {
             let p = &s.params;
+            if p.direction == Direction::Outbound {
+                // Only a changed file SA that is gone (removed or rekeyed over the socket) gets
+                // here: `diff` refuses new ones. Its counter would not be in the state file.
+                return Err(ControlError::invalid(
+                    "config",
+                    format!(
+                        "outbound SA {} is no longer installed (removed or rekeyed over the control socket); a static outbound SA is installed again only by a restart (nothing was changed)",
+                        spi_str(p.spi)
+                    ),
+                ));
+            }
             if self.sas.contains_key(&(p.spi, p.direction)) {
                 return Err(ControlError::invalid(
                     "config",
@@ -1029,5 +1057,56 @@ socket = ""
         assert!(answer.contains("is mode 0644"), "{answer}");
         assert!(answer.contains("\"ok\":false"), "{answer}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn sa_key(spi: &str, dir: &str, key: &str) -> NewSa {
+        let spec: crate::config::SaSpec = toml::from_str(&format!(
+            "tunnel = \"to-b\"\ndirection = \"{dir}\"\nspi = \"{spi}\"\nkey = \"{key}\"\n"
+        ))
+        .unwrap();
+        spec.to_new_sa().unwrap()
+    }
+
+    #[test]
+    fn file_sas_replaced_over_the_socket_are_not_overwritten() {
+        let mut c = control(BASE);
+        let lifetime = BASE.replace(
+            "spi = 0xa001\n",
+            "spi = 0xa001\nlifetime = { hard_seconds = 3600 }\n",
+        );
+        // The outbound SA rekeyed over the socket: the file's 0xa001 is gone.
+        c.rekey(
+            super::super::types::Rekey {
+                tunnel: "to-b".into(),
+                outbound: sa_key("0xa0ff", "out", "4112233445566778899aabbccddeeff001020304"),
+                inbound: None,
+                retire_inbound: None,
+                grace_ms: None,
+            },
+            5,
+        )
+        .unwrap();
+        let e = c.apply_config(cfg(&lifetime), 6).unwrap_err().to_string();
+        assert!(
+            e.contains("outbound SA 0x0000a001 is no longer installed"),
+            "{e}"
+        );
+        assert_eq!(c.outbound_spi("to-b"), Some(0xa0ff));
+        // The inbound SA replaced under its SPI with another key (sa_update).
+        let mut c = control(BASE);
+        c.update_sa(
+            &sa_key("0xb001", "in", "5112233445566778899aabbccddeeff001020304"),
+            5,
+        )
+        .unwrap();
+        let e = c
+            .apply_config(cfg(&BASE.replacen("[[sas]]", SECOND_FLOW, 1)), 6)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("inbound SA 0x0000b001 was replaced over the control socket"),
+            "{e}"
+        );
+        assert_eq!(c.policies().len(), 1, "nothing was applied");
     }
 }
