@@ -840,12 +840,17 @@ impl Config {
     pub fn load_checked(path: &Path) -> Result<Config, ConfigError> {
         let c = Self::load(path)?;
         if c.inline_keys {
-            check_secret_file(path).map_err(|reason| ConfigError {
-                file: path.to_path_buf(),
-                key: "sas".into(),
-                reason: format!(
-                    "{reason}; or move the keys to a secrets_file or key_file ([[sas]] key is inline)"
-                ),
+            check_secret_file(path).map_err(|reason| {
+                // "PATH holds keys but ..." with the path already in front of the error.
+                let prefix = format!("{} holds keys", path.display());
+                let rest = reason.strip_prefix(&prefix).unwrap_or(&reason);
+                ConfigError {
+                    file: path.to_path_buf(),
+                    key: String::new(),
+                    reason: format!(
+                        "holds inline keys ([[sas]] key){rest}; or move the keys to a secrets_file or key_file"
+                    ),
+                }
             })?;
         }
         Ok(c)

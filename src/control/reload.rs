@@ -398,16 +398,9 @@ impl Control {
         if let Some(n) = &self.from_file.notifier {
             n.ready();
         }
-        match &r {
-            Ok(done) => tracing::info!(
-                file = %done.file.display(),
-                "reloaded: tunnels {:?}, policies {:?}, SAs {:?}, settings {:?}",
-                done.tunnels,
-                done.policies,
-                done.sas,
-                done.settings
-            ),
-            Err(e) => tracing::error!(file = %path.display(), "reload refused: {e}"),
+        // A success is logged as its `reloaded` event.
+        if let Err(e) = &r {
+            tracing::error!(file = %path.display(), "reload refused: {e}");
         }
         r
     }
