@@ -1102,4 +1102,87 @@ socket = ""
         );
         assert_eq!(c.policies().len(), 1, "nothing was applied");
     }
+
+    #[test]
+    fn a_tunnel_with_its_policy_and_inbound_sa_comes_and_goes() {
+        let mut c = control(BASE);
+        let with_c = format!(
+            "{BASE}[[tunnels]]\nname = \"to-c\"\nlocal = \"203.0.113.1\"\nremote = \"203.0.113.3\"\n\
+             [[policies]]\nsrc = \"192.0.2.0/24\"\ndst = \"198.18.0.0/15\"\naction = \"protect\"\ntunnel = \"to-c\"\n\
+             [[sas]]\ntunnel = \"to-c\"\ndirection = \"in\"\nspi = 0xc001\nkey = \"6112233445566778899aabbccddeeff001020304\"\n"
+        );
+        let done = c.apply_config(cfg(&with_c), 10).unwrap();
+        assert_eq!(
+            done.tunnels,
+            Counts {
+                added: 1,
+                removed: 0,
+                changed: 0
+            }
+        );
+        assert_eq!(
+            done.policies,
+            Counts {
+                added: 1,
+                removed: 0,
+                changed: 0
+            }
+        );
+        assert_eq!(
+            done.sas,
+            Counts {
+                added: 1,
+                removed: 0,
+                changed: 0
+            }
+        );
+        let info = c.sa(0xc001, Direction::Inbound, 11).unwrap();
+        assert_eq!(info.tunnel.as_deref(), Some("to-c"));
+        // Gone again: its tunnel, policy and SA (the SA at once, with its tunnel).
+        let done = c.apply_config(cfg(BASE), 20).unwrap();
+        assert_eq!(
+            done.tunnels,
+            Counts {
+                added: 0,
+                removed: 1,
+                changed: 0
+            }
+        );
+        assert_eq!(
+            done.policies,
+            Counts {
+                added: 0,
+                removed: 1,
+                changed: 0
+            }
+        );
+        assert_eq!(done.sas.removed, 1);
+        assert_eq!(c.tunnels().len(), 1);
+        assert_eq!(c.policies().len(), 1);
+        assert!(c.sa(0xc001, Direction::Inbound, 21).is_err());
+        // No slot left for a new tunnel (the socket took it): refused before anything changes.
+        let cap2 = |t: &str| t.replace("[control]\n", "[control]\ntunnel_capacity = 2\n");
+        let mut full = control(&cap2(BASE));
+        full.add_tunnel(
+            crate::config::TunnelSpec {
+                name: "sock",
+                local: "203.0.113.1",
+                remote: "203.0.113.7",
+                mode: None,
+                encap: None,
+                udp_src_port: None,
+                udp_dst_port: None,
+                mtu: None,
+            }
+            .parse()
+            .unwrap(),
+        )
+        .unwrap();
+        let e = full
+            .apply_config(cfg(&cap2(&with_c)), 30)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 tunnel(s) to add, 0 slot(s) free"), "{e}");
+        assert_eq!(full.policies().len(), 1);
+    }
 }
