@@ -12,11 +12,13 @@
 //! change: replaced in one store, the sequence counter and replay window continue), and the
 //! settings `dataplane.default_policy`, `dataplane.backend`, `dataplane.replay_window`,
 //! `control.rekey_grace_ms`, `control.expired_linger_ms`. Removed inbound SAs keep accepting
-//! for the rekey grace period. Everything else needs a restart and is refused by name, as are
-//! a changed tunnel (add one under a new name instead), a new key under an installed SPI (use a
-//! new SPI), and a new static outbound SA (its sequence numbers must be in the state file from
-//! the first packet: restart, or program it over the socket). A refused reload changes
-//! nothing: every check runs before the first change.
+//! for the rekey grace period. A new static outbound SA is tracked in the sequence state file
+//! before its first packet ([`SeqTrack`]: a key the file does not know starts at 1, the file
+//! knowing a key continues after its mark) and replaces the tunnel's outbound SA from the old
+//! file in one pointer store, as a rekey does. Everything else needs a restart and is refused
+//! by name, as are a changed tunnel (add one under a new name instead) and a new key under an
+//! installed SPI (use a new SPI). A refused reload changes nothing: every check runs before
+//! the first change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ use crate::sa::{Direction, SaParams};
 pub struct FromFile {
     pub config: Config,
     notifier: Option<crate::daemon::notify::Notifier>,
+    seq: Option<std::sync::mpsc::Sender<SeqTrack>>,
 }
 
 impl FromFile {
@@ -40,8 +43,18 @@ impl FromFile {
         FromFile {
             config: config.clone(),
             notifier: None,
+            seq: None,
         }
     }
+}
+
+/// A request to the thread that owns the sequence state file: track this new static outbound
+/// SA ([`crate::control::seqstate::SeqStore::track`]) and answer once its first block is saved.
+pub struct SeqTrack {
+    pub spi: u32,
+    pub keymat: zeroize::Zeroizing<Vec<u8>>,
+    pub seq: std::sync::Arc<crossbeam_utils::CachePadded<crate::sa::SeqCounter>>,
+    pub reply: std::sync::mpsc::SyncSender<std::result::Result<(), String>>,
 }
 
 /// Added, removed and changed items of one kind.
@@ -322,9 +335,6 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
             params: p.clone(),
         };
         match old_sas.get(&key(p)) {
-            None if p.direction == Direction::Outbound => d.refused.push(format!(
-                "{what}: a new static outbound SA needs a restart (its sequence numbers must be in the state file from its first packet); or program it over the control socket"
-            )),
             None => d.sas_added.push(item()),
             Some((ot, op)) => {
                 if tunnel_name(old, *ot) != tunnel {
@@ -337,9 +347,8 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
                         "{what}.key: a new key needs a new SPI (the peer cannot switch keys at the same instant; packets in flight would fail)"
                     ));
                 } else if op.esn != p.esn {
-                    d.refused.push(format!(
-                        "{what}.esn: cannot change under the same key"
-                    ));
+                    d.refused
+                        .push(format!("{what}.esn: cannot change under the same key"));
                 } else if op.replay_window != p.replay_window {
                     d.refused.push(format!(
                         "{what}.replay_window: cannot change under the same key"
@@ -374,6 +383,12 @@ fn new_sa(s: &FileSa) -> NewSa {
 }
 
 impl Control {
+    /// Where new static outbound SAs are tracked (the daemon's sequence-state thread). Without
+    /// it a reload refuses them.
+    pub fn set_seq_tracker(&mut self, tx: std::sync::mpsc::Sender<SeqTrack>) {
+        self.from_file.seq = Some(tx);
+    }
+
     /// Tells `notifier` (systemd) `RELOADING=1` and `READY=1` around every reload.
     pub fn set_reload_notifier(&mut self, notifier: crate::daemon::notify::Notifier) {
         self.from_file.notifier = Some(notifier);
@@ -549,18 +564,45 @@ impl Control {
                 ));
             }
         }
+        let mut outbound_tunnels = Vec::new();
         for s in &install {
             let p = &s.params;
             if p.direction == Direction::Outbound {
-                // Only a changed file SA that is gone (removed or rekeyed over the socket) gets
-                // here: `diff` refuses new ones. Its counter would not be in the state file.
-                return Err(ControlError::invalid(
-                    "config",
-                    format!(
-                        "outbound SA {} is no longer installed (removed or rekeyed over the control socket); a static outbound SA is installed again only by a restart (nothing was changed)",
-                        spi_str(p.spi)
-                    ),
-                ));
+                let what = format!("outbound SA {}", spi_str(p.spi));
+                if self.from_file.seq.is_none() {
+                    return Err(ControlError::invalid(
+                        "config",
+                        format!(
+                            "{what}: a static outbound SA is added only with a sequence state file to track it (the daemon's); nothing was changed"
+                        ),
+                    ));
+                }
+                // The tunnel's outbound SA must be the old file's, going in this reload (or
+                // none): one from the socket is not replaced.
+                if let Some(t) = self.tunnels.iter().find(|t| t.name == s.tunnel) {
+                    let g = crossbeam_epoch::pin();
+                    let cur = self.dp.sas.outbound(t.index, &g).map(|x| x.spi);
+                    drop(g);
+                    if let Some(cur) = cur
+                        && !removed.contains(&(cur, Direction::Outbound))
+                    {
+                        return Err(ControlError::invalid(
+                            "config",
+                            format!(
+                                "{what}: tunnel `{}` has outbound SA {} (not from the file, or kept by it); nothing was changed",
+                                s.tunnel,
+                                spi_str(cur)
+                            ),
+                        ));
+                    }
+                }
+                if outbound_tunnels.contains(&s.tunnel) {
+                    return Err(ControlError::invalid(
+                        "config",
+                        format!("{what}: tunnel `{}` gets two outbound SAs", s.tunnel),
+                    ));
+                }
+                outbound_tunnels.push(s.tunnel.clone());
             }
             if self.sas.contains_key(&(p.spi, p.direction)) {
                 return Err(ControlError::invalid(
@@ -637,9 +679,24 @@ impl Control {
             self.update_sa(s, now)?;
             done.sas.changed += 1;
         }
-        // 5. New SAs (inbound: the peer may use them at once).
-        for s in &plan.install {
+        // 5. New SAs: inbound first (the peer may use them at once), then outbound ones, each
+        // tracked in the state file before it is published.
+        for s in plan
+            .install
+            .iter()
+            .filter(|s| s.direction == Direction::Inbound)
+        {
             self.install_sa(s, now)?;
+            done.sas.added += 1;
+        }
+        for s in plan
+            .install
+            .iter()
+            .filter(|s| s.direction == Direction::Outbound)
+        {
+            if self.install_static_outbound(s, now)? {
+                done.sas.removed += 1;
+            }
             done.sas.added += 1;
         }
         // 6. SAs gone from the file: inbound ones keep accepting for the grace period.
@@ -661,6 +718,52 @@ impl Control {
             }
         }
         Ok(())
+    }
+}
+
+impl Control {
+    /// Installs a static outbound SA from the file: tracked in the sequence state file first
+    /// (its counter capped at the saved mark), then published, replacing the tunnel's current
+    /// outbound SA (the old file's, checked) in one pointer store. Returns whether it replaced
+    /// one.
+    fn install_static_outbound(&mut self, s: &NewSa, now: u64) -> Result<bool> {
+        let (t, sa) = self.build(s, now)?;
+        self.check_key(&sa, None)?;
+        self.resume_key(&sa);
+        let tracker = self.from_file.seq.clone().ok_or_else(|| {
+            ControlError::invalid("config", "no sequence state file to track the SA")
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let stopped = || ControlError::invalid("config", "the sequence state thread has stopped");
+        tracker
+            .send(SeqTrack {
+                spi: sa.spi,
+                keymat: s.keymat.clone(),
+                seq: sa.seq_handle(),
+                reply: tx,
+            })
+            .map_err(|_| stopped())?;
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| stopped())?
+            .map_err(|e| ControlError::invalid("config", format!("state file: {e}")))?;
+        let spi = sa.spi;
+        let old = self.dp.sas.set_outbound(t, Some(sa))?;
+        if let Some(o) = old {
+            self.forget((o, Direction::Outbound));
+            self.emit(Event::SaRemoved {
+                spi: spi_str(o),
+                direction: "outbound",
+                reason: "reload",
+                time: Self::time(now),
+            });
+        }
+        self.register((spi, Direction::Outbound), t);
+        {
+            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            c.sas_installed += 1;
+            c.sas_removed += u64::from(old.is_some());
+        }
+        Ok(old.is_some())
     }
 }
 
@@ -708,6 +811,8 @@ key = "ffeeddccbbaa99887766554433221100a0b0c0d0"
 [control]
 socket = ""
 "#;
+
+    const KEY_A: &str = "00112233445566778899aabbccddeeff01020304";
 
     fn cfg(text: &str) -> Config {
         Config::parse(Path::new("t.toml"), text).unwrap()
@@ -782,7 +887,7 @@ socket = ""
     }
 
     #[test]
-    fn lifetimes_change_live_keys_and_new_outbound_sas_are_refused() {
+    fn lifetimes_change_live_and_new_keys_need_new_spis() {
         let new = BASE.replace(
             "spi = 0xa001\n",
             "spi = 0xa001\nlifetime = { hard_seconds = 3600 }\n",
@@ -804,9 +909,14 @@ socket = ""
             d.refused[0]
         );
 
-        let new = BASE.replace("0xa001", "0xa002");
+        // A new SPI with a new key: one added, one removed (a rekey by the file).
+        let new = BASE
+            .replace("0xa001", "0xa002")
+            .replace(KEY_A, "00112233445566778899aabbccddeeff01020399");
         let d = diff(&cfg(BASE), &cfg(&new));
-        assert!(d.refused[0].contains("new static outbound SA needs a restart"));
+        assert!(d.refused.is_empty(), "{:?}", d.refused);
+        assert_eq!(d.sas_added.len(), 1);
+        assert_eq!(d.sas_added[0].params.spi, 0xa002);
         assert_eq!(d.sas_removed, vec![(0xa001, Direction::Outbound)]);
     }
 
@@ -1081,7 +1191,7 @@ socket = ""
         .unwrap();
         let e = c.apply_config(cfg(&lifetime), 6).unwrap_err().to_string();
         assert!(
-            e.contains("outbound SA 0x0000a001 is no longer installed"),
+            e.contains("outbound SA 0x0000a001: a static outbound SA is added only with"),
             "{e}"
         );
         assert_eq!(c.outbound_spi("to-b"), Some(0xa0ff));
@@ -1184,5 +1294,67 @@ socket = ""
             .to_string();
         assert!(e.contains("1 tunnel(s) to add, 0 slot(s) free"), "{e}");
         assert_eq!(full.policies().len(), 1);
+    }
+
+    #[test]
+    fn a_new_static_outbound_sa_is_saved_before_it_replaces_the_old_one() {
+        let dir = std::env::temp_dir().join(format!("espd-reload-seq-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("gw.seq");
+        let text = BASE.replace(
+            "workers = 1\n",
+            &format!("workers = 1\nstate_file = \"{}\"\n", state.display()),
+        );
+        let rotated = text
+            .replace("0xa001", "0xa002")
+            .replace(KEY_A, "7112233445566778899aabbccddeeff001020304");
+        // Without the daemon's state thread: refused, nothing changes.
+        let mut c = control(&text);
+        let e = c.apply_config(cfg(&rotated), 5).unwrap_err().to_string();
+        assert!(e.contains("outbound SA 0x0000a002: a static outbound SA is added only with a sequence state file"), "{e}");
+        assert_eq!(c.outbound_spi("to-b"), Some(0xa001));
+
+        let c0 = cfg(&text);
+        let dp = std::sync::Arc::new(c0.build_dataplane(1).unwrap());
+        let mut seqs =
+            crate::control::seqstate::SeqStore::open(&c0.state_file, &c0, &dp, true).unwrap();
+        let mut c = Control::new(&c0, dp);
+        let (tx, rx) = std::sync::mpsc::channel::<SeqTrack>();
+        let saver = std::thread::spawn(move || {
+            for t in rx {
+                let _ = t.reply.send(
+                    seqs.track(t.spi, &t.keymat, t.seq)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+        });
+        c.set_seq_tracker(tx);
+        let done = c.apply_config(cfg(&rotated), 10).unwrap();
+        assert_eq!(
+            done.sas,
+            Counts {
+                added: 1,
+                removed: 1,
+                changed: 0
+            }
+        );
+        assert_eq!(c.outbound_spi("to-b"), Some(0xa002));
+        assert!(c.sa(0xa001, Direction::Outbound, 11).is_err());
+        // The new key is in the state file, and its counter may go up to the saved mark.
+        let saved = std::fs::read_to_string(&state).unwrap();
+        assert!(
+            saved.lines().any(|l| l.starts_with("0x0000a002 ")
+                && l.ends_with(&format!(" {}", crate::control::seqstate::BLOCK))),
+            "{saved}"
+        );
+        {
+            let g = crossbeam_epoch::pin();
+            let sa = c.dp.sas.outbound(0, &g).unwrap();
+            assert_eq!(sa.seq_handle().cap(), crate::control::seqstate::BLOCK);
+        }
+        drop(c);
+        saver.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -169,7 +169,9 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     let mut control = crate::control::Control::new(cfg, shared.dp.clone());
     control.set_reload_notifier(notify::Notifier::from_env());
     let mut threads = Vec::new();
-    threads.extend(start_seq_saver(seqs, &shared));
+    let (seq_tx, seq_rx) = std::sync::mpsc::channel();
+    control.set_seq_tracker(seq_tx);
+    threads.push(spawn_seq_saver(seqs, seq_rx, shared.stop.clone()));
     let services = (|| {
         let (api_tx, api_rx, socket) = start_control_socket(cfg, &shared)?;
         threads.extend(socket);
@@ -370,12 +372,6 @@ fn start_workers(
         cfg.cipher.name
     );
     Ok(Workers { handles, zero_copy })
-}
-
-/// The thread that keeps the static outbound SAs' saved sequence marks ahead of the workers
-/// (none when there are no such SAs).
-fn start_seq_saver(seqs: SeqStore, shared: &Shared) -> Option<JoinHandle<()>> {
-    (!seqs.is_empty()).then(|| spawn_seq_saver(seqs, shared.stop.clone()))
 }
 
 /// The control socket (on unless `control.socket = ""`): its thread, and the channel on which it hands
@@ -620,13 +616,28 @@ impl Summary {
 }
 
 /// Extends the saved sequence marks of static outbound SAs every 20 ms, on a thread of its
-/// own so that a slow control request cannot hold the workers at their caps.
-fn spawn_seq_saver(mut seqs: SeqStore, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// own so that a slow control request cannot hold the workers at their caps; takes on the
+/// static outbound SAs a reload adds (`track`: saved before they are published).
+fn spawn_seq_saver(
+    mut seqs: SeqStore,
+    track: Receiver<crate::control::reload::SeqTrack>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("espd-seq".into())
         .spawn(move || {
             let mut failing = false;
             while !stop.load(Ordering::Acquire) {
+                while let Ok(t) = track.try_recv() {
+                    let r = seqs
+                        .track(t.spi, &t.keymat, t.seq)
+                        .map_err(|e| e.to_string());
+                    let _ = t.reply.send(r);
+                }
+                if seqs.is_empty() {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
                 match seqs.maintain() {
                     // Workers stop at the saved mark (counted as seq_unsaved) until it works.
                     Err(e) if !failing => {
