@@ -2,7 +2,9 @@
 //! configs gain a policy for a second flow (IPv6, which the running SAs' selectors then cover)
 //! and a lifetime on their outbound SA; gw-a re-reads its file on SIGHUP, gw-b on
 //! `espd ctl load`. Not one packet of the running flows is lost, duplicated or refused, and the
-//! new flow forwards both ways. Then a change that needs a restart (`dataplane.xdp_mode`) is
+//! new flow forwards both ways. Then the keys rotate through the files under traffic (new
+//! inbound SA at gw-b, gw-a's outbound SA switched, old inbound SA removed), again without
+//! loss. Then a change that needs a restart (`dataplane.xdp_mode`) is
 //! refused by name, by `ctl load` and by SIGHUP, and changes nothing. Root only (network
 //! namespaces, XDP); SKIPPED otherwise, a failure in CI.
 
@@ -221,6 +223,73 @@ fn reload_under_traffic_loses_nothing_and_refuses_restart_settings() {
         )),
         m,
         "b→a IPv6 after the reload",
+    );
+
+    // Key rotation by the files under traffic a→b: gw-b learns the new inbound SA (ctl load),
+    // gw-a switches its outbound SA to it (SIGHUP; saved in its state file before its first
+    // packet), gw-b drops the old one (ctl load). Not one packet lost.
+    let new_key = "a1b2c3d4e5f60718293a4b5c6d7e8f9001122334";
+    let old_in = format!(
+        "[[sas]]\ntunnel = \"peer\"\ndirection = \"in\"\nspi = 0xa001\nkey = \"{}\"\n",
+        r.key_ab
+    );
+    let (text_a, text_b) = (
+        std::fs::read_to_string(&r.gw_a).unwrap(),
+        std::fs::read_to_string(&r.gw_b).unwrap(),
+    );
+    assert!(text_b.contains(&old_in), "{text_b}");
+    let old_out = format!("spi = 0xa001\nkey = \"{}\"", r.key_ab);
+    assert!(text_a.contains(&old_out));
+    let k = pps * 5;
+    let ab = flow(
+        "host-a",
+        "host-b",
+        "198.51.100.2:5001",
+        "0.0.0.0:5001",
+        k,
+        pps,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let text_b2 = format!(
+        "{text_b}\n[[sas]]\ntunnel = \"peer\"\ndirection = \"in\"\nspi = 0xa002\nkey = \"{new_key}\"\n"
+    );
+    std::fs::write(&r.gw_b, &text_b2).unwrap();
+    let (ok, answer, text) = ctl_load(&sb);
+    assert!(ok && answer["sas"]["added"] == 1, "{text}");
+    std::fs::write(
+        &r.gw_a,
+        text_a.replace(&old_out, &format!("spi = 0xa002\nkey = \"{new_key}\"")),
+    )
+    .unwrap();
+    sighup(&a);
+    let t = Instant::now();
+    while request(
+        &sa,
+        json!({"op": "sa_get", "spi": "0xa002", "direction": "out"}),
+    )["ok"]
+        != true
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "gw-a did not switch to 0xa002"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Traffic now runs under the new key for a while before gw-b lets the old SA go.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&r.gw_b, text_b2.replacen(&old_in, "", 1)).unwrap();
+    let (ok, answer, text) = ctl_load(&sb);
+    assert!(ok && answer["sas"]["removed"] == 1, "{text}");
+    assert_all_arrived(&finish(ab), k, "a→b IPv4 across the key rotation");
+    let gone = request(
+        &sa,
+        json!({"op": "sa_get", "spi": "0xa001", "direction": "out"}),
+    );
+    assert_eq!(gone["ok"], false, "{gone}");
+    let state = std::fs::read_to_string(r.dir().join("gw-a.toml.seq")).unwrap();
+    assert!(
+        state.contains("0x0000a002 "),
+        "the new key is not in the state file: {state}"
     );
 
     // A change that needs a restart: refused by name, nothing applied (the policy added
