@@ -52,7 +52,9 @@ struct RawFile {
     #[serde(default)]
     policies: Vec<RawPolicy>,
     #[serde(default)]
-    sas: Vec<SaSpec>,
+    sas: Vec<RawSa>,
+    /// A TOML file of named keys (`[keys]`), mode 0600 and root-owned; `[[sas]] secret = "NAME"`.
+    secrets_file: Option<PathBuf>,
     #[serde(default)]
     control: RawControl,
     #[serde(default)]
@@ -70,10 +72,15 @@ struct RawControl {
     metrics_sa_limit: Option<usize>,
 }
 
+/// Where the control socket is unless `control.socket` says otherwise (the path `espd ctl`
+/// uses by default). `control.socket = ""` turns the socket off.
+pub const DEFAULT_SOCKET: &str = "/run/espd/espd.sock";
+
 /// The control thread's settings (`[control]`).
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
-    /// Unix socket for the JSON-lines API (mode 0600, root peers only).
+    /// Unix socket for the JSON-lines API (mode 0600, root peers only); `None`: off
+    /// (`socket = ""`). Default [`DEFAULT_SOCKET`].
     pub socket: Option<PathBuf>,
     /// Prometheus text exposition address.
     pub metrics: Option<std::net::SocketAddr>,
@@ -183,6 +190,64 @@ impl SpiValue {
         }
         Ok(v as u32)
     }
+}
+
+/// One `[[sas]]` of the file: an [`SaSpec`] whose key is given inline (`key`), in a file of its
+/// own (`key_file`) or by name in the secrets file (`secret`); exactly one of the three.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSa {
+    tunnel: String,
+    direction: String,
+    spi: SpiValue,
+    key: Option<Zeroizing<String>>,
+    key_file: Option<PathBuf>,
+    secret: Option<String>,
+    esn: Option<bool>,
+    backend: Option<String>,
+    replay_window: Option<u32>,
+    lifetime: Option<Limits>,
+    state: Option<crate::sa::SaState>,
+}
+
+/// The secrets file: `[keys]` maps names to hex keys (key ‖ salt).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecrets {
+    #[serde(default)]
+    keys: HashMap<String, Zeroizing<String>>,
+}
+
+/// Checks that a file holding keys is mode 0600 or stricter (no group or other bits) and owned
+/// by root (or, when espd does not run as root, by the user running it). The error names the
+/// file, its mode and its owner.
+pub fn check_secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let uid = meta.uid();
+    let me = if crate::sys::is_root() {
+        0
+    } else {
+        std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
+    };
+    if mode & 0o077 != 0 || (uid != 0 && uid != me) {
+        return Err(format!(
+            "{} holds keys but is mode {mode:04o} owned by uid {uid}: a file holding keys must be mode 0600 (no group or other bits) and owned by root (chmod 600 {p}; chown root {p})",
+            path.display(),
+            p = path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a key file (hex, surrounding whitespace ignored) after [`check_secret_file`].
+fn read_key_file(path: &Path) -> Result<Zeroizing<String>, String> {
+    check_secret_file(path)?;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    Ok(Zeroizing::new(text.trim().to_string()))
 }
 
 /// One static or programmed SA: in the config file (`[[sas]]`) and in control requests.
@@ -408,6 +473,20 @@ pub struct Config {
     /// `[ike]` responder limits (for all peers together).
     pub ike_limits: crate::ike::engine::ResponderLimits,
     pub control: ControlConfig,
+    /// Some `[[sas]]` hold their key inline (the file must then be 0600 and root-owned:
+    /// [`Config::load_checked`]).
+    pub inline_keys: bool,
+    /// The `[ike]` table as written (a reload compares it: IKE changes need a restart).
+    pub ike_raw: Option<toml::Value>,
+}
+
+/// The `[ike]` table of `text` (no keys: pre-shared keys live in their own files).
+fn ike_table(text: &str) -> Option<toml::Value> {
+    #[derive(Deserialize)]
+    struct IkeOnly {
+        ike: Option<toml::Value>,
+    }
+    toml::from_str::<IkeOnly>(text).ok().and_then(|i| i.ike)
 }
 
 struct Ctx<'a> {
@@ -755,6 +834,28 @@ impl Config {
         Self::parse(path, &text)
     }
 
+    /// [`Config::load`], and refuses a file that holds inline keys (`[[sas]] key`) unless it is
+    /// mode 0600 and root-owned ([`check_secret_file`]; key and secrets files are checked by
+    /// every load). What `espd run`, `espd check-config` and a reload use.
+    pub fn load_checked(path: &Path) -> Result<Config, ConfigError> {
+        let c = Self::load(path)?;
+        if c.inline_keys {
+            check_secret_file(path).map_err(|reason| {
+                // "PATH holds keys but ..." with the path already in front of the error.
+                let prefix = format!("{} holds keys", path.display());
+                let rest = reason.strip_prefix(&prefix).unwrap_or(&reason);
+                ConfigError {
+                    file: path.to_path_buf(),
+                    key: String::new(),
+                    reason: format!(
+                        "holds inline keys ([[sas]] key){rest}; or move the keys to a secrets_file or key_file"
+                    ),
+                }
+            })?;
+        }
+        Ok(c)
+    }
+
     /// Validates the TOML `text` (named `path` in errors).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let cx = Ctx { file: path };
@@ -942,10 +1043,75 @@ impl Config {
             policies.push(spec.build(&tunnels).map_err(|(f, r)| cx.err(k(f), r))?);
         }
 
+        let base = path.parent().unwrap_or(Path::new("."));
+        let relative = |f: &Path| {
+            if f.is_relative() {
+                base.join(f)
+            } else {
+                f.to_path_buf()
+            }
+        };
+        let secrets = match &raw.secrets_file {
+            Some(f) => {
+                let f = relative(f);
+                check_secret_file(&f).map_err(|e| cx.err("secrets_file", e))?;
+                let text = Zeroizing::new(
+                    std::fs::read_to_string(&f)
+                        .map_err(|e| cx.err("secrets_file", format!("{}: {e}", f.display())))?,
+                );
+                let s: RawSecrets = toml::from_str(&text).map_err(|e| {
+                    cx.err(
+                        "secrets_file",
+                        format!("{}: {}", f.display(), e.message().trim()),
+                    )
+                })?;
+                Some((f, s.keys))
+            }
+            None => None,
+        };
+        let mut inline_keys = false;
+        let mut specs = Vec::new();
+        for (i, r) in raw.sas.into_iter().enumerate() {
+            let k = |f: &str| format!("sas[{i}].{f}");
+            let key = match (r.key, &r.key_file, &r.secret) {
+                (Some(key), None, None) => {
+                    inline_keys = true;
+                    key
+                }
+                (None, Some(f), None) => {
+                    read_key_file(&relative(f)).map_err(|e| cx.err(k("key_file"), e))?
+                }
+                (None, None, Some(name)) => {
+                    let (f, keys) = secrets.as_ref().ok_or_else(|| {
+                        cx.err(k("secret"), "needs secrets_file (a file of named keys)")
+                    })?;
+                    keys.get(name).cloned().ok_or_else(|| {
+                        cx.err(
+                            k("secret"),
+                            format!("`{name}` is not in {} ([keys])", f.display()),
+                        )
+                    })?
+                }
+                _ => {
+                    return Err(cx.err(k("key"), "give exactly one of key, key_file or secret"));
+                }
+            };
+            specs.push(SaSpec {
+                tunnel: r.tunnel,
+                direction: r.direction,
+                spi: r.spi,
+                key,
+                esn: r.esn,
+                backend: r.backend,
+                replay_window: r.replay_window,
+                lifetime: r.lifetime,
+                state: r.state,
+            });
+        }
         let mut sas = Vec::new();
         let mut spis = HashMap::new();
         let mut keys = HashMap::new();
-        for (i, spec) in raw.sas.iter().enumerate() {
+        for (i, spec) in specs.iter().enumerate() {
             if spec.state.is_some() {
                 return Err(cx.err(
                     format!("sas[{i}].state"),
@@ -1007,6 +1173,7 @@ impl Config {
                 format!("{tunnel_capacity} is above 1048576"),
             ));
         }
+        let ike_raw = ike_table(text);
         let ike = crate::ike::config::build(
             &raw.ike,
             path.parent().unwrap_or(Path::new(".")),
@@ -1017,7 +1184,11 @@ impl Config {
         let ike_limits =
             crate::ike::config::responder_limits(&raw.ike).map_err(|(k, r)| cx.err(k, r))?;
         let control = ControlConfig {
-            socket: rc.socket,
+            socket: match rc.socket {
+                None => Some(PathBuf::from(DEFAULT_SOCKET)),
+                Some(p) if p.as_os_str().is_empty() => None,
+                Some(p) => Some(p),
+            },
             metrics,
             rekey_grace_ms: check_ms(rc.rekey_grace_ms.unwrap_or(2000))
                 .map_err(|e| cx.err("control.rekey_grace_ms", e))?,
@@ -1028,6 +1199,8 @@ impl Config {
         };
         Ok(Config {
             control,
+            inline_keys,
+            ike_raw,
             file: path.to_path_buf(),
             workers,
             cores,

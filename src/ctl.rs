@@ -261,6 +261,12 @@ pub enum CtlOp {
         #[command(subcommand)]
         op: PolicyOp,
     },
+    /// Re-read the config file (or FILE) and apply what changed, like SIGHUP; refused as a
+    /// whole when a change needs a restart. Prints what was added, removed and changed.
+    Load {
+        /// Config to apply instead of the file last loaded (it becomes the one SIGHUP reads).
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -510,6 +516,15 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
         CtlOp::Policy { op } => match op {
             PolicyOp::List => show(js, &req(json!({"op": "policy_list"}))?, table::policy_list),
         },
+        CtlOp::Load { file } => {
+            // The daemon runs elsewhere: a relative path is made absolute here.
+            let path = file.map(|f| std::fs::canonicalize(&f).unwrap_or(f));
+            show(
+                js,
+                &req(json!({"op": "load", "path": path}))?,
+                table::fields,
+            )
+        }
     };
     if !ok {
         anyhow::bail!("the daemon refused the request");

@@ -169,7 +169,7 @@ pub struct CheckConfigArgs {
 /// `espd check-config`: loads the config, builds its dataplane and prints a one-line summary.
 pub fn check_config(a: CheckConfigArgs) -> anyhow::Result<()> {
     let file = a.file;
-    let c = Config::load(&file)?;
+    let c = Config::load_checked(&file)?;
     c.build_dataplane(crate::now_ns())?;
     println!(
         "{}: ok: {} worker(s), {} tunnel(s), {} polic(ies), {} static SA(s)",

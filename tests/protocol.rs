@@ -879,6 +879,37 @@ fn every_op_round_trips_with_the_documented_answer() {
     assert_eq!(r["removed"], 1);
     assert_eq!(a.ctl.sa_list(None, 1000, S).total, 0);
 
+    // `load` applies a config file again (SIGHUP's request): the same file changes nothing.
+    let file = std::env::temp_dir().join(format!("espd-protocol-load-{}.toml", std::process::id()));
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .unwrap();
+        std::io::Write::write_all(&mut f, common::example_text("gw-a.toml").as_bytes()).unwrap();
+    }
+    let cfg = Config::load_checked(&file).unwrap();
+    let dp = Arc::new(cfg.build_dataplane(1).unwrap());
+    let (tx, sub) = std::sync::mpsc::sync_channel(1000);
+    let mut l = Gw {
+        ctl: Control::new(&cfg, dp),
+        sub,
+    };
+    l.ctl.subscribe(tx);
+    let r = rt(&mut l, json!({"op": "load", "path": file}));
+    shape(&r, &["file", "policies", "sas", "settings", "tunnels"]);
+    let none = json!({"added": 0, "removed": 0, "changed": 0});
+    assert_eq!(
+        (&r["sas"], &r["tunnels"], &r["policies"]),
+        (&none, &none, &none),
+        "{r}"
+    );
+    let _ = std::fs::remove_file(&file);
+
     assert!(matches!(
         handle(&mut a.ctl, r#"{"op":"subscribe"}"#, S),
         Reply::Subscribe

@@ -281,6 +281,9 @@ fn startup_errors_are_clear_and_leave_nothing() {
         .replace("queues = [0, 1]", "queues = [0, 5]");
     let bad = r.dir().join("bad.toml");
     std::fs::write(&bad, text).unwrap();
+    // It holds keys: owner-only, or espd refuses it before looking at the queues.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
     let o = espd::rig::ns("gw-a", &[EXE, "run", "--config", &bad.to_string_lossy()]);
     let err = match o {
         Err(espd::rig::RigError::Command { stderr, .. }) => stderr,

@@ -99,6 +99,11 @@ pub enum Request {
     },
     Stats {},
     Subscribe {},
+    /// Re-read the config file (`path`, default: the file last loaded) and apply what changed
+    /// (see `reload.rs`); refused as a whole when something needs a restart.
+    Load {
+        path: Option<String>,
+    },
 }
 
 /// One policy (`policy_add`, an element of `policy_add_batch`).
@@ -387,6 +392,10 @@ fn dispatch(ctl: &mut Control, req: Request, now: u64) -> Result<Value> {
             v
         }
         Request::Subscribe {} => json!({}),
+        Request::Load { path } => {
+            serde_json::to_value(ctl.reload(path.as_deref().map(std::path::Path::new), now)?)
+                .unwrap_or_default()
+        }
     })
 }
 

@@ -115,6 +115,15 @@ pub enum Event {
     MmFailed(IkeFailure),
     /// A quick-mode negotiation failed.
     QmFailed(IkeFailure),
+    /// The config file was applied again (SIGHUP or `load`): what changed.
+    Reloaded {
+        file: String,
+        tunnels: super::reload::Counts,
+        policies: super::reload::Counts,
+        sas: super::reload::Counts,
+        settings: Vec<&'static str>,
+        time: f64,
+    },
 }
 
 /// The fields of `mm_failed` and `qm_failed`.
@@ -153,6 +162,7 @@ impl Event {
             Event::MmDead { .. } => "mm_dead",
             Event::MmFailed { .. } => "mm_failed",
             Event::QmFailed { .. } => "qm_failed",
+            Event::Reloaded { .. } => "reloaded",
         }
     }
 

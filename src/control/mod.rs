@@ -13,6 +13,7 @@ pub mod handle;
 pub mod metrics;
 pub mod mm;
 mod ops;
+pub mod reload;
 pub mod seqstate;
 pub mod socket;
 pub mod types;
@@ -112,6 +113,8 @@ pub struct Control {
     started_ns: u64,
     /// The same as `counters.tunnel_totals` (see [`types::TunnelTotals`]).
     tunnel_totals: Arc<Mutex<types::TunnelTotals>>,
+    /// The config the running state came from (what a reload compares against).
+    from_file: reload::FromFile,
 }
 
 /// Keys of removed SAs that carried traffic, remembered (about 50 bytes each, 3.3 MB at most):
@@ -163,6 +166,7 @@ impl Control {
             timers: BinaryHeap::new(),
             unused: BTreeSet::new(),
             unused_cursor: None,
+            from_file: reload::FromFile::new(cfg),
         };
         c.counters
             .lock()

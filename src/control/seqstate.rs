@@ -339,6 +339,38 @@ impl SeqStore {
         Ok(store)
     }
 
+    /// A static outbound SA added while running (a config reload), before it is published: it
+    /// resumes after the mark the file has for its key (a key the file has never seen starts
+    /// at 1: it was just written into the config), a block ahead is saved and the counter is
+    /// capped there, as [`SeqStore::open`] does at start.
+    pub fn track(
+        &mut self,
+        spi: u32,
+        keymat: &[u8],
+        seq: Arc<CachePadded<SeqCounter>>,
+    ) -> Result<(), SeqStateError> {
+        let fp = fingerprint(keymat);
+        let mark = self.lines.get(&fp).map_or(0, |l| l.mark);
+        if mark >= seq.max() {
+            return Err(SeqStateError::Io {
+                path: self.path.display().to_string(),
+                source: std::io::Error::other(format!(
+                    "outbound SA {spi:#010x}: its key has used its whole sequence space; configure a new key"
+                )),
+            });
+        }
+        seq.advance_to(mark);
+        seq.set_cap(mark);
+        let line = Line { spi, fp, mark };
+        self.lines.insert(fp, line);
+        self.tracked.push(Tracked { line, seq });
+        self.extend(true).map_err(|source| SeqStateError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?;
+        Ok(())
+    }
+
     /// Path of the state file.
     pub fn path(&self) -> &Path {
         &self.path

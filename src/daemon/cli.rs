@@ -60,7 +60,8 @@ pub struct RunArgs {
 
 /// `espd run`: runs the gateway until SIGINT/SIGTERM (or `--duration`), then prints its summary.
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
-    let c = Config::load(&a.config)?;
+    // Files holding keys must be 0600 and root-owned, or the daemon does not start.
+    let c = Config::load_checked(&a.config)?;
     let opts = super::RunOptions {
         stats: a.stats,
         null_crypto: a.null_crypto,

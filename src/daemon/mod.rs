@@ -2,13 +2,16 @@
 //! resolves next-hop MAC addresses from the kernel's neighbour table ([`l2`]), runs the control
 //! thread, prints statistics, and on SIGINT/SIGTERM stops the workers and detaches its programs.
 //! [`run`] reads as its steps: check the setup, attach XDP, build the dataplane, start the
-//! workers, start control (socket) and metrics, wait, tear down. Its arguments: [`cli`].
+//! workers, start control (socket) and metrics, tell systemd it is ready ([`notify`]), wait,
+//! tear down. SIGHUP re-reads the config and applies what changed (`control::reload`).
+//! Its arguments: [`cli`].
 //!
 //! Start-up errors are one line each and leave nothing attached (the programs are BPF links
 //! owned by this process; dropping them, or the process dying, detaches them).
 
 pub mod cli;
 pub mod l2;
+pub mod notify;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -165,8 +168,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     // The control thread is this one: it owns `control` and runs it in `wait`.
     let mut control = crate::control::Control::new(cfg, shared.dp.clone());
     control.attach_core_stats(shared.stats.clone());
+    control.set_reload_notifier(notify::Notifier::from_env());
     let mut threads = Vec::new();
-    threads.extend(start_seq_saver(seqs, &shared));
+    let (seq_tx, seq_rx) = std::sync::mpsc::channel();
+    control.set_seq_tracker(seq_tx);
+    threads.push(spawn_seq_saver(seqs, seq_rx, shared.stop.clone()));
     let services = (|| {
         let (api_tx, api_rx, socket) = start_control_socket(cfg, &shared)?;
         threads.extend(socket);
@@ -193,7 +199,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
         threads,
         start: Instant::now(),
     };
-    wait(&mut control, &api_rx, &running, opts);
+    // Workers run with their sockets registered, control socket and metrics listen.
+    let mut notifier = notify::Notifier::from_env();
+    notifier.ready();
+    notifier.status(&status_line(&control));
+    wait(&mut control, &api_rx, &running, opts, &mut notifier);
+    notifier.stopping();
     stop_ike(ike, &mut control, &api_rx, &running);
     Ok(tear_down(control, running, cfg, opts))
 }
@@ -247,6 +258,8 @@ struct Shared {
     events: Arc<ArrayQueue<SaEvent>>,
     /// Set by SIGINT/SIGTERM, or by the daemon when it stops.
     stop: Arc<AtomicBool>,
+    /// Set by SIGHUP: re-read the config.
+    reload: Arc<AtomicBool>,
     l2: L2,
 }
 
@@ -258,11 +271,14 @@ impl Shared {
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let _ = signal_hook::flag::register(sig, stop.clone());
         }
+        let reload = Arc::new(AtomicBool::new(false));
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone());
         Shared {
             dp,
             stats,
             events,
             stop,
+            reload,
             l2: L2::resolve(cfg),
         }
     }
@@ -359,13 +375,7 @@ fn start_workers(
     Ok(Workers { handles, zero_copy })
 }
 
-/// The thread that keeps the static outbound SAs' saved sequence marks ahead of the workers
-/// (none when there are no such SAs).
-fn start_seq_saver(seqs: SeqStore, shared: &Shared) -> Option<JoinHandle<()>> {
-    (!seqs.is_empty()).then(|| spawn_seq_saver(seqs, shared.stop.clone()))
-}
-
-/// The control socket (when configured): its thread, and the channel on which it hands
+/// The control socket (on unless `control.socket = ""`): its thread, and the channel on which it hands
 /// requests to the control thread.
 #[allow(clippy::type_complexity)]
 fn start_control_socket(
@@ -458,10 +468,27 @@ struct Running {
     start: Instant,
 }
 
+/// What systemd shows for the daemon (`STATUS=`).
+fn status_line(control: &Control) -> String {
+    let s = control.stats();
+    format!(
+        "{} tunnel(s), {} SA(s), {} polic(ies), {} main mode(s)",
+        s.tunnels, s.sas, s.policies, s.main_modes
+    )
+}
+
 /// The control thread's loop until SIGINT/SIGTERM or `opts.duration`: control requests,
-/// control ticks every 20 ms, next-hop refreshes, the `--stats` line every second.
-fn wait(control: &mut Control, api_rx: &Receiver<ApiMsg>, r: &Running, opts: &RunOptions) {
+/// control ticks every 20 ms, reloads on SIGHUP, next-hop refreshes, systemd's status every
+/// 5 s (when it changed), the `--stats` line every second.
+fn wait(
+    control: &mut Control,
+    api_rx: &Receiver<ApiMsg>,
+    r: &Running,
+    opts: &RunOptions,
+    notifier: &mut notify::Notifier,
+) {
     let (stats, events, stop, start) = (&r.shared.stats, &r.shared.events, &r.shared.stop, r.start);
+    let mut last_status = Instant::now();
     let mut last_print = Instant::now();
     let mut last_neigh = Instant::now();
     let mut last_tick = Instant::now();
@@ -474,6 +501,15 @@ fn wait(control: &mut Control, api_rx: &Receiver<ApiMsg>, r: &Running, opts: &Ru
         if last_tick.elapsed() >= Duration::from_millis(20) {
             control.tick(crate::now_ns(), events);
             last_tick = Instant::now();
+        }
+        if r.shared.reload.swap(false, Ordering::AcqRel) {
+            // Logged (and told to systemd) by `reload`; a refused reload changes nothing.
+            let _ = control.reload(None, crate::now_ns());
+            notifier.status(&status_line(control));
+        }
+        if last_status.elapsed() >= Duration::from_secs(5) {
+            notifier.status(&status_line(control));
+            last_status = Instant::now();
         }
         let every = if known {
             Duration::from_secs(5)
@@ -581,13 +617,28 @@ impl Summary {
 }
 
 /// Extends the saved sequence marks of static outbound SAs every 20 ms, on a thread of its
-/// own so that a slow control request cannot hold the workers at their caps.
-fn spawn_seq_saver(mut seqs: SeqStore, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// own so that a slow control request cannot hold the workers at their caps; takes on the
+/// static outbound SAs a reload adds (`track`: saved before they are published).
+fn spawn_seq_saver(
+    mut seqs: SeqStore,
+    track: Receiver<crate::control::reload::SeqTrack>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name("espd-seq".into())
         .spawn(move || {
             let mut failing = false;
             while !stop.load(Ordering::Acquire) {
+                while let Ok(t) = track.try_recv() {
+                    let r = seqs
+                        .track(t.spi, &t.keymat, t.seq)
+                        .map_err(|e| e.to_string());
+                    let _ = t.reply.send(r);
+                }
+                if seqs.is_empty() {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
                 match seqs.maintain() {
                     // Workers stop at the saved mark (counted as seq_unsaved) until it works.
                     Err(e) if !failing => {

@@ -3,7 +3,6 @@
 //! read from their own file, which must not be readable by group or others.
 
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -279,14 +278,8 @@ fn parse_id(s: &str) -> IkeId {
 /// Reads a pre-shared key file: owner-only (mode 0600 or stricter), not empty, one secret (a
 /// trailing newline is not part of it).
 pub fn read_psk(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is mode {mode:04o}: a pre-shared key file must be readable by its owner only (chmod 600)",
-            path.display()
-        ));
-    }
+    // Owner-only and root-owned, like every file holding keys.
+    crate::config::check_secret_file(path)?;
     let mut bytes =
         Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
