@@ -27,7 +27,8 @@ const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 #[derive(Debug, thiserror::Error)]
 pub enum PcapError {
     #[error(
-        "not a pcap or pcapng file (it starts with {0:02x?}; pcap starts with a1b2c3d4 or a1b23c4d in either byte order, pcapng with 0a0d0d0a)"
+        "not a pcap file, nor pcapng (it starts with `{}`; pcap starts with a1b2c3d4 or a1b23c4d in either byte order, pcapng with 0a0d0d0a)",
+        hex(.0)
     )]
     Magic(Vec<u8>),
     #[error("link type {0} is not Ethernet (1)")]
@@ -42,6 +43,10 @@ pub enum PcapError {
     TooLarge,
     #[error(transparent)]
     Io(#[from] io::Error),
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Timestamp resolution of a classic pcap file.

@@ -164,7 +164,7 @@ fn garbage_input_is_a_clear_error() {
     let (ok, _, err) = espd_pcap(t, &input, &output);
     assert!(!ok);
     assert!(
-        err.contains("garbage.pcap") && err.contains("not a pcap or pcapng file"),
+        err.contains("garbage.pcap") && err.contains("not a pcap file, nor pcapng"),
         "{err}"
     );
     // A pcap cut inside a record.
