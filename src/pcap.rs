@@ -353,6 +353,10 @@ impl<W: Write> PcapNg<W> {
     pub fn into_inner(self) -> W {
         self.w.into_inner()
     }
+
+    pub fn get_ref(&self) -> &W {
+        self.w.get_ref()
+    }
 }
 
 /// An AES-GCM-16 SA as Wireshark's `esp_sa` UAT wants it.
@@ -367,14 +371,15 @@ pub struct EspSa<'a> {
 
 /// One line of the `esp_sa` UAT file (the same text follows `-o uat:esp_sa:` on tshark's
 /// command line): protocol, source, destination, SPI as 0x…, "AES-GCM with 16 octet ICV
-/// [RFC4106]", 0x key‖salt, authentication "NULL" (GCM authenticates itself; tshark checks
-/// the ICV with it), empty authentication key.
+/// [RFC4106]", 0x key‖salt, authentication "NULL" (tshark refuses anything else with GCM, which
+/// authenticates itself; it checks the ICV with the key), empty authentication key. An SA
+/// without addresses gets wildcards under "IPv4" (see [`esp_sa_lines`] for both versions).
 pub fn esp_sa_line(sa: &EspSa) -> String {
-    let proto = match (sa.src, sa.dst) {
-        (Some(std::net::IpAddr::V4(_)), _) | (_, Some(std::net::IpAddr::V4(_))) => "IPv4",
-        (Some(std::net::IpAddr::V6(_)), _) | (_, Some(std::net::IpAddr::V6(_))) => "IPv6",
-        _ => "Any",
-    };
+    let v6 = matches!(sa.src.or(sa.dst), Some(std::net::IpAddr::V6(_)));
+    esp_sa_line_for(sa, if v6 { "IPv6" } else { "IPv4" })
+}
+
+fn esp_sa_line_for(sa: &EspSa, proto: &str) -> String {
     let addr = |a: Option<std::net::IpAddr>| a.map_or_else(|| "*".to_string(), |a| a.to_string());
     format!(
         r#""{proto}","{}","{}","{:#010x}","AES-GCM with 16 octet ICV [RFC4106]","0x{}","NULL","""#,
@@ -385,14 +390,32 @@ pub fn esp_sa_line(sa: &EspSa) -> String {
     )
 }
 
-/// The `esp_sa` UAT file: a comment line, then one [`esp_sa_line`] per SA.
+/// The `esp_sa` lines of one SA: one, or for an SA without addresses (transport mode) one
+/// for IPv4 and one for IPv6 (tshark has no "any version").
+pub fn esp_sa_lines(sa: &EspSa) -> Vec<String> {
+    if sa.src.is_none() && sa.dst.is_none() {
+        vec![esp_sa_line_for(sa, "IPv4"), esp_sa_line_for(sa, "IPv6")]
+    } else {
+        vec![esp_sa_line(sa)]
+    }
+}
+
+/// The `esp_sa` UAT file: a comment line, then [`esp_sa_lines`] of each SA.
 pub fn esp_sa_file<'a>(sas: impl IntoIterator<Item = &'a EspSa<'a>>) -> zeroize::Zeroizing<String> {
-    let mut s = zeroize::Zeroizing::new(String::from(
-        "# esp_sa: Wireshark ESP SAs written by `espd ctl sa export --wireshark` (holds keys)\n",
+    const HEAD: &str =
+        "# esp_sa: Wireshark ESP SAs written by `espd ctl sa export --wireshark` (holds keys)\n";
+    let lines: Vec<zeroize::Zeroizing<String>> = sas
+        .into_iter()
+        .flat_map(esp_sa_lines)
+        .map(zeroize::Zeroizing::new)
+        .collect();
+    // Sized up front: no reallocation leaves a copy of a key behind.
+    let mut s = zeroize::Zeroizing::new(String::with_capacity(
+        HEAD.len() + lines.iter().map(|l| l.len() + 1).sum::<usize>(),
     ));
-    for sa in sas {
-        let line = zeroize::Zeroizing::new(esp_sa_line(sa));
-        s.push_str(&line);
+    s.push_str(HEAD);
+    for l in &lines {
+        s.push_str(l);
         s.push('\n');
     }
     s
@@ -533,7 +556,7 @@ mod tests {
     }
 
     #[test]
-    fn esp_sa_lines() {
+    fn esp_sa_table_lines() {
         let sa = EspSa {
             src: Some("203.0.113.1".parse().unwrap()),
             dst: Some("203.0.113.2".parse().unwrap()),
@@ -555,8 +578,11 @@ mod tests {
             dst: None,
             ..v6
         };
-        assert!(esp_sa_line(&any).starts_with(r#""Any","*","*","#));
+        let l = esp_sa_lines(&any);
+        assert!(l[0].starts_with(r#""IPv4","*","*","0x0000a001""#));
+        assert!(l[1].starts_with(r#""IPv6","*","*","0x0000a001""#));
         let f = esp_sa_file([&sa, &any]);
-        assert_eq!(f.lines().count(), 3);
+        assert_eq!(f.lines().count(), 4);
+        assert!(f.starts_with('#'));
     }
 }

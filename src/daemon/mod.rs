@@ -164,6 +164,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
 
     // The control thread is this one: it owns `control` and runs it in `wait`.
     let mut control = crate::control::Control::new(cfg, shared.dp.clone());
+    control.attach_capture(shared.capture.clone());
     let mut threads = Vec::new();
     threads.extend(start_seq_saver(seqs, &shared));
     let services = (|| {
@@ -247,6 +248,8 @@ struct Shared {
     /// Set by SIGINT/SIGTERM, or by the daemon when it stops.
     stop: Arc<AtomicBool>,
     l2: L2,
+    /// `espd ctl capture`'s rings, one per worker.
+    capture: Arc<crate::datapath::capture::Capture>,
 }
 
 impl Shared {
@@ -263,6 +266,11 @@ impl Shared {
             events,
             stop,
             l2: L2::resolve(cfg),
+            capture: Arc::new(crate::datapath::capture::Capture::new(
+                cfg.workers,
+                &cfg.plain.name,
+                &cfg.cipher.name,
+            )),
         }
     }
 }
@@ -301,6 +309,7 @@ fn start_workers(
             l2: shared.l2.state.clone(),
             stop: shared.stop.clone(),
             idle: cfg.idle,
+            capture: shared.capture.clone(),
         };
         let tx = tx.clone();
         handles.push(

@@ -174,6 +174,9 @@ pub struct Sa {
     /// Outbound sequence counter. Shared with the SA's same-key successors (`sa_update`): a
     /// key never sees a sequence number (hence a GCM nonce) twice.
     seq: Arc<CachePadded<SeqCounter>>,
+    /// Key ‖ salt, for the key export (`sa_export`) only: never read on the packet path, never
+    /// printed, wiped on drop.
+    keymat: Zeroizing<Box<[u8]>>,
 }
 
 /// Why no sequence number could be taken.
@@ -350,7 +353,13 @@ impl Sa {
                 .collect(),
             canary: AtomicU64::new(CANARY | p.spi as u64),
             outer_v4: outer_v4_template(p),
+            keymat: Zeroizing::new(p.keymat.as_slice().into()),
         })
+    }
+
+    /// Key ‖ salt (RFC 4106 key material), for `sa_export` (Wireshark's `esp_sa` table) only.
+    pub fn keymat(&self) -> &[u8] {
+        &self.keymat
     }
 
     /// Builds the SA that replaces `prev` under the same SPI (`sa_update`). With the same key
