@@ -168,7 +168,7 @@ pub enum SaOp {
     /// never printed).
     Export {
         /// The `esp_sa` UAT file to write (copy it into Wireshark's profile directory).
-        #[arg(long)]
+        #[arg(long, value_name = "FILE")]
         wireshark: PathBuf,
     },
 }
