@@ -8,7 +8,9 @@
 //!
 //! Cost of a pass that finds both rx rings empty: two loads of the rings' producer indices and
 //! nothing else (no clock read, no memset, no syscall); completions are reaped only while
-//! transmissions are outstanding. The clock is read once per pass that received frames and,
+//! transmissions are outstanding. A pass that received frames also loads the capture flag
+//! (`espd ctl capture`, see `capture.rs`) once, Relaxed; while no capture runs that is all it
+//! costs. The clock is read once per pass that received frames and,
 //! while spinning, once every [`CLOCK_EVERY`] empty passes to see whether the spin is over. A
 //! batch is whatever the ring holds, up to [`BATCH`] per side: one frame at light load, full
 //! batches under load. The kernel is kicked only when a ring's need-wakeup flag asks for it.
