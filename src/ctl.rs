@@ -267,6 +267,21 @@ pub enum CtlOp {
         /// Config to apply instead of the file last loaded (it becomes the one SIGHUP reads).
         file: Option<PathBuf>,
     },
+    /// Record what the workers receive and send on both interfaces (the XDP redirect hides
+    /// it from tcpdump) for some seconds, into FILE as pcapng (mode 0600).
+    Capture {
+        /// How long to capture (at most 300).
+        #[arg(long)]
+        seconds: f64,
+        /// Bytes kept of each frame (64 to 4096).
+        #[arg(long, default_value_t = crate::datapath::capture::DEFAULT_SNAPLEN)]
+        snaplen: u32,
+        /// Largest file, in MiB; frames beyond it are counted, not written (at most 512).
+        #[arg(long, default_value_t = 64)]
+        max_mb: u64,
+        /// Where to write the pcapng file (created 0600).
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -336,6 +351,13 @@ pub enum SaOp {
         spi: String,
         /// `in` or `out`.
         direction: String,
+    },
+    /// Write every SA's key to FILE as Wireshark's `esp_sa` table (created 0600; keys are
+    /// never printed).
+    Export {
+        /// The `esp_sa` UAT file to write (copy it into Wireshark's profile directory).
+        #[arg(long, value_name = "FILE")]
+        wireshark: PathBuf,
     },
 }
 
@@ -412,6 +434,7 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
                 &req(json!({"op": "sa_delete", "spi": spi, "direction": direction}))?,
                 table::fields,
             ),
+            SaOp::Export { wireshark } => sa_export(&socket, &wireshark)?,
         },
         CtlOp::Rekey {
             tunnel,
@@ -525,6 +548,12 @@ pub fn run(a: CtlArgs) -> anyhow::Result<()> {
                 table::fields,
             )
         }
+        CtlOp::Capture {
+            seconds,
+            snaplen,
+            max_mb,
+            file,
+        } => capture(&socket, seconds, snaplen, max_mb, &file)?,
     };
     if !ok {
         anyhow::bail!("the daemon refused the request");
@@ -971,6 +1000,142 @@ pub mod table {
         out.push_str(&render(&["COUNTER", "VALUE"], &rows));
         out
     }
+}
+
+/// Creates (or truncates) `path` with mode 0600, never through a symlink, and writes `data`.
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // A file that existed keeps its mode on open: 0600 before anything is written.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// `ctl sa export --wireshark FILE`: the `sa_export` answer as Wireshark's `esp_sa` UAT file
+/// (0600); prints the SAs without their keys.
+pub fn sa_export(socket: &Path, file: &Path) -> anyhow::Result<bool> {
+    use zeroize::Zeroize;
+    let mut c =
+        Client::connect(socket).map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
+    let mut v = c.call(&json!({ "op": "sa_export" }))?;
+    if v["ok"] != true {
+        println!("{v}");
+        return Ok(false);
+    }
+    let ip = |x: &Value| x.as_str().and_then(|s| s.parse::<std::net::IpAddr>().ok());
+    let mut sas = Vec::new();
+    let mut shown = Vec::new();
+    for s in v["sas"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let spi_s = s["spi"].as_str().unwrap_or_default();
+        let spi = u32::from_str_radix(spi_s.trim_start_matches("0x"), 16)
+            .map_err(|_| anyhow::anyhow!("sa_export: bad SPI `{spi_s}`"))?;
+        let key = s["key"].as_str().unwrap_or_default();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            anyhow::bail!("sa_export: SA {spi_s} came without a key");
+        }
+        sas.push((
+            ip(&s["src"]),
+            ip(&s["dst"]),
+            spi,
+            Zeroizing::new(key.to_string()),
+        ));
+        shown.push(format!(
+            "  {spi_s} {:<8} {} -> {}  {}  tunnel {}",
+            s["direction"].as_str().unwrap_or("?"),
+            s["src"].as_str().unwrap_or("*"),
+            s["dst"].as_str().unwrap_or("*"),
+            s["cipher"].as_str().unwrap_or("?"),
+            s["tunnel"].as_str().unwrap_or("-"),
+        ));
+    }
+    // The answer's copies of the keys go now.
+    if let Some(list) = v["sas"].as_array_mut() {
+        for s in list {
+            if let Some(Value::String(k)) = s.get_mut("key") {
+                k.zeroize();
+            }
+        }
+    }
+    let entries: Vec<crate::pcap::EspSa> = sas
+        .iter()
+        .map(|(src, dst, spi, key)| crate::pcap::EspSa {
+            src: *src,
+            dst: *dst,
+            spi: *spi,
+            key_hex: key,
+        })
+        .collect();
+    let text = crate::pcap::esp_sa_file(&entries);
+    write_private(file, text.as_bytes())?;
+    println!(
+        "wrote {} SA(s) to {} (mode 0600: it holds keys; Wireshark reads it as esp_sa in its profile directory)",
+        entries.len(),
+        file.display()
+    );
+    for l in shown {
+        println!("{l}");
+    }
+    Ok(true)
+}
+
+/// `ctl capture --seconds N FILE`: waits for the daemon's capture and writes its pcapng file
+/// (0600); prints the counts.
+pub fn capture(
+    socket: &Path,
+    seconds: f64,
+    snaplen: u32,
+    max_mb: u64,
+    file: &Path,
+) -> anyhow::Result<bool> {
+    let mut c =
+        Client::connect(socket).map_err(|e| anyhow::anyhow!("{}: {e}", socket.display()))?;
+    if seconds.is_finite() && seconds > 0.0 {
+        c.set_read_timeout(Some(std::time::Duration::from_secs_f64(
+            seconds.min(3600.0) + 30.0,
+        )))?;
+    }
+    let v = c.call(&json!({
+        "op": "capture",
+        "seconds": seconds,
+        "snaplen": snaplen,
+        "max_bytes": max_mb.saturating_mul(1 << 20),
+    }))?;
+    if v["ok"] != true {
+        println!("{v}");
+        return Ok(false);
+    }
+    let data = v["pcapng"]
+        .as_str()
+        .and_then(crate::datapath::capture::base64_decode)
+        .ok_or_else(|| anyhow::anyhow!("capture: the answer holds no pcapng file"))?;
+    write_private(file, &data)?;
+    let b = &v["by_point"];
+    println!(
+        "captured {} frame(s) in {} s (snaplen {}): plain rx {}, plain tx {}, cipher rx {}, cipher tx {}",
+        v["frames"],
+        v["seconds"],
+        v["snaplen"],
+        b["plain_rx"],
+        b["plain_tx"],
+        b["cipher_rx"],
+        b["cipher_tx"]
+    );
+    println!(
+        "dropped: {} (worker ring full), {} (file size limit)",
+        v["dropped_ring_full"], v["dropped_size_limit"]
+    );
+    println!("wrote {} ({} bytes, pcapng)", file.display(), data.len());
+    Ok(true)
 }
 
 #[cfg(test)]

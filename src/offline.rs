@@ -1,5 +1,6 @@
 //! The offline subcommands, which touch no interface: `espd pcap` (the exact pipeline over a
-//! pcap file, for debugging and black-box tests) and `espd check-config`; their arguments
+//! pcap or pcapng file, written out as classic pcap at the input's timestamp resolution, for
+//! debugging and black-box tests) and `espd check-config`; their arguments
 //! ([`PcapArgs`], [`CheckConfigArgs`]) live here.
 
 use std::collections::BTreeMap;
@@ -72,10 +73,11 @@ pub fn run_pcap(
         }
     }
     let f = File::open(input).map_err(io_err(input))?;
-    let records = crate::pcap::read(BufReader::new(f)).map_err(|e| OfflineError::Pcap {
+    let trace = crate::pcap::read_trace(BufReader::new(f)).map_err(|e| OfflineError::Pcap {
         path: input.display().to_string(),
         source: e,
     })?;
+    let records = trace.records;
     let now = crate::now_ns();
     let dp = cfg.build_dataplane(now)?;
     // Encrypting reuses no nonce of an earlier run: static SAs resume from the state file.
@@ -91,7 +93,7 @@ pub fn run_pcap(
     let stats = CoreStats::default();
     let events = ArrayQueue::new(1024);
     let mut pipe = Pipeline::new(&dp, 0, &stats, &events, cfg.pipeline_config());
-    let mut out: Vec<(u32, u32, Vec<u8>)> = Vec::new();
+    let mut out: Vec<(std::time::Duration, Vec<u8>)> = Vec::new();
     let mut frames: Vec<Frame> = Vec::with_capacity(BATCH);
     let mut actions = [Action::Punt; BATCH];
     // Frames for the fragments of packets fragmented before encapsulation.
@@ -112,21 +114,23 @@ pub fn run_pcap(
         }
         for ((f, a), r) in frames.iter().zip(acts.iter()).zip(chunk) {
             if matches!(a, Action::Tx | Action::TxBack) {
-                out.push((r.ts_sec, r.ts_frac, f.bytes().to_vec()));
+                out.push((r.ts, f.bytes().to_vec()));
             }
         }
         // Fragments go out after the batch, as `espd run` sends them, stamped with its end.
         if let Some(r) = chunk.last() {
             for f in extra.drain(..) {
-                out.push((r.ts_sec, r.ts_frac, f.bytes().to_vec()));
+                out.push((r.ts, f.bytes().to_vec()));
                 spare.push(f);
             }
         }
     }
     let of = File::create(output).map_err(io_err(output))?;
-    crate::pcap::write(
+    // The output keeps the input's timestamp resolution (nanosecond pcap in, nanosecond out).
+    crate::pcap::write_trace(
         BufWriter::new(of),
-        out.iter().map(|(s, u, d)| (*s, *u, d.as_slice())),
+        trace.resolution,
+        out.iter().map(|(t, d)| (*t, d.as_slice())),
     )
     .map_err(io_err(output))?;
     let mut ev = Vec::new();

@@ -411,6 +411,63 @@ fn every_op_round_trips_with_the_documented_answer() {
     };
     let key = |n: u8| secret(n, 20);
 
+    // sa_export: the one answer with keys (here the config's two static SAs), outer
+    // addresses as the packets carry them.
+    let r = rt(&mut a, json!({"op": "sa_export"}));
+    shape(&r, &["sas"]);
+    assert_eq!(
+        r["sas"],
+        json!([
+            {"spi": "0x0000a001", "direction": "outbound", "tunnel": "to-b",
+             "src": "203.0.113.1", "dst": "203.0.113.2", "encap": null, "esn": false,
+             "cipher": "aes-gcm-128", "key": "00112233445566778899aabbccddeeff01020304"},
+            {"spi": "0x0000b001", "direction": "inbound", "tunnel": "to-b",
+             "src": "203.0.113.2", "dst": "203.0.113.1", "encap": null, "esn": false,
+             "cipher": "aes-gcm-128", "key": "ffeeddccbbaa99887766554433221100a0b0c0d0"},
+        ])
+    );
+    // capture: answered by a thread of its own when the capture ends, over the socket only
+    // (here: no worker, so no frame).
+    assert_eq!(
+        a.err(json!({"op": "capture", "seconds": 1})),
+        "capture: answered over the control socket of a running daemon only"
+    );
+    let capture_answer = {
+        use espd::control::api::{ApiMsg, deliver};
+        let cap = espd::datapath::capture::Capture::new(1, "lan0", "wan0");
+        a.ctl.attach_capture(Arc::new(cap));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let line = r#"{"op":"capture","seconds":0.05,"snaplen":128}"#;
+        let msg = ApiMsg::Request {
+            line: zeroize::Zeroizing::new(line.to_string()),
+            reply: tx,
+            peer: None,
+        };
+        deliver(&mut a.ctl, msg, S);
+        let r: Value = serde_json::from_str(&rx.recv().unwrap().unwrap()).unwrap();
+        shape(
+            &r,
+            &[
+                "seconds",
+                "snaplen",
+                "frames",
+                "by_point",
+                "dropped_ring_full",
+                "dropped_size_limit",
+                "bytes",
+                "pcapng",
+            ],
+        );
+        assert_eq!(
+            (r["frames"].as_u64(), r["snaplen"].as_u64()),
+            (Some(0), Some(128))
+        );
+        let file = espd::datapath::capture::base64_decode(r["pcapng"].as_str().unwrap()).unwrap();
+        assert_eq!(r["bytes"], file.len());
+        assert!(espd::pcap::read(&file[..]).unwrap().is_empty());
+        r
+    };
+
     let r = rt(&mut a, json!({"op": "allocate_spi"}));
     shape(&r, &["spi"]);
     assert!(is_spi(&r["spi"]), "{r}");
@@ -924,6 +981,7 @@ fn every_op_round_trips_with_the_documented_answer() {
                "rx_queue_full": 0})
     );
     seen.insert("subscribe".into(), vec![]);
+    seen.insert("capture".into(), vec![capture_answer]);
     for op in ["ike_initiate", "ike_terminate"] {
         let e = a.err(json!({"op": op, "tunnel": "to-b"}));
         assert_eq!(e, "tunnel: no [[ike.peers]] are configured");

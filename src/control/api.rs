@@ -104,6 +104,15 @@ pub enum Request {
     Load {
         path: Option<String>,
     },
+    /// Every SA with its key, for Wireshark (the one request whose answer holds keys).
+    SaExport {},
+    /// Copies of what the workers receive and send for `seconds`, as pcapng (base64); answered
+    /// when the capture ends, by a thread of its own.
+    Capture {
+        seconds: f64,
+        snaplen: Option<u32>,
+        max_bytes: Option<u64>,
+    },
 }
 
 /// One policy (`policy_add`, an element of `policy_add_batch`).
@@ -147,6 +156,13 @@ pub enum Reply {
 pub fn deliver(ctl: &mut Control, msg: ApiMsg, now: u64) {
     match msg {
         ApiMsg::Request { line, reply, peer } => {
+            // A capture answers from its own thread when it ends.
+            if let Some(start) = deferred(ctl, &line) {
+                if let Some(a) = super::audit::Audit::of(&line) {
+                    a.log(peer, &Ok(()));
+                }
+                return start(reply);
+            }
             let answer = match handle_from(ctl, &line, now, peer) {
                 Reply::Line(l) => Some(l),
                 Reply::Subscribe => None,
@@ -184,6 +200,17 @@ pub fn handle_from(
     };
     if let Request::Subscribe {} = req {
         return Reply::Subscribe;
+    }
+    if let Request::SaExport {} = req {
+        if let Some(a) = &audit {
+            a.log(peer, &Ok(()));
+        }
+        return Reply::Line(sa_export_line(ctl));
+    }
+    if let Request::Capture { .. } = req {
+        return Reply::Line(error_line(
+            "capture: answered over the control socket of a running daemon only",
+        ));
     }
     let result = dispatch(ctl, req, now);
     if let Some(a) = &audit {
@@ -391,12 +418,139 @@ fn dispatch(ctl: &mut Control, req: Request, now: u64) -> Result<Value> {
             stats_extra(&s, &mut v);
             v
         }
-        Request::Subscribe {} => json!({}),
         Request::Load { path } => {
             serde_json::to_value(ctl.reload(path.as_deref().map(std::path::Path::new), now)?)
                 .unwrap_or_default()
         }
+        // Answered by `handle` and `deliver`.
+        Request::Subscribe {} | Request::SaExport {} | Request::Capture { .. } => json!({}),
     })
+}
+
+/// A request answered later, from another thread, with the reply channel it is given.
+type Deferred = Box<dyn FnOnce(std::sync::mpsc::Sender<Option<String>>) + Send>;
+
+/// `capture` requests: claims the capture now (a second one is refused at once) and returns
+/// what starts its thread. `None` for every other line (and for a capture request that is
+/// refused: `handle` answers it). Cheap for other requests: their lines never hold the name.
+fn deferred(ctl: &mut Control, line: &str) -> Option<Deferred> {
+    if !line.contains("\"capture\"") {
+        return None;
+    }
+    let Ok(Request::Capture {
+        seconds,
+        snaplen,
+        max_bytes,
+    }) = serde_json::from_str::<Request>(line)
+    else {
+        return None;
+    };
+    use crate::datapath::capture::{Capture, Params};
+    let refuse = |e: String| -> Option<Deferred> {
+        Some(Box::new(move |reply| {
+            let _ = reply.send(Some(error_line(&e)));
+        }))
+    };
+    let p = match Params::new(seconds, snaplen, max_bytes) {
+        Ok(p) => p,
+        Err((f, r)) => return refuse(ControlError::invalid(f, r).to_string()),
+    };
+    let Some(cap) = ctl.capture() else {
+        return refuse("capture: no workers run in this process".into());
+    };
+    let Some(claim) = cap.claim() else {
+        return refuse("capture: another capture is running".into());
+    };
+    Some(Box::new(move |reply| {
+        let r2 = reply.clone();
+        let spawned = std::thread::Builder::new()
+            .name("espd-capture".into())
+            .spawn(move || {
+                let line = match Capture::run(claim, &p) {
+                    Ok(o) => capture_line(&o, &p),
+                    Err(e) => error_line(&format!("capture: {e}")),
+                };
+                let _ = reply.send(Some(line));
+            });
+        if let Err(e) = spawned {
+            let _ = r2.send(Some(error_line(&format!("capture: no thread: {e}"))));
+        }
+    }))
+}
+
+fn capture_line(
+    o: &crate::datapath::capture::Outcome,
+    p: &crate::datapath::capture::Params,
+) -> String {
+    use crate::datapath::capture::{Point, base64_encode};
+    let by: Map<String, Value> = Point::ALL
+        .iter()
+        .map(|pt| {
+            let side = match pt {
+                Point::PlainRx | Point::PlainTx => "plain",
+                Point::CipherRx | Point::CipherTx => "cipher",
+            };
+            (
+                format!("{side}_{}", pt.way()),
+                json!(o.frames[*pt as usize]),
+            )
+        })
+        .collect();
+    json!({
+        "ok": true,
+        "seconds": p.duration.as_secs_f64(),
+        "snaplen": p.snaplen,
+        "frames": o.frames.iter().sum::<u64>(),
+        "by_point": by,
+        "dropped_ring_full": o.dropped_ring_full,
+        "dropped_size_limit": o.dropped_size_limit,
+        "bytes": o.pcapng.len(),
+        "pcapng": base64_encode(&o.pcapng),
+    })
+    .to_string()
+}
+
+/// The `sa_export` answer, serialised straight from the wiped key strings (no JSON tree holds
+/// a copy of the keys; the answer line itself is the one copy left).
+fn sa_export_line(ctl: &Control) -> String {
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        spi: String,
+        direction: &'static str,
+        tunnel: Option<&'a str>,
+        src: Option<String>,
+        dst: Option<String>,
+        encap: Option<String>,
+        esn: bool,
+        cipher: String,
+        key: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Answer<'a> {
+        ok: bool,
+        sas: Vec<Item<'a>>,
+    }
+    let sas = ctl.sa_export();
+    let a = Answer {
+        ok: true,
+        sas: sas
+            .iter()
+            .map(|s| Item {
+                spi: spi_str(s.spi),
+                direction: dir_name(s.direction),
+                tunnel: s.tunnel.as_deref(),
+                src: s.src.map(|a| a.to_string()),
+                dst: s.dst.map(|a| a.to_string()),
+                encap: s
+                    .encap
+                    .map(|e| format!("udp {}:{}", e.src_port, e.dst_port)),
+                esn: s.esn,
+                cipher: format!("aes-gcm-{}", s.key_bits),
+                key: &s.key_hex,
+            })
+            .collect(),
+    };
+    serde_json::to_string(&a).unwrap_or_else(|e| error_line(&format!("sa_export: {e}")))
 }
 
 fn sa_json(s: &SaInfo) -> Value {

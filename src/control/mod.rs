@@ -115,6 +115,8 @@ pub struct Control {
     tunnel_totals: Arc<Mutex<types::TunnelTotals>>,
     /// The config the running state came from (what a reload compares against).
     from_file: reload::FromFile,
+    /// The workers' capture rings (`capture` request), when workers run.
+    capture: Option<Arc<crate::datapath::capture::Capture>>,
 }
 
 /// Keys of removed SAs that carried traffic, remembered (about 50 bytes each, 3.3 MB at most):
@@ -167,6 +169,7 @@ impl Control {
             unused: BTreeSet::new(),
             unused_cursor: None,
             from_file: reload::FromFile::new(cfg),
+            capture: None,
         };
         c.counters
             .lock()
@@ -708,5 +711,67 @@ impl Control {
     fn publish_spd(&self) {
         self.dp
             .set_spd(Spd::new(self.policies.clone(), self.default_policy));
+    }
+}
+
+/// One installed SA with its key, for `sa_export` (Wireshark's `esp_sa` table). Not `Debug`:
+/// it holds the key.
+pub struct ExportedSa {
+    pub spi: u32,
+    pub direction: Direction,
+    pub tunnel: Option<String>,
+    /// Outer source and destination as the packets carry them (none in transport mode).
+    pub src: Option<std::net::IpAddr>,
+    pub dst: Option<std::net::IpAddr>,
+    pub encap: Option<crate::sa::UdpEncap>,
+    pub esn: bool,
+    pub key_bits: u16,
+    /// Key ‖ salt in hex; wiped when dropped.
+    pub key_hex: zeroize::Zeroizing<String>,
+}
+
+/// Key export and packet capture (`sa_export`, `capture`).
+impl Control {
+    /// Gives the control the workers' capture rings (the daemon does, once workers run).
+    pub fn attach_capture(&mut self, c: Arc<crate::datapath::capture::Capture>) {
+        self.capture = Some(c);
+    }
+
+    /// The workers' capture rings, if workers run.
+    pub fn capture(&self) -> Option<&Arc<crate::datapath::capture::Capture>> {
+        self.capture.as_ref()
+    }
+
+    /// Every installed SA with its key, in (SPI, direction) order: the one control call that
+    /// returns key material.
+    pub fn sa_export(&self) -> Vec<ExportedSa> {
+        use std::fmt::Write;
+        let g = epoch::pin();
+        self.sas
+            .iter()
+            .filter_map(|(&key, &t)| {
+                let sa = self.lookup(key, &g)?;
+                // An SA's endpoints are its packets' outer source and destination (an inbound
+                // SA's `local` is the peer: see `NewSa::to_params`).
+                let (src, dst) = sa
+                    .endpoints
+                    .map_or((None, None), |e| (Some(e.local), Some(e.remote)));
+                let mut key_hex = zeroize::Zeroizing::new(String::with_capacity(72));
+                for b in sa.keymat() {
+                    let _ = write!(key_hex, "{b:02x}");
+                }
+                Some(ExportedSa {
+                    spi: key.0,
+                    direction: key.1,
+                    tunnel: self.tunnel_name(t),
+                    src,
+                    dst,
+                    encap: sa.encap,
+                    esn: sa.esn,
+                    key_bits: sa.key_bits,
+                    key_hex,
+                })
+            })
+            .collect()
     }
 }

@@ -169,6 +169,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     let mut control = crate::control::Control::new(cfg, shared.dp.clone());
     control.attach_core_stats(shared.stats.clone());
     control.set_reload_notifier(notify::Notifier::from_env());
+    control.attach_capture(shared.capture.clone());
     let mut threads = Vec::new();
     let (seq_tx, seq_rx) = std::sync::mpsc::channel();
     control.set_seq_tracker(seq_tx);
@@ -261,6 +262,8 @@ struct Shared {
     /// Set by SIGHUP: re-read the config.
     reload: Arc<AtomicBool>,
     l2: L2,
+    /// `espd ctl capture`'s rings, one per worker.
+    capture: Arc<crate::datapath::capture::Capture>,
 }
 
 impl Shared {
@@ -280,6 +283,11 @@ impl Shared {
             stop,
             reload,
             l2: L2::resolve(cfg),
+            capture: Arc::new(crate::datapath::capture::Capture::new(
+                cfg.workers,
+                &cfg.plain.name,
+                &cfg.cipher.name,
+            )),
         }
     }
 }
@@ -318,6 +326,7 @@ fn start_workers(
             l2: shared.l2.state.clone(),
             stop: shared.stop.clone(),
             idle: cfg.idle,
+            capture: shared.capture.clone(),
         };
         let tx = tx.clone();
         handles.push(

@@ -1,5 +1,6 @@
 //! The packet path: drop reasons, per-core counters, frames and the pipeline.
 
+pub mod capture;
 pub mod frag;
 pub mod mem;
 pub mod pipeline;

@@ -8,7 +8,9 @@
 //!
 //! Cost of a pass that finds both rx rings empty: two loads of the rings' producer indices and
 //! nothing else (no clock read, no memset, no syscall); completions are reaped only while
-//! transmissions are outstanding. The clock is read once per pass that received frames and,
+//! transmissions are outstanding. A pass that received frames also loads the capture flag
+//! (`espd ctl capture`, see `capture.rs`) once, Relaxed; while no capture runs that is all it
+//! costs. The clock is read once per pass that received frames and,
 //! while spinning, once every [`CLOCK_EVERY`] empty passes to see whether the spin is over. A
 //! batch is whatever the ring holds, up to [`BATCH`] per side: one frame at light load, full
 //! batches under load. The kernel is kicked only when a ring's need-wakeup flag asks for it.
@@ -20,7 +22,8 @@ use std::sync::mpsc::Sender;
 
 use crossbeam_queue::ArrayQueue;
 
-use super::pipeline::{Dataplane, FramePool, L2, PipelineConfig};
+use super::capture::{Capture, Point, Ring};
+use super::pipeline::{Dataplane, FrameMut, FramePool, L2, PipelineConfig};
 use super::xsk::{Copy, XskError, XskFrame, XskPair};
 use super::{Action, CoreStats, Pipeline, SaEvent};
 use crate::wire::ethernet::Mac;
@@ -107,6 +110,8 @@ pub struct WorkerSpec {
     pub l2: Arc<L2State>,
     pub stop: Arc<AtomicBool>,
     pub idle: Idle,
+    /// `espd ctl capture`: read once per pass that received frames.
+    pub capture: Arc<Capture>,
 }
 
 /// What a worker reports once its sockets are bound (it then starts polling).
@@ -284,9 +289,11 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
     let mut empty = 0u32;
     // busy_poll: whether each side's socket was checked for a NAPI id busy polling can reach.
     let mut napi_checked = [!busy_poll; 2];
+    let ring = spec.capture.ring(spec.id);
     xsk.refill(2 * BATCH as usize);
     while !spec.stop.load(Ordering::Relaxed) {
         let mut now = 0u64;
+        let mut capturing = None;
         for from_plain in [true, false] {
             xsk.receive(from_plain, BATCH, &mut frames);
             if frames.is_empty() {
@@ -295,6 +302,8 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
             if now == 0 {
                 // Once per pass that received something: the clock and the MAC addresses.
                 now = crate::now_ns();
+                // The capture flag: one Relaxed load per pass (no capture: nothing more).
+                capturing = ring.filter(|_| spec.capture.active());
                 let (p, c, _) = spec.l2.load();
                 if p != plain_l2 || c != cipher_l2 {
                     (plain_l2, cipher_l2) = (p, c);
@@ -304,6 +313,9 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
             if !napi_checked[from_plain as usize] {
                 napi_checked[from_plain as usize] = true;
                 warn_if_no_napi(&xsk, from_plain, spec.id);
+            }
+            if let Some(r) = capturing {
+                capture_rx(r, from_plain, now, &mut frames);
             }
             let acts = &mut actions[..frames.len()];
             if spec.null_crypto {
@@ -317,6 +329,9 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
                 pipe.outbound_with(&mut frames, now, acts, &mut xsk, &mut extra);
             } else {
                 pipe.inbound(&mut frames, now, acts);
+            }
+            if let Some(r) = capturing {
+                capture_tx(r, from_plain, now, &mut frames, acts, &mut extra);
             }
             // Fragments after the batch's own frames (the first fragment is among those).
             let full = xsk.send_batch(!from_plain, &frames, acts, Action::Tx)
@@ -409,9 +424,45 @@ fn warn_if_no_napi(xsk: &XskPair, plain: bool, worker: usize) {
     }
 }
 
+/// Copies a received batch into the capture ring.
+#[cold]
+#[inline(never)]
+fn capture_rx(r: &Ring, from_plain: bool, now: u64, frames: &mut [XskFrame]) {
+    for f in frames.iter_mut() {
+        let (off, len) = (f.offset(), f.len());
+        r.record(Point::rx(from_plain), now, &f.buf_mut()[off..off + len]);
+    }
+}
+
+/// Copies what a batch hands to the tx rings (`Tx` to the other side, `TxBack` to this one,
+/// fragments to the other side) into the capture ring.
+#[cold]
+#[inline(never)]
+fn capture_tx(
+    r: &Ring,
+    from_plain: bool,
+    now: u64,
+    frames: &mut [XskFrame],
+    acts: &[Action],
+    extra: &mut [XskFrame],
+) {
+    for (f, a) in frames.iter_mut().zip(acts) {
+        let plain = match a {
+            Action::Tx => !from_plain,
+            Action::TxBack => from_plain,
+            _ => continue,
+        };
+        let (off, len) = (f.offset(), f.len());
+        r.record(Point::tx(plain), now, &f.buf_mut()[off..off + len]);
+    }
+    for f in extra.iter_mut() {
+        let (off, len) = (f.offset(), f.len());
+        r.record(Point::tx(!from_plain), now, &f.buf_mut()[off..off + len]);
+    }
+}
+
 /// The crypto-off baseline: forward frames unchanged between the interfaces (new MACs only).
 fn forward_plain(frames: &mut [XskFrame], acts: &mut [Action], l2: &L2, stats: &CoreStats) {
-    use super::pipeline::FrameMut;
     for (f, a) in frames.iter_mut().zip(acts.iter_mut()) {
         let (off, len) = (f.offset(), f.len());
         stats.rx_packets.add(1);

@@ -463,9 +463,13 @@ pub fn remove_configs(dir: &Path) {
 
 /// tshark's `esp_sa` entry (`-o uat:esp_sa:...`) for an AES-GCM-16 SA; `key`: hex key‖salt.
 pub fn esp_sa_uat(src: &str, dst: &str, spi: u32, key: &str) -> String {
-    format!(
-        r#"uat:esp_sa:"IPv4","{src}","{dst}","{spi:#010x}","AES-GCM with 16 octet ICV [RFC4106]","0x{key}","NULL","""#
-    )
+    let sa = crate::pcap::EspSa {
+        src: src.parse().ok(),
+        dst: dst.parse().ok(),
+        spi,
+        key_hex: key,
+    };
+    format!("uat:esp_sa:{}", crate::pcap::esp_sa_line(&sa))
 }
 
 /// Deletes every namespace of the rig (and with them veths and XDP programs). Idempotent.

@@ -188,6 +188,9 @@ pub struct Sa {
     /// Index of the tunnel the SA belongs to (`u32::MAX`: not known yet). Set by the control
     /// thread before the SA is published; read by the metrics endpoint, never per packet.
     tunnel: AtomicU32,
+    /// Key ‖ salt, for the key export (`sa_export`) only: never read on the packet path, never
+    /// printed, wiped on drop.
+    keymat: Zeroizing<Box<[u8]>>,
 }
 
 /// Why no sequence number could be taken.
@@ -365,7 +368,13 @@ impl Sa {
             canary: AtomicU64::new(CANARY | p.spi as u64),
             outer_v4: outer_v4_template(p),
             tunnel: AtomicU32::new(u32::MAX),
+            keymat: Zeroizing::new(p.keymat.as_slice().into()),
         })
+    }
+
+    /// Key ‖ salt (RFC 4106 key material), for `sa_export` (Wireshark's `esp_sa` table) only.
+    pub fn keymat(&self) -> &[u8] {
+        &self.keymat
     }
 
     /// Builds the SA that replaces `prev` under the same SPI (`sa_update`). With the same key

@@ -1,0 +1,510 @@
+//! `espd ctl capture` (like VPP's `pcap trace`): copies of what the workers receive and send on
+//! both interfaces, which the XDP redirect hides from tcpdump on the gateway.
+//!
+//! Each worker reads the capture flag once per pass that received frames (one Relaxed load;
+//! nothing else happens while no capture runs). While a capture runs, it copies each frame it
+//! receives or hands to a tx ring (up to the snap length) into a preallocated slot taken from
+//! its own ring of free slots and puts the slot on its ring of full slots: two lock-free queue
+//! operations and a copy per frame, no allocation. A frame that finds no free slot is counted
+//! (`dropped_ring_full`) and not copied. The capture thread ([`Capture::run`], started by the
+//! control socket's `capture` request on its own thread, so neither the control thread nor
+//! the workers wait for it) allocates the slots when the capture starts, drains the full rings
+//! every millisecond into pcapng (one interface per interface and direction, nanosecond
+//! timestamps, `epb_flags` inbound/outbound), hands the slots back, and frees them at the end.
+//! The timestamp of a frame is the worker's clock read of its pass (monotonic, turned into
+//! wall-clock time by the capture thread).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_queue::ArrayQueue;
+
+use super::Counter;
+use crate::pcap::{Dir, PcapNg};
+
+/// Slots per worker: what a worker can capture between two drains (1 ms apart).
+pub const SLOTS: usize = 2048;
+pub const DEFAULT_SNAPLEN: u32 = 256;
+/// Frames are at most one UMEM chunk.
+pub const MAX_SNAPLEN: u32 = 4096;
+pub const MAX_SECONDS: f64 = 300.0;
+pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
+pub const MAX_MAX_BYTES: u64 = 512 << 20;
+
+/// Where a frame was seen. Also its interface id in the pcapng file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Point {
+    PlainRx = 0,
+    PlainTx = 1,
+    CipherRx = 2,
+    CipherTx = 3,
+}
+
+impl Point {
+    pub const ALL: [Point; 4] = [
+        Point::PlainRx,
+        Point::PlainTx,
+        Point::CipherRx,
+        Point::CipherTx,
+    ];
+    #[inline]
+    pub fn rx(plain: bool) -> Point {
+        if plain {
+            Point::PlainRx
+        } else {
+            Point::CipherRx
+        }
+    }
+    #[inline]
+    pub fn tx(plain: bool) -> Point {
+        if plain {
+            Point::PlainTx
+        } else {
+            Point::CipherTx
+        }
+    }
+    fn plain(self) -> bool {
+        matches!(self, Point::PlainRx | Point::PlainTx)
+    }
+    fn dir(self) -> Dir {
+        match self {
+            Point::PlainRx | Point::CipherRx => Dir::Inbound,
+            Point::PlainTx | Point::CipherTx => Dir::Outbound,
+        }
+    }
+    /// `rx` or `tx`.
+    pub fn way(self) -> &'static str {
+        match self.dir() {
+            Dir::Inbound => "rx",
+            Dir::Outbound => "tx",
+        }
+    }
+}
+
+/// One frame copy.
+struct Slot {
+    buf: Box<[u8]>,
+    len: u32,
+    orig_len: u32,
+    ts: u64,
+    point: Point,
+}
+
+/// One worker's rings: slots to fill, slots filled. Producer: the worker; consumer: the
+/// capture thread.
+pub struct Ring {
+    free: ArrayQueue<Slot>,
+    full: ArrayQueue<Slot>,
+    /// Frames that found no free slot (single writer: the worker).
+    dropped: Counter,
+}
+
+impl Ring {
+    fn new() -> Ring {
+        Ring {
+            free: ArrayQueue::new(SLOTS),
+            full: ArrayQueue::new(SLOTS),
+            dropped: Counter::default(),
+        }
+    }
+
+    /// Copies `frame` (seen at `point` at monotonic time `now`) into a free slot.
+    #[inline]
+    pub fn record(&self, point: Point, now: u64, frame: &[u8]) {
+        let Some(mut s) = self.free.pop() else {
+            self.dropped.add(1);
+            return;
+        };
+        let n = frame.len().min(s.buf.len());
+        s.buf[..n].copy_from_slice(&frame[..n]);
+        s.len = n as u32;
+        s.orig_len = frame.len() as u32;
+        s.ts = now;
+        s.point = point;
+        // Both queues hold SLOTS and there are at most SLOTS slots: this push cannot fail.
+        if let Err(s) = self.full.push(s) {
+            let _ = self.free.push(s);
+            self.dropped.add(1);
+        }
+    }
+}
+
+/// What one capture asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    pub duration: Duration,
+    pub snaplen: u32,
+    /// Largest pcapng file; frames beyond it are counted, not written.
+    pub max_bytes: u64,
+}
+
+impl Params {
+    /// Checks the request's values; the error names the field.
+    pub fn new(
+        seconds: f64,
+        snaplen: Option<u32>,
+        max_bytes: Option<u64>,
+    ) -> Result<Params, (&'static str, String)> {
+        if !(seconds > 0.0 && seconds <= MAX_SECONDS) {
+            return Err(("seconds", format!("{seconds} is not in (0, {MAX_SECONDS}]")));
+        }
+        let snaplen = snaplen.unwrap_or(DEFAULT_SNAPLEN);
+        if !(64..=MAX_SNAPLEN).contains(&snaplen) {
+            return Err((
+                "snaplen",
+                format!("{snaplen} is not between 64 and {MAX_SNAPLEN}"),
+            ));
+        }
+        let max_bytes = max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
+        if !(4096..=MAX_MAX_BYTES).contains(&max_bytes) {
+            return Err((
+                "max_bytes",
+                format!("{max_bytes} is not between 4096 and {MAX_MAX_BYTES}"),
+            ));
+        }
+        Ok(Params {
+            duration: Duration::from_secs_f64(seconds),
+            snaplen,
+            max_bytes,
+        })
+    }
+}
+
+/// The outcome of a capture.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The pcapng file.
+    pub pcapng: Vec<u8>,
+    /// Frames written, by [`Point`].
+    pub frames: [u64; 4],
+    /// Frames not copied: the worker's ring was full.
+    pub dropped_ring_full: u64,
+    /// Frames copied but not written: the file reached `max_bytes`.
+    pub dropped_size_limit: u64,
+}
+
+/// The capture rings of all workers and the flag they read.
+pub struct Capture {
+    active: AtomicBool,
+    /// A capture runs (one at a time).
+    claimed: AtomicBool,
+    /// Ends the running capture early.
+    cancel: AtomicBool,
+    rings: Box<[Ring]>,
+    plain: String,
+    cipher: String,
+}
+
+/// The right to run the one capture; released when dropped.
+pub struct Claim(Arc<Capture>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.0.active.store(false, Ordering::Release);
+        self.0.claimed.store(false, Ordering::Release);
+    }
+}
+
+impl Capture {
+    /// Rings for `workers` workers forwarding between interfaces `plain` and `cipher`.
+    pub fn new(workers: usize, plain: &str, cipher: &str) -> Capture {
+        Capture {
+            active: AtomicBool::new(false),
+            claimed: AtomicBool::new(false),
+            cancel: AtomicBool::new(false),
+            rings: (0..workers).map(|_| Ring::new()).collect(),
+            plain: plain.to_string(),
+            cipher: cipher.to_string(),
+        }
+    }
+
+    /// Whether a capture runs: read by each worker once per pass that received frames.
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Worker `id`'s ring.
+    #[inline]
+    pub fn ring(&self, id: usize) -> Option<&Ring> {
+        self.rings.get(id)
+    }
+
+    /// The capture, unless one runs already.
+    pub fn claim(self: &Arc<Self>) -> Option<Claim> {
+        self.claimed
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Claim(self.clone()))
+    }
+
+    /// Ends the running capture now (it still collects what the workers copied).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// The pcapng interface names: (if_name, if_description) by [`Point`].
+    fn interfaces(&self) -> Vec<(String, String)> {
+        Point::ALL
+            .iter()
+            .map(|p| {
+                let name = if p.plain() { &self.plain } else { &self.cipher };
+                let side = if p.plain() { "plain" } else { "cipher" };
+                (
+                    name.clone(),
+                    format!("{name} {} ({side} side, espd workers)", p.way()),
+                )
+            })
+            .collect()
+    }
+
+    /// Runs the capture `claim` allows for `p.duration`, then stops it and collects every
+    /// slot back. Blocks for the duration: run it on a thread of its own.
+    pub fn run(claim: Claim, p: &Params) -> std::io::Result<Outcome> {
+        let cap = &claim.0;
+        for r in cap.rings.iter() {
+            // Slots of an earlier capture that did not come back in time.
+            while r.full.pop().is_some() {}
+            while r.free.pop().is_some() {}
+            for _ in 0..SLOTS {
+                let _ = r.free.push(Slot {
+                    buf: vec![0u8; p.snaplen as usize].into_boxed_slice(),
+                    len: 0,
+                    orig_len: 0,
+                    ts: 0,
+                    point: Point::PlainRx,
+                });
+            }
+        }
+        let dropped0: Vec<u64> = cap.rings.iter().map(|r| r.dropped.get()).collect();
+        // Worker clock (monotonic ns since start) to wall-clock time.
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let offset = wall.saturating_sub(Duration::from_nanos(crate::now_ns()));
+        let mut w = Writer {
+            out: PcapNg::new(Vec::new(), p.snaplen, &cap.interfaces())?,
+            offset,
+            max: p.max_bytes as usize,
+            frames: [0; 4],
+            over: 0,
+        };
+        let end = Instant::now() + p.duration;
+        cap.cancel.store(false, Ordering::Release);
+        cap.active.store(true, Ordering::Release);
+        while Instant::now() < end && !cap.cancel.load(Ordering::Acquire) {
+            let mut n = 0;
+            for r in cap.rings.iter() {
+                while let Some(s) = r.full.pop() {
+                    w.write(&s)?;
+                    let _ = r.free.push(s);
+                    n += 1;
+                }
+            }
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        cap.active.store(false, Ordering::Release);
+        // Every slot comes back: from the full rings (written) or the free rings. A worker
+        // that read the flag before it was cleared finishes its pass with slots of ours.
+        let total = SLOTS * cap.rings.len();
+        let mut back = 0;
+        let give_up = Instant::now() + Duration::from_secs(1);
+        while back < total && Instant::now() < give_up {
+            let mut n = 0;
+            for r in cap.rings.iter() {
+                while let Some(s) = r.full.pop() {
+                    w.write(&s)?;
+                    n += 1;
+                }
+                while r.free.pop().is_some() {
+                    n += 1;
+                }
+            }
+            back += n;
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let dropped = cap
+            .rings
+            .iter()
+            .zip(dropped0)
+            .map(|(r, d0)| r.dropped.get().wrapping_sub(d0))
+            .sum();
+        drop(claim);
+        Ok(Outcome {
+            pcapng: w.out.into_inner(),
+            frames: w.frames,
+            dropped_ring_full: dropped,
+            dropped_size_limit: w.over,
+        })
+    }
+}
+
+struct Writer {
+    out: PcapNg<Vec<u8>>,
+    offset: Duration,
+    max: usize,
+    frames: [u64; 4],
+    over: u64,
+}
+
+impl Writer {
+    fn write(&mut self, s: &Slot) -> std::io::Result<()> {
+        // An enhanced packet block: 32 bytes, the data padded to 4, a 12-byte flags option.
+        let need = 48 + (s.len as usize).div_ceil(4) * 4;
+        if self.out_len() + need > self.max {
+            self.over += 1;
+            return Ok(());
+        }
+        self.out.packet(
+            s.point as u32,
+            self.offset + Duration::from_nanos(s.ts),
+            s.orig_len,
+            s.point.dir(),
+            &s.buf[..s.len as usize],
+        )?;
+        self.frames[s.point as usize] += 1;
+        Ok(())
+    }
+
+    fn out_len(&self) -> usize {
+        self.out.get_ref().len()
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (the pcapng file in the `capture` answer).
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let v = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(B64[(v >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// Decodes [`base64_encode`]'s output; `None` on anything else.
+pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.as_bytes();
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let val = |c: u8| B64.iter().position(|&x| x == c).map(|v| v as u32);
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for (i, q) in s.chunks(4).enumerate() {
+        let last = i + 1 == s.len() / 4;
+        let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut v = 0u32;
+        for &c in &q[..4 - pad] {
+            v = v << 6 | val(c)?;
+        }
+        v <<= 6 * pad as u32;
+        let bytes = [(v >> 16) as u8, (v >> 8) as u8, v as u8];
+        out.extend_from_slice(&bytes[..3 - pad]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_roundtrip() {
+        for n in 0..10 {
+            let d: Vec<u8> = (0..n as u8).map(|x| x.wrapping_mul(77)).collect();
+            assert_eq!(base64_decode(&base64_encode(&d)).as_deref(), Some(&d[..]));
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_decode("Zm9vYg=="), Some(b"foob".to_vec()));
+        for bad in ["Zm9", "Zm=v", "Z===", "Zm9v!A==", "Zg==Zg=="] {
+            assert_eq!(base64_decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn params_are_checked() {
+        assert!(Params::new(2.0, None, None).is_ok());
+        assert_eq!(Params::new(0.0, None, None).unwrap_err().0, "seconds");
+        assert_eq!(Params::new(f64::NAN, None, None).unwrap_err().0, "seconds");
+        assert_eq!(Params::new(1.0, Some(10), None).unwrap_err().0, "snaplen");
+        assert_eq!(Params::new(1.0, None, Some(1)).unwrap_err().0, "max_bytes");
+    }
+
+    /// Two "workers" record while a capture runs; every frame is either written or counted,
+    /// frames are cut to the snap length, and the file reads back with the right interfaces.
+    #[test]
+    fn capture_writes_or_counts_every_frame() {
+        let cap = Arc::new(Capture::new(2, "lan0", "wan0"));
+        let claim = cap.claim().expect("free");
+        assert!(cap.claim().is_none(), "one capture at a time");
+        let p = Params::new(MAX_SECONDS, Some(128), Some(1 << 20)).unwrap();
+        let run = std::thread::spawn(move || Capture::run(claim, &p).unwrap());
+        while !cap.active() {
+            std::thread::yield_now();
+        }
+        // More frames than slots: some find the ring full unless the drain keeps up.
+        let workers: Vec<_> = (0..2)
+            .map(|id| {
+                let cap = cap.clone();
+                std::thread::spawn(move || {
+                    let frame = vec![id as u8; 300];
+                    let r = cap.ring(id).unwrap();
+                    for _ in 0..SLOTS {
+                        r.record(Point::rx(id == 0), crate::now_ns(), &frame);
+                        r.record(Point::tx(id != 0), crate::now_ns(), &frame[..100]);
+                    }
+                    2 * SLOTS as u64
+                })
+            })
+            .collect();
+        let seen: u64 = workers.into_iter().map(|h| h.join().unwrap()).sum();
+        cap.cancel();
+        let out = run.join().unwrap();
+        let written: u64 = out.frames.iter().sum();
+        assert!(written > 0);
+        assert_eq!(
+            written + out.dropped_ring_full + out.dropped_size_limit,
+            seen,
+            "{out:?}"
+        );
+        assert!(cap.claim().is_some(), "released");
+        let t = crate::pcap::read_trace(&out.pcapng[..]).unwrap();
+        assert_eq!(t.records.len() as u64, written);
+        assert!(
+            t.records
+                .iter()
+                .all(|r| r.data.len() == 128 || r.data.len() == 100)
+        );
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let first = t.records[0].ts;
+        assert!(
+            first <= now && now - first < Duration::from_secs(60),
+            "{first:?}"
+        );
+        assert!(out.pcapng.len() <= 1 << 20);
+        assert_eq!(
+            out.frames[Point::PlainRx as usize],
+            out.frames[Point::CipherTx as usize]
+        );
+    }
+}
