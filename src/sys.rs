@@ -109,6 +109,23 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Sends signal `sig` (e.g. `libc::SIGTERM`) to process `pid`, like kill(1). Refuses pid 0 and
+/// negative pids (process groups, "every process"): only one named process is ever signalled.
+pub fn kill(pid: u32, sig: i32) -> std::io::Result<()> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    if pid <= 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill takes plain integers and touches no memory of ours; pid > 0 names one process.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Borrows a raw descriptor owned elsewhere.
 ///
 /// # Safety
@@ -547,4 +564,25 @@ pub fn prefetch<T>(p: *const T) {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+#[cfg(test)]
+mod kill_tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn kill_terminates_one_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        super::kill(child.id(), libc::SIGTERM).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn kill_refuses_groups_and_everyone() {
+        assert!(super::kill(0, libc::SIGTERM).is_err());
+        assert!(super::kill(u32::MAX, libc::SIGTERM).is_err());
+    }
 }

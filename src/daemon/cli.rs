@@ -35,6 +35,7 @@ impl XdpModeArg {
 // The arguments of `espd run` (its help text is the subcommand's doc comment in main.rs).
 #[derive(clap::Args)]
 pub struct RunArgs {
+    /// The gateway's TOML configuration (interfaces, workers, tunnels, policies, SAs).
     #[arg(long)]
     pub config: PathBuf,
     /// Print a JSON line of statistics every second.
