@@ -48,7 +48,7 @@ impl Logging {
 /// a silent fall-back to `info`.
 fn filter() -> anyhow::Result<EnvFilter> {
     match std::env::var("ESPD_LOG") {
-        Ok(v) => EnvFilter::try_new(&v).with_context(|| format!("ESPD_LOG={v:?}")),
+        Ok(v) => EnvFilter::try_new(&v).map_err(|e| anyhow::anyhow!("ESPD_LOG={v:?}: {e}")),
         Err(_) => Ok(EnvFilter::new("info")),
     }
 }
