@@ -88,6 +88,17 @@ fn man_pages(dir: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))
 }
 
+/// `espd completions SHELL`: the script on stdout. Generated into memory first (clap_complete
+/// panics when its writer fails); a closed pipe (`| head`) is not an error.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "espd", &mut script);
+    match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!("stdout: {e}")),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let logging = match espd::logging::init(cli.log_format) {
@@ -112,10 +123,7 @@ fn main() -> ExitCode {
         Cmd::Traffic(a) => rig::traffic(a),
         Cmd::CheckConfig(a) => espd::offline::check_config(a),
         Cmd::Pcap(a) => espd::offline::pcap(a),
-        Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "espd", &mut std::io::stdout());
-            Ok(())
-        }
+        Cmd::Completions { shell } => completions(shell),
         Cmd::Man { dir } => man_pages(&dir),
     };
     // Every line logged so far reaches stderr before the error does.
@@ -179,5 +187,20 @@ mod tests {
             "hidden subcommand got a page"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every shell's script comes out of the same tree and names the subcommands.
+    #[test]
+    fn completions_for_every_shell() {
+        use clap::ValueEnum;
+        for shell in clap_complete::Shell::value_variants() {
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "espd", &mut script);
+            let text = String::from_utf8(script).unwrap();
+            assert!(
+                text.contains("check-config") && text.contains("log-format"),
+                "{shell}: {text}"
+            );
+        }
     }
 }
