@@ -13,8 +13,11 @@
 //!   that calls the control thread's typed API).
 //! * [`rig`]: the test bench (veth rig, traffic tools, keyer, `espd demo`, `espd bench`). It
 //!   drives the product from outside; no product module imports from it (tests/layout.rs).
+//!   Behind the default-on cargo feature `rig`; the production build leaves it out.
 //! * Each subcommand's arguments live with the module that runs it (`daemon::cli`, `ctl`,
 //!   `offline`, the rig's `cli`); `main.rs` only dispatches.
+//! * [`logging`]: where log lines go (plain/JSON on stderr through a non-blocking writer, or
+//!   the systemd journal).
 //! * `unsafe` is denied everywhere except [`sys`] (epoch-protected pointers).
 #![deny(unsafe_code)]
 
@@ -27,8 +30,10 @@ pub mod datapath;
 pub mod esp;
 pub mod fuzzing;
 pub mod ike;
+pub mod logging;
 pub mod offline;
 pub mod pcap;
+#[cfg(feature = "rig")]
 pub mod rig;
 pub mod sa;
 pub mod sync;

@@ -17,7 +17,9 @@ use crate::datapath::{Action, CoreStats, DropReason, Pipeline};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Direction {
+    /// Plaintext frames from the protected side, encapsulated into ESP.
     Outbound,
+    /// ESP frames from the unprotected side, decapsulated.
     Inbound,
 }
 
@@ -167,6 +169,7 @@ pub fn run_pcap(
 // The arguments of `espd check-config` (its help text is the subcommand's doc comment in main.rs).
 #[derive(clap::Args)]
 pub struct CheckConfigArgs {
+    /// The TOML configuration to check.
     pub file: PathBuf,
 }
 
@@ -189,11 +192,16 @@ pub fn check_config(a: CheckConfigArgs) -> anyhow::Result<()> {
 // The arguments of `espd pcap` (its help text is the subcommand's doc comment in main.rs).
 #[derive(clap::Args)]
 pub struct PcapArgs {
+    /// The gateway configuration whose SAs and policies the pipeline uses.
     #[arg(long)]
     pub config: PathBuf,
+    /// Which side the frames arrive on: outbound (plaintext from the LAN, encrypted) or
+    /// inbound (ESP from the WAN, decrypted).
     #[arg(long, value_enum)]
     pub direction: Direction,
+    /// The capture to read (Ethernet frames).
     pub input: PathBuf,
+    /// Where to write the frames the pipeline transmits (pcap).
     pub output: PathBuf,
     /// Static outbound SAs with no saved sequence state start at 1 (new keys only).
     #[arg(long)]

@@ -581,3 +581,68 @@ pub fn prefetch<T>(p: *const T) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
+
+/// Sends signal `sig` (e.g. `libc::SIGTERM`) to process `pid`, like kill(1). Refuses pid 0 and
+/// negative pids (process groups, "every process"): only one named process is ever signalled.
+pub fn kill(pid: u32, sig: i32) -> std::io::Result<()> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    if pid <= 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: kill takes plain integers and touches no memory of ours; pid > 0 names one process.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Sets SO_RCVTIMEO: a blocking receive on `sock` returns EAGAIN after `d` without data.
+pub fn set_recv_timeout(
+    sock: &impl std::os::fd::AsRawFd,
+    d: std::time::Duration,
+) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a valid timeval whose size is passed; the descriptor is open while
+    // `sock` is borrowed.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod kill_tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn kill_terminates_one_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        super::kill(child.id(), libc::SIGTERM).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn kill_refuses_groups_and_everyone() {
+        assert!(super::kill(0, libc::SIGTERM).is_err());
+        assert!(super::kill(u32::MAX, libc::SIGTERM).is_err());
+    }
+}

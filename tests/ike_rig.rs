@@ -1,6 +1,7 @@
 //! The built-in IKEv1 on the veth rig (root): gateway A is espd negotiating its SAs, gateway B
 //! is strongSwan 5.9.8 (charon, kernel-libipsec) or espd. Outside CI these print SKIPPED
 //! without root or without charon; with CI=true a skip is a failure.
+#![cfg(feature = "rig")]
 
 use std::time::{Duration, Instant};
 

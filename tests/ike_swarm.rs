@@ -2,6 +2,7 @@
 //! main + quick mode against espd and strongSwan as responders, and the report carries the
 //! figures the README quotes (rate, latency percentiles, responder CPU per setup). Outside CI
 //! it prints SKIPPED without root or charon; with CI=true a skip is a failure.
+#![cfg(feature = "rig")]
 
 use serde_json::Value;
 

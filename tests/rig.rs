@@ -1,5 +1,6 @@
 //! End-to-end tests on the veth rig (root; network namespaces). Outside CI they print SKIPPED
 //! when not root; with CI=true a skip is a failure. They run one at a time (one rig).
+#![cfg(feature = "rig")]
 
 use std::path::Path;
 use std::process::Command;

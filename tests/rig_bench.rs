@@ -3,6 +3,7 @@
 //! round trips agree with `ping` on the same rig and system, and the report carries every
 //! figure (RTT percentiles, CPU per packet, NDR ≤ PDR, maximum delivered, medians with their
 //! spread) in report.json, report.txt and the plots.
+#![cfg(feature = "rig")]
 
 use std::process::Command;
 

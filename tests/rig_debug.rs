@@ -7,6 +7,7 @@
 //!
 //! Root only (network namespaces, XDP), and tshark is needed: SKIPPED otherwise, a failure
 //! in CI (`CI=true`).
+#![cfg(feature = "rig")]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! reports the strategy it ran (startup log and stop summary). Not a timing test: the figures
 //! come from `scripts/rig-idle.py`. Root only (network namespaces, XDP); SKIPPED otherwise, a
 //! failure in CI.
+#![cfg(feature = "rig")]
 
 use espd::rig::procs::start_gateways;
 use espd::rig::{Rig, RigSpec};

@@ -7,6 +7,7 @@
 //! loss. Then a change that needs a restart (`dataplane.xdp_mode`) is
 //! refused by name, by `ctl load` and by SIGHUP, and changes nothing. Root only (network
 //! namespaces, XDP); SKIPPED otherwise, a failure in CI.
+#![cfg(feature = "rig")]
 
 use std::path::Path;
 use std::process::Command;

@@ -2,6 +2,7 @@
 //! again with the same config (no `--fresh-keys`) and send more: no ESP sequence number (hence
 //! no GCM nonce) appears twice on the wire, and the traffic after the restart arrives. Root
 //! only (network namespaces, XDP); SKIPPED otherwise, a failure in CI.
+#![cfg(feature = "rig")]
 
 use std::collections::HashSet;
 use std::process::Command;

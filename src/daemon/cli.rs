@@ -2,6 +2,7 @@
 //! config, runs the daemon and prints its JSON summary. Also the `--xdp-mode` values
 //! ([`XdpModeArg`]) that the rig's subcommands share.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ impl XdpModeArg {
 // The arguments of `espd run` (its help text is the subcommand's doc comment in main.rs).
 #[derive(clap::Args)]
 pub struct RunArgs {
+    /// The gateway's TOML configuration (interfaces, workers, tunnels, policies, SAs).
     #[arg(long)]
     pub config: PathBuf,
     /// Print a JSON line of statistics every second.
@@ -71,6 +73,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         fresh_keys: a.fresh_keys,
     };
     let summary = super::run(&c, &opts)?;
-    println!("{}", serde_json::to_string(&summary)?);
+    // The summary is best effort: a closed stdout (a pipe whose reader left) is not an error.
+    let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod l2;
 pub mod notify;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct RunOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error(transparent)]
+    L2(#[from] l2::L2Error),
     #[error("espd run needs root (CAP_NET_ADMIN and CAP_BPF) to attach XDP programs")]
     NotRoot,
     #[error("interface {0} does not exist (in this network namespace)")]
@@ -162,7 +165,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary, DaemonError> {
     check_setup(cfg)?;
     let mut xdp = attach_xdp(cfg, opts)?;
     let (dp, seqs) = build_dataplane(cfg, opts)?;
-    let shared = Shared::new(cfg, dp);
+    let shared = Shared::new(cfg, dp)?;
     let workers = start_workers(cfg, opts, &shared, &mut xdp)?;
 
     // The control thread is this one: it owns `control` and runs it in `wait`.
@@ -267,7 +270,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(cfg: &Config, dp: Arc<Dataplane>) -> Shared {
+    fn new(cfg: &Config, dp: Arc<Dataplane>) -> Result<Shared, DaemonError> {
         let stats: Arc<[CoreStats]> = (0..cfg.workers).map(|_| CoreStats::default()).collect();
         let events: Arc<ArrayQueue<SaEvent>> = Arc::new(ArrayQueue::new(4096));
         let stop = Arc::new(AtomicBool::new(false));
@@ -276,19 +279,19 @@ impl Shared {
         }
         let reload = Arc::new(AtomicBool::new(false));
         let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone());
-        Shared {
+        Ok(Shared {
             dp,
             stats,
             events,
             stop,
             reload,
-            l2: L2::resolve(cfg),
+            l2: L2::start(cfg)?,
             capture: Arc::new(crate::datapath::capture::Capture::new(
                 cfg.workers,
                 &cfg.plain.name,
                 &cfg.cipher.name,
             )),
-        }
+        })
     }
 }
 
@@ -532,7 +535,9 @@ fn wait(
         if opts.stats && last_print.elapsed() >= Duration::from_secs(1) {
             let (rx_p, tx_p, drops) = totals(stats);
             let dt = last_print.elapsed().as_secs_f64();
-            println!(
+            // A closed stdout (a pipe whose reader left) must not stop the gateway.
+            let _ = writeln!(
+                std::io::stdout(),
                 "{{\"t\":{:.1},\"rx_pps\":{:.0},\"tx_pps\":{:.0},\"drops_per_s\":{:.0},\"rx\":{rx_p},\"tx\":{tx_p},\"drops\":{drops}}}",
                 start.elapsed().as_secs_f64(),
                 (rx_p - prev.0) as f64 / dt,

@@ -291,9 +291,7 @@ impl Tool {
 
     /// SIGTERM, then the report it prints.
     fn finish(mut self, timeout: Duration) -> Value {
-        let _ = std::process::Command::new("kill")
-            .arg(self.proc.pid().to_string())
-            .status();
+        let _ = crate::sys::kill(self.proc.pid(), libc::SIGTERM);
         let end = Instant::now() + timeout;
         let mut last = Value::Null;
         while let Ok(l) = self

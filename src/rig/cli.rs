@@ -21,15 +21,19 @@ pub struct RigArgs {
 pub enum RigOp {
     /// Build the rig and write gateway configs (left in place until `down`).
     Up {
+        /// Queues (and gateway workers) per veth.
         #[arg(long, default_value_t = 2)]
         queues: u32,
+        /// XDP attach mode written into the gateway configs.
         #[arg(long, value_enum, default_value = "native")]
         xdp_mode: XdpModeArg,
+        /// Directory for the gateway configs.
         #[arg(long, default_value = super::DEFAULT_DIR)]
         dir: PathBuf,
     },
     /// Remove every namespace of the rig and the configs `up` wrote (works after a crash too).
     Down {
+        /// Directory of the gateway configs to remove.
         #[arg(long, default_value = super::DEFAULT_DIR)]
         dir: PathBuf,
     },
@@ -77,106 +81,144 @@ pub struct TrafficArgs {
 
 #[derive(clap::Subcommand)]
 pub enum TrafficOp {
+    /// Sends --count numbered datagrams to --dst, paced at --pps.
     UdpSend {
+        /// Destination address:port.
         #[arg(long)]
         dst: SocketAddr,
+        /// Flow id written into every datagram.
         #[arg(long, default_value_t = 0)]
         flow: u32,
+        /// Datagrams to send.
         #[arg(long)]
         count: u64,
+        /// UDP payload bytes.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Datagrams per second (0: as fast as possible).
         #[arg(long, default_value_t = 0)]
         pps: u64,
         /// Stop after this many seconds even if `count` is not reached.
         #[arg(long)]
         seconds: Option<f64>,
     },
+    /// Receives numbered datagrams and checks them (duplicates, order, losses).
     UdpRecv {
+        /// Address:port to listen on.
         #[arg(long)]
         bind: SocketAddr,
+        /// Distinct datagrams expected per flow.
         #[arg(long)]
         expect: u64,
+        /// Flows expected.
         #[arg(long, default_value_t = 1)]
         flows: u32,
+        /// Stop when nothing arrived for this many seconds.
         #[arg(long, default_value_t = 3.0)]
         idle: f64,
     },
     /// As fast as possible (sendmmsg) or at --pps, for --seconds; --size 0 is IMIX.
     Blast {
+        /// Destination address:port.
         #[arg(long)]
         dst: SocketAddr,
+        /// Flow id written into every datagram.
         #[arg(long, default_value_t = 0)]
         flow: u32,
+        /// IP packet bytes (0: IMIX).
         #[arg(long)]
         size: usize,
+        /// How long to send.
         #[arg(long)]
         seconds: f64,
+        /// Packets per second (0: as fast as possible).
         #[arg(long, default_value_t = 0)]
         pps: u64,
     },
     /// Counts datagrams (recvmmsg) of one flow (or all) until SIGTERM, then until nothing
     /// arrived for --idle seconds; prints `ready` once bound.
     Sink {
+        /// Address:port to listen on.
         #[arg(long)]
         bind: SocketAddr,
+        /// Count only this flow (default: every flow).
         #[arg(long)]
         flow: Option<u32>,
+        /// After SIGTERM, stop when nothing arrived for this many seconds.
         #[arg(long, default_value_t = 0.2)]
         idle: f64,
         /// Datagrams more than this many seconds after SIGTERM also count as late.
         #[arg(long, default_value_t = 2.0)]
         grace: f64,
+        /// Stop after this many seconds in any case.
         #[arg(long, default_value_t = 120.0)]
         max: f64,
     },
     /// The IKEv1 initiator swarm of `espd bench --ike` (run inside gw-a).
     IkeSwarm {
+        /// Initiators, each with its own outer address.
         #[arg(long, default_value_t = 1000)]
         peers: usize,
+        /// Setups in flight at once.
         #[arg(long, default_value_t = 50)]
         window: usize,
+        /// File holding the pre-shared key.
         #[arg(long)]
         psk_file: PathBuf,
+        /// Give up after this many seconds.
         #[arg(long, default_value_t = 180.0)]
         timeout: f64,
     },
     /// Request/response responder: echoes every datagram until SIGTERM or --max seconds;
     /// prints `ready` once bound.
     Echo {
+        /// Address:port to listen on.
         #[arg(long)]
         bind: SocketAddr,
+        /// Stop after this many seconds in any case.
         #[arg(long, default_value_t = 120.0)]
         max: f64,
     },
     /// Round trips to an `echo` responder (like netperf UDP_RR; like `ping` with
     /// --interval-us): --count requests of --size-byte IP packets, --outstanding in flight.
     Rr {
+        /// The echo responder's address:port.
         #[arg(long)]
         dst: SocketAddr,
+        /// IP packet bytes of each request.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Requests to send.
         #[arg(long, default_value_t = 1000)]
         count: u64,
+        /// Request i leaves no earlier than i × this after the start (0: back to back).
         #[arg(long, default_value_t = 0)]
         interval_us: u64,
+        /// Requests in flight at once.
         #[arg(long, default_value_t = 1)]
         outstanding: u32,
         /// A request unanswered for this long is lost.
         #[arg(long, default_value_t = 200)]
         timeout_ms: u64,
     },
+    /// Connects to --dst and writes --bytes of a checkable pattern.
     TcpSend {
+        /// Destination address:port.
         #[arg(long)]
         dst: SocketAddr,
+        /// Bytes to write.
         #[arg(long)]
         bytes: u64,
     },
+    /// Accepts one connection and checks every byte of the pattern until EOF.
     TcpRecv {
+        /// Address:port to listen on.
         #[arg(long)]
         bind: SocketAddr,
+        /// Bytes expected.
         #[arg(long)]
         expect: u64,
+        /// Give up after this many seconds.
         #[arg(long, default_value_t = 10.0)]
         timeout: f64,
     },
@@ -296,14 +338,19 @@ pub fn traffic(a: TrafficArgs) -> anyhow::Result<()> {
 // The arguments of `espd keyer`.
 #[derive(clap::Args)]
 pub struct KeyerArgs {
+    /// Gateway A's control socket.
     #[arg(long)]
     pub a: PathBuf,
+    /// Gateway B's control socket.
     #[arg(long)]
     pub b: PathBuf,
+    /// The tunnel (its name in both configs) to rekey.
     #[arg(long, default_value = "peer")]
     pub tunnel: String,
+    /// Rekeys to do.
     #[arg(long, default_value_t = 10)]
     pub count: u64,
+    /// Pause between rekeys, ms.
     #[arg(long, default_value_t = 100)]
     pub interval_ms: u64,
 }
@@ -333,6 +380,7 @@ pub fn keyer(a: KeyerArgs) -> anyhow::Result<()> {
 // The arguments of `espd demo`.
 #[derive(clap::Args)]
 pub struct DemoArgs {
+    /// How long the traffic runs.
     #[arg(long, default_value_t = 12)]
     pub seconds: u64,
     /// Gateway B: `espd`, or `strongswan` (charon with kernel-libipsec; IPv4 flows only).
@@ -342,6 +390,7 @@ pub struct DemoArgs {
     /// daemon) instead of the built-in IKE.
     #[arg(long)]
     pub keyer: bool,
+    /// XDP attach mode of the gateways.
     #[arg(long, value_enum, default_value = "native")]
     pub xdp_mode: XdpModeArg,
     /// UDP packets per second per flow (default 20000; 1000 with strongSwan, whose
@@ -395,6 +444,8 @@ pub struct BenchArgs {
     /// Comma-separated IP packet sizes; 0 or imix for IMIX.
     #[arg(long, default_value = "64,512,1372,1400,imix")]
     pub sizes: String,
+    /// Comma-separated systems to measure: espd, null (espd without crypto), kernel
+    /// (kernel routing, no IPsec), strongswan.
     #[arg(long, default_value = "espd,null,kernel,strongswan")]
     pub systems: String,
     /// Offered loads (pps) of the CPU-per-packet points.
@@ -418,10 +469,13 @@ pub struct BenchArgs {
     /// Rekey interval of the rekeys-under-load check (0: skip it).
     #[arg(long, default_value_t = 100)]
     pub rekey_ms: u64,
+    /// Offered load (pps) during the rekeys-under-load check.
     #[arg(long, default_value_t = 10_000)]
     pub rekey_pps: u64,
+    /// Directory for the JSON and text reports and the SVG plots.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
+    /// An earlier report (JSON) to compare with: changes bigger than the spread are flagged.
     #[arg(long)]
     pub compare: Option<PathBuf>,
     /// Instead of the data-plane suite: an IKEv1 initiator swarm against espd and strongSwan

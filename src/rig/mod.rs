@@ -481,7 +481,9 @@ pub fn down() {
             .map(|o| {
                 // Processes still inside (a gateway that outlived its parent): stop them first.
                 for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").arg(pid).status();
+                    if let Ok(pid) = pid.parse() {
+                        let _ = crate::sys::kill(pid, libc::SIGTERM);
+                    }
                 }
             });
         let _ = Command::new("ip")

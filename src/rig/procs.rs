@@ -80,7 +80,7 @@ impl Proc {
     }
     /// SIGTERM, then wait (SIGKILL after `grace`).
     pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill").arg(self.pid().to_string()).status();
+        let _ = crate::sys::kill(self.pid(), libc::SIGTERM);
         let start = Instant::now();
         loop {
             if let Ok(Some(s)) = self.child.try_wait() {

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: packet builders and an in-memory gateway.
 #![allow(dead_code)]
 
+#[cfg(feature = "rig")]
 pub mod rig;
 pub mod vectors;
 
