@@ -2,7 +2,8 @@
 # Builds the Debian package of the production binary (no rig, demo, bench or traffic tools):
 # target/debian/espd_<version>-1_amd64.deb with the binary, the systemd unit, the tmpfiles
 # entry, the example config (/etc/espd/espd.toml, 0600), man pages and shell completions.
-# Needs cargo-deb (`cargo install cargo-deb`); not part of CI.
+# Needs cargo-deb (`cargo install cargo-deb`); not part of CI. It leaves the production binary
+# in target/release/espd: `cargo build --release` (the README commands do) brings the rig back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --no-default-features --features rustcrypto
