@@ -45,6 +45,7 @@ fn ctl_load(sock: &Path) -> (bool, Value, String) {
         .arg("ctl")
         .arg("--socket")
         .arg(sock)
+        .arg("--json")
         .arg("load")
         .output()
         .unwrap();
