@@ -8,6 +8,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+echo "== the production build (no rig, demo, bench or traffic tools: what the .deb ships)"
+cargo clippy --all-targets --no-default-features --features rustcrypto -- -D warnings
 echo "== cargo test"
 # Rig tests share one set of network namespaces; they take a lock and run one at a time.
 cargo test --lib --bins --tests -- --test-threads="${ESPD_TEST_THREADS:-2}"
