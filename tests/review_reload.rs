@@ -1,0 +1,90 @@
+//! Review tests (h-review): a reload that passes every check but fails while applying leaves
+//! part of the new file applied and the control thread's idea of "the file" stale.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use espd::config::Config;
+use espd::control::Control;
+
+const BASE: &str = r#"
+[dataplane]
+workers = 1
+[interfaces.plain]
+name = "lan0"
+addresses = ["192.0.2.1"]
+next_hop_mac = "02:00:00:00:00:02"
+[interfaces.cipher]
+name = "wan0"
+addresses = ["203.0.113.1"]
+next_hop_mac = "02:00:00:00:00:03"
+[[tunnels]]
+name = "to-b"
+local = "203.0.113.1"
+remote = "203.0.113.2"
+[[policies]]
+src = "192.0.2.0/24"
+dst = "198.51.100.0/24"
+action = "protect"
+tunnel = "to-b"
+[[sas]]
+tunnel = "to-b"
+direction = "in"
+spi = 0xb001
+key = "ffeeddccbbaa99887766554433221100a0b0c0d0"
+[control]
+socket = ""
+"#;
+
+const TUNNEL_C: &str =
+    "[[tunnels]]\nname = \"to-c\"\nlocal = \"203.0.113.1\"\nremote = \"203.0.113.3\"\n";
+
+fn cfg(text: &str) -> Config {
+    Config::parse(Path::new("t.toml"), text).unwrap()
+}
+
+/// The file moves the inbound key to a new SPI (0xb001 -> 0xb002) and adds a tunnel.
+/// `check` allows the key because its old SA is being removed, but `apply` installs the new SA
+/// (step 5) before it removes the old one (step 6): `install` refuses the key as in use, after
+/// the tunnel was already added. Expected: either the reload succeeds, or nothing changed.
+#[test]
+fn a_reload_that_fails_while_applying_changes_nothing() {
+    let c0 = cfg(BASE);
+    let dp = Arc::new(c0.build_dataplane(1).unwrap());
+    let mut ctl = Control::new(&c0, dp);
+    let new = BASE
+        .replace("0xb001", "0xb002")
+        .replace("[[policies]]", &format!("{TUNNEL_C}[[policies]]"));
+    let tunnels_before = ctl.tunnels().len();
+    match ctl.apply_config(cfg(&new), 10) {
+        Ok(_) => {}
+        Err(e) => {
+            assert_eq!(
+                ctl.tunnels().len(),
+                tunnels_before,
+                "refused ({e}) yet tunnel `to-c` was added: half-applied"
+            );
+        }
+    }
+}
+
+/// After such a failure the control thread still diffs against the old file: the same reload
+/// again (or a fixed file) finds `to-c` "already running" and is refused until a restart.
+#[test]
+fn a_failed_reload_does_not_block_the_next_one() {
+    let c0 = cfg(BASE);
+    let dp = Arc::new(c0.build_dataplane(1).unwrap());
+    let mut ctl = Control::new(&c0, dp);
+    let new = BASE
+        .replace("0xb001", "0xb002")
+        .replace("[[policies]]", &format!("{TUNNEL_C}[[policies]]"));
+    let _ = ctl.apply_config(cfg(&new), 10);
+    // The operator fixes the file: a new key for the new SPI.
+    let fixed = new.replace("a0b0c0d0", "a0b0c0d1");
+    let again = ctl.apply_config(cfg(&fixed), 20);
+    assert!(
+        again.is_ok(),
+        "the same reload again: {:?}",
+        again.err().map(|e| e.to_string())
+    );
+}
