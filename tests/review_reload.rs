@@ -88,3 +88,14 @@ fn a_failed_reload_does_not_block_the_next_one() {
         again.err().map(|e| e.to_string())
     );
 }
+
+/// `dataplane.replay_window` is documented as a live setting, but every static SA that takes
+/// the default gets it resolved at parse time, so the diff refuses the reload as
+/// `sas[i].replay_window: cannot change under the same key`.
+#[test]
+fn the_live_replay_window_setting_reloads_with_static_sas() {
+    let new = BASE.replace("workers = 1", "workers = 1\nreplay_window = 256");
+    let d = espd::control::reload::diff(&cfg(BASE), &cfg(&new));
+    assert_eq!(d.settings, vec!["dataplane.replay_window"]);
+    assert!(d.refused.is_empty(), "refused: {:?}", d.refused);
+}
