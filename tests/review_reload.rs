@@ -99,3 +99,37 @@ fn the_live_replay_window_setting_reloads_with_static_sas() {
     assert_eq!(d.settings, vec!["dataplane.replay_window"]);
     assert!(d.refused.is_empty(), "refused: {:?}", d.refused);
 }
+
+/// A `[[ike.peers]]` tunnel takes its quick-mode proxy IDs from the tunnel's first protect
+/// policy, computed when the daemon starts. A reload that changes that policy leaves `[ike]`
+/// as written unchanged (`ike_raw`), so it is applied live while the IKE engine keeps
+/// proposing the old selectors: the SPD and the negotiated SAs disagree after the next rekey.
+#[test]
+fn a_policy_change_on_an_ike_tunnel_is_not_silently_live() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = std::env::temp_dir().join(format!("espd-review-ike-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let psk = d.join("psk");
+    std::fs::write(&psk, "secret\n").unwrap();
+    std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let no_sas = &BASE[..BASE.find("[[sas]]").unwrap()];
+    let with_ike = format!(
+        "{no_sas}[control]\nsocket = \"\"\n[[ike.peers]]\ntunnel = \"to-b\"\npsk_file = \"{}\"\n",
+        psk.display()
+    );
+    let old = Config::parse(&d.join("gw.toml"), &with_ike);
+    let new = Config::parse(
+        &d.join("gw.toml"),
+        &with_ike.replace("198.51.100.0/24", "198.51.100.0/25"),
+    );
+    let _ = std::fs::remove_dir_all(&d);
+    let (old, new) = (old.unwrap(), new.unwrap());
+    let diff = espd::control::reload::diff(&old, &new);
+    assert!(
+        !diff.restart.is_empty() || !diff.refused.is_empty(),
+        "applied live: policies {:?}, restart {:?}",
+        diff.policy_counts,
+        diff.restart
+    );
+}
