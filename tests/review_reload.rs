@@ -133,3 +133,45 @@ fn a_policy_change_on_an_ike_tunnel_is_not_silently_live() {
         diff.restart
     );
 }
+
+const OUT_A001: &str = "[[sas]]\ntunnel = \"to-b\"\ndirection = \"out\"\nspi = 0xa001\nkey = \"00112233445566778899aabbccddeeff01020304\"\n";
+
+/// A reload that rekeys the static outbound SA (new SPI, new key) replaces it in
+/// `install_static_outbound` with a bare `set_outbound`, not through `bank`: the old SA's
+/// packets vanish from the tunnel's totals (`tunnel_list`, `espd_tunnel_*` metrics), which
+/// are documented to survive rekeys. A Prometheus counter that steps back reads as a reset.
+#[test]
+fn a_file_rekey_keeps_the_tunnel_totals() {
+    let text = format!("{BASE}{OUT_A001}");
+    let c0 = cfg(&text);
+    let dp = Arc::new(c0.build_dataplane(1).unwrap());
+    let mut ctl = Control::new(&c0, dp.clone());
+    let (tx, rx) = std::sync::mpsc::channel::<espd::control::reload::SeqTrack>();
+    ctl.set_seq_tracker(tx);
+    let answer = std::thread::spawn(move || {
+        for t in rx {
+            let _ = t.reply.send(Ok(()));
+        }
+    });
+    {
+        let g = crossbeam_epoch::pin();
+        let t = ctl.tunnels()[0].index;
+        let sa = dp.sas.outbound(t, &g).unwrap();
+        for _ in 0..10 {
+            sa.count(0, 100);
+        }
+    }
+    let before = ctl.tunnel_list()[0].outbound.packets;
+    assert_eq!(before, 10);
+    let new = text
+        .replace("0xa001", "0xa002")
+        .replace("01020304\"\n", "01020399\"\n");
+    ctl.apply_config(cfg(&new), 10).unwrap();
+    let after = ctl.tunnel_list()[0].outbound.packets;
+    drop(ctl);
+    answer.join().unwrap();
+    assert!(
+        after >= before,
+        "tunnel outbound packets went from {before} to {after}"
+    );
+}
