@@ -175,3 +175,23 @@ fn a_file_rekey_keeps_the_tunnel_totals() {
         "tunnel outbound packets went from {before} to {after}"
     );
 }
+
+/// `check` verifies SPIs are not installed but not that their slot in the inbound table is
+/// free (`spi & (sa_capacity - 1)`): a new inbound SPI colliding with a running SA passes the
+/// checks and fails in `apply`, after the new tunnel went in.
+#[test]
+fn an_inbound_slot_collision_is_refused_before_anything_changes() {
+    let text = BASE.replace("workers = 1", "workers = 1\nsa_capacity = 256");
+    let c0 = cfg(&text);
+    let dp = Arc::new(c0.build_dataplane(1).unwrap());
+    let mut ctl = Control::new(&c0, dp);
+    // 0xb101 & 0xff == 0xb001 & 0xff: the same slot.
+    let new = format!(
+        "{}[[sas]]\ntunnel = \"to-c\"\ndirection = \"in\"\nspi = 0xb101\nkey = \"aaeeddccbbaa99887766554433221100a0b0c0d0\"\n",
+        text.replace("[[policies]]", &format!("{TUNNEL_C}[[policies]]"))
+    );
+    let r = ctl.apply_config(cfg(&new), 10);
+    if let Err(e) = &r {
+        assert_eq!(ctl.tunnels().len(), 1, "refused ({e}) after adding `to-c`");
+    }
+}
