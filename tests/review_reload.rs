@@ -1,5 +1,5 @@
-//! Review tests (h-review): a reload that passes every check but fails while applying leaves
-//! part of the new file applied and the control thread's idea of "the file" stale.
+//! Review tests (h-review) of the control thread: reloads (half-applied, refused live
+//! settings, IKE proxy IDs, tunnel totals) and the audit line of `capture`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -194,4 +194,51 @@ fn an_inbound_slot_collision_is_refused_before_anything_changes() {
     if let Err(e) = &r {
         assert_eq!(ctl.tunnels().len(), 1, "refused ({e}) after adding `to-c`");
     }
+}
+
+/// The audit line of a `capture` request is logged `result=ok` before it is even checked: a
+/// refused capture (bad `seconds`, another running, no workers) leaves an audit line that
+/// says it succeeded.
+#[test]
+fn a_refused_capture_is_not_audited_as_ok() {
+    use std::sync::Mutex;
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let w = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(move || w.clone())
+        .with_ansi(false)
+        .finish();
+    let c0 = cfg(BASE);
+    let dp = Arc::new(c0.build_dataplane(1).unwrap());
+    let mut ctl = Control::new(&c0, dp);
+    let (tx, rx) = std::sync::mpsc::channel();
+    tracing::subscriber::with_default(sub, || {
+        espd::control::api::deliver(
+            &mut ctl,
+            espd::control::api::ApiMsg::Request {
+                line: zeroize::Zeroizing::new("{\"op\":\"capture\",\"seconds\":-1}".into()),
+                reply: tx,
+                peer: None,
+            },
+            1,
+        );
+    });
+    let answer = rx.recv().unwrap().unwrap();
+    assert!(answer.contains("\"ok\":false"), "{answer}");
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        !log.contains("op=\"capture\"") || !log.contains("result=ok"),
+        "answer {answer}, audit {log}"
+    );
 }
