@@ -90,14 +90,37 @@ fn a_failed_reload_does_not_block_the_next_one() {
 }
 
 /// `dataplane.replay_window` is documented as a live setting, but every static SA that takes
-/// the default gets it resolved at parse time, so the diff refuses the reload as
-/// `sas[i].replay_window: cannot change under the same key`.
+/// the default gets it resolved at parse time, and an installed SA keeps its window under its
+/// key. (reloadfix: the setting is live for SAs added later; with static SAs taking the
+/// default, the reload is refused as restart-only, naming the SAs and how to keep them. Set
+/// explicitly on those SAs, the setting reloads live.)
 #[test]
 fn the_live_replay_window_setting_reloads_with_static_sas() {
+    let old = cfg(BASE);
     let new = BASE.replace("workers = 1", "workers = 1\nreplay_window = 256");
-    let d = espd::control::reload::diff(&cfg(BASE), &cfg(&new));
+    let d = espd::control::reload::diff(&old, &cfg(&new));
     assert_eq!(d.settings, vec!["dataplane.replay_window"]);
     assert!(d.refused.is_empty(), "refused: {:?}", d.refused);
+    assert_eq!(d.restart.len(), 1, "{:?}", d.restart);
+    assert!(
+        d.restart[0].starts_with(
+            "dataplane.replay_window (the window of static SA(s) sas[0] that take the default;"
+        ) && d.restart[0].contains(&format!(
+            "set `replay_window = {}` on them",
+            old.replay_window
+        )),
+        "{}",
+        d.restart[0]
+    );
+    // With the SA's window written out, the setting reloads live.
+    let pinned = new.replace(
+        "spi = 0xb001\n",
+        &format!("spi = 0xb001\nreplay_window = {}\n", old.replay_window),
+    );
+    let d = espd::control::reload::diff(&old, &cfg(&pinned));
+    assert_eq!(d.settings, vec!["dataplane.replay_window"]);
+    assert!(d.refused.is_empty() && d.restart.is_empty(), "{d:?}");
+    assert!(d.sas_changed.is_empty(), "{:?}", d.sas_changed);
 }
 
 /// A `[[ike.peers]]` tunnel takes its quick-mode proxy IDs from the tunnel's first protect

@@ -10,15 +10,27 @@
 //! Live: tunnels added or removed, the policy list, static SAs added (inbound) or removed or
 //! changed with the same key (lifetimes, backend, an inbound SA's selectors after a policy
 //! change: replaced in one store, the sequence counter and replay window continue), and the
-//! settings `dataplane.default_policy`, `dataplane.backend`, `dataplane.replay_window`,
-//! `control.rekey_grace_ms`, `control.expired_linger_ms`. Removed inbound SAs keep accepting
-//! for the rekey grace period. A new static outbound SA is tracked in the sequence state file
-//! before its first packet ([`SeqTrack`]: a key the file does not know starts at 1, the file
-//! knowing a key continues after its mark) and replaces the tunnel's outbound SA from the old
-//! file in one pointer store, as a rekey does. Everything else needs a restart and is refused
-//! by name, as are a changed tunnel (add one under a new name instead) and a new key under an
-//! installed SPI (use a new SPI). A refused reload changes nothing: every check runs before
-//! the first change.
+//! settings `dataplane.default_policy`, `dataplane.backend`, `dataplane.replay_window` (for
+//! SAs added later: static SAs taking the default keep theirs, so a change is restart-only
+//! unless they set `replay_window` themselves), `control.rekey_grace_ms`,
+//! `control.expired_linger_ms`. A new static outbound SA is tracked in the sequence state
+//! file before its first packet ([`SeqTrack`]: a key the file does not know starts at 1, the
+//! file knowing a key continues after its mark) and replaces the tunnel's outbound SA from the
+//! old file in one pointer store, as a rekey does (the old SA's counts go to the tunnel's
+//! totals). Everything else needs a restart and is refused by name, as are a changed tunnel
+//! (add one under a new name instead), a new key under an installed SPI (use a new SPI), a key
+//! moved to another SPI (the old SA holds it until the new one is in: give it a new key), an
+//! inbound SPI whose table slot is taken (also by an SA the reload removes: it accepts for
+//! the grace period), and, for tunnels of `[[ike.peers]]`, a change of the first protect
+//! policy (the IKE peer's proxy IDs) or of the pre-shared key file's contents.
+//!
+//! A refused reload changes nothing: every check runs, every new SA is built and every new
+//! static outbound SA is tracked in the state file before the first change. Then, so that
+//! existing flows keep forwarding: new tunnels, new inbound SAs, new outbound SAs, SAs changed
+//! in place, the SPD in one publication (every SA it points at is in), SAs gone from the file
+//! (inbound ones after the grace period), tunnels gone from the file, and the live settings
+//! last. Should a step still fail, the error says which and what went in before it, and later
+//! reloads compare against what went in (`Applied`), not the old file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -461,16 +473,16 @@ impl Control {
     /// Applies `new` against the config last applied: every check first (a refused reload
     /// changes nothing), then the changes in an order that keeps existing flows forwarding.
     pub fn apply_config(&mut self, new: Config, now: u64) -> Result<Reloaded> {
-        self.apply_config_observed(new, now, &mut |_| {})
+        self.apply_config_observed(new, now, &mut |_| Ok(()))
     }
 
     /// [`Control::apply_config`], calling `at_publish` just before the new SPD is published
-    /// (tests check what is installed at that moment).
+    /// (tests check what is installed at that moment, or make the step fail).
     fn apply_config_observed(
         &mut self,
         new: Config,
         now: u64,
-        at_publish: &mut dyn FnMut(&Control),
+        at_publish: &mut dyn FnMut(&Control) -> Result<()>,
     ) -> Result<Reloaded> {
         let d = diff(&self.from_file.config, &new);
         if !d.restart.is_empty() {
@@ -865,7 +877,7 @@ impl Control {
         now: u64,
         done: &mut Reloaded,
         applied: &mut Applied,
-        at_publish: &mut dyn FnMut(&Control),
+        at_publish: &mut dyn FnMut(&Control) -> Result<()>,
     ) -> std::result::Result<(), (&'static str, ControlError)> {
         // 1. New tunnels (nothing uses them until their policies and SAs come).
         for t in plan.tunnels {
@@ -933,9 +945,14 @@ impl Control {
         // 5. The policy list and default policy, in one SPD publication: every SA it points
         // at is in.
         let default_changed = self.default_policy != new.default_policy;
-        self.default_policy = new.default_policy;
         if plan.policies.is_some() || default_changed {
-            at_publish(self);
+            if let Err(e) = at_publish(self) {
+                if let Some(old) = old_policies {
+                    self.policies = old;
+                }
+                return Err(("publishing the SPD", e));
+            }
+            self.default_policy = new.default_policy;
             self.publish_spd();
         }
         if plan.policies.is_some() {
@@ -1702,5 +1719,190 @@ socket = ""
         drop(c);
         saver.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    const TUNNEL_C: &str = "[[tunnels]]\nname = \"to-c\"\nlocal = \"203.0.113.1\"\nremote = \"203.0.113.3\"\n\
+         [[policies]]\nsrc = \"192.0.2.0/24\"\ndst = \"198.18.0.0/15\"\naction = \"protect\"\ntunnel = \"to-c\"\n\
+         [[sas]]\ntunnel = \"to-c\"\ndirection = \"in\"\nspi = 0xc001\nkey = \"6112233445566778899aabbccddeeff001020304\"\n";
+
+    /// A sequence-state thread that answers `answer` (`None`: drops the request unanswered).
+    fn tracker(c: &mut Control, answer: Option<std::result::Result<(), &'static str>>) {
+        let (tx, rx) = std::sync::mpsc::channel::<SeqTrack>();
+        std::thread::spawn(move || {
+            for t in rx {
+                if let Some(a) = answer {
+                    let _ = t.reply.send(a.map_err(str::to_string));
+                }
+            }
+        });
+        c.set_seq_tracker(tx);
+    }
+
+    /// What a test compares before and after a refused reload.
+    fn running(c: &Control) -> (usize, Vec<Policy>, usize, Option<u32>) {
+        (
+            c.tunnels().len(),
+            c.policies().to_vec(),
+            c.stats().sas,
+            c.outbound_spi("to-b"),
+        )
+    }
+
+    #[test]
+    fn the_spd_is_published_after_the_sas_it_needs() {
+        let mut c = control(BASE);
+        tracker(&mut c, Some(Ok(())));
+        // A new tunnel with its policy and SAs; to-b's SAs rotated to new SPIs and keys.
+        let new = format!(
+            "{}{TUNNEL_C}[[sas]]\ntunnel = \"to-c\"\ndirection = \"out\"\nspi = 0xc002\nkey = \"8112233445566778899aabbccddeeff001020304\"\n",
+            BASE.replace("0xa001", "0xa002")
+                .replace(KEY_A, "9112233445566778899aabbccddeeff001020304")
+                .replace("0xb001", "0xb002")
+                .replace("a0b0c0d0", "a0b0c0d1")
+        );
+        let mut seen = false;
+        let done = c
+            .apply_config_observed(cfg(&new), 10, &mut |c| {
+                seen = true;
+                let g = crossbeam_epoch::pin();
+                // Every tunnel the new SPD protects to has its outbound SA, the new inbound
+                // SAs accept, and the old inbound one still does.
+                for p in c.policies() {
+                    if let PolicyAction::Protect(t) = p.action {
+                        assert!(c.dp.sas.outbound(t, &g).is_some(), "tunnel {t}: no SA");
+                    }
+                }
+                for spi in [0xb001, 0xb002, 0xc001] {
+                    assert!(c.dp.sas.inbound(spi, &g).is_some(), "{spi:#x}");
+                }
+                assert_eq!(c.outbound_spi("to-c"), Some(0xc002));
+                assert_eq!(c.outbound_spi("to-b"), Some(0xa002));
+                Ok(())
+            })
+            .unwrap();
+        assert!(seen, "the SPD was published");
+        assert_eq!((done.tunnels.added, done.policies.added), (1, 1));
+        assert_eq!((done.sas.added, done.sas.removed), (4, 2));
+    }
+
+    #[test]
+    fn a_state_file_failure_refuses_the_reload_before_anything_changes() {
+        let new = format!(
+            "{}{TUNNEL_C}",
+            BASE.replace("0xa001", "0xa002")
+                .replace(KEY_A, "9112233445566778899aabbccddeeff001020304")
+        );
+        for (answer, says) in [
+            (
+                Some(Err("disk full")),
+                "state file: disk full (nothing was changed)",
+            ),
+            (
+                None,
+                "the sequence state thread did not answer (nothing was changed)",
+            ),
+        ] {
+            let mut c = control(BASE);
+            tracker(&mut c, answer);
+            let before = running(&c);
+            let e = c.apply_config(cfg(&new), 10).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+            assert!(e.contains("outbound SA 0x0000a002"), "{e}");
+            assert_eq!(running(&c), before);
+            // Nothing half-applied: the same file goes in once the state file works.
+            tracker(&mut c, Some(Ok(())));
+            c.apply_config(cfg(&new), 20).unwrap();
+            assert_eq!(c.tunnels().len(), 2);
+        }
+    }
+
+    #[test]
+    fn a_key_does_not_move_to_another_spi() {
+        let mut c = control(BASE);
+        tracker(&mut c, Some(Ok(())));
+        let before = running(&c);
+        let e = c
+            .apply_config(
+                cfg(&format!("{}{TUNNEL_C}", BASE.replace("0xb001", "0xb002"))),
+                10,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("inbound SA 0x0000b002: its key is the key of inbound SA 0x0000b001, which this reload removes"),
+            "{e}"
+        );
+        let e = c
+            .apply_config(cfg(&BASE.replace("0xa001", "0xa002")), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outbound SA 0x0000a002: its key is the key of outbound SA 0x0000a001, which this reload removes"),
+            "{e}"
+        );
+        assert_eq!(running(&c), before);
+    }
+
+    #[test]
+    fn inbound_table_slots_are_checked_first() {
+        let small = BASE.replace("workers = 1\n", "workers = 1\nsa_capacity = 256\n");
+        let mut c = control(&small);
+        let before = running(&c);
+        // The slot of an SA the reload removes: it accepts for the grace period.
+        let e = c
+            .apply_config(
+                cfg(&format!(
+                    "{}{TUNNEL_C}",
+                    small
+                        .replace("0xb001", "0xb101")
+                        .replace("a0b0c0d0", "a0b0c0d1")
+                )),
+                10,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("inbound SA 0x0000b101: its slot in the inbound SA table (SPI & 0xff, dataplane.sa_capacity 256) is taken by inbound SA 0x0000b001, which this reload removes"),
+            "{e}"
+        );
+        // Two new SAs in one slot.
+        let e = c
+            .apply_config(
+                cfg(&format!(
+                    "{small}{}[[sas]]\ntunnel = \"to-c\"\ndirection = \"in\"\nspi = 0xc102\nkey = \"7712233445566778899aabbccddeeff001020304\"\n",
+                    TUNNEL_C.replace("0xc001", "0xc002")
+                )),
+                10,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is taken by inbound SA 0x0000c002;"), "{e}");
+        assert_eq!(running(&c), before);
+    }
+
+    #[test]
+    fn a_reload_stopped_while_applying_leaves_what_went_in_for_the_next() {
+        let mut c = control(BASE);
+        let new = format!("{BASE}{TUNNEL_C}");
+        let e = c
+            .apply_config_observed(cfg(&new), 10, &mut |_| {
+                Err(ControlError::invalid("test", "injected"))
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("stopped while publishing the SPD: test: injected; applied before it: tunnels Counts { added: 1"),
+            "{e}"
+        );
+        // The tunnel and its SA are in, the policy list is the one published.
+        assert_eq!(c.tunnels().len(), 2);
+        assert!(c.sa(0xc001, Direction::Inbound, 11).is_ok());
+        assert_eq!(c.policies().len(), 1);
+        // The next reload compares against what went in: only the policy is left to do.
+        let done = c.apply_config(cfg(&new), 20).unwrap();
+        assert_eq!(done.tunnels, Counts::default());
+        assert_eq!(done.sas, Counts::default());
+        assert_eq!(done.policies.added, 1);
+        assert_eq!(c.policies().len(), 2);
     }
 }
