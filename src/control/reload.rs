@@ -10,15 +10,27 @@
 //! Live: tunnels added or removed, the policy list, static SAs added (inbound) or removed or
 //! changed with the same key (lifetimes, backend, an inbound SA's selectors after a policy
 //! change: replaced in one store, the sequence counter and replay window continue), and the
-//! settings `dataplane.default_policy`, `dataplane.backend`, `dataplane.replay_window`,
-//! `control.rekey_grace_ms`, `control.expired_linger_ms`. Removed inbound SAs keep accepting
-//! for the rekey grace period. A new static outbound SA is tracked in the sequence state file
-//! before its first packet ([`SeqTrack`]: a key the file does not know starts at 1, the file
-//! knowing a key continues after its mark) and replaces the tunnel's outbound SA from the old
-//! file in one pointer store, as a rekey does. Everything else needs a restart and is refused
-//! by name, as are a changed tunnel (add one under a new name instead) and a new key under an
-//! installed SPI (use a new SPI). A refused reload changes nothing: every check runs before
-//! the first change.
+//! settings `dataplane.default_policy`, `dataplane.backend`, `dataplane.replay_window` (for
+//! SAs added later: static SAs taking the default keep theirs, so a change is restart-only
+//! unless they set `replay_window` themselves), `control.rekey_grace_ms`,
+//! `control.expired_linger_ms`. A new static outbound SA is tracked in the sequence state
+//! file before its first packet ([`SeqTrack`]: a key the file does not know starts at 1, the
+//! file knowing a key continues after its mark) and replaces the tunnel's outbound SA from the
+//! old file in one pointer store, as a rekey does (the old SA's counts go to the tunnel's
+//! totals). Everything else needs a restart and is refused by name, as are a changed tunnel
+//! (add one under a new name instead), a new key under an installed SPI (use a new SPI), a key
+//! moved to another SPI (the old SA holds it until the new one is in: give it a new key), an
+//! inbound SPI whose table slot is taken (also by an SA the reload removes: it accepts for
+//! the grace period), and, for tunnels of `[[ike.peers]]`, a change of the first protect
+//! policy (the IKE peer's proxy IDs) or of the pre-shared key file's contents.
+//!
+//! A refused reload changes nothing: every check runs, every new SA is built and every new
+//! static outbound SA is tracked in the state file before the first change. Then, so that
+//! existing flows keep forwarding: new tunnels, new inbound SAs, new outbound SAs, SAs changed
+//! in place, the SPD in one publication (every SA it points at is in), SAs gone from the file
+//! (inbound ones after the grace period), tunnels gone from the file, and the live settings
+//! last. Should a step still fail, the error says which and what went in before it, and later
+//! reloads compare against what went in (`Applied`), not the old file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -230,9 +242,32 @@ fn restart_changes(old: &Config, new: &Config) -> Vec<String> {
         old.control.metrics_sa_limit != new.control.metrics_sa_limit,
     );
     field("ike", old.ike_raw != new.ike_raw);
+    if old.ike_raw == new.ike_raw {
+        ike_changes(old, new, &mut out);
+    }
     interface_changes("plain", &old.plain, &new.plain, &mut out);
     interface_changes("cipher", &old.cipher, &new.cipher, &mut out);
     out
+}
+
+/// What the built-in IKE took from outside `[ike]` when it started: each peer's proxy IDs
+/// (its tunnel's first protect policy) and pre-shared key (its file's contents). The running
+/// IKE keeps them, so a change needs a restart.
+fn ike_changes(old: &Config, new: &Config, out: &mut Vec<String>) {
+    for (i, n) in new.ike.iter().enumerate() {
+        let Some(o) = old.ike.iter().find(|o| o.index == n.index) else {
+            continue;
+        };
+        if o.selector != n.selector {
+            out.push(format!(
+                "ike.peers[{i}] proxy IDs (the first protect policy of tunnel `{}`, which the IKE peer negotiates)",
+                n.tunnel
+            ));
+        }
+        if o.psk != n.psk {
+            out.push(format!("ike.peers[{i}].psk_file (its contents)"));
+        }
+    }
 }
 
 fn live_changes(old: &Config, new: &Config) -> Vec<&'static str> {
@@ -270,7 +305,7 @@ fn sa_differs(a: &SaParams, b: &SaParams) -> bool {
         || a.esn != b.esn
         || a.backend != b.backend
         || a.limits != b.limits
-        || a.replay_window != b.replay_window
+        || (a.direction == Direction::Inbound && a.replay_window != b.replay_window)
         || a.inner != b.inner
         || a.endpoints != b.endpoints
         || a.encap != b.encap
@@ -327,6 +362,8 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     let key = |p: &SaParams| (p.spi, p.direction);
     let old_sas: BTreeMap<(u32, Direction), &(u32, SaParams)> =
         old.sas.iter().map(|s| (key(&s.1), s)).collect();
+    // SAs whose window follows `dataplane.replay_window` (it is resolved at parse time).
+    let mut window_default = Vec::new();
     for (i, (t, p)) in new.sas.iter().enumerate() {
         let tunnel = tunnel_name(new, *t);
         let what = format!("sas[{i}] ({} {})", dir_name(p.direction), spi_str(p.spi));
@@ -349,10 +386,15 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
                 } else if op.esn != p.esn {
                     d.refused
                         .push(format!("{what}.esn: cannot change under the same key"));
-                } else if op.replay_window != p.replay_window {
-                    d.refused.push(format!(
-                        "{what}.replay_window: cannot change under the same key"
-                    ));
+                } else if p.direction == Direction::Inbound && op.replay_window != p.replay_window {
+                    if op.replay_window == old.replay_window && p.replay_window == new.replay_window
+                    {
+                        window_default.push(format!("sas[{i}]"));
+                    } else {
+                        d.refused.push(format!(
+                            "{what}.replay_window: cannot change under the same key"
+                        ));
+                    }
                 } else if sa_differs(op, p) {
                     d.sas_changed.push(item());
                 }
@@ -363,6 +405,14 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         if !new.sas.iter().any(|(_, n)| key(n) == key(p)) {
             d.sas_removed.push(key(p));
         }
+    }
+    if !window_default.is_empty() {
+        // Live only for SAs added later: an installed SA keeps its window under its key.
+        d.restart.push(format!(
+            "dataplane.replay_window (the window of static SA(s) {} that take the default; an installed SA keeps its window: set `replay_window = {}` on them to reload without a restart)",
+            window_default.join(", "),
+            old.replay_window
+        ));
     }
     d
 }
@@ -420,8 +470,20 @@ impl Control {
         r
     }
 
-    /// Applies `new` against the config last applied: all checks first, then the changes.
+    /// Applies `new` against the config last applied: every check first (a refused reload
+    /// changes nothing), then the changes in an order that keeps existing flows forwarding.
     pub fn apply_config(&mut self, new: Config, now: u64) -> Result<Reloaded> {
+        self.apply_config_observed(new, now, &mut |_| Ok(()))
+    }
+
+    /// [`Control::apply_config`], calling `at_publish` just before the new SPD is published
+    /// (tests check what is installed at that moment, or make the step fail).
+    fn apply_config_observed(
+        &mut self,
+        new: Config,
+        now: u64,
+        at_publish: &mut dyn FnMut(&Control) -> Result<()>,
+    ) -> Result<Reloaded> {
         let d = diff(&self.from_file.config, &new);
         if !d.restart.is_empty() {
             return Err(ControlError::invalid(
@@ -438,16 +500,19 @@ impl Control {
                 format!("{} (nothing was changed)", d.refused.join("; ")),
             ));
         }
-        let plan = self.check(&d, &new)?;
+        let plan = self.check(&d, &new, now)?;
         let mut done = Reloaded {
             file: new.file.clone(),
-            settings: d.settings.clone(),
             ..Reloaded::default()
         };
-        if let Err(e) = self.apply(&d, &new, plan, now, &mut done) {
+        let mut applied = Applied::new(&self.from_file.config, &new);
+        if let Err((step, e)) = self.apply(&d, &new, plan, now, &mut done, &mut applied, at_publish)
+        {
+            // Later reloads compare against what is running now, not the old file.
+            self.from_file.config = applied.cfg;
             let msg = format!(
-                "stopped with {e}; applied before it: tunnels {:?}, policies {:?}, SAs {:?}",
-                done.tunnels, done.policies, done.sas
+                "stopped while {step}: {e}; applied before it: tunnels {:?}, policies {:?}, SAs {:?}, settings {:?} (the next reload compares against what was applied)",
+                done.tunnels, done.policies, done.sas, done.settings
             );
             return Err(ControlError::invalid("reload", msg));
         }
@@ -463,8 +528,40 @@ impl Control {
         Ok(done)
     }
 
-    /// Every check against the running state; changes nothing.
-    fn check(&self, d: &Diff, new: &Config) -> Result<Plan> {
+    /// The running tunnels with `add` in the slots [`Control::add_tunnel`] will give them.
+    fn tunnels_after(&self, add: &[NewTunnel]) -> Vec<Tunnel> {
+        let mut list = self.tunnels.clone();
+        for t in add {
+            let index = (0..self.tunnel_capacity)
+                .find(|i| !list.iter().any(|x| x.index == *i))
+                .unwrap_or(u32::MAX);
+            list.push(t.clone().into_tunnel(index));
+        }
+        list
+    }
+
+    /// A file SA built against the tunnels and policies the reload leads to.
+    fn build_file_sa(
+        &self,
+        s: &NewSa,
+        tunnels: &[Tunnel],
+        policies: &[Policy],
+        now: u64,
+    ) -> Result<(u32, SaParams, crate::sa::Sa)> {
+        let what = format!("{} SA {}", dir_name(s.direction), spi_str(s.spi));
+        let (t, p) = s
+            .to_params(tunnels, policies, self.defaults.0, self.defaults.1)
+            .map_err(|(f, r)| ControlError::invalid(format!("{what}.{f}"), r))?;
+        let sa = crate::sa::Sa::new(&p, self.cores, now)
+            .map_err(|e| ControlError::invalid("config", format!("{what}: {e}")))?;
+        sa.set_tunnel(t);
+        Ok((t, p, sa))
+    }
+
+    /// Every check against the running state, and everything built that can be built before
+    /// the first change (new SAs; new static outbound SAs tracked in the state file). Changes
+    /// nothing that runs: an error here is a refused reload.
+    fn check(&self, d: &Diff, new: &Config, now: u64) -> Result<Plan> {
         let running = |name: &str| self.tunnels.iter().any(|t| t.name == name);
         // File tunnels gone from the running state (deleted over the socket) come back.
         let mut add: Vec<NewTunnel> = d.tunnels_added.clone();
@@ -504,6 +601,15 @@ impl Control {
             t.check()
                 .map_err(|(f, r)| ControlError::invalid(format!("tunnels.{}.{f}", t.name), r))?;
         }
+        let tunnels = self.tunnels_after(&add);
+        // The policy list the reload publishes (the file's, then the others).
+        let policies = match &d.policies {
+            Some(pn) => {
+                Some(self.merged_policies(&tunnels, &named_policies(&self.from_file.config), pn)?)
+            }
+            None => None,
+        };
+        let policies_after = policies.as_deref().unwrap_or(&self.policies);
         // Every SA the reload installs or replaces: built, its SPI free, its key unused.
         let removed: Vec<(u32, Direction)> = d.sas_removed.clone();
         let mut install = Vec::new();
@@ -519,31 +625,50 @@ impl Control {
                 install.push(s);
             }
         }
+        let sa_name = |dir: Direction, spi: u32| format!("{} SA {}", dir_name(dir), spi_str(spi));
+        // Keys of the SAs installed so far in this check (one key, one SA).
+        let mut new_keys: Vec<([u8; 16], (u32, Direction))> = Vec::new();
         for s in install.iter().chain(update.iter()) {
             let p = &s.params;
-            let what = format!("{} SA {}", dir_name(p.direction), spi_str(p.spi));
-            crate::sa::Sa::new(p, self.cores, 1)
-                .map_err(|e| ControlError::invalid("config", format!("{what}: {e}")))?;
+            let what = sa_name(p.direction, p.spi);
             let id = crate::sa::sa::key_id(&p.keymat);
             if let Some(&(dir, spi)) = self.keys.get(&id)
                 && (spi, dir) != (p.spi, p.direction)
-                && !removed.contains(&(spi, dir))
             {
+                // An SA the reload removes still holds its key until after the new SAs are
+                // in (inbound ones for the grace period): a key does not move to another SPI.
+                let reason = if removed.contains(&(spi, dir)) {
+                    format!(
+                        "{what}: its key is the key of {}, which this reload removes; a key does not move to another SPI in a reload (give {what} a new key, or keep the old SPI) (nothing was changed)",
+                        sa_name(dir, spi)
+                    )
+                } else {
+                    format!(
+                        "{what}: its key is in use by {} (nothing was changed)",
+                        sa_name(dir, spi)
+                    )
+                };
+                return Err(ControlError::invalid("config", reason));
+            }
+            if let Some((_, (spi, dir))) = new_keys.iter().find(|(k, _)| *k == id) {
                 return Err(ControlError::invalid(
                     "config",
                     format!(
-                        "{what}: its key is in use by {} SA {} (nothing was changed)",
-                        dir_name(dir),
-                        spi_str(spi)
+                        "{what}: its key is also the key of {} in the file (nothing was changed)",
+                        sa_name(*dir, *spi)
                     ),
                 ));
             }
+            new_keys.push((id, (p.spi, p.direction)));
             if let Some(&(dir, _)) = self.retired.get(&id)
                 && dir != p.direction
             {
                 return Err(ControlError::invalid(
                     "config",
-                    format!("{what}: its key was used by an {} SA before", dir_name(dir)),
+                    format!(
+                        "{what}: its key was used by an {} SA before (nothing was changed)",
+                        dir_name(dir)
+                    ),
                 ));
             }
         }
@@ -557,74 +682,168 @@ impl Control {
                 return Err(ControlError::invalid(
                     "config",
                     format!(
-                        "{} SA {} was replaced over the control socket (another key); delete it or restart (nothing was changed)",
-                        dir_name(p.direction),
-                        spi_str(p.spi)
+                        "{} was replaced over the control socket (another key); delete it or restart (nothing was changed)",
+                        sa_name(p.direction, p.spi)
                     ),
                 ));
             }
+            // Its successor builds (the one installed is built again when it goes in, so the
+            // counters it carries on are the latest).
+            let (_, np, _) = self.build_file_sa(&new_sa(s), &tunnels, policies_after, now)?;
+            let g = crossbeam_epoch::pin();
+            if let Some(prev) = self.lookup(k, &g) {
+                crate::sa::Sa::successor(&np, self.cores, now, prev).map_err(|e| {
+                    ControlError::invalid("config", format!("{}: {e}", sa_name(k.1, k.0)))
+                })?;
+            }
         }
         let mut outbound_tunnels = Vec::new();
+        // Inbound table slots taken: the installed inbound SAs (those this reload removes too:
+        // they accept for the grace period) and the new ones.
+        let mask = self.dp.sas.capacity() - 1;
+        let mut slots: Vec<(u32, u32, bool)> = self
+            .sas
+            .keys()
+            .filter(|(_, d)| *d == Direction::Inbound)
+            .map(|&(spi, _)| {
+                (
+                    spi & mask,
+                    spi,
+                    removed.contains(&(spi, Direction::Inbound)),
+                )
+            })
+            .collect();
         for s in &install {
             let p = &s.params;
-            if p.direction == Direction::Outbound {
-                let what = format!("outbound SA {}", spi_str(p.spi));
-                if self.from_file.seq.is_none() {
-                    return Err(ControlError::invalid(
-                        "config",
-                        format!(
-                            "{what}: a static outbound SA is added only with a sequence state file to track it (the daemon's); nothing was changed"
-                        ),
-                    ));
-                }
-                // The tunnel's outbound SA must be the old file's, going in this reload (or
-                // none): one from the socket is not replaced.
-                if let Some(t) = self.tunnels.iter().find(|t| t.name == s.tunnel) {
-                    let g = crossbeam_epoch::pin();
-                    let cur = self.dp.sas.outbound(t.index, &g).map(|x| x.spi);
-                    drop(g);
-                    if let Some(cur) = cur
-                        && !removed.contains(&(cur, Direction::Outbound))
-                    {
-                        return Err(ControlError::invalid(
-                            "config",
-                            format!(
-                                "{what}: tunnel `{}` has outbound SA {} (not from the file, or kept by it); nothing was changed",
-                                s.tunnel,
-                                spi_str(cur)
-                            ),
-                        ));
-                    }
-                }
-                if outbound_tunnels.contains(&s.tunnel) {
-                    return Err(ControlError::invalid(
-                        "config",
-                        format!("{what}: tunnel `{}` gets two outbound SAs", s.tunnel),
-                    ));
-                }
-                outbound_tunnels.push(s.tunnel.clone());
-            }
+            let what = sa_name(p.direction, p.spi);
             if self.sas.contains_key(&(p.spi, p.direction)) {
                 return Err(ControlError::invalid(
                     "config",
                     format!(
-                        "{} SA {} is already installed (added over the control socket?); nothing was changed",
-                        dir_name(p.direction),
-                        spi_str(p.spi)
+                        "{what} is already installed (added over the control socket?); nothing was changed"
                     ),
                 ));
             }
+            if p.direction == Direction::Inbound {
+                let slot = p.spi & mask;
+                if let Some(&(_, holder, going)) = slots.iter().find(|x| x.0 == slot) {
+                    return Err(ControlError::invalid(
+                        "config",
+                        format!(
+                            "{what}: its slot in the inbound SA table (SPI & {mask:#x}, dataplane.sa_capacity {}) is taken by inbound SA {}{}; choose an SPI with other low bits (nothing was changed)",
+                            mask + 1,
+                            spi_str(holder),
+                            if going {
+                                ", which this reload removes but which accepts for the rekey grace period"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+                slots.push((slot, p.spi, false));
+                continue;
+            }
+            if self.from_file.seq.is_none() {
+                return Err(ControlError::invalid(
+                    "config",
+                    format!(
+                        "{what}: a static outbound SA is added only with a sequence state file to track it (the daemon's); nothing was changed"
+                    ),
+                ));
+            }
+            // The tunnel's outbound SA must be the old file's, going in this reload (or
+            // none): one from the socket is not replaced.
+            if let Some(t) = self.tunnels.iter().find(|t| t.name == s.tunnel) {
+                let g = crossbeam_epoch::pin();
+                let cur = self.dp.sas.outbound(t.index, &g).map(|x| x.spi);
+                drop(g);
+                if let Some(cur) = cur
+                    && !removed.contains(&(cur, Direction::Outbound))
+                {
+                    return Err(ControlError::invalid(
+                        "config",
+                        format!(
+                            "{what}: tunnel `{}` has outbound SA {} (not from the file, or kept by it); nothing was changed",
+                            s.tunnel,
+                            spi_str(cur)
+                        ),
+                    ));
+                }
+            }
+            if outbound_tunnels.contains(&s.tunnel) {
+                return Err(ControlError::invalid(
+                    "config",
+                    format!("{what}: tunnel `{}` gets two outbound SAs", s.tunnel),
+                ));
+            }
+            outbound_tunnels.push(s.tunnel.clone());
+        }
+        // Build the new SAs.
+        let mut inbound = Vec::new();
+        let mut outbound = Vec::new();
+        for s in &install {
+            let (t, _, sa) = self.build_file_sa(&new_sa(s), &tunnels, policies_after, now)?;
+            self.resume_key(&sa);
+            match sa.direction {
+                Direction::Inbound => inbound.push((t, sa)),
+                Direction::Outbound => outbound.push((t, sa, s)),
+            }
+        }
+        // Last, as it cannot be taken back: the new outbound SAs go into the state file (their
+        // counters capped at the saved mark). A key tracked by a refused reload only moves
+        // the mark of that key ahead.
+        let mut tracked = Vec::new();
+        for (t, sa, s) in outbound {
+            let what = sa_name(Direction::Outbound, sa.spi);
+            let tracker = self.from_file.seq.clone().ok_or_else(|| {
+                ControlError::invalid("config", format!("{what}: no sequence state file"))
+            })?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let stopped = || {
+                ControlError::invalid(
+                    "config",
+                    format!(
+                        "{what}: the sequence state thread did not answer (nothing was changed)"
+                    ),
+                )
+            };
+            tracker
+                .send(SeqTrack {
+                    spi: sa.spi,
+                    keymat: s.params.keymat.clone(),
+                    seq: sa.seq_handle(),
+                    reply: tx,
+                })
+                .map_err(|_| stopped())?;
+            rx.recv_timeout(std::time::Duration::from_secs(10))
+                .map_err(|_| stopped())?
+                .map_err(|e| {
+                    ControlError::invalid(
+                        "config",
+                        format!("{what}: state file: {e} (nothing was changed)"),
+                    )
+                })?;
+            tracked.push((t, sa));
         }
         Ok(Plan {
             tunnels: add,
-            install: install.into_iter().map(new_sa).collect(),
+            tunnel_list: tunnels,
+            policies,
+            inbound,
+            outbound: tracked,
             update: update.into_iter().map(new_sa).collect(),
         })
     }
 
-    /// The file's policies, resolved against the running tunnels, followed by the running
-    /// policies that did not come from the old file.
-    fn merged_policies(&self, old: &[NewPolicy], new: &[NewPolicy]) -> Result<Vec<Policy>> {
+    /// The file's policies, resolved against `tunnels`, followed by the running policies that
+    /// did not come from the old file.
+    fn merged_policies(
+        &self,
+        tunnels: &[Tunnel],
+        old: &[NewPolicy],
+        new: &[NewPolicy],
+    ) -> Result<Vec<Policy>> {
         let resolve = |p: &NewPolicy| p.resolve(&self.tunnels).ok();
         let mut others: Vec<Policy> = self.policies.clone();
         for p in old.iter().filter_map(resolve) {
@@ -636,7 +855,7 @@ impl Control {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                p.resolve(&self.tunnels)
+                p.resolve(tunnels)
                     .map_err(|e| ControlError::from(e).within(format!("policies[{i}]")))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -644,6 +863,12 @@ impl Control {
         Ok(list)
     }
 
+    /// Applies a checked plan: new tunnels, new inbound SAs, new (tracked) outbound SAs, SAs
+    /// changed in place, the SPD in one publication, then what the file no longer has (inbound
+    /// SAs after the grace period), then the live settings. Each step only adds what the SPD
+    /// in force may need, or removes what it no longer points at, so flows keep forwarding.
+    /// `applied` follows every step; an error says at which step it stopped.
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         d: &Diff,
@@ -651,103 +876,143 @@ impl Control {
         plan: Plan,
         now: u64,
         done: &mut Reloaded,
-    ) -> Result<()> {
-        // 1. Live settings.
-        self.defaults = (new.backend, new.replay_window);
-        self.grace_ns = new.control.rekey_grace_ms * 1_000_000;
-        self.linger_ns = new.control.expired_linger_ms * 1_000_000;
-        let default_changed = self.default_policy != new.default_policy;
-        self.default_policy = new.default_policy;
-        // 2. New tunnels (nothing uses them until their policies and SAs come).
+        applied: &mut Applied,
+        at_publish: &mut dyn FnMut(&Control) -> Result<()>,
+    ) -> std::result::Result<(), (&'static str, ControlError)> {
+        // 1. New tunnels (nothing uses them until their policies and SAs come).
         for t in plan.tunnels {
-            self.add_tunnel(t)?;
+            let name = t.name.clone();
+            let want = plan
+                .tunnel_list
+                .iter()
+                .find(|x| x.name == name)
+                .map(|x| x.index);
+            let index = self.add_tunnel(t).map_err(|e| ("adding tunnels", e))?;
+            if Some(index) != want {
+                // Not expected: the checks computed another slot. Taken back (nothing uses
+                // it yet) so the policies cannot point at the wrong tunnel.
+                let _ = self.remove_tunnel(&name);
+                return Err((
+                    "adding tunnels",
+                    ControlError::invalid(
+                        format!("tunnels.{name}"),
+                        format!("got slot {index}, expected {want:?}"),
+                    ),
+                ));
+            }
+            applied.tunnel_added(new, &name);
             done.tunnels.added += 1;
         }
-        // 3. The policy list, in one SPD publication. The old file's policies are matched
-        // while its tunnels still run.
-        if let Some(pn) = &d.policies {
-            let po = named_policies(&self.from_file.config);
-            self.policies = self.merged_policies(&po, pn)?;
-            self.publish_spd();
-            done.policies = d.policy_counts;
-        } else if default_changed {
-            self.publish_spd();
-        }
-        // 4. Changed SAs, each replaced in one store (same key: the counters continue); an
-        // inbound SA gets the selectors of the policies now in force.
-        for s in &plan.update {
-            self.update_sa(s, now)?;
-            done.sas.changed += 1;
-        }
-        // 5. New SAs: inbound first (the peer may use them at once), then outbound ones, each
-        // tracked in the state file before it is published.
-        for s in plan
-            .install
-            .iter()
-            .filter(|s| s.direction == Direction::Inbound)
-        {
-            self.install_sa(s, now)?;
+        // 2. New inbound SAs (the peer may use them at once; nothing here sends with them).
+        for (t, sa) in plan.inbound {
+            let key = (sa.spi, sa.direction);
+            self.install(t, sa)
+                .map_err(|e| ("installing inbound SAs", e))?;
+            applied.sa_put(new, key);
             done.sas.added += 1;
         }
-        for s in plan
-            .install
-            .iter()
-            .filter(|s| s.direction == Direction::Outbound)
-        {
-            if self.install_static_outbound(s, now)? {
+        // 3. New static outbound SAs, tracked in the state file by the checks: each replaces
+        // its tunnel's outbound SA (the old file's) in one pointer store, the old SA's counts
+        // banked into the tunnel's totals.
+        for (t, sa) in plan.outbound {
+            let spi = sa.spi;
+            let old = self
+                .install_static_outbound(t, sa, now)
+                .map_err(|e| ("installing outbound SAs", e))?;
+            if let Some(o) = old {
+                applied.sa_gone((o, Direction::Outbound));
                 done.sas.removed += 1;
             }
+            applied.sa_put(new, (spi, Direction::Outbound));
             done.sas.added += 1;
         }
-        // 6. SAs gone from the file: inbound ones keep accepting for the grace period.
+        // 4. Changed SAs, each replaced in one store (same key: the counters continue); an
+        // inbound SA gets the selectors of the policies the reload publishes.
+        let old_policies = plan
+            .policies
+            .as_ref()
+            .map(|p| std::mem::replace(&mut self.policies, p.clone()));
+        for s in &plan.update {
+            if let Err(e) = self.update_sa(s, now) {
+                if let Some(old) = old_policies {
+                    self.policies = old;
+                }
+                return Err(("changing SAs", e));
+            }
+            applied.sa_put(new, (s.spi, s.direction));
+            done.sas.changed += 1;
+        }
+        // 5. The policy list and default policy, in one SPD publication: every SA it points
+        // at is in.
+        let default_changed = self.default_policy != new.default_policy;
+        if plan.policies.is_some() || default_changed {
+            if let Err(e) = at_publish(self) {
+                if let Some(old) = old_policies {
+                    self.policies = old;
+                }
+                return Err(("publishing the SPD", e));
+            }
+            self.default_policy = new.default_policy;
+            self.publish_spd();
+        }
+        if plan.policies.is_some() {
+            done.policies = d.policy_counts;
+        }
+        applied.policies(new);
+        // 6. SAs gone from the file, now that no policy needs them: inbound ones keep
+        // accepting for the grace period (the new one's).
+        let grace_ns = new.control.rekey_grace_ms.saturating_mul(1_000_000);
         for &(spi, dir) in &d.sas_removed {
             if !self.sas.contains_key(&(spi, dir)) {
+                applied.sa_gone((spi, dir));
                 continue;
             }
             match dir {
-                Direction::Inbound => self.retiring.push((now.saturating_add(self.grace_ns), spi)),
-                Direction::Outbound => self.remove_sa_because(spi, dir, "reload", now)?,
+                Direction::Inbound => self.retiring.push((now.saturating_add(grace_ns), spi)),
+                Direction::Outbound => self
+                    .remove_sa_because(spi, dir, "reload", now)
+                    .map_err(|e| ("removing SAs", e))?,
             }
+            applied.sa_gone((spi, dir));
             done.sas.removed += 1;
         }
         // 7. Tunnels gone from the file, with what still uses them.
         for name in &d.tunnels_removed {
             if self.tunnels.iter().any(|t| &t.name == name) {
-                self.remove_tunnel(name)?;
+                self.remove_tunnel(name)
+                    .map_err(|e| ("removing tunnels", e))?;
                 done.tunnels.removed += 1;
             }
+            applied.tunnel_gone(name);
         }
+        // 8. Live settings, last.
+        self.defaults = (new.backend, new.replay_window);
+        self.grace_ns = grace_ns;
+        self.linger_ns = new.control.expired_linger_ms.saturating_mul(1_000_000);
+        done.settings = d.settings.clone();
         Ok(())
     }
 }
 
 impl Control {
-    /// Installs a static outbound SA from the file: tracked in the sequence state file first
-    /// (its counter capped at the saved mark), then published, replacing the tunnel's current
-    /// outbound SA (the old file's, checked) in one pointer store. Returns whether it replaced
-    /// one.
-    fn install_static_outbound(&mut self, s: &NewSa, now: u64) -> Result<bool> {
-        let (t, sa) = self.build(s, now)?;
-        self.check_key(&sa, None)?;
-        self.resume_key(&sa);
-        let tracker = self.from_file.seq.clone().ok_or_else(|| {
-            ControlError::invalid("config", "no sequence state file to track the SA")
-        })?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let stopped = || ControlError::invalid("config", "the sequence state thread has stopped");
-        tracker
-            .send(SeqTrack {
-                spi: sa.spi,
-                keymat: s.keymat.clone(),
-                seq: sa.seq_handle(),
-                reply: tx,
-            })
-            .map_err(|_| stopped())?;
-        rx.recv_timeout(std::time::Duration::from_secs(10))
-            .map_err(|_| stopped())?
-            .map_err(|e| ControlError::invalid("config", format!("state file: {e}")))?;
+    /// Publishes a static outbound SA from the file, already tracked in the sequence state
+    /// file, replacing the tunnel's current outbound SA (the old file's, checked) in one
+    /// pointer store; the old SA's counts go to the tunnel's totals, as in a rekey. Returns
+    /// the SPI it replaced.
+    fn install_static_outbound(
+        &mut self,
+        t: u32,
+        sa: crate::sa::Sa,
+        now: u64,
+    ) -> Result<Option<u32>> {
         let spi = sa.spi;
-        let old = self.dp.sas.set_outbound(t, Some(sa))?;
+        let current = {
+            let g = crossbeam_epoch::pin();
+            self.dp.sas.outbound(t, &g).map(|s| s.spi)
+        };
+        let old = self.bank(current.map(|s| (s, Direction::Outbound)), || {
+            self.dp.sas.set_outbound(t, Some(sa))
+        })?;
         if let Some(o) = old {
             self.forget((o, Direction::Outbound));
             self.emit(Event::SaRemoved {
@@ -763,15 +1028,113 @@ impl Control {
             c.sas_installed += 1;
             c.sas_removed += u64::from(old.is_some());
         }
-        Ok(old.is_some())
+        Ok(old)
     }
 }
 
-/// What [`Control::check`] found to do.
+/// What [`Control::check`] found to do, with the SAs built.
 struct Plan {
     tunnels: Vec<NewTunnel>,
-    install: Vec<NewSa>,
+    /// The running tunnels with the new ones in the slots they get.
+    tunnel_list: Vec<Tunnel>,
+    /// The policy list to publish, when it changes.
+    policies: Option<Vec<Policy>>,
+    inbound: Vec<(u32, crate::sa::Sa)>,
+    /// Tracked in the state file already.
+    outbound: Vec<(u32, crate::sa::Sa)>,
     update: Vec<NewSa>,
+}
+
+/// The config a reload got to, step by step: if a step fails after the checks (not
+/// expected), it becomes what the next reload compares against, so that reload sees what
+/// runs (a tunnel already added is not "added again") rather than the old file.
+struct Applied {
+    cfg: Config,
+}
+
+impl Applied {
+    fn new(old: &Config, new: &Config) -> Applied {
+        let mut cfg = old.clone();
+        cfg.file = new.file.clone();
+        Applied { cfg }
+    }
+
+    /// The index of tunnel `name` in this config.
+    fn index(&self, name: &str) -> Option<u32> {
+        self.cfg
+            .tunnels
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.index)
+    }
+
+    /// `new`'s tunnel `name`, under an index free here.
+    fn tunnel_added(&mut self, new: &Config, name: &str) {
+        let Some(t) = new.tunnels.iter().find(|t| t.name == name) else {
+            return;
+        };
+        if self.index(name).is_some() {
+            return;
+        }
+        let mut t = t.clone();
+        t.index = self
+            .cfg
+            .tunnels
+            .iter()
+            .map(|x| x.index + 1)
+            .max()
+            .unwrap_or(0);
+        self.cfg.tunnels.push(t);
+    }
+
+    /// `new`'s SA `key` (tunnel by name), replacing this config's.
+    fn sa_put(&mut self, new: &Config, key: (u32, Direction)) {
+        let Some((nt, p)) = new.sas.iter().find(|(_, p)| (p.spi, p.direction) == key) else {
+            return;
+        };
+        let Some(t) = self.index(&tunnel_name(new, *nt)) else {
+            return;
+        };
+        self.sa_gone(key);
+        self.cfg.sas.push((t, p.clone()));
+    }
+
+    fn sa_gone(&mut self, key: (u32, Direction)) {
+        self.cfg.sas.retain(|(_, p)| (p.spi, p.direction) != key);
+    }
+
+    /// `new`'s policies (tunnels by name) and default policy.
+    fn policies(&mut self, new: &Config) {
+        let list = new
+            .policies
+            .iter()
+            .filter_map(|p| {
+                let action = match p.action {
+                    PolicyAction::Protect(t) => {
+                        PolicyAction::Protect(self.index(&tunnel_name(new, t))?)
+                    }
+                    a => a,
+                };
+                Some(Policy {
+                    selector: p.selector,
+                    action,
+                })
+            })
+            .collect();
+        self.cfg.policies = list;
+        self.cfg.default_policy = new.default_policy;
+    }
+
+    fn tunnel_gone(&mut self, name: &str) {
+        let Some(t) = self.index(name) else {
+            return;
+        };
+        self.cfg.tunnels.retain(|x| x.index != t);
+        self.cfg
+            .policies
+            .retain(|p| p.action != PolicyAction::Protect(t));
+        self.cfg.sas.retain(|(x, _)| *x != t);
+    }
 }
 
 #[cfg(test)]
@@ -1356,5 +1719,190 @@ socket = ""
         drop(c);
         saver.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    const TUNNEL_C: &str = "[[tunnels]]\nname = \"to-c\"\nlocal = \"203.0.113.1\"\nremote = \"203.0.113.3\"\n\
+         [[policies]]\nsrc = \"192.0.2.0/24\"\ndst = \"198.18.0.0/15\"\naction = \"protect\"\ntunnel = \"to-c\"\n\
+         [[sas]]\ntunnel = \"to-c\"\ndirection = \"in\"\nspi = 0xc001\nkey = \"6112233445566778899aabbccddeeff001020304\"\n";
+
+    /// A sequence-state thread that answers `answer` (`None`: drops the request unanswered).
+    fn tracker(c: &mut Control, answer: Option<std::result::Result<(), &'static str>>) {
+        let (tx, rx) = std::sync::mpsc::channel::<SeqTrack>();
+        std::thread::spawn(move || {
+            for t in rx {
+                if let Some(a) = answer {
+                    let _ = t.reply.send(a.map_err(str::to_string));
+                }
+            }
+        });
+        c.set_seq_tracker(tx);
+    }
+
+    /// What a test compares before and after a refused reload.
+    fn running(c: &Control) -> (usize, Vec<Policy>, usize, Option<u32>) {
+        (
+            c.tunnels().len(),
+            c.policies().to_vec(),
+            c.stats().sas,
+            c.outbound_spi("to-b"),
+        )
+    }
+
+    #[test]
+    fn the_spd_is_published_after_the_sas_it_needs() {
+        let mut c = control(BASE);
+        tracker(&mut c, Some(Ok(())));
+        // A new tunnel with its policy and SAs; to-b's SAs rotated to new SPIs and keys.
+        let new = format!(
+            "{}{TUNNEL_C}[[sas]]\ntunnel = \"to-c\"\ndirection = \"out\"\nspi = 0xc002\nkey = \"8112233445566778899aabbccddeeff001020304\"\n",
+            BASE.replace("0xa001", "0xa002")
+                .replace(KEY_A, "9112233445566778899aabbccddeeff001020304")
+                .replace("0xb001", "0xb002")
+                .replace("a0b0c0d0", "a0b0c0d1")
+        );
+        let mut seen = false;
+        let done = c
+            .apply_config_observed(cfg(&new), 10, &mut |c| {
+                seen = true;
+                let g = crossbeam_epoch::pin();
+                // Every tunnel the new SPD protects to has its outbound SA, the new inbound
+                // SAs accept, and the old inbound one still does.
+                for p in c.policies() {
+                    if let PolicyAction::Protect(t) = p.action {
+                        assert!(c.dp.sas.outbound(t, &g).is_some(), "tunnel {t}: no SA");
+                    }
+                }
+                for spi in [0xb001, 0xb002, 0xc001] {
+                    assert!(c.dp.sas.inbound(spi, &g).is_some(), "{spi:#x}");
+                }
+                assert_eq!(c.outbound_spi("to-c"), Some(0xc002));
+                assert_eq!(c.outbound_spi("to-b"), Some(0xa002));
+                Ok(())
+            })
+            .unwrap();
+        assert!(seen, "the SPD was published");
+        assert_eq!((done.tunnels.added, done.policies.added), (1, 1));
+        assert_eq!((done.sas.added, done.sas.removed), (4, 2));
+    }
+
+    #[test]
+    fn a_state_file_failure_refuses_the_reload_before_anything_changes() {
+        let new = format!(
+            "{}{TUNNEL_C}",
+            BASE.replace("0xa001", "0xa002")
+                .replace(KEY_A, "9112233445566778899aabbccddeeff001020304")
+        );
+        for (answer, says) in [
+            (
+                Some(Err("disk full")),
+                "state file: disk full (nothing was changed)",
+            ),
+            (
+                None,
+                "the sequence state thread did not answer (nothing was changed)",
+            ),
+        ] {
+            let mut c = control(BASE);
+            tracker(&mut c, answer);
+            let before = running(&c);
+            let e = c.apply_config(cfg(&new), 10).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+            assert!(e.contains("outbound SA 0x0000a002"), "{e}");
+            assert_eq!(running(&c), before);
+            // Nothing half-applied: the same file goes in once the state file works.
+            tracker(&mut c, Some(Ok(())));
+            c.apply_config(cfg(&new), 20).unwrap();
+            assert_eq!(c.tunnels().len(), 2);
+        }
+    }
+
+    #[test]
+    fn a_key_does_not_move_to_another_spi() {
+        let mut c = control(BASE);
+        tracker(&mut c, Some(Ok(())));
+        let before = running(&c);
+        let e = c
+            .apply_config(
+                cfg(&format!("{}{TUNNEL_C}", BASE.replace("0xb001", "0xb002"))),
+                10,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("inbound SA 0x0000b002: its key is the key of inbound SA 0x0000b001, which this reload removes"),
+            "{e}"
+        );
+        let e = c
+            .apply_config(cfg(&BASE.replace("0xa001", "0xa002")), 10)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outbound SA 0x0000a002: its key is the key of outbound SA 0x0000a001, which this reload removes"),
+            "{e}"
+        );
+        assert_eq!(running(&c), before);
+    }
+
+    #[test]
+    fn inbound_table_slots_are_checked_first() {
+        let small = BASE.replace("workers = 1\n", "workers = 1\nsa_capacity = 256\n");
+        let mut c = control(&small);
+        let before = running(&c);
+        // The slot of an SA the reload removes: it accepts for the grace period.
+        let e = c
+            .apply_config(
+                cfg(&format!(
+                    "{}{TUNNEL_C}",
+                    small
+                        .replace("0xb001", "0xb101")
+                        .replace("a0b0c0d0", "a0b0c0d1")
+                )),
+                10,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("inbound SA 0x0000b101: its slot in the inbound SA table (SPI & 0xff, dataplane.sa_capacity 256) is taken by inbound SA 0x0000b001, which this reload removes"),
+            "{e}"
+        );
+        // Two new SAs in one slot.
+        let e = c
+            .apply_config(
+                cfg(&format!(
+                    "{small}{}[[sas]]\ntunnel = \"to-c\"\ndirection = \"in\"\nspi = 0xc102\nkey = \"7712233445566778899aabbccddeeff001020304\"\n",
+                    TUNNEL_C.replace("0xc001", "0xc002")
+                )),
+                10,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is taken by inbound SA 0x0000c002;"), "{e}");
+        assert_eq!(running(&c), before);
+    }
+
+    #[test]
+    fn a_reload_stopped_while_applying_leaves_what_went_in_for_the_next() {
+        let mut c = control(BASE);
+        let new = format!("{BASE}{TUNNEL_C}");
+        let e = c
+            .apply_config_observed(cfg(&new), 10, &mut |_| {
+                Err(ControlError::invalid("test", "injected"))
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("stopped while publishing the SPD: test: injected; applied before it: tunnels Counts { added: 1"),
+            "{e}"
+        );
+        // The tunnel and its SA are in, the policy list is the one published.
+        assert_eq!(c.tunnels().len(), 2);
+        assert!(c.sa(0xc001, Direction::Inbound, 11).is_ok());
+        assert_eq!(c.policies().len(), 1);
+        // The next reload compares against what went in: only the policy is left to do.
+        let done = c.apply_config(cfg(&new), 20).unwrap();
+        assert_eq!(done.tunnels, Counts::default());
+        assert_eq!(done.sas, Counts::default());
+        assert_eq!(done.policies.added, 1);
+        assert_eq!(c.policies().len(), 2);
     }
 }
