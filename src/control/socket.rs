@@ -12,7 +12,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,21 +44,21 @@ pub enum ApiMsg {
 /// A typed call for the control thread: runs with the control and the control clock.
 pub type ControlCall = Box<dyn FnOnce(&mut super::Control, u64) + Send>;
 
-/// Binds `path` (replacing a stale socket), restricts it to its owner and serves until `stop`.
+/// Binds `path`, restricts it to its owner and serves until `stop`. A socket already at `path`
+/// is replaced only when stale (nothing answers a connect); one that a live daemon serves is
+/// left alone and the call fails (`AddrInUse`). On exit the socket file is removed only if it
+/// is still the one bound here (same device and inode).
 pub fn serve(
     path: &Path,
     tx: mpsc::Sender<ApiMsg>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    if let Ok(m) = std::fs::symlink_metadata(path)
-        && std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
-    {
-        std::fs::remove_file(path)?;
-    }
+    clear_stale(path)?;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
     let l = UnixListener::bind(path)?;
+    let ours = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     l.set_nonblocking(true)?;
     let path: PathBuf = path.to_path_buf();
@@ -79,8 +79,47 @@ pub fn serve(
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
-            let _ = std::fs::remove_file(&path);
+            remove_if_ours(&path, ours);
         })
+}
+
+/// Makes way for binding `path`: nothing there, or a stale socket (removed). A socket that
+/// answers is another daemon's: an error naming what to do. Anything else is left for `bind`
+/// to refuse.
+fn clear_stale(path: &Path) -> std::io::Result<()> {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !m.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists and is not a socket; remove it or set control.socket to another path",
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another espd is serving this control socket; stop it or set control.socket to another path",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            // Stale: its daemon is gone.
+            std::fs::remove_file(path)
+        }
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("a socket is there but cannot be probed ({e}); not replacing it"),
+        )),
+    }
+}
+
+/// Removes the socket file at `path` if it is still the one with device and inode `ours` (a
+/// daemon started since may have replaced a socket it found stale: that one is not ours).
+fn remove_if_ours(path: &Path, ours: (u64, u64)) {
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && (m.dev(), m.ino()) == ours
+    {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn connection(s: UnixStream, tx: mpsc::Sender<ApiMsg>) {
@@ -328,6 +367,56 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("espd-sock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A socket left by a daemon that died is replaced; a file that is not a socket is not.
+    #[test]
+    fn a_stale_socket_is_replaced_and_other_files_are_not() {
+        let d = scratch("stale");
+        let path = d.join("espd.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "the stale socket file stays behind");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, _rx) = mpsc::channel();
+        let h = serve(&path, tx, stop.clone()).expect("a stale socket is replaced");
+        assert!(UnixStream::connect(&path).is_ok(), "and served");
+        stop.store(true, Ordering::Release);
+        h.join().unwrap();
+        assert!(!path.exists(), "our socket is removed on exit");
+
+        std::fs::write(&path, b"not a socket").unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let e = serve(&path, tx, Arc::new(AtomicBool::new(true))).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// On exit a daemon removes its socket only if it is still its own: one bound since at the
+    /// same path (by a daemon that found ours stale) stays.
+    #[test]
+    fn exit_removes_only_our_own_socket() {
+        let d = scratch("ours");
+        let path = d.join("espd.sock");
+        // `first` stays bound while its file is replaced: its inode cannot be reused.
+        let _first = UnixListener::bind(&path).unwrap();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        let old = (m.dev(), m.ino());
+        std::fs::remove_file(&path).unwrap();
+        let _second = UnixListener::bind(&path).unwrap();
+        remove_if_ours(&path, old);
+        assert!(path.exists(), "someone else's socket is left alone");
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        remove_if_ours(&path, (m.dev(), m.ino()));
+        assert!(!path.exists(), "our own is removed");
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     /// Issue 11, defect 12: a request line that carried a key leaves no copy in the reader
