@@ -1439,3 +1439,83 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("espd-cfg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const KEY: &str = "00112233445566778899aabbccddeeff01020304";
+
+    /// A FIFO (mode 0600, so only its type is wrong) is refused at once instead of hanging
+    /// start-up or a reload on the open or the read; so is a symlink to a good key file.
+    #[test]
+    fn a_fifo_or_a_symlink_is_not_read_as_a_key_file() {
+        let d = scratch("kinds");
+        let good = d.join("good.key");
+        std::fs::write(&good, KEY).unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(&read_key_file(&good).unwrap()[..], KEY);
+
+        let fifo = d.join("fifo.key");
+        let st = std::process::Command::new("mkfifo")
+            .args(["-m", "600"])
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let e = read_key_file(&fifo).unwrap_err();
+        assert!(e.contains("is not a regular file (a FIFO)"), "{e}");
+        assert!(check_secret_file(&fifo).is_err());
+        // The config file itself: also refused, not waited on.
+        let e = Config::load(&fifo).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("a FIFO"), "{e}");
+
+        let link = d.join("link.key");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let e = read_key_file(&link).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        let e = crate::ike::config::read_psk(&link).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+
+        let dir = d.join("dir.key");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = read_key_file(&dir).unwrap_err();
+        assert!(e.contains("not a regular file (a directory)"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Parse errors in a key field name the field and line, never the value; elsewhere serde's
+    /// message stays (it helps and quotes nothing secret).
+    #[test]
+    fn parse_errors_in_key_fields_do_not_quote_the_value() {
+        for (text, field) in [
+            ("key = 1122334455", Some("key")),
+            ("sas = [{ tunnel = \"t\", key = 1122334455 }]", Some("key")),
+            ("sas.0.\"key\" = 1122334455", Some("key")),
+            ("psk = 1122334455", Some("psk")),
+            ("spi = \"x\"", None),
+            ("key_file = 1122334455", None),
+        ] {
+            let at = text.find("1122334455").or(text.find("\"x\"")).unwrap();
+            assert_eq!(key_field_at(text, at), field, "{text}");
+        }
+        let e = Config::parse(Path::new("gw.toml"), "[[sas]]\nkey = 1122334455667788\n")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("1122334455667788"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("key: expected a hex string in quotes"),
+            "{e}"
+        );
+    }
+}
