@@ -10,7 +10,7 @@
 //! request carries its peer's uid and pid to the control thread for the audit log
 //! (`audit.rs`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,10 +27,11 @@ pub const MAX_LINE: usize = 256 << 20;
 /// Messages from connection threads to the control thread.
 pub enum ApiMsg {
     /// A request line; the answer goes back on `reply` (`None`: start streaming events).
-    /// The line can carry keys: it is wiped when dropped.
+    /// The line can carry keys: it is wiped when dropped; so is the answer (`sa_export`'s
+    /// carries every key).
     Request {
         line: Zeroizing<String>,
-        reply: mpsc::Sender<Option<String>>,
+        reply: mpsc::Sender<Option<Zeroizing<String>>>,
         /// Who sent it (SO_PEERCRED), for the audit log.
         peer: Option<super::audit::Peer>,
     },
@@ -186,7 +187,8 @@ fn connection(s: UnixStream, tx: mpsc::Sender<ApiMsg>) {
         }
         match rrx.recv() {
             Ok(Some(answer)) => {
-                if writeln!(w, "{answer}").is_err() {
+                // Written straight from the wiped buffer (no formatting copy).
+                if w.write_all(answer.as_bytes()).is_err() || w.write_all(b"\n").is_err() {
                     return;
                 }
             }
@@ -297,6 +299,37 @@ impl<R: Read> LineReader<R> {
     }
 }
 
+/// A byte buffer for text that holds keys (an answer serialised with `serde_json::to_writer`):
+/// wiped when it grows (the old buffer, see [`push_wiping`]) and when dropped.
+pub struct WipingBuf(Zeroizing<Vec<u8>>);
+
+impl WipingBuf {
+    pub fn with_capacity(n: usize) -> WipingBuf {
+        WipingBuf(Zeroizing::new(Vec::with_capacity(n)))
+    }
+
+    /// The text, moved (not copied) into a wiped `String`; `None` (and wiped) if not UTF-8.
+    pub fn into_string(mut self) -> Option<Zeroizing<String>> {
+        match String::from_utf8(std::mem::take(&mut *self.0)) {
+            Ok(s) => Some(Zeroizing::new(s)),
+            Err(e) => {
+                e.into_bytes().zeroize();
+                None
+            }
+        }
+    }
+}
+
+impl Write for WipingBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        push_wiping(&mut self.0, b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Appends `bytes`; when `line` must grow, the new buffer is allocated first and the old one
 /// wiped as it is dropped.
 fn push_wiping(line: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
@@ -309,9 +342,10 @@ fn push_wiping(line: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
     line.extend_from_slice(bytes);
 }
 
-/// A client: one request, one response line.
+/// A client: one request, one response line. Answers are read through a [`LineReader`] (an
+/// `sa_export` answer carries every key): no copy of them is left in its buffers.
 pub struct Client {
-    r: BufReader<UnixStream>,
+    r: LineReader<UnixStream>,
     w: UnixStream,
 }
 
@@ -320,7 +354,7 @@ impl Client {
         let s = UnixStream::connect(path)?;
         Ok(Client {
             w: s.try_clone()?,
-            r: BufReader::new(s),
+            r: LineReader::new(s),
         })
     }
     /// Sends one request (a JSON value) and returns the response.
@@ -330,23 +364,25 @@ impl Client {
         self.call_raw(&line)
     }
     pub fn call_raw(&mut self, line: &str) -> std::io::Result<serde_json::Value> {
-        writeln!(self.w, "{line}")?;
+        self.w.write_all(line.as_bytes())?;
+        self.w.write_all(b"\n")?;
         self.read_line()
     }
-    /// Reads the next line (responses, then events after `subscribe`).
+    /// Reads the next line (responses, then events after `subscribe`). The line's bytes are
+    /// wiped once parsed; strings in the value are the caller's to wipe.
     pub fn read_line(&mut self) -> std::io::Result<serde_json::Value> {
-        let mut l = String::new();
-        if self.r.read_line(&mut l)? == 0 {
-            return Err(std::io::Error::new(
+        // The daemon is trusted: no limit beyond memory (a capture's answer can be large).
+        match self.r.read_line(usize::MAX)? {
+            Line::Text(l) => serde_json::from_slice(&l)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Line::Eof | Line::TooLong => Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "control socket closed",
-            ));
+            )),
         }
-        serde_json::from_str(&l)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
     pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
-        self.r.get_ref().set_read_timeout(d)
+        self.r.r.set_read_timeout(d)
     }
 }
 
@@ -417,6 +453,20 @@ mod tests {
         remove_if_ours(&path, (m.dev(), m.ino()));
         assert!(!path.exists(), "our own is removed");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// serde_json writing into a [`WipingBuf`] through many growths gives the same text as
+    /// `to_string`, moved out as a wiped `String`; bytes that are not UTF-8 give `None`.
+    #[test]
+    fn a_wiping_buffer_serialises_like_to_string() {
+        let v: Vec<String> = (0..500).map(|i| format!("{i:040x}")).collect();
+        let mut b = WipingBuf::with_capacity(1);
+        serde_json::to_writer(&mut b, &v).unwrap();
+        let s = b.into_string().unwrap();
+        assert_eq!(s.as_str(), serde_json::to_string(&v).unwrap());
+        let mut b = WipingBuf::with_capacity(0);
+        b.write_all(&[0xff, 0xfe]).unwrap();
+        assert!(b.into_string().is_none());
     }
 
     /// Issue 11, defect 12: a request line that carried a key leaves no copy in the reader
