@@ -1067,29 +1067,33 @@ pub fn sa_export(socket: &Path, file: &Path) -> anyhow::Result<bool> {
     let ip = |x: &Value| x.as_str().and_then(|s| s.parse::<std::net::IpAddr>().ok());
     let mut sas = Vec::new();
     let mut shown = Vec::new();
-    for s in v["sas"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let spi_s = s["spi"].as_str().unwrap_or_default();
-        let spi = u32::from_str_radix(spi_s.trim_start_matches("0x"), 16)
-            .map_err(|_| anyhow::anyhow!("sa_export: bad SPI `{spi_s}`"))?;
-        let key = s["key"].as_str().unwrap_or_default();
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-            anyhow::bail!("sa_export: SA {spi_s} came without a key");
+    // A closure, so that the answer's keys are wiped below on every way out of the loop.
+    let read = (|| -> anyhow::Result<()> {
+        for s in v["sas"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let spi_s = s["spi"].as_str().unwrap_or_default();
+            let spi = u32::from_str_radix(spi_s.trim_start_matches("0x"), 16)
+                .map_err(|_| anyhow::anyhow!("sa_export: bad SPI `{spi_s}`"))?;
+            let key = s["key"].as_str().unwrap_or_default();
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!("sa_export: SA {spi_s} came without a key");
+            }
+            sas.push((
+                ip(&s["src"]),
+                ip(&s["dst"]),
+                spi,
+                Zeroizing::new(key.to_string()),
+            ));
+            shown.push(format!(
+                "  {spi_s} {:<8} {} -> {}  {}  tunnel {}",
+                s["direction"].as_str().unwrap_or("?"),
+                s["src"].as_str().unwrap_or("*"),
+                s["dst"].as_str().unwrap_or("*"),
+                s["cipher"].as_str().unwrap_or("?"),
+                s["tunnel"].as_str().unwrap_or("-"),
+            ));
         }
-        sas.push((
-            ip(&s["src"]),
-            ip(&s["dst"]),
-            spi,
-            Zeroizing::new(key.to_string()),
-        ));
-        shown.push(format!(
-            "  {spi_s} {:<8} {} -> {}  {}  tunnel {}",
-            s["direction"].as_str().unwrap_or("?"),
-            s["src"].as_str().unwrap_or("*"),
-            s["dst"].as_str().unwrap_or("*"),
-            s["cipher"].as_str().unwrap_or("?"),
-            s["tunnel"].as_str().unwrap_or("-"),
-        ));
-    }
+        Ok(())
+    })();
     // The answer's copies of the keys go now.
     if let Some(list) = v["sas"].as_array_mut() {
         for s in list {
@@ -1098,6 +1102,7 @@ pub fn sa_export(socket: &Path, file: &Path) -> anyhow::Result<bool> {
             }
         }
     }
+    read?;
     let entries: Vec<crate::pcap::EspSa> = sas
         .iter()
         .map(|(src, dst, spi, key)| crate::pcap::EspSa {
