@@ -218,12 +218,64 @@ struct RawSecrets {
     keys: HashMap<String, Zeroizing<String>>,
 }
 
-/// Checks that a file holding keys is mode 0600 or stricter (no group or other bits) and owned
-/// by root (or, when espd does not run as root, by the user running it). The error names the
-/// file, its mode and its owner.
-pub fn check_secret_file(path: &Path) -> Result<(), String> {
+/// Opens `path` for reading without blocking (a FIFO must not hang start-up or a reload) and,
+/// unless `follow`, without following a symlink in its last component; checks on the open
+/// descriptor (no check-then-open race) that it is a regular file, and returns it with its
+/// metadata.
+fn open_regular(path: &Path, follow: bool) -> Result<(std::fs::File, std::fs::Metadata), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_NONBLOCK | libc::O_CLOEXEC | if follow { 0 } else { libc::O_NOFOLLOW };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| {
+            if !follow && e.raw_os_error() == Some(libc::ELOOP) {
+                format!(
+                    "{} is a symbolic link: a file holding keys must be a regular file (give the path it points to)",
+                    path.display()
+                )
+            } else {
+                format!("{}: {e}", path.display())
+            }
+        })?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{} is not a regular file ({})",
+            path.display(),
+            file_kind(&meta)
+        ));
+    }
+    Ok((f, meta))
+}
+
+/// What a non-regular file is, for errors.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Checks metadata taken from an open file holding keys: mode 0600 or stricter (no group or
+/// other bits) and owned by root (or, when espd does not run as root, by the user running it).
+/// The error names the file, its mode and its owner.
+fn check_secret_meta(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mode = meta.permissions().mode() & 0o7777;
     let uid = meta.uid();
     let me = if crate::sys::is_root() {
@@ -241,12 +293,64 @@ pub fn check_secret_file(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads a key file (hex, surrounding whitespace ignored) after [`check_secret_file`].
+/// Reads all of `f` into a buffer that is wiped when dropped (and wiped as it grows: no
+/// reallocation leaves a copy of the key in freed memory).
+fn read_wiping(
+    path: &Path,
+    f: &mut std::fs::File,
+    size: u64,
+) -> Result<Zeroizing<Vec<u8>>, String> {
+    use std::io::Read;
+    let mut out = Zeroizing::new(Vec::with_capacity(size.min(1 << 26) as usize + 1));
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    loop {
+        let n = match f.read(&mut chunk[..]) {
+            Ok(0) => return Ok(out),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        if out.capacity() - out.len() < n {
+            let mut grown = Zeroizing::new(Vec::with_capacity(2 * (out.len() + n)));
+            grown.extend_from_slice(&out);
+            out = grown;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads a file holding keys, safely: opened without following a symlink and without blocking
+/// on a FIFO, required to be a regular file, mode 0600 or stricter and root-owned (checked on
+/// the open descriptor, then read from it: no race between the check and the read). The bytes
+/// are wiped when dropped. Key files, the secrets file and IKE `psk_file`s are read with it.
+pub fn read_secret_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    let (mut f, meta) = open_regular(path, false)?;
+    check_secret_meta(path, &meta)?;
+    read_wiping(path, &mut f, meta.len())
+}
+
+/// Checks that `path` is a file fit to hold keys ([`read_secret_file`]'s checks) without
+/// reading it.
+pub fn check_secret_file(path: &Path) -> Result<(), String> {
+    let (_f, meta) = open_regular(path, false)?;
+    check_secret_meta(path, &meta)
+}
+
+/// [`read_secret_file`] as UTF-8 text.
+fn read_secret_text(path: &Path) -> Result<Zeroizing<String>, String> {
+    let mut bytes = read_secret_file(path)?;
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(s) => Ok(Zeroizing::new(s)),
+        Err(e) => {
+            zeroize::Zeroize::zeroize(&mut e.into_bytes());
+            Err(format!("{} is not UTF-8 text", path.display()))
+        }
+    }
+}
+
+/// Reads a key file (hex, surrounding whitespace ignored) with [`read_secret_file`].
 fn read_key_file(path: &Path) -> Result<Zeroizing<String>, String> {
-    check_secret_file(path)?;
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
-    );
+    let text = read_secret_text(path)?;
     Ok(Zeroizing::new(text.trim().to_string()))
 }
 
@@ -501,6 +605,22 @@ impl Ctx<'_> {
             reason: reason.into(),
         }
     }
+}
+
+/// Fields whose values are key material: a parse error located in one must not quote it.
+const KEY_FIELDS: [&str; 2] = ["key", "psk"];
+
+/// When byte `at` of the TOML `text` lies in the value of a key field (`key = ...`, also in an
+/// inline table or under a dotted name), that field's name.
+fn key_field_at(text: &str, at: usize) -> Option<&'static str> {
+    let before = text.get(..at).unwrap_or(text);
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    // The last `name =` before the value, after any `{` or `,` of an inline table.
+    let (lhs, _) = line.rsplit_once('=')?;
+    let lhs = lhs.rsplit(['{', ',']).next().unwrap_or(lhs).trim();
+    let name = lhs.rsplit('.').next().unwrap_or(lhs).trim();
+    let name = name.trim_matches(|c| c == '"' || c == '\'');
+    KEY_FIELDS.iter().copied().find(|f| *f == name)
 }
 
 fn parse_mac(s: &str) -> Result<Mac, String> {
@@ -822,25 +942,46 @@ impl NewPolicy {
     }
 }
 
+/// Reads the config file (it can hold keys: the text is wiped when dropped): a symlink is
+/// followed, but the file must be a regular file (a FIFO is refused rather than blocking), and
+/// the metadata returned is that of the descriptor the text was read from.
+fn read_config(path: &Path) -> Result<(Zeroizing<String>, std::fs::Metadata), ConfigError> {
+    let err = |reason: String| {
+        let prefix = format!("{}: ", path.display());
+        let reason = reason.strip_prefix(&prefix).unwrap_or(&reason).to_string();
+        ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            reason: format!("cannot read: {reason}"),
+        }
+    };
+    let (mut f, meta) = open_regular(path, true).map_err(err)?;
+    let mut bytes = read_wiping(path, &mut f, meta.len()).map_err(err)?;
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(s) => Ok((Zeroizing::new(s), meta)),
+        Err(e) => {
+            zeroize::Zeroize::zeroize(&mut e.into_bytes());
+            Err(err("not UTF-8 text".into()))
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        // The file holds keys: wipe our copy of its text when done.
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.to_path_buf(),
-            key: String::new(),
-            reason: format!("cannot read: {e}"),
-        })?);
+        let (text, _) = read_config(path)?;
         Self::parse(path, &text)
     }
 
     /// [`Config::load`], and refuses a file that holds inline keys (`[[sas]] key`) unless it is
-    /// mode 0600 and root-owned ([`check_secret_file`]; key and secrets files are checked by
-    /// every load). What `espd run`, `espd check-config` and a reload use.
+    /// mode 0600 and root-owned (checked on the descriptor the text was read from; key and
+    /// secrets files are checked by every load). What `espd run`, `espd check-config` and a
+    /// reload use.
     pub fn load_checked(path: &Path) -> Result<Config, ConfigError> {
-        let c = Self::load(path)?;
+        let (text, meta) = read_config(path)?;
+        let c = Self::parse(path, &text)?;
         if c.inline_keys {
-            check_secret_file(path).map_err(|reason| {
+            check_secret_meta(path, &meta).map_err(|reason| {
                 // "PATH holds keys but ..." with the path already in front of the error.
                 let prefix = format!("{} holds keys", path.display());
                 let rest = reason.strip_prefix(&prefix).unwrap_or(&reason);
@@ -861,16 +1002,19 @@ impl Config {
         let cx = Ctx { file: path };
         let raw: RawFile = toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map_or((0, 0), |sp| {
-                let before = &text[..sp.start.min(text.len())];
+                let before = text.get(..sp.start).unwrap_or(text);
                 (
                     before.matches('\n').count() + 1,
-                    sp.start - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                    before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
                 )
             });
-            cx.err(
-                format!("line {line} column {col}"),
-                e.message().trim().to_string(),
-            )
+            // serde's messages quote the value ("invalid type: integer `1122...`"): never for
+            // a key field.
+            let reason = match e.span().and_then(|sp| key_field_at(text, sp.start)) {
+                Some(field) => format!("{field}: expected a hex string in quotes"),
+                None => e.message().trim().to_string(),
+            };
+            cx.err(format!("line {line} column {col}"), reason)
         })?;
         let d = raw.dataplane;
         let workers = d.workers.unwrap_or(1);
@@ -1054,15 +1198,18 @@ impl Config {
         let secrets = match &raw.secrets_file {
             Some(f) => {
                 let f = relative(f);
-                check_secret_file(&f).map_err(|e| cx.err("secrets_file", e))?;
-                let text = Zeroizing::new(
-                    std::fs::read_to_string(&f)
-                        .map_err(|e| cx.err("secrets_file", format!("{}: {e}", f.display())))?,
-                );
+                let text = read_secret_text(&f).map_err(|e| cx.err("secrets_file", e))?;
+                // Never serde's message: it can quote a key ("invalid type: integer `1122...`").
                 let s: RawSecrets = toml::from_str(&text).map_err(|e| {
+                    let line = e.span().map_or(0, |sp| {
+                        text.get(..sp.start).unwrap_or(&text).matches('\n').count() + 1
+                    });
                     cx.err(
                         "secrets_file",
-                        format!("{}: {}", f.display(), e.message().trim()),
+                        format!(
+                            "{} line {line}: not a valid secrets file: expected a [keys] table of NAME = \"HEX\" (a hex string in quotes)",
+                            f.display()
+                        ),
                     )
                 })?;
                 Some((f, s.keys))
@@ -1290,5 +1437,85 @@ impl Config {
                 _ => None,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("espd-cfg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const KEY: &str = "00112233445566778899aabbccddeeff01020304";
+
+    /// A FIFO (mode 0600, so only its type is wrong) is refused at once instead of hanging
+    /// start-up or a reload on the open or the read; so is a symlink to a good key file.
+    #[test]
+    fn a_fifo_or_a_symlink_is_not_read_as_a_key_file() {
+        let d = scratch("kinds");
+        let good = d.join("good.key");
+        std::fs::write(&good, KEY).unwrap();
+        std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(&read_key_file(&good).unwrap()[..], KEY);
+
+        let fifo = d.join("fifo.key");
+        let st = std::process::Command::new("mkfifo")
+            .args(["-m", "600"])
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let e = read_key_file(&fifo).unwrap_err();
+        assert!(e.contains("is not a regular file (a FIFO)"), "{e}");
+        assert!(check_secret_file(&fifo).is_err());
+        // The config file itself: also refused, not waited on.
+        let e = Config::load(&fifo).map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("a FIFO"), "{e}");
+
+        let link = d.join("link.key");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        let e = read_key_file(&link).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        let e = crate::ike::config::read_psk(&link).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+
+        let dir = d.join("dir.key");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let e = read_key_file(&dir).unwrap_err();
+        assert!(e.contains("not a regular file (a directory)"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Parse errors in a key field name the field and line, never the value; elsewhere serde's
+    /// message stays (it helps and quotes nothing secret).
+    #[test]
+    fn parse_errors_in_key_fields_do_not_quote_the_value() {
+        for (text, field) in [
+            ("key = 1122334455", Some("key")),
+            ("sas = [{ tunnel = \"t\", key = 1122334455 }]", Some("key")),
+            ("sas.0.\"key\" = 1122334455", Some("key")),
+            ("psk = 1122334455", Some("psk")),
+            ("spi = \"x\"", None),
+            ("key_file = 1122334455", None),
+        ] {
+            let at = text.find("1122334455").or(text.find("\"x\"")).unwrap();
+            assert_eq!(key_field_at(text, at), field, "{text}");
+        }
+        let e = Config::parse(Path::new("gw.toml"), "[[sas]]\nkey = 1122334455667788\n")
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("1122334455667788"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("key: expected a hex string in quotes"),
+            "{e}"
+        );
     }
 }

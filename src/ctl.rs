@@ -1002,22 +1002,54 @@ pub mod table {
     }
 }
 
-/// Creates (or truncates) `path` with mode 0600, never through a symlink, and writes `data`.
+/// Writes `data` to `path` as a new file of mode 0600: into a temporary file created in the
+/// same folder (O_EXCL|O_NOFOLLOW, so never someone else's file or a symlink), synced, then
+/// renamed over `path`. A file already at `path`, whoever created it and whatever its mode, is
+/// replaced, never reused; a symlink there is replaced, not followed.
 fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    // A file that existed keeps its mode on open: 0600 before anything is written.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(data)?;
-    f.sync_all()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{}: not a file name", path.display()))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut tries = 0u32;
+    let (tmp, mut f) = loop {
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.{stamp:x}.{tries}.tmp", std::process::id()));
+        let tmp = dir.join(tmp_name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+            Err(e) => anyhow::bail!("{}: {e}", tmp.display()),
+        }
+    };
+    let written = (|| {
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        anyhow::bail!("{}: {e}", path.display());
+    }
+    // Best effort: make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
@@ -1035,29 +1067,33 @@ pub fn sa_export(socket: &Path, file: &Path) -> anyhow::Result<bool> {
     let ip = |x: &Value| x.as_str().and_then(|s| s.parse::<std::net::IpAddr>().ok());
     let mut sas = Vec::new();
     let mut shown = Vec::new();
-    for s in v["sas"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let spi_s = s["spi"].as_str().unwrap_or_default();
-        let spi = u32::from_str_radix(spi_s.trim_start_matches("0x"), 16)
-            .map_err(|_| anyhow::anyhow!("sa_export: bad SPI `{spi_s}`"))?;
-        let key = s["key"].as_str().unwrap_or_default();
-        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
-            anyhow::bail!("sa_export: SA {spi_s} came without a key");
+    // A closure, so that the answer's keys are wiped below on every way out of the loop.
+    let read = (|| -> anyhow::Result<()> {
+        for s in v["sas"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let spi_s = s["spi"].as_str().unwrap_or_default();
+            let spi = u32::from_str_radix(spi_s.trim_start_matches("0x"), 16)
+                .map_err(|_| anyhow::anyhow!("sa_export: bad SPI `{spi_s}`"))?;
+            let key = s["key"].as_str().unwrap_or_default();
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                anyhow::bail!("sa_export: SA {spi_s} came without a key");
+            }
+            sas.push((
+                ip(&s["src"]),
+                ip(&s["dst"]),
+                spi,
+                Zeroizing::new(key.to_string()),
+            ));
+            shown.push(format!(
+                "  {spi_s} {:<8} {} -> {}  {}  tunnel {}",
+                s["direction"].as_str().unwrap_or("?"),
+                s["src"].as_str().unwrap_or("*"),
+                s["dst"].as_str().unwrap_or("*"),
+                s["cipher"].as_str().unwrap_or("?"),
+                s["tunnel"].as_str().unwrap_or("-"),
+            ));
         }
-        sas.push((
-            ip(&s["src"]),
-            ip(&s["dst"]),
-            spi,
-            Zeroizing::new(key.to_string()),
-        ));
-        shown.push(format!(
-            "  {spi_s} {:<8} {} -> {}  {}  tunnel {}",
-            s["direction"].as_str().unwrap_or("?"),
-            s["src"].as_str().unwrap_or("*"),
-            s["dst"].as_str().unwrap_or("*"),
-            s["cipher"].as_str().unwrap_or("?"),
-            s["tunnel"].as_str().unwrap_or("-"),
-        ));
-    }
+        Ok(())
+    })();
     // The answer's copies of the keys go now.
     if let Some(list) = v["sas"].as_array_mut() {
         for s in list {
@@ -1066,6 +1102,7 @@ pub fn sa_export(socket: &Path, file: &Path) -> anyhow::Result<bool> {
             }
         }
     }
+    read?;
     let entries: Vec<crate::pcap::EspSa> = sas
         .iter()
         .map(|(src, dst, spi, key)| crate::pcap::EspSa {
@@ -1203,5 +1240,49 @@ mod tests {
         assert_eq!(table::bytes(512), "512 B");
         assert_eq!(table::bytes(1536), "1.50 KiB");
         assert_eq!(table::duration(3723.0), "1h 2m 3s");
+    }
+}
+
+#[cfg(test)]
+mod write_private_tests {
+    use super::write_private;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// A file created beforehand (mode 0644 here; another user's in real life) is replaced by
+    /// a new 0600 file, not reused; a symlink is replaced and its target left untouched.
+    #[test]
+    fn an_existing_file_or_symlink_is_replaced_not_reused() {
+        let d = std::env::temp_dir().join(format!("espd-wp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let out = d.join("keys.uat");
+        std::fs::write(&out, b"old").unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Someone holding the old file open must not see the new contents.
+        let held = std::fs::File::open(&out).unwrap();
+        let old_ino = held.metadata().unwrap().ino();
+        write_private(&out, b"secret").unwrap();
+        let m = std::fs::symlink_metadata(&out).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o600);
+        assert_ne!(m.ino(), old_ino, "a new file, not the pre-created one");
+        assert_eq!(std::fs::read(&out).unwrap(), b"secret");
+        let mut seen = String::new();
+        std::io::Read::read_to_string(&mut &held, &mut seen).unwrap();
+        assert_eq!(seen, "old");
+
+        let target = d.join("elsewhere");
+        std::fs::write(&target, b"theirs").unwrap();
+        let link = d.join("link.uat");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_private(&link, b"secret").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
+        assert_eq!(std::fs::read(&target).unwrap(), b"theirs");
+        // No temporary files left behind.
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

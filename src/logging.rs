@@ -1,7 +1,8 @@
 //! Where espd's log lines go: plain text or JSON lines on stderr through tracing-appender's
-//! non-blocking writer (a background thread does the writing, so a slow terminal or journal
-//! never stalls the thread that logs), or straight to the systemd journal (tracing-journald).
-//! The `ESPD_LOG` filter (default `info`) picks what is logged in every format.
+//! non-blocking writer (a background thread does the writing; when its buffer is full the
+//! thread that logs waits rather than losing the line), or straight to the systemd journal
+//! (tracing-journald). The `ESPD_LOG` filter (default `info`) picks what is logged in every
+//! format, except that the audit log (target `espd::audit`) is always on at `info`.
 
 use std::io::IsTerminal;
 
@@ -44,13 +45,27 @@ impl Logging {
     }
 }
 
+/// The audit log's target: always logged at `info`, whatever `ESPD_LOG` says.
+pub const AUDIT_TARGET: &str = "espd::audit";
+
 /// The `ESPD_LOG` filter, `info` when unset. A value that does not parse is an error rather than
 /// a silent fall-back to `info`.
 fn filter() -> anyhow::Result<EnvFilter> {
-    match std::env::var("ESPD_LOG") {
-        Ok(v) => EnvFilter::try_new(&v).map_err(|e| anyhow::anyhow!("ESPD_LOG={v:?}: {e}")),
-        Err(_) => Ok(EnvFilter::new("info")),
-    }
+    filter_from(std::env::var("ESPD_LOG").ok().as_deref())
+}
+
+/// The filter for an `ESPD_LOG` value (`None`: unset), with the audit target (every control
+/// request, see `control/audit.rs`) always enabled at `info`: `ESPD_LOG=warn` quiets the
+/// daemon, not its audit trail.
+fn filter_from(v: Option<&str>) -> anyhow::Result<EnvFilter> {
+    let f = match v {
+        Some(v) => EnvFilter::try_new(v).map_err(|e| anyhow::anyhow!("ESPD_LOG={v:?}: {e}"))?,
+        None => EnvFilter::new("info"),
+    };
+    let audit = format!("{AUDIT_TARGET}=info")
+        .parse()
+        .context("the audit log directive")?;
+    Ok(f.add_directive(audit))
 }
 
 type BoxedSubscriber = Box<dyn tracing::Subscriber + Send + Sync>;
@@ -96,8 +111,13 @@ pub fn init(format: LogFormat) -> anyhow::Result<Logging> {
     let (sub, guard, dropped) = if format == LogFormat::Journald {
         (build(format, filter, std::io::stderr, false)?, None, None)
     } else {
+        // Not lossy: when the buffer is full the thread that logs waits for the writer rather
+        // than dropping the line (audit lines must not be lost). Nothing logs per packet (the
+        // workers' only log line is said once per socket), so no worker waits in practice.
         let (writer, guard): (NonBlocking, WorkerGuard) =
-            tracing_appender::non_blocking(std::io::stderr());
+            tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .finish(std::io::stderr());
         let dropped = writer.error_counter();
         let ansi = std::io::stderr().is_terminal();
         (
@@ -166,5 +186,40 @@ mod tests {
         assert!(!out.contains("hidden"), "{out}");
         let out = logged(LogFormat::Plain, "debug");
         assert!(out.contains("hidden at info"), "{out}");
+    }
+
+    /// `ESPD_LOG=warn` (or `off`, or a filter naming other targets) quiets the daemon but not
+    /// the audit log.
+    #[test]
+    fn the_audit_log_is_on_whatever_espd_log_says() {
+        for v in [
+            None,
+            Some("warn"),
+            Some("off"),
+            Some("espd=error"),
+            Some("debug"),
+        ] {
+            let buf = Buf::default();
+            let sub = build(
+                LogFormat::Plain,
+                filter_from(v).unwrap(),
+                buf.clone(),
+                false,
+            )
+            .unwrap();
+            tracing::subscriber::with_default(sub, || {
+                tracing::info!(target: "espd::audit", "op=sa_add result=ok");
+                tracing::info!(target: "espd::control", "ordinary line");
+            });
+            let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            assert!(out.contains("op=sa_add result=ok"), "ESPD_LOG={v:?}: {out}");
+            let ordinary = matches!(v, None | Some("debug"));
+            assert_eq!(
+                out.contains("ordinary line"),
+                ordinary,
+                "ESPD_LOG={v:?}: {out}"
+            );
+        }
+        assert!(filter_from(Some("no=such=thing")).is_err());
     }
 }

@@ -257,7 +257,7 @@ fn a_refused_capture_is_not_audited_as_ok() {
             1,
         );
     });
-    let answer = rx.recv().unwrap().unwrap();
+    let answer = rx.recv().unwrap().unwrap().to_string();
     assert!(answer.contains("\"ok\":false"), "{answer}");
     let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(

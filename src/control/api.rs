@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use zeroize::Zeroizing;
 
 use super::events::{MmCause, spi_str};
 use super::types::{MainMode, MainModeInfo, Rekey, SaInfo};
@@ -164,7 +165,7 @@ pub fn deliver(ctl: &mut Control, msg: ApiMsg, now: u64) {
                 return start(reply);
             }
             let answer = match handle_from(ctl, &line, now, peer) {
-                Reply::Line(l) => Some(l),
+                Reply::Line(l) => Some(Zeroizing::new(l)),
                 Reply::Subscribe => None,
             };
             let _ = reply.send(answer);
@@ -205,7 +206,10 @@ pub fn handle_from(
         if let Some(a) = &audit {
             a.log(peer, &Ok(()));
         }
-        return Reply::Line(sa_export_line(ctl));
+        // The line's buffer moves into the reply without a copy; `deliver` hands it to the
+        // socket as a `Zeroizing` again (in-process callers of `handle` own the only copy).
+        let mut line = sa_export_line(ctl);
+        return Reply::Line(std::mem::take(&mut *line));
     }
     if let Request::Capture { .. } = req {
         return Reply::Line(error_line(
@@ -428,7 +432,7 @@ fn dispatch(ctl: &mut Control, req: Request, now: u64) -> Result<Value> {
 }
 
 /// A request answered later, from another thread, with the reply channel it is given.
-type Deferred = Box<dyn FnOnce(std::sync::mpsc::Sender<Option<String>>) + Send>;
+type Deferred = Box<dyn FnOnce(std::sync::mpsc::Sender<Option<Zeroizing<String>>>) + Send>;
 
 /// `capture` requests: claims the capture now (a second one is refused at once) and returns
 /// what starts its thread. `None` for every other line (and for a capture request that is
@@ -448,7 +452,7 @@ fn deferred(ctl: &mut Control, line: &str) -> Option<Deferred> {
     use crate::datapath::capture::{Capture, Params};
     let refuse = |e: String| -> Option<Deferred> {
         Some(Box::new(move |reply| {
-            let _ = reply.send(Some(error_line(&e)));
+            let _ = reply.send(Some(Zeroizing::new(error_line(&e))));
         }))
     };
     let p = match Params::new(seconds, snaplen, max_bytes) {
@@ -470,10 +474,12 @@ fn deferred(ctl: &mut Control, line: &str) -> Option<Deferred> {
                     Ok(o) => capture_line(&o, &p),
                     Err(e) => error_line(&format!("capture: {e}")),
                 };
-                let _ = reply.send(Some(line));
+                let _ = reply.send(Some(Zeroizing::new(line)));
             });
         if let Err(e) = spawned {
-            let _ = r2.send(Some(error_line(&format!("capture: no thread: {e}"))));
+            let _ = r2.send(Some(Zeroizing::new(error_line(&format!(
+                "capture: no thread: {e}"
+            )))));
         }
     }))
 }
@@ -511,8 +517,9 @@ fn capture_line(
 }
 
 /// The `sa_export` answer, serialised straight from the wiped key strings (no JSON tree holds
-/// a copy of the keys; the answer line itself is the one copy left).
-fn sa_export_line(ctl: &Control) -> String {
+/// a copy of the keys) into a buffer that is wiped when it grows and when dropped: the answer
+/// line itself is the one copy left, and it wipes itself.
+fn sa_export_line(ctl: &Control) -> Zeroizing<String> {
     #[derive(serde::Serialize)]
     struct Item<'a> {
         spi: String,
@@ -550,7 +557,14 @@ fn sa_export_line(ctl: &Control) -> String {
             })
             .collect(),
     };
-    serde_json::to_string(&a).unwrap_or_else(|e| error_line(&format!("sa_export: {e}")))
+    // Sized for the usual answer (an SA serialises to about 300 bytes), so it rarely grows;
+    // when it does, the old buffer is wiped.
+    let mut out = super::socket::WipingBuf::with_capacity(64 + 400 * a.sas.len());
+    if let Err(e) = serde_json::to_writer(&mut out, &a) {
+        return Zeroizing::new(error_line(&format!("sa_export: {e}")));
+    }
+    out.into_string()
+        .unwrap_or_else(|| Zeroizing::new(error_line("sa_export: the answer is not UTF-8")))
 }
 
 fn sa_json(s: &SaInfo) -> Value {

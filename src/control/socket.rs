@@ -10,9 +10,9 @@
 //! request carries its peer's uid and pid to the control thread for the audit log
 //! (`audit.rs`).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,10 +27,11 @@ pub const MAX_LINE: usize = 256 << 20;
 /// Messages from connection threads to the control thread.
 pub enum ApiMsg {
     /// A request line; the answer goes back on `reply` (`None`: start streaming events).
-    /// The line can carry keys: it is wiped when dropped.
+    /// The line can carry keys: it is wiped when dropped; so is the answer (`sa_export`'s
+    /// carries every key).
     Request {
         line: Zeroizing<String>,
-        reply: mpsc::Sender<Option<String>>,
+        reply: mpsc::Sender<Option<Zeroizing<String>>>,
         /// Who sent it (SO_PEERCRED), for the audit log.
         peer: Option<super::audit::Peer>,
     },
@@ -44,21 +45,21 @@ pub enum ApiMsg {
 /// A typed call for the control thread: runs with the control and the control clock.
 pub type ControlCall = Box<dyn FnOnce(&mut super::Control, u64) + Send>;
 
-/// Binds `path` (replacing a stale socket), restricts it to its owner and serves until `stop`.
+/// Binds `path`, restricts it to its owner and serves until `stop`. A socket already at `path`
+/// is replaced only when stale (nothing answers a connect); one that a live daemon serves is
+/// left alone and the call fails (`AddrInUse`). On exit the socket file is removed only if it
+/// is still the one bound here (same device and inode).
 pub fn serve(
     path: &Path,
     tx: mpsc::Sender<ApiMsg>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    if let Ok(m) = std::fs::symlink_metadata(path)
-        && std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())
-    {
-        std::fs::remove_file(path)?;
-    }
+    clear_stale(path)?;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d)?;
     }
     let l = UnixListener::bind(path)?;
+    let ours = std::fs::symlink_metadata(path).map(|m| (m.dev(), m.ino()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     l.set_nonblocking(true)?;
     let path: PathBuf = path.to_path_buf();
@@ -79,8 +80,47 @@ pub fn serve(
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
-            let _ = std::fs::remove_file(&path);
+            remove_if_ours(&path, ours);
         })
+}
+
+/// Makes way for binding `path`: nothing there, or a stale socket (removed). A socket that
+/// answers is another daemon's: an error naming what to do. Anything else is left for `bind`
+/// to refuse.
+fn clear_stale(path: &Path) -> std::io::Result<()> {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !m.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists and is not a socket; remove it or set control.socket to another path",
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another espd is serving this control socket; stop it or set control.socket to another path",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            // Stale: its daemon is gone.
+            std::fs::remove_file(path)
+        }
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("a socket is there but cannot be probed ({e}); not replacing it"),
+        )),
+    }
+}
+
+/// Removes the socket file at `path` if it is still the one with device and inode `ours` (a
+/// daemon started since may have replaced a socket it found stale: that one is not ours).
+fn remove_if_ours(path: &Path, ours: (u64, u64)) {
+    if let Ok(m) = std::fs::symlink_metadata(path)
+        && (m.dev(), m.ino()) == ours
+    {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 fn connection(s: UnixStream, tx: mpsc::Sender<ApiMsg>) {
@@ -147,7 +187,8 @@ fn connection(s: UnixStream, tx: mpsc::Sender<ApiMsg>) {
         }
         match rrx.recv() {
             Ok(Some(answer)) => {
-                if writeln!(w, "{answer}").is_err() {
+                // Written straight from the wiped buffer (no formatting copy).
+                if w.write_all(answer.as_bytes()).is_err() || w.write_all(b"\n").is_err() {
                     return;
                 }
             }
@@ -258,6 +299,37 @@ impl<R: Read> LineReader<R> {
     }
 }
 
+/// A byte buffer for text that holds keys (an answer serialised with `serde_json::to_writer`):
+/// wiped when it grows (the old buffer, see [`push_wiping`]) and when dropped.
+pub struct WipingBuf(Zeroizing<Vec<u8>>);
+
+impl WipingBuf {
+    pub fn with_capacity(n: usize) -> WipingBuf {
+        WipingBuf(Zeroizing::new(Vec::with_capacity(n)))
+    }
+
+    /// The text, moved (not copied) into a wiped `String`; `None` (and wiped) if not UTF-8.
+    pub fn into_string(mut self) -> Option<Zeroizing<String>> {
+        match String::from_utf8(std::mem::take(&mut *self.0)) {
+            Ok(s) => Some(Zeroizing::new(s)),
+            Err(e) => {
+                e.into_bytes().zeroize();
+                None
+            }
+        }
+    }
+}
+
+impl Write for WipingBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        push_wiping(&mut self.0, b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Appends `bytes`; when `line` must grow, the new buffer is allocated first and the old one
 /// wiped as it is dropped.
 fn push_wiping(line: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
@@ -270,9 +342,10 @@ fn push_wiping(line: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
     line.extend_from_slice(bytes);
 }
 
-/// A client: one request, one response line.
+/// A client: one request, one response line. Answers are read through a [`LineReader`] (an
+/// `sa_export` answer carries every key): no copy of them is left in its buffers.
 pub struct Client {
-    r: BufReader<UnixStream>,
+    r: LineReader<UnixStream>,
     w: UnixStream,
 }
 
@@ -281,7 +354,7 @@ impl Client {
         let s = UnixStream::connect(path)?;
         Ok(Client {
             w: s.try_clone()?,
-            r: BufReader::new(s),
+            r: LineReader::new(s),
         })
     }
     /// Sends one request (a JSON value) and returns the response.
@@ -291,23 +364,25 @@ impl Client {
         self.call_raw(&line)
     }
     pub fn call_raw(&mut self, line: &str) -> std::io::Result<serde_json::Value> {
-        writeln!(self.w, "{line}")?;
+        self.w.write_all(line.as_bytes())?;
+        self.w.write_all(b"\n")?;
         self.read_line()
     }
-    /// Reads the next line (responses, then events after `subscribe`).
+    /// Reads the next line (responses, then events after `subscribe`). The line's bytes are
+    /// wiped once parsed; strings in the value are the caller's to wipe.
     pub fn read_line(&mut self) -> std::io::Result<serde_json::Value> {
-        let mut l = String::new();
-        if self.r.read_line(&mut l)? == 0 {
-            return Err(std::io::Error::new(
+        // The daemon is trusted: no limit beyond memory (a capture's answer can be large).
+        match self.r.read_line(usize::MAX)? {
+            Line::Text(l) => serde_json::from_slice(&l)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Line::Eof | Line::TooLong => Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "control socket closed",
-            ));
+            )),
         }
-        serde_json::from_str(&l)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
     pub fn set_read_timeout(&self, d: Option<Duration>) -> std::io::Result<()> {
-        self.r.get_ref().set_read_timeout(d)
+        self.r.r.set_read_timeout(d)
     }
 }
 
@@ -328,6 +403,70 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("espd-sock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A socket left by a daemon that died is replaced; a file that is not a socket is not.
+    #[test]
+    fn a_stale_socket_is_replaced_and_other_files_are_not() {
+        let d = scratch("stale");
+        let path = d.join("espd.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists(), "the stale socket file stays behind");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, _rx) = mpsc::channel();
+        let h = serve(&path, tx, stop.clone()).expect("a stale socket is replaced");
+        assert!(UnixStream::connect(&path).is_ok(), "and served");
+        stop.store(true, Ordering::Release);
+        h.join().unwrap();
+        assert!(!path.exists(), "our socket is removed on exit");
+
+        std::fs::write(&path, b"not a socket").unwrap();
+        let (tx, _rx) = mpsc::channel();
+        let e = serve(&path, tx, Arc::new(AtomicBool::new(true))).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// On exit a daemon removes its socket only if it is still its own: one bound since at the
+    /// same path (by a daemon that found ours stale) stays.
+    #[test]
+    fn exit_removes_only_our_own_socket() {
+        let d = scratch("ours");
+        let path = d.join("espd.sock");
+        // `first` stays bound while its file is replaced: its inode cannot be reused.
+        let _first = UnixListener::bind(&path).unwrap();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        let old = (m.dev(), m.ino());
+        std::fs::remove_file(&path).unwrap();
+        let _second = UnixListener::bind(&path).unwrap();
+        remove_if_ours(&path, old);
+        assert!(path.exists(), "someone else's socket is left alone");
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        remove_if_ours(&path, (m.dev(), m.ino()));
+        assert!(!path.exists(), "our own is removed");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// serde_json writing into a [`WipingBuf`] through many growths gives the same text as
+    /// `to_string`, moved out as a wiped `String`; bytes that are not UTF-8 give `None`.
+    #[test]
+    fn a_wiping_buffer_serialises_like_to_string() {
+        let v: Vec<String> = (0..500).map(|i| format!("{i:040x}")).collect();
+        let mut b = WipingBuf::with_capacity(1);
+        serde_json::to_writer(&mut b, &v).unwrap();
+        let s = b.into_string().unwrap();
+        assert_eq!(s.as_str(), serde_json::to_string(&v).unwrap());
+        let mut b = WipingBuf::with_capacity(0);
+        b.write_all(&[0xff, 0xfe]).unwrap();
+        assert!(b.into_string().is_none());
     }
 
     /// Issue 11, defect 12: a request line that carried a key leaves no copy in the reader

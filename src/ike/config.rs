@@ -278,10 +278,8 @@ fn parse_id(s: &str) -> IkeId {
 /// Reads a pre-shared key file: owner-only (mode 0600 or stricter), not empty, one secret (a
 /// trailing newline is not part of it).
 pub fn read_psk(path: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
-    // Owner-only and root-owned, like every file holding keys.
-    crate::config::check_secret_file(path)?;
-    let mut bytes =
-        Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    // Owner-only and root-owned, a regular file, checked on the descriptor it is read from.
+    let mut bytes = crate::config::read_secret_file(path)?;
     while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         bytes.pop();
     }
