@@ -276,7 +276,7 @@ pub enum CtlOp {
         /// Bytes kept of each frame (64 to 4096).
         #[arg(long, default_value_t = crate::datapath::capture::DEFAULT_SNAPLEN)]
         snaplen: u32,
-        /// Largest file, in MiB; frames beyond it are counted, not written (at most 512).
+        /// Largest file, in MiB; frames beyond it are counted, not written (at most 128).
         #[arg(long, default_value_t = 64)]
         max_mb: u64,
         /// Where to write the pcapng file (created 0600).

@@ -599,6 +599,20 @@ pub fn kill(pid: u32, sig: i32) -> std::io::Result<()> {
     }
 }
 
+/// Whether the peer of a connected stream socket closed it (POLLHUP: both directions shut; a
+/// peer that only shut down its writing side still reads, and is not hung up).
+pub fn hung_up(sock: &impl std::os::fd::AsRawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd, its count is 1, and the timeout 0 returns at once; the
+    // descriptor is open while `sock` is borrowed.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n == 1 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Sets SO_RCVTIMEO: a blocking receive on `sock` returns EAGAIN after `d` without data.
 pub fn set_recv_timeout(
     sock: &impl std::os::fd::AsRawFd,
@@ -644,5 +658,21 @@ mod kill_tests {
     fn kill_refuses_groups_and_everyone() {
         assert!(super::kill(0, libc::SIGTERM).is_err());
         assert!(super::kill(u32::MAX, libc::SIGTERM).is_err());
+    }
+}
+
+#[cfg(test)]
+mod hung_up_tests {
+    use std::os::unix::net::UnixStream;
+
+    /// A peer that shuts down only its writing side still reads: not hung up; closed: hung up.
+    #[test]
+    fn hung_up_sees_a_closed_peer_only() {
+        let (a, b) = UnixStream::pair().unwrap();
+        assert!(!super::hung_up(&a));
+        b.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(!super::hung_up(&a));
+        drop(b);
+        assert!(super::hung_up(&a));
     }
 }

@@ -442,6 +442,7 @@ fn every_op_round_trips_with_the_documented_answer() {
             line: zeroize::Zeroizing::new(line.to_string()),
             reply: tx,
             peer: None,
+            closed: None,
         };
         deliver(&mut a.ctl, msg, S);
         let r: Value = serde_json::from_str(&rx.recv().unwrap().unwrap()).unwrap();

@@ -156,13 +156,24 @@ pub enum Reply {
 /// the control thread.
 pub fn deliver(ctl: &mut Control, msg: ApiMsg, now: u64) {
     match msg {
-        ApiMsg::Request { line, reply, peer } => {
-            // A capture answers from its own thread when it ends.
-            if let Some(start) = deferred(ctl, &line) {
+        ApiMsg::Request {
+            line,
+            reply,
+            peer,
+            closed,
+        } => {
+            // A capture answers from its own thread when it ends; audited once claimed or
+            // refused, with that result.
+            if let Some(started) = deferred(ctl, &line, closed) {
                 if let Some(a) = super::audit::Audit::of(&line) {
-                    a.log(peer, &Ok(()));
+                    a.log(peer, &started.as_ref().map(|_| ()).map_err(String::clone));
                 }
-                return start(reply);
+                return match started {
+                    Ok(start) => start(reply),
+                    Err(e) => {
+                        let _ = reply.send(Some(Zeroizing::new(error_line(&e))));
+                    }
+                };
             }
             let answer = match handle_from(ctl, &line, now, peer) {
                 Reply::Line(l) => Some(Zeroizing::new(l)),
@@ -435,9 +446,14 @@ fn dispatch(ctl: &mut Control, req: Request, now: u64) -> Result<Value> {
 type Deferred = Box<dyn FnOnce(std::sync::mpsc::Sender<Option<Zeroizing<String>>>) + Send>;
 
 /// `capture` requests: claims the capture now (a second one is refused at once) and returns
-/// what starts its thread. `None` for every other line (and for a capture request that is
-/// refused: `handle` answers it). Cheap for other requests: their lines never hold the name.
-fn deferred(ctl: &mut Control, line: &str) -> Option<Deferred> {
+/// what starts its thread, or why the request is refused. `None` for every other line (and
+/// for a capture request that does not parse: `handle` answers it). Cheap for other requests:
+/// their lines never hold the name. `closed`: set when the client hangs up (ends the capture).
+fn deferred(
+    ctl: &mut Control,
+    line: &str,
+    closed: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) -> Option<std::result::Result<Deferred, String>> {
     if !line.contains("\"capture\"") {
         return None;
     }
@@ -450,28 +466,26 @@ fn deferred(ctl: &mut Control, line: &str) -> Option<Deferred> {
         return None;
     };
     use crate::datapath::capture::{Capture, Params};
-    let refuse = |e: String| -> Option<Deferred> {
-        Some(Box::new(move |reply| {
-            let _ = reply.send(Some(Zeroizing::new(error_line(&e))));
-        }))
-    };
     let p = match Params::new(seconds, snaplen, max_bytes) {
         Ok(p) => p,
-        Err((f, r)) => return refuse(ControlError::invalid(f, r).to_string()),
+        Err((f, r)) => return Some(Err(ControlError::invalid(f, r).to_string())),
     };
     let Some(cap) = ctl.capture() else {
-        return refuse("capture: no workers run in this process".into());
+        return Some(Err("capture: no workers run in this process".into()));
     };
-    let Some(claim) = cap.claim() else {
-        return refuse("capture: another capture is running".into());
+    let Some(mut claim) = cap.claim() else {
+        return Some(Err("capture: another capture is running".into()));
     };
-    Some(Box::new(move |reply| {
+    if let Some(c) = closed {
+        claim = claim.ends_when(c);
+    }
+    Some(Ok(Box::new(move |reply| {
         let r2 = reply.clone();
         let spawned = std::thread::Builder::new()
             .name("espd-capture".into())
             .spawn(move || {
                 let line = match Capture::run(claim, &p) {
-                    Ok(o) => capture_line(&o, &p),
+                    Ok(o) => capture_line(o, &p),
                     Err(e) => error_line(&format!("capture: {e}")),
                 };
                 let _ = reply.send(Some(Zeroizing::new(line)));
@@ -481,14 +495,17 @@ fn deferred(ctl: &mut Control, line: &str) -> Option<Deferred> {
                 "capture: no thread: {e}"
             )))));
         }
-    }))
+    })))
 }
 
+/// The `capture` answer: the counts, then the file's base64 written straight into the one
+/// answer string (sized once; no other copy of the text), each chunk of the file freed once
+/// encoded.
 fn capture_line(
-    o: &crate::datapath::capture::Outcome,
+    o: crate::datapath::capture::Outcome,
     p: &crate::datapath::capture::Params,
 ) -> String {
-    use crate::datapath::capture::{Point, base64_encode};
+    use crate::datapath::capture::Point;
     let by: Map<String, Value> = Point::ALL
         .iter()
         .map(|pt| {
@@ -502,7 +519,7 @@ fn capture_line(
             )
         })
         .collect();
-    json!({
+    let head = json!({
         "ok": true,
         "seconds": p.duration.as_secs_f64(),
         "snaplen": p.snaplen,
@@ -511,9 +528,18 @@ fn capture_line(
         "dropped_ring_full": o.dropped_ring_full,
         "dropped_size_limit": o.dropped_size_limit,
         "bytes": o.pcapng.len(),
-        "pcapng": base64_encode(&o.pcapng),
     })
-    .to_string()
+    .to_string();
+    let Some(head) = head.strip_suffix('}') else {
+        return error_line("capture: no answer");
+    };
+    let mut line = Vec::with_capacity(head.len() + o.pcapng.base64_len() + 16);
+    line.extend_from_slice(head.as_bytes());
+    line.extend_from_slice(b",\"pcapng\":\"");
+    o.pcapng.base64_into(&mut line);
+    line.extend_from_slice(b"\"}");
+    // JSON text and base64: UTF-8, checked without a copy.
+    String::from_utf8(line).unwrap_or_else(|_| error_line("capture: answer not UTF-8"))
 }
 
 /// The `sa_export` answer, serialised straight from the wiped key strings (no JSON tree holds

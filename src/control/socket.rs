@@ -34,6 +34,9 @@ pub enum ApiMsg {
         reply: mpsc::Sender<Option<Zeroizing<String>>>,
         /// Who sent it (SO_PEERCRED), for the audit log.
         peer: Option<super::audit::Peer>,
+        /// Set when the peer hangs up before the answer (a `capture` then ends early);
+        /// `None` in process.
+        closed: Option<Arc<AtomicBool>>,
     },
     /// Register an event stream.
     Subscribe { tx: mpsc::SyncSender<String> },
@@ -175,17 +178,19 @@ fn connection(s: UnixStream, tx: mpsc::Sender<ApiMsg>) {
             continue;
         }
         let (rtx, rrx) = mpsc::channel();
+        let closed = Arc::new(AtomicBool::new(false));
         if tx
             .send(ApiMsg::Request {
                 line,
                 reply: rtx,
                 peer,
+                closed: Some(closed.clone()),
             })
             .is_err()
         {
             return;
         }
-        match rrx.recv() {
+        match wait_answer(&rrx, &w, &closed) {
             Ok(Some(answer)) => {
                 // Written straight from the wiped buffer (no formatting copy).
                 if w.write_all(answer.as_bytes()).is_err() || w.write_all(b"\n").is_err() {
@@ -215,6 +220,27 @@ fn connection(s: UnixStream, tx: mpsc::Sender<ApiMsg>) {
                 return;
             }
             Err(_) => return,
+        }
+    }
+}
+
+/// Waits for the answer on `rrx`, checking every 100 ms whether the peer of `s` hung up (closed
+/// its socket): then sets `closed` (a running `capture` ends) and gives up.
+fn wait_answer<T>(
+    rrx: &mpsc::Receiver<T>,
+    s: &UnixStream,
+    closed: &AtomicBool,
+) -> Result<T, mpsc::RecvError> {
+    loop {
+        match rrx.recv_timeout(Duration::from_millis(100)) {
+            Ok(a) => return Ok(a),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(mpsc::RecvError),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if crate::sys::hung_up(s) {
+                    closed.store(true, Ordering::Release);
+                    return Err(mpsc::RecvError);
+                }
+            }
         }
     }
 }

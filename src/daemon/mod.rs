@@ -283,14 +283,18 @@ impl Shared {
             dp,
             stats,
             events,
-            stop,
+            stop: stop.clone(),
             reload,
             l2: L2::start(cfg)?,
-            capture: Arc::new(crate::datapath::capture::Capture::new(
-                cfg.workers,
-                &cfg.plain.name,
-                &cfg.cipher.name,
-            )),
+            // A capture ends when the daemon stops.
+            capture: Arc::new(
+                crate::datapath::capture::Capture::new(
+                    cfg.workers,
+                    &cfg.plain.name,
+                    &cfg.cipher.name,
+                )
+                .stops_with(stop),
+            ),
         })
     }
 }

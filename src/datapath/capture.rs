@@ -13,6 +13,13 @@
 //! timestamps, `epb_flags` inbound/outbound), hands the slots back, and frees them at the end.
 //! The timestamp of a frame is the worker's clock read of its pass (monotonic, turned into
 //! wall-clock time by the capture thread).
+//!
+//! Memory: the file grows in chunks of [`CHUNK`] bytes, each allocated once at the size it
+//! keeps (never reallocated or copied), so it holds at most `max_bytes` (≤ [`MAX_MAX_BYTES`])
+//! plus one chunk's slack; the answer's base64 is written straight from the chunks into the
+//! one answer string, each chunk freed once encoded ([`PcapBuf::base64_into`]). A capture ends
+//! after its `seconds`, on [`Capture::cancel`], when the daemon stops (its stop flag, see
+//! [`Capture::stops_with`]) or when its client hangs up (the flag of [`Claim::ends_when`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,7 +37,10 @@ pub const DEFAULT_SNAPLEN: u32 = 256;
 pub const MAX_SNAPLEN: u32 = 4096;
 pub const MAX_SECONDS: f64 = 300.0;
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
-pub const MAX_MAX_BYTES: u64 = 512 << 20;
+/// Largest `max_bytes`: the file and its base64 answer (4/3 of it) are in memory at once.
+pub const MAX_MAX_BYTES: u64 = 128 << 20;
+/// The file's allocation step (a multiple of 3: the chunks' base64 texts join up).
+pub const CHUNK: usize = 3 << 20;
 
 /// Where a frame was seen. Also its interface id in the pcapng file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,7 +186,7 @@ impl Params {
 #[derive(Debug)]
 pub struct Outcome {
     /// The pcapng file.
-    pub pcapng: Vec<u8>,
+    pub pcapng: PcapBuf,
     /// Frames written, by [`Point`].
     pub frames: [u64; 4],
     /// Frames not copied: the worker's ring was full.
@@ -192,18 +202,40 @@ pub struct Capture {
     claimed: AtomicBool,
     /// Ends the running capture early.
     cancel: AtomicBool,
+    /// The daemon's stop flag: ends the running capture when set.
+    stop: Option<Arc<AtomicBool>>,
     rings: Box<[Ring]>,
     plain: String,
     cipher: String,
 }
 
 /// The right to run the one capture; released when dropped.
-pub struct Claim(Arc<Capture>);
+pub struct Claim {
+    cap: Arc<Capture>,
+    /// Ends this capture when set (its client hung up).
+    until: Option<Arc<AtomicBool>>,
+}
+
+impl Claim {
+    /// Ends this capture early once `flag` is set (the socket's flag for a client that hung up).
+    pub fn ends_when(mut self, flag: Arc<AtomicBool>) -> Claim {
+        self.until = Some(flag);
+        self
+    }
+
+    /// Whether the capture must end now.
+    fn ended(&self) -> bool {
+        let set = |f: &AtomicBool| f.load(Ordering::Acquire);
+        set(&self.cap.cancel)
+            || self.cap.stop.as_deref().is_some_and(set)
+            || self.until.as_deref().is_some_and(set)
+    }
+}
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.0.active.store(false, Ordering::Release);
-        self.0.claimed.store(false, Ordering::Release);
+        self.cap.active.store(false, Ordering::Release);
+        self.cap.claimed.store(false, Ordering::Release);
     }
 }
 
@@ -214,10 +246,17 @@ impl Capture {
             active: AtomicBool::new(false),
             claimed: AtomicBool::new(false),
             cancel: AtomicBool::new(false),
+            stop: None,
             rings: (0..workers).map(|_| Ring::new()).collect(),
             plain: plain.to_string(),
             cipher: cipher.to_string(),
         }
+    }
+
+    /// Ends every capture once `stop` (the daemon's stop flag) is set.
+    pub fn stops_with(mut self, stop: Arc<AtomicBool>) -> Capture {
+        self.stop = Some(stop);
+        self
     }
 
     /// Whether a capture runs: read by each worker once per pass that received frames.
@@ -236,11 +275,17 @@ impl Capture {
     pub fn claim(self: &Arc<Self>) -> Option<Claim> {
         self.claimed
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .ok()
-            .map(|_| Claim(self.clone()))
+            .ok()?;
+        // A cancel from before this claim is not for this capture; one from now on is.
+        self.cancel.store(false, Ordering::Release);
+        Some(Claim {
+            cap: self.clone(),
+            until: None,
+        })
     }
 
-    /// Ends the running capture now (it still collects what the workers copied).
+    /// Ends the claimed or running capture now (it still collects what the workers copied);
+    /// nothing when none is claimed.
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Release);
     }
@@ -260,10 +305,11 @@ impl Capture {
             .collect()
     }
 
-    /// Runs the capture `claim` allows for `p.duration`, then stops it and collects every
-    /// slot back. Blocks for the duration: run it on a thread of its own.
+    /// Runs the capture `claim` allows for `p.duration` (or until cancelled, see [`Claim`]),
+    /// then stops it and collects every slot back. Blocks for the duration: run it on a
+    /// thread of its own.
     pub fn run(claim: Claim, p: &Params) -> std::io::Result<Outcome> {
-        let cap = &claim.0;
+        let cap = &claim.cap;
         for r in cap.rings.iter() {
             // Slots of an earlier capture that did not come back in time.
             while r.full.pop().is_some() {}
@@ -285,16 +331,19 @@ impl Capture {
             .unwrap_or_default();
         let offset = wall.saturating_sub(Duration::from_nanos(crate::now_ns()));
         let mut w = Writer {
-            out: PcapNg::new(Vec::new(), p.snaplen, &cap.interfaces())?,
+            out: PcapNg::new(
+                PcapBuf::new(p.max_bytes as usize),
+                p.snaplen,
+                &cap.interfaces(),
+            )?,
             offset,
             max: p.max_bytes as usize,
             frames: [0; 4],
             over: 0,
         };
         let end = Instant::now() + p.duration;
-        cap.cancel.store(false, Ordering::Release);
         cap.active.store(true, Ordering::Release);
-        while Instant::now() < end && !cap.cancel.load(Ordering::Acquire) {
+        while Instant::now() < end && !claim.ended() {
             let mut n = 0;
             for r in cap.rings.iter() {
                 while let Some(s) = r.full.pop() {
@@ -346,7 +395,7 @@ impl Capture {
 }
 
 struct Writer {
-    out: PcapNg<Vec<u8>>,
+    out: PcapNg<PcapBuf>,
     offset: Duration,
     max: usize,
     frames: [u64; 4],
@@ -377,23 +426,114 @@ impl Writer {
     }
 }
 
+/// The pcapng file of a capture: chunks of [`CHUNK`] bytes (the last one partly filled), each
+/// allocated once, at most the size the file can still use.
+#[derive(Debug, Default)]
+pub struct PcapBuf {
+    chunks: Vec<Vec<u8>>,
+    len: usize,
+    /// The size the file is held to (its writer checks); chunks are not allocated beyond it.
+    limit: usize,
+    /// [`CHUNK`]; smaller in tests.
+    chunk: usize,
+}
+
+impl PcapBuf {
+    /// An empty file that will hold at most about `limit` bytes.
+    pub fn new(limit: usize) -> PcapBuf {
+        PcapBuf {
+            chunks: Vec::new(),
+            len: 0,
+            limit,
+            chunk: CHUNK,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes allocated for the file.
+    pub fn capacity(&self) -> usize {
+        self.chunks.iter().map(Vec::capacity).sum()
+    }
+
+    /// The file in one buffer (a copy: for tests and small files).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.chunks.concat()
+    }
+
+    /// Length of the standard base64 text of the file.
+    pub fn base64_len(&self) -> usize {
+        self.len.div_ceil(3) * 4
+    }
+
+    /// Appends the file's standard base64 text to `out`, freeing each chunk once encoded.
+    pub fn base64_into(self, out: &mut Vec<u8>) {
+        out.reserve(self.base64_len());
+        // Every chunk but the last is full, and its size a multiple of 3.
+        for c in self.chunks {
+            base64_into(out, &c);
+        }
+    }
+}
+
+impl std::io::Write for PcapBuf {
+    fn write(&mut self, mut b: &[u8]) -> std::io::Result<usize> {
+        let n = b.len();
+        while !b.is_empty() {
+            let room = self.chunks.last().map_or(0, |c| self.chunk - c.len());
+            if room == 0 {
+                // Allocated once: a full chunk, or what is left under the limit (the writer
+                // stays under it; past it, the chunk grows as a Vec does).
+                let left = self.limit.saturating_sub(self.len);
+                let size = self.chunk.min(left.max(b.len()));
+                self.chunks.push(Vec::with_capacity(size));
+                continue;
+            }
+            let take = room.min(b.len());
+            if let Some(c) = self.chunks.last_mut() {
+                c.extend_from_slice(&b[..take]);
+            }
+            self.len += take;
+            b = &b[take..];
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/// Standard base64 with padding (the pcapng file in the `capture` answer).
-pub fn base64_encode(data: &[u8]) -> String {
-    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+/// Appends the standard base64 text (with padding) of `data` to `out`.
+fn base64_into(out: &mut Vec<u8>, data: &[u8]) {
+    out.reserve(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
         let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
         let v = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
         for i in 0..4 {
             if i <= c.len() {
-                s.push(B64[(v >> (18 - 6 * i) & 63) as usize] as char);
+                out.push(B64[(v >> (18 - 6 * i) & 63) as usize]);
             } else {
-                s.push('=');
+                out.push(b'=');
             }
         }
     }
-    s
+}
+
+/// Standard base64 with padding.
+pub fn base64_encode(data: &[u8]) -> String {
+    let mut s = Vec::new();
+    base64_into(&mut s, data);
+    // Only ASCII was written.
+    String::from_utf8(s).unwrap_or_default()
 }
 
 /// Decodes [`base64_encode`]'s output; `None` on anything else.
@@ -439,6 +579,32 @@ mod tests {
         }
     }
 
+    /// The chunks' base64 texts join into the base64 of the whole file, wherever the writes
+    /// and the chunk ends fall; no chunk is allocated past the limit.
+    #[test]
+    fn chunked_file_encodes_as_one() {
+        use std::io::Write;
+        for n in [0usize, 1, 5, 6, 7, 11, 12, 13, 40] {
+            let data: Vec<u8> = (0..n as u8).map(|x| x.wrapping_mul(77)).collect();
+            let mut b = PcapBuf::new(30);
+            b.chunk = 6;
+            for part in data.chunks(5) {
+                b.write_all(part).unwrap();
+            }
+            assert_eq!(b.to_vec(), data);
+            assert_eq!(b.len(), n);
+            if n <= 30 {
+                assert!(b.capacity() <= 30, "{n}: {}", b.capacity());
+            }
+            let mut out = b"x".to_vec();
+            let len = b.base64_len();
+            b.base64_into(&mut out);
+            assert_eq!(out.len(), 1 + len);
+            assert_eq!(&out[1..], base64_encode(&data).as_bytes(), "{n}");
+        }
+        assert!(CHUNK.is_multiple_of(3));
+    }
+
     #[test]
     fn params_are_checked() {
         assert!(Params::new(2.0, None, None).is_ok());
@@ -446,6 +612,13 @@ mod tests {
         assert_eq!(Params::new(f64::NAN, None, None).unwrap_err().0, "seconds");
         assert_eq!(Params::new(1.0, Some(10), None).unwrap_err().0, "snaplen");
         assert_eq!(Params::new(1.0, None, Some(1)).unwrap_err().0, "max_bytes");
+        assert!(Params::new(1.0, None, Some(MAX_MAX_BYTES)).is_ok());
+        assert_eq!(
+            Params::new(1.0, None, Some(MAX_MAX_BYTES + 1))
+                .unwrap_err()
+                .0,
+            "max_bytes"
+        );
     }
 
     /// Two "workers" record while a capture runs; every frame is either written or counted,
@@ -486,7 +659,7 @@ mod tests {
             "{out:?}"
         );
         assert!(cap.claim().is_some(), "released");
-        let t = crate::pcap::read_trace(&out.pcapng[..]).unwrap();
+        let t = crate::pcap::read_trace(&out.pcapng.to_vec()[..]).unwrap();
         assert_eq!(t.records.len() as u64, written);
         assert!(
             t.records
@@ -502,9 +675,86 @@ mod tests {
             "{first:?}"
         );
         assert!(out.pcapng.len() <= 1 << 20);
-        assert_eq!(
-            out.frames[Point::PlainRx as usize],
-            out.frames[Point::CipherTx as usize]
+        assert!(
+            out.pcapng.capacity() <= 1 << 20,
+            "allocated at most max_bytes"
         );
+        // Worker 0 records plain rx and cipher tx alternately: equal counts, but for what a
+        // full ring or the size limit cost (which of the two a drop hits depends on timing).
+        let (p, c) = (
+            out.frames[Point::PlainRx as usize],
+            out.frames[Point::CipherTx as usize],
+        );
+        assert!(
+            p.abs_diff(c) <= out.dropped_ring_full + out.dropped_size_limit,
+            "{out:?}"
+        );
+    }
+
+    /// Starts a capture of MAX_SECONDS on its own thread; returns once it runs.
+    fn start(cap: &Arc<Capture>, claim: Claim) -> std::thread::JoinHandle<(Outcome, Duration)> {
+        let p = Params::new(MAX_SECONDS, None, None).unwrap();
+        let t0 = Instant::now();
+        let h = std::thread::spawn(move || (Capture::run(claim, &p).unwrap(), t0.elapsed()));
+        while !cap.active() {
+            std::thread::yield_now();
+        }
+        h
+    }
+
+    /// Ends well before its MAX_SECONDS (a generous margin: the machine may be loaded).
+    fn ends_early(h: std::thread::JoinHandle<(Outcome, Duration)>) -> Outcome {
+        let (out, took) = h.join().unwrap();
+        assert!(
+            took < Duration::from_secs_f64(MAX_SECONDS / 3.0),
+            "{took:?}"
+        );
+        out
+    }
+
+    /// cancel() ends a running capture early, with its file, and frees the capture: a second
+    /// one starts (and a cancel from before a claim does not end the next capture).
+    #[test]
+    fn cancel_ends_a_capture_and_frees_it() {
+        let cap = Arc::new(Capture::new(1, "lan0", "wan0"));
+        let h = start(&cap, cap.claim().unwrap());
+        cap.ring(0)
+            .unwrap()
+            .record(Point::PlainRx, crate::now_ns(), &[7u8; 100]);
+        cap.cancel();
+        let out = ends_early(h);
+        assert_eq!(out.frames.iter().sum::<u64>(), 1, "{out:?}");
+        assert!(!cap.active());
+        cap.cancel();
+        let claim = cap.claim().expect("freed");
+        assert!(!claim.ended(), "an earlier cancel is not for this capture");
+        let h = start(&cap, claim);
+        assert!(cap.claim().is_none());
+        cap.cancel();
+        ends_early(h);
+        assert!(cap.claim().is_some());
+    }
+
+    /// The daemon's stop flag ends a running capture and every later one at once.
+    #[test]
+    fn the_stop_flag_ends_a_capture() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cap = Arc::new(Capture::new(2, "lan0", "wan0").stops_with(stop.clone()));
+        let h = start(&cap, cap.claim().unwrap());
+        stop.store(true, Ordering::Release);
+        ends_early(h);
+        let claim = cap.claim().expect("freed");
+        assert!(claim.ended(), "a stopped daemon captures nothing more");
+    }
+
+    /// A claim's own flag (its client hung up) ends that capture.
+    #[test]
+    fn a_hangup_ends_its_capture() {
+        let gone = Arc::new(AtomicBool::new(false));
+        let cap = Arc::new(Capture::new(1, "lan0", "wan0"));
+        let h = start(&cap, cap.claim().unwrap().ends_when(gone.clone()));
+        gone.store(true, Ordering::Release);
+        ends_early(h);
+        assert!(cap.claim().is_some());
     }
 }
