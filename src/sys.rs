@@ -217,24 +217,7 @@ pub fn set_socket_option(
 
 /// The uid of the process at the other end of a Unix socket (SO_PEERCRED).
 pub fn peer_uid(s: &impl std::os::fd::AsRawFd) -> Option<u32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the fd is open while
-    // `s` is borrowed.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            &mut cred as *mut libc::ucred as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    (r == 0).then_some(cred.uid)
+    peer_cred(s).map(|(uid, _)| uid)
 }
 
 /// The uid and pid of the process at the other end of a Unix socket (SO_PEERCRED).
