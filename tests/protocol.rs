@@ -850,7 +850,6 @@ fn every_op_round_trips_with_the_documented_answer() {
         .path(espd::datapath::Path::Outbound)
         .tx_bytes
         .add(1500);
-    cores[0].rx_packets.add(3);
     cores[1].drop(espd::datapath::DropReason::Replay);
     cores[0].drop(espd::datapath::DropReason::Integrity);
     let dp = rt(&mut a, json!({"op": "stats"}))["dataplane"].clone();

@@ -97,25 +97,25 @@ impl MetricsSource {
             "espd_rx_packets_total",
             "counter",
             "Frames received by the workers.",
-            per_core(&|c| c.rx_packets.get()),
+            per_core(&|c| c.rx_packets()),
         );
         metric(
             "espd_rx_bytes_total",
             "counter",
             "Bytes received by the workers.",
-            per_core(&|c| c.rx_bytes.get()),
+            per_core(&|c| c.rx_bytes()),
         );
         metric(
             "espd_tx_packets_total",
             "counter",
             "Frames transmitted by the workers.",
-            per_core(&|c| c.tx_packets.get()),
+            per_core(&|c| c.tx_packets()),
         );
         metric(
             "espd_tx_bytes_total",
             "counter",
             "Bytes transmitted by the workers.",
-            per_core(&|c| c.tx_bytes.get()),
+            per_core(&|c| c.tx_bytes()),
         );
         let per_path = |f: &dyn Fn(&crate::datapath::PathStats) -> u64| -> Vec<(String, u64)> {
             let mut v = Vec::new();

@@ -155,10 +155,10 @@ impl DataplaneStats {
             s.drops_by_reason.insert(r.name(), 0);
         }
         for c in cores {
-            s.rx_packets += c.rx_packets.get();
-            s.rx_bytes += c.rx_bytes.get();
-            s.tx_packets += c.tx_packets.get();
-            s.tx_bytes += c.tx_bytes.get();
+            s.rx_packets += c.rx_packets();
+            s.rx_bytes += c.rx_bytes();
+            s.tx_packets += c.tx_packets();
+            s.tx_bytes += c.tx_bytes();
             for (p, sum) in [
                 (Path::Inbound, &mut s.inbound),
                 (Path::Outbound, &mut s.outbound),

@@ -609,10 +609,10 @@ impl Summary {
     fn add_cores(&mut self, stats: &[CoreStats]) {
         let s = self;
         for c in stats.iter() {
-            s.rx_packets += c.rx_packets.get();
-            s.rx_bytes += c.rx_bytes.get();
-            s.tx_packets += c.tx_packets.get();
-            s.tx_bytes += c.tx_bytes.get();
+            s.rx_packets += c.rx_packets();
+            s.rx_bytes += c.rx_bytes();
+            s.tx_packets += c.tx_packets();
+            s.tx_bytes += c.tx_bytes();
             s.punted += c.punted.get();
             s.bypassed += c.bypassed.get();
             s.prefragmented += c.prefragmented.get();
@@ -682,8 +682,8 @@ fn spawn_seq_saver(
 fn totals(stats: &[CoreStats]) -> (u64, u64, u64) {
     stats.iter().fold((0, 0, 0), |(r, t, d), c| {
         (
-            r + c.rx_packets.get(),
-            t + c.tx_packets.get(),
+            r + c.rx_packets(),
+            t + c.tx_packets(),
             d + c.drops.iter().map(|x| x.get()).sum::<u64>(),
         )
     })

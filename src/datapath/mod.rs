@@ -177,11 +177,8 @@ pub enum Path {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct CoreStats {
-    pub rx_packets: Counter,
-    pub rx_bytes: Counter,
-    pub tx_packets: Counter,
-    pub tx_bytes: Counter,
-    /// The same split by path: `paths[Path::Inbound as usize]`, `paths[Path::Outbound as usize]`.
+    /// Frames and bytes received and sent, by path: `paths[Path::Inbound as usize]`,
+    /// `paths[Path::Outbound as usize]` (the core's totals are their sums: [`CoreStats::rx_packets`]).
     pub paths: [PathStats; 2],
     pub punted: Counter,
     /// Packets a bypass policy (or the default policy `bypass`) forwarded in the clear.
@@ -208,6 +205,20 @@ impl CoreStats {
     #[inline]
     pub fn path(&self, p: Path) -> &PathStats {
         &self.paths[p as usize]
+    }
+    /// Frames received on both paths.
+    pub fn rx_packets(&self) -> u64 {
+        self.paths.iter().map(|p| p.rx_packets.get()).sum()
+    }
+    pub fn rx_bytes(&self) -> u64 {
+        self.paths.iter().map(|p| p.rx_bytes.get()).sum()
+    }
+    /// Frames handed to a tx ring on both paths.
+    pub fn tx_packets(&self) -> u64 {
+        self.paths.iter().map(|p| p.tx_packets.get()).sum()
+    }
+    pub fn tx_bytes(&self) -> u64 {
+        self.paths.iter().map(|p| p.tx_bytes.get()).sum()
     }
     #[inline]
     pub fn drop(&self, r: DropReason) {

@@ -323,7 +323,11 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
                     &mut frames,
                     acts,
                     if from_plain { &cipher_l2 } else { &plain_l2 },
-                    stats,
+                    stats.path(if from_plain {
+                        super::Path::Outbound
+                    } else {
+                        super::Path::Inbound
+                    }),
                 );
             } else if from_plain {
                 pipe.outbound_with(&mut frames, now, acts, &mut xsk, &mut extra);
@@ -462,7 +466,7 @@ fn capture_tx(
 }
 
 /// The crypto-off baseline: forward frames unchanged between the interfaces (new MACs only).
-fn forward_plain(frames: &mut [XskFrame], acts: &mut [Action], l2: &L2, stats: &CoreStats) {
+fn forward_plain(frames: &mut [XskFrame], acts: &mut [Action], l2: &L2, stats: &super::PathStats) {
     for (f, a) in frames.iter_mut().zip(acts.iter_mut()) {
         let (off, len) = (f.offset(), f.len());
         stats.rx_packets.add(1);
