@@ -218,7 +218,7 @@ struct Opened<'g> {
 /// workers share an inbound SA, its window's lines move between cores once per block
 /// instead of once per packet. A packet whose number is refused (a duplicate, also of an
 /// earlier packet of the run, or too old) is dropped as `replay` and leaves `opened`.
-fn commit_replay(opened: &mut [Option<Opened<'_>>; 64], acts: &mut [Action], core: usize) {
+fn commit_replay(opened: &mut [Option<Opened<'_>>], acts: &mut [Action], core: usize) {
     let mut i = 0;
     while i < opened.len() {
         let Some(first) = opened[i] else {
@@ -350,8 +350,6 @@ impl<'a> Pipeline<'a> {
                 }
             }
             for ((f, a), hint) in fs.iter_mut().zip(acts.iter_mut()).zip(hints) {
-                self.stats.rx_packets.add(1);
-                self.stats.rx_bytes.add(f.len() as u64);
                 let path = self.stats.path(Path::Outbound);
                 path.rx_packets.add(1);
                 path.rx_bytes.add(f.len() as u64);
@@ -397,8 +395,6 @@ impl<'a> Pipeline<'a> {
             // finish. Numbers of one SA and block commit together (see `commit_replay`).
             let mut opened: [Option<Opened<'_>>; 64] = [None; 64];
             for ((f, a), o) in fs.iter_mut().zip(acts.iter_mut()).zip(opened.iter_mut()) {
-                self.stats.rx_packets.add(1);
-                self.stats.rx_bytes.add(f.len() as u64);
                 let path = self.stats.path(Path::Inbound);
                 path.rx_packets.add(1);
                 path.rx_bytes.add(f.len() as u64);
@@ -407,7 +403,7 @@ impl<'a> Pipeline<'a> {
                     Err(done) => *a = done,
                 }
             }
-            commit_replay(&mut opened, acts, self.core);
+            commit_replay(&mut opened[..fs.len()], acts, self.core);
             for ((f, a), o) in fs.iter_mut().zip(acts.iter_mut()).zip(opened) {
                 if let Some(o) = o {
                     *a = self.inbound_finish(f, &o, now, spd, &guard);
@@ -448,8 +444,6 @@ impl<'a> Pipeline<'a> {
     fn account<F: FrameMut>(&self, f: &F, a: Action, path: Path) {
         match a {
             Action::Tx | Action::TxBack => {
-                self.stats.tx_packets.add(1);
-                self.stats.tx_bytes.add(f.len() as u64);
                 let p = self.stats.path(path);
                 p.tx_packets.add(1);
                 p.tx_bytes.add(f.len() as u64);
@@ -760,8 +754,6 @@ impl<'a> Pipeline<'a> {
             match sealed {
                 Ok((eth, len)) => {
                     extra[at].set(eth, len);
-                    self.stats.tx_packets.add(1);
-                    self.stats.tx_bytes.add(len as u64);
                     let p = self.stats.path(Path::Outbound);
                     p.tx_packets.add(1);
                     p.tx_bytes.add(len as u64);
