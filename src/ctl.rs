@@ -1006,7 +1006,7 @@ pub mod table {
 /// same folder (O_EXCL|O_NOFOLLOW, so never someone else's file or a symlink), synced, then
 /// renamed over `path`. A file already at `path`, whoever created it and whatever its mode, is
 /// replaced, never reused; a symlink there is replaced, not followed.
-fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = match path.parent() {

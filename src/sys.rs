@@ -111,13 +111,7 @@ pub fn is_root() -> bool {
 
 /// CLOCK_MONOTONIC in microseconds (systemd's `MONOTONIC_USEC=` in a reload notification).
 pub fn monotonic_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+    monotonic_ns() / 1_000
 }
 
 /// Borrows a raw descriptor owned elsewhere.

@@ -444,11 +444,6 @@ impl Control {
         self.from_file.notifier = Some(notifier);
     }
 
-    /// The config the running state came from (the file last loaded).
-    pub fn config_file(&self) -> &Path {
-        &self.from_file.config.file
-    }
-
     /// Reads `path` (default: the file last loaded) and applies its difference; refused as a
     /// whole when something in it needs a restart or cannot change live. The file becomes the
     /// one later reloads read.

@@ -116,16 +116,9 @@ pub struct Rig {
 pub const SPI_AB: u32 = 0x0000_a001;
 pub const SPI_BA: u32 = 0x0000_b001;
 
-/// Writes `data` to `path`, owner-only (0600) from the moment it exists: keys and PSKs.
+/// Writes `data` to `path` as a new owner-only (0600) file: keys and PSKs ([`crate::ctl::write_private`]).
 pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    std::io::Write::write_all(&mut f, data)
+    crate::ctl::write_private(path, data).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 pub(crate) fn random_hex(n: usize) -> String {

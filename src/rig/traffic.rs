@@ -157,11 +157,7 @@ pub fn udp_recv(
                     None => r.corrupt += 1,
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if timed_out(&e) => {}
             Err(e) => return Err(e),
         }
     }
@@ -248,6 +244,14 @@ pub fn tcp_recv(bind: SocketAddr, expect: u64, timeout: Duration) -> std::io::Re
         ok: ok && off == expect,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// A receive that ended on its timeout (the socket's read timeout), not on an error.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 #[cfg(test)]
@@ -574,11 +578,7 @@ pub fn echo(
                     r.echoed += 1;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if timed_out(&e) => {}
             Err(e) => return Err(e),
         }
     }
@@ -695,12 +695,7 @@ pub fn rr(
                     _ => r.late += 1,
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if timed_out(&e) => {
                 // Give up on requests older than the timeout.
                 let now = crate::sys::monotonic_ns();
                 let t = timeout.as_nanos() as u64;
