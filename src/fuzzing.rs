@@ -3129,3 +3129,39 @@ pub fn ike_engine(data: &[u8]) -> IkeEngineRun {
     w.pump();
     w.run
 }
+
+/// Arbitrary bytes as a capture file (`espd pcap`'s reader: classic pcap in either byte order
+/// and resolution, or pcapng). Whatever reads must write back and read again to the same
+/// frames and times. Returns how many frames the input held (for the corpus replay).
+pub fn capture_file(data: &[u8]) -> usize {
+    let Ok(t) = crate::pcap::read_trace(data) else {
+        return 0;
+    };
+    let mut out = Vec::new();
+    crate::pcap::write_trace(
+        &mut out,
+        t.resolution,
+        t.records.iter().map(|r| (r.ts, &r.data[..])),
+    )
+    .expect("espd writes what it read");
+    let back = crate::pcap::read_trace(&out[..]).expect("espd reads what it wrote");
+    assert_eq!(back.records.len(), t.records.len());
+    // A microsecond file keeps times to the microsecond (a pcapng interface with a binary
+    // resolution such as 2^-10 s has finer fractions that a µs file cannot hold).
+    let unit = match t.resolution {
+        crate::pcap::Resolution::Micro => std::time::Duration::from_micros(1),
+        crate::pcap::Resolution::Nano => std::time::Duration::from_nanos(1),
+    };
+    for (a, b) in t.records.iter().zip(&back.records) {
+        assert_eq!(a.data, b.data);
+        assert!(a.ts.abs_diff(b.ts) < unit, "{:?} became {:?}", a.ts, b.ts);
+    }
+    t.records.len()
+}
+
+/// Arbitrary bytes as one rtnetlink datagram (the next-hop thread's neighbour and link
+/// messages). Never panics; every message is a change, DONE, an error or counted malformed.
+/// Returns how many changes it held (for the corpus replay).
+pub fn netlink(data: &[u8]) -> usize {
+    crate::daemon::l2::parse(data).changes.len()
+}

@@ -147,3 +147,19 @@ fn ike_engine_every_configuration_starts() {
     assert_eq!(children.iter().filter(|c| **c == 2).count(), 16);
     assert_eq!(children.iter().filter(|c| **c == 4).count(), 16);
 }
+
+#[test]
+fn capture_file_corpus() {
+    let mut frames = 0;
+    let n = replay("capture_file", |d| frames += espd::fuzzing::capture_file(d));
+    assert!(n >= 3, "the seed corpus is missing");
+    assert!(frames > 0, "no seed read as a capture file");
+}
+
+#[test]
+fn netlink_corpus() {
+    let n = replay("netlink", |d| {
+        espd::fuzzing::netlink(d);
+    });
+    assert!(n >= 1, "the seed corpus is missing");
+}
