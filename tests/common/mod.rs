@@ -305,3 +305,30 @@ pub fn new_policy(src: &str, dst: &str, action: NewAction) -> NewPolicy {
 pub fn protect(name: &str) -> NewAction {
     NewAction::Protect(name.to_string())
 }
+
+/// A key‖salt of `len` bytes, each in 0xa0..=0xff: no run of its hex digits can be mistaken
+/// for an SPI, a cookie or a decimal number in an answer.
+pub fn secret(n: u8, len: usize) -> String {
+    // xorshift64, seeded by `n`: different keys share no run of bytes.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(n);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{:02x}", 0xa0 + x % 0x60)
+        })
+        .collect()
+}
+
+/// An answer that contains 4 consecutive bytes of one of `keys` (hex, either case).
+pub fn leaked<'k>(answer: &str, keys: &'k [String]) -> Option<&'k str> {
+    let text = answer.to_ascii_lowercase();
+    keys.iter()
+        .find(|k| {
+            (0..=k.len() - 8)
+                .step_by(2)
+                .any(|i| text.contains(&k[i..i + 8]))
+        })
+        .map(String::as_str)
+}
