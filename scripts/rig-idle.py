@@ -13,7 +13,7 @@ alike), it starts both gateways with `dataplane.idle = STRATEGY` and measures:
   - with --flood, the packets per second delivered under a 3 s flood.
 Prints one JSON line per measurement and, at the end, a table of medians with min..max.
 `base` as a strategy runs the gateways of --base-espd (a binary from before the knob) with no
-`idle` key.
+`idle` key. `STRATEGY+cN` adds `coalesce_us = N` (e.g. `sleep+c200`).
 Gateway A's worker runs on core 0, gateway B's on core 1 (--same-core: both on core 0, as
 `espd rig up --queues 1` writes them).
 """
@@ -43,10 +43,14 @@ def netns(ns, *args, **kw):
 def write_config(src, dst, strategy, spin_us, core):
     text = open(src).read()
     extra = ""
+    # `sleep+c200`: idle = "sleep" with coalesce_us = 200 (wake-up coalescing).
+    strategy, _, coalesce = strategy.partition("+c")
     if strategy != "base":
         extra = f'idle = "{strategy}"\n'
-        if spin_us is not None:
+        if spin_us is not None and strategy != "sleep":
             extra += f"spin_us = {spin_us}\n"
+        if coalesce:
+            extra += f"coalesce_us = {int(coalesce)}\n"
     text = re.sub(r"cores = \[[0-9, ]*\]", f"cores = [{core}]", text, count=1)
     text = text.replace("[dataplane]\n", "[dataplane]\n" + extra, 1)
     # Each gateway's metrics on its own loopback: not needed here.
@@ -225,7 +229,7 @@ def main():
                 finally:
                     rec["summaries"] = [
                         {k: v for k, v in x.items()
-                         if k in ("idle", "spin_us", "idle_sleeps", "seconds", "rx_packets", "tx_packets", "drops_by_reason",
+                         if k in ("idle", "spin_us", "idle_sleeps", "coalesce_us", "coalesced_sleeps", "seconds", "rx_packets", "tx_packets", "drops_by_reason",
                                   "tx_ring_full", "kernel_rx_dropped")}
                         for x in gws.stop()]
                 print(json.dumps(rec), flush=True)

@@ -111,6 +111,7 @@ struct RawDataplane {
     state_file: Option<PathBuf>,
     idle: Option<String>,
     spin_us: Option<u32>,
+    coalesce_us: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -1068,8 +1069,9 @@ impl Config {
             }
         };
         let icmp_rate = d.icmp_rate.unwrap_or(1000);
-        let idle = crate::datapath::worker::Idle::parse(d.idle.as_deref(), d.spin_us)
-            .map_err(|(key, reason)| cx.err(key, reason))?;
+        let idle =
+            crate::datapath::worker::Idle::parse(d.idle.as_deref(), d.spin_us, d.coalesce_us)
+                .map_err(|(key, reason)| cx.err(key, reason))?;
 
         let ifs = raw.interfaces.ok_or_else(|| {
             cx.err(

@@ -653,3 +653,11 @@ mod hung_up_tests {
         assert!(super::hung_up(&a));
     }
 }
+
+/// Sets the calling thread's timer slack (`PR_SET_TIMERSLACK`): how late the kernel may end
+/// its timed sleeps to merge wake-ups (50 µs by default). Errors are ignored: the sleeps are
+/// then only longer.
+pub fn set_timer_slack_ns(ns: u64) {
+    // SAFETY: PR_SET_TIMERSLACK takes an unsigned long by value and touches no memory.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, ns as libc::c_ulong, 0, 0, 0) };
+}

@@ -212,7 +212,16 @@ fn idle_strategy_defaults_parses_and_names_the_field() {
     let bp = parse("idle = \"busy_poll\"\nspin_us = 200\n").unwrap();
     assert_eq!((bp.strategy, bp.spin_us), (IdleStrategy::BusyPoll, 200));
     assert_eq!(bp.to_string(), "busy_poll 200 µs");
+    let co = parse("coalesce_us = 200\n").unwrap();
+    assert_eq!((co.strategy, co.coalesce_us), (IdleStrategy::Sleep, 200));
+    assert_eq!(co.to_string(), "sleep, coalesce 200 µs");
+    assert_eq!(parse("").unwrap().coalesce_us, 0);
     for (extra, want) in [
+        (
+            "coalesce_us = 1001\n",
+            "gw.toml: dataplane.coalesce_us: 1001 is more than 1000",
+        ),
+        ("coalesce_us = -1\n", "gw.toml: line "),
         (
             "idle = \"poll\"\n",
             "gw.toml: dataplane.idle: `poll` is not sleep, spin or busy_poll",
@@ -233,4 +242,46 @@ fn idle_strategy_defaults_parses_and_names_the_field() {
         let e = err(&base().replace("[dataplane]\n", &format!("[dataplane]\n{extra}")));
         assert!(e.starts_with(want), "{extra:?}: {e}");
     }
+}
+
+/// Wake-up coalescing turns on only after a full window at ≥ 2 frames per period, stays on
+/// while the rate holds, and turns off at the first window that spans a pause or a slower rate.
+#[test]
+fn coalescing_follows_the_receive_rate() {
+    use espd::datapath::worker::Density;
+    const MS: u64 = 1_000_000;
+    let c = 200_000; // 200 µs
+    let mut d = Density::default();
+    // 20k pps: 4 frames per 200 µs.
+    let mut t = 5 * MS;
+    d.observe(t, 1, c); // first window: since boot, a low rate
+    assert!(!d.dense());
+    for _ in 0..20 {
+        t += 50_000;
+        d.observe(t, 1, c);
+    }
+    assert!(d.dense(), "20k pps with 200 µs periods: coalesce");
+    // 5k pps: one frame per 200 µs, below MIN_BATCH.
+    for _ in 0..20 {
+        t += 200_000;
+        d.observe(t, 1, c);
+    }
+    assert!(!d.dense(), "5k pps: a wake-up per frame");
+    // Back to 20k pps, then a 50 ms pause: the first window after it is sparse.
+    for _ in 0..40 {
+        t += 50_000;
+        d.observe(t, 1, c);
+    }
+    assert!(d.dense());
+    t += 50 * MS;
+    d.observe(t, 1, c);
+    assert!(!d.dense(), "a pause ends coalescing at the next frame");
+    // A timed sleep that found nothing ends it at once too.
+    for _ in 0..40 {
+        t += 50_000;
+        d.observe(t, 1, c);
+    }
+    assert!(d.dense());
+    d.paused();
+    assert!(!d.dense());
 }

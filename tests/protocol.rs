@@ -859,6 +859,7 @@ fn every_op_round_trips_with_the_documented_answer() {
             "bad_descriptors",
             "bypassed",
             "checksums_completed",
+            "coalesced_sleeps",
             "drops",
             "drops_by_code",
             "drops_by_reason",

@@ -1,7 +1,9 @@
 //! The workers' idle strategies on the rig (issue 13): both gateways run with
 //! `dataplane.idle = "sleep"`, `"spin"` and `"busy_poll"` in turn; with each, UDP both ways at
 //! a light and a heavier fixed rate arrives complete (0 lost, 0 dropped), and the gateway
-//! reports the strategy it ran (startup log and stop summary). Not a timing test: the figures
+//! reports the strategy it ran (startup log and stop summary). A fourth run adds wake-up
+//! coalescing (`coalesce_us = 200`) to `sleep`: the same traffic arrives complete, and the
+//! steady 20k pps made the workers take timed sleeps. Not a timing test: the figures
 //! come from `scripts/rig-idle.py`. Root only (network namespaces, XDP); SKIPPED otherwise, a
 //! failure in CI.
 #![cfg(feature = "rig")]
@@ -34,8 +36,11 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-fn strategy(name: &str, lines: &str, spin_us: u64) {
-    let dir = std::env::temp_dir().join(format!("espd-rig-idle-{name}-{}", std::process::id()));
+fn strategy(name: &str, lines: &str, spin_us: u64, coalesce_us: u64) {
+    let dir = std::env::temp_dir().join(format!(
+        "espd-rig-idle-{name}-{coalesce_us}-{}",
+        std::process::id()
+    ));
     let r = Rig::up(RigSpec {
         queues: 1,
         xdp_mode: "native",
@@ -87,6 +92,14 @@ fn strategy(name: &str, lines: &str, spin_us: u64) {
     for s in [&sa, &sb] {
         assert_eq!(s["idle"], name, "{name}: summary names the strategy: {s}");
         assert_eq!(s["spin_us"], spin_us, "{s}");
+        assert_eq!(s["coalesce_us"], coalesce_us, "{s}");
+        // 20k pps both ways is 8 frames per 200 µs at each gateway: timed sleeps happen; with
+        // coalescing off there are none.
+        assert_eq!(
+            s["coalesced_sleeps"].as_u64() > Some(0),
+            coalesce_us > 0,
+            "{name}, coalesce_us = {coalesce_us}: {s}"
+        );
         assert_eq!(s["drops_by_code"], serde_json::json!({}), "no drops: {s}");
         assert_eq!(s["tx_ring_full"], 0, "{s}");
         assert_eq!(s["kernel_rx_dropped"], 0, "{s}");
@@ -105,7 +118,8 @@ fn every_idle_strategy_forwards_without_loss() {
     let Some(_rig_lock) = serial("every_idle_strategy_forwards_without_loss") else {
         return;
     };
-    strategy("sleep", "idle = \"sleep\"\n", 0);
-    strategy("spin", "idle = \"spin\"\nspin_us = 30\n", 30);
-    strategy("busy_poll", "idle = \"busy_poll\"\n", 50);
+    strategy("sleep", "idle = \"sleep\"\n", 0, 0);
+    strategy("spin", "idle = \"spin\"\nspin_us = 30\n", 30, 0);
+    strategy("busy_poll", "idle = \"busy_poll\"\n", 50, 0);
+    strategy("sleep", "idle = \"sleep\"\ncoalesce_us = 200\n", 0, 200);
 }

@@ -214,6 +214,10 @@ fn restart_changes(old: &Config, new: &Config) -> Vec<String> {
     field("dataplane.xdp_mode", old.xdp_mode != new.xdp_mode);
     field("dataplane.idle", old.idle.strategy != new.idle.strategy);
     field("dataplane.spin_us", old.idle.spin_us != new.idle.spin_us);
+    field(
+        "dataplane.coalesce_us",
+        old.idle.coalesce_us != new.idle.coalesce_us,
+    );
     field("dataplane.state_file", old.state_file != new.state_file);
     field(
         "dataplane.complete_checksums",

@@ -138,6 +138,7 @@ pub struct DataplaneStats {
     pub kernel_fill_empty: u64,
     pub bad_descriptors: u64,
     pub idle_sleeps: u64,
+    pub coalesced_sleeps: u64,
     /// Every drop, all reasons.
     pub drops: u64,
     /// Drops by reason name (every reason, zeros included).
@@ -180,6 +181,7 @@ impl DataplaneStats {
             s.kernel_fill_empty += c.kernel_fill_empty.get();
             s.bad_descriptors += c.bad_descs.get();
             s.idle_sleeps += c.idle_sleeps.get();
+            s.coalesced_sleeps += c.coalesced_sleeps.get();
             for r in DropReason::ALL {
                 let n = c.drops_of(r);
                 s.drops += n;

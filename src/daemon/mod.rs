@@ -103,6 +103,9 @@ pub struct Summary {
     pub spin_us: u32,
     /// Times a worker went to sleep with both rx rings empty.
     pub idle_sleeps: u64,
+    /// `dataplane.coalesce_us` (0: off) and the timed sleeps it took.
+    pub coalesce_us: u32,
+    pub coalesced_sleeps: u64,
     pub seconds: f64,
     pub rx_packets: u64,
     pub rx_bytes: u64,
@@ -592,6 +595,7 @@ fn tear_down(mut control: Control, r: Running, cfg: &Config, opts: &RunOptions) 
         null_crypto: opts.null_crypto,
         idle: cfg.idle.name(),
         spin_us: cfg.idle.spin_us,
+        coalesce_us: cfg.idle.coalesce_us,
         seconds: r.start.elapsed().as_secs_f64(),
         soft_events: soft,
         hard_events: hard,
@@ -619,6 +623,7 @@ impl Summary {
             s.icmp_sent += c.icmp_sent.get();
             s.tx_ring_full += c.tx_ring_full.get();
             s.idle_sleeps += c.idle_sleeps.get();
+            s.coalesced_sleeps += c.coalesced_sleeps.get();
             s.kernel_rx_dropped += c.kernel_rx_dropped.get();
             s.events_dropped += c.events_dropped.get();
             for r in DropReason::ALL {

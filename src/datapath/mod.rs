@@ -197,6 +197,8 @@ pub struct CoreStats {
     pub bad_descs: Counter,
     /// Times the worker went to sleep in poll(2) with both rx rings empty.
     pub idle_sleeps: Counter,
+    /// Timed sleeps of `dataplane.coalesce_us` while traffic was dense (wake-up coalescing).
+    pub coalesced_sleeps: Counter,
     pub drops: [Counter; DropReason::ALL.len()],
 }
 

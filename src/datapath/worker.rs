@@ -139,12 +139,19 @@ pub enum IdleStrategy {
     BusyPoll,
 }
 
-/// The idle strategy and its spin time, validated (`dataplane.idle`, `dataplane.spin_us`).
+/// The idle strategy, its spin time and wake-up coalescing, validated (`dataplane.idle`,
+/// `dataplane.spin_us`, `dataplane.coalesce_us`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Idle {
     pub strategy: IdleStrategy,
     /// Spin (or busy-poll) time after the last frame before sleeping; 0 with `Sleep`.
     pub spin_us: u32,
+    /// Adaptive wake-up coalescing (0: off), like a NIC's adaptive interrupt moderation: while
+    /// the worker's receive rate brings at least [`Density::MIN_BATCH`] frames per
+    /// `coalesce_us`, a worker with empty rings sleeps `coalesce_us` on a timer instead of
+    /// being woken by the next frame, so each wake-up serves a batch. Below that rate (a
+    /// `ping`, a pause in traffic) it sleeps until the next frame as without coalescing.
+    pub coalesce_us: u32,
 }
 
 impl Idle {
@@ -152,6 +159,8 @@ impl Idle {
     pub const MAX_SPIN_US: u32 = 10_000;
     /// Default `spin_us` for `spin` and `busy_poll`; see the README (dataplane.spin_us).
     pub const DEFAULT_SPIN_US: u32 = 50;
+    /// Longest accepted `coalesce_us` (1 ms): the delay it may add to each traversal.
+    pub const MAX_COALESCE_US: u32 = 1_000;
 
     pub fn name(&self) -> &'static str {
         match self.strategy {
@@ -161,8 +170,13 @@ impl Idle {
         }
     }
 
-    /// Parses `dataplane.idle` and `dataplane.spin_us`; the error says which is wrong and why.
-    pub fn parse(idle: Option<&str>, spin_us: Option<u32>) -> Result<Idle, (&'static str, String)> {
+    /// Parses `dataplane.idle`, `dataplane.spin_us` and `dataplane.coalesce_us`; the error says
+    /// which is wrong and why.
+    pub fn parse(
+        idle: Option<&str>,
+        spin_us: Option<u32>,
+        coalesce_us: Option<u32>,
+    ) -> Result<Idle, (&'static str, String)> {
         let strategy = match idle.unwrap_or("sleep") {
             "sleep" => IdleStrategy::Sleep,
             "spin" => IdleStrategy::Spin,
@@ -192,7 +206,21 @@ impl Idle {
                 ));
             }
         };
-        Ok(Idle { strategy, spin_us })
+        let coalesce_us = coalesce_us.unwrap_or(0);
+        if coalesce_us > Self::MAX_COALESCE_US {
+            return Err((
+                "dataplane.coalesce_us",
+                format!(
+                    "{coalesce_us} is more than {} (µs; 0 turns coalescing off)",
+                    Self::MAX_COALESCE_US
+                ),
+            ));
+        }
+        Ok(Idle {
+            strategy,
+            spin_us,
+            coalesce_us,
+        })
     }
 }
 
@@ -201,6 +229,7 @@ impl Default for Idle {
         Idle {
             strategy: IdleStrategy::Sleep,
             spin_us: 0,
+            coalesce_us: 0,
         }
     }
 }
@@ -208,9 +237,59 @@ impl Default for Idle {
 impl std::fmt::Display for Idle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.strategy {
-            IdleStrategy::Sleep => f.write_str("sleep"),
-            _ => write!(f, "{} {} µs", self.name(), self.spin_us),
+            IdleStrategy::Sleep => f.write_str("sleep")?,
+            _ => write!(f, "{} {} µs", self.name(), self.spin_us)?,
         }
+        if self.coalesce_us > 0 {
+            write!(f, ", coalesce {} µs", self.coalesce_us)?;
+        }
+        Ok(())
+    }
+}
+
+/// The receive rate a worker sees, for wake-up coalescing (`dataplane.coalesce_us`): frames
+/// counted over windows of at least [`Density::WINDOW_NS`], updated only on passes that
+/// received frames (the clock is read there anyway).
+#[derive(Debug, Default)]
+pub struct Density {
+    start: u64,
+    frames: u64,
+    /// The last full window brought at least `MIN_BATCH` frames per coalescing period.
+    dense: bool,
+}
+
+impl Density {
+    /// A window: long enough to hold many coalescing periods, short enough to follow a change
+    /// of load within a millisecond or two.
+    pub const WINDOW_NS: u64 = 1_000_000;
+    /// Frames a timed sleep must be expected to collect: below two, a wake-up per frame costs
+    /// no more than the timer's.
+    pub const MIN_BATCH: u64 = 2;
+
+    /// Counts `n` frames received at `now`; closes the window when it is long enough. A window
+    /// that spans a pause (no frames for a while) shows a low rate, so coalescing stops at the
+    /// first pass after a pause.
+    #[inline]
+    pub fn observe(&mut self, now: u64, n: u64, coalesce_ns: u64) {
+        self.frames += n;
+        let elapsed = now.saturating_sub(self.start);
+        if elapsed >= Self::WINDOW_NS {
+            self.dense = self.frames.saturating_mul(coalesce_ns) >= Self::MIN_BATCH * elapsed;
+            self.start = now;
+            self.frames = 0;
+        }
+    }
+
+    /// Whether the next sleep should be a timed one.
+    #[inline]
+    pub fn dense(&self) -> bool {
+        self.dense
+    }
+
+    /// A timed sleep found nothing: traffic paused, wait for it with `poll` again.
+    #[inline]
+    pub fn paused(&mut self) {
+        self.dense = false;
     }
 }
 
@@ -289,16 +368,26 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
     let mut empty = 0u32;
     // busy_poll: whether each side's socket was checked for a NAPI id busy polling can reach.
     let mut napi_checked = [!busy_poll; 2];
+    // Wake-up coalescing: the receive rate, and whether the last sleep was a timed one.
+    let coalesce_ns = u64::from(spec.idle.coalesce_us) * 1000;
+    let mut density = Density::default();
+    let mut napped = false;
+    if coalesce_ns > 0 {
+        // Timed sleeps of tens of µs: the default 50 µs timer slack would double them.
+        crate::sys::set_timer_slack_ns(1_000);
+    }
     let ring = spec.capture.ring(spec.id);
     xsk.refill(2 * BATCH as usize);
     while !spec.stop.load(Ordering::Relaxed) {
         let mut now = 0u64;
         let mut capturing = None;
+        let mut received = 0u64;
         for from_plain in [true, false] {
             xsk.receive(from_plain, BATCH, &mut frames);
             if frames.is_empty() {
                 continue;
             }
+            received += frames.len() as u64;
             if now == 0 {
                 // Once per pass that received something: the clock and the MAC addresses.
                 now = crate::now_ns();
@@ -363,6 +452,10 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
             }
             last_rx = now;
             empty = 0;
+            if coalesce_ns > 0 {
+                density.observe(now, received, coalesce_ns);
+                napped = false;
+            }
             continue;
         }
         // Both rx rings empty. Frames still with the kernel (zero-copy completions, or a copy-
@@ -398,6 +491,19 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
         xsk.refill(2 * BATCH as usize);
         if xsk.rx_ready() {
             continue;
+        }
+        if coalesce_ns > 0 {
+            if napped {
+                // The last timed sleep brought nothing: the traffic paused.
+                density.paused();
+                napped = false;
+            } else if density.dense() && xsk.tx_outstanding() == 0 {
+                // Dense traffic: let a batch gather instead of being woken by its first frame.
+                stats.coalesced_sleeps.add(1);
+                napped = true;
+                std::thread::sleep(std::time::Duration::from_nanos(coalesce_ns));
+                continue;
+            }
         }
         stats.idle_sleeps.add(1);
         xsk.wait(if xsk.tx_outstanding() > 0 {
