@@ -53,6 +53,9 @@ pub struct BenchOptions {
     pub no_throughput: bool,
     pub out: PathBuf,
     pub compare: Option<PathBuf>,
+    /// TOML lines added to the `[dataplane]` section of the espd and null gateways (e.g.
+    /// `coalesce_us = 200`); empty: the rig's defaults.
+    pub dataplane: String,
 }
 
 impl Default for BenchOptions {
@@ -79,6 +82,7 @@ impl Default for BenchOptions {
             no_throughput: false,
             out: PathBuf::from("bench-out"),
             compare: None,
+            dataplane: String::new(),
         }
     }
 }
@@ -893,6 +897,19 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
         dir: o.out.join("rig"),
         ..Default::default()
     })?;
+    if !o.dataplane.is_empty() {
+        for cfg in [&rig.gw_a, &rig.gw_b] {
+            let text = std::fs::read_to_string(cfg)?;
+            let text = text.replacen(
+                "[dataplane]\n",
+                &format!("[dataplane]\n{}\n", o.dataplane),
+                1,
+            );
+            crate::config::Config::parse(cfg, &text)
+                .map_err(|e| anyhow::anyhow!("--dataplane: {e}"))?;
+            super::write_private(cfg, text.as_bytes())?;
+        }
+    }
     let charon = charon.unwrap_or_default();
     // Systems interleaved: every run measures every system in turn (ABCD ABCD ...), so a drift
     // of the machine over the bench hits all of them alike.
@@ -940,6 +957,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
             "rekey_ms": o.rekey_ms,
             "rekey_pps": o.rekey_pps,
             "workers_per_gateway": 1,
+            "espd_dataplane": o.dataplane,
             "cipher": "AES-GCM-128 (aws-lc-rs)",
             "wall_seconds": started.elapsed().as_secs_f64(),
         },
@@ -1245,6 +1263,13 @@ pub fn report_text(r: &Value) -> String {
         r["machine"]["cores"],
         r["machine"]["kernel"].as_str().unwrap_or("?"),
     );
+    if let Some(d) = c["espd_dataplane"].as_str().filter(|d| !d.is_empty()) {
+        let _ = writeln!(
+            s,
+            "espd and null gateways' [dataplane] additions: {}",
+            d.replace('\n', "; ")
+        );
+    }
     let rt = &c["rtt"];
     let _ = writeln!(
         s,

@@ -466,6 +466,10 @@ pub struct BenchArgs {
     /// Skip the throughput search and the flood (round trips and CPU only).
     #[arg(long)]
     pub no_throughput: bool,
+    /// TOML lines added to the [dataplane] section of the espd and null gateways, e.g.
+    /// 'coalesce_us = 200' or 'idle = "spin"' (checked like a config file before the run).
+    #[arg(long, default_value = "")]
+    pub dataplane: String,
     /// Rekey interval of the rekeys-under-load check (0: skip it).
     #[arg(long, default_value_t = 100)]
     pub rekey_ms: u64,
@@ -574,6 +578,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         rekey_pps: a.rekey_pps,
         out: a.out,
         compare: a.compare,
+        dataplane: a.dataplane,
     })?;
     Ok(())
 }
