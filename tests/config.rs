@@ -252,36 +252,36 @@ fn coalescing_follows_the_receive_rate() {
     const MS: u64 = 1_000_000;
     let c = 200_000; // 200 µs
     let mut d = Density::default();
-    // 20k pps: 4 frames per 200 µs.
     let mut t = 5 * MS;
-    d.observe(t, 1, c); // first window: since boot, a low rate
+    // `n` frames, one every `gap` ns.
+    let mut feed = |d: &mut Density, n: usize, gap: u64| {
+        for _ in 0..n {
+            t += gap;
+            d.observe(t, 1, c);
+        }
+    };
+    feed(&mut d, 1, 0); // the first window, since the clock's origin: a low rate
     assert!(!d.dense());
-    for _ in 0..20 {
-        t += 50_000;
-        d.observe(t, 1, c);
-    }
+    feed(&mut d, 20, 50_000); // 20k pps: 4 frames per 200 µs
     assert!(d.dense(), "20k pps with 200 µs periods: coalesce");
-    // 5k pps: one frame per 200 µs, below MIN_BATCH.
-    for _ in 0..20 {
-        t += 200_000;
-        d.observe(t, 1, c);
-    }
+    feed(&mut d, 20, 200_000); // 5k pps: 1 frame per 200 µs, below MIN_BATCH
     assert!(!d.dense(), "5k pps: a wake-up per frame");
-    // Back to 20k pps, then a 50 ms pause: the first window after it is sparse.
-    for _ in 0..40 {
-        t += 50_000;
-        d.observe(t, 1, c);
-    }
+    feed(&mut d, 40, 50_000);
     assert!(d.dense());
-    t += 50 * MS;
-    d.observe(t, 1, c);
+    feed(&mut d, 1, 50 * MS); // a 50 ms pause: the first window after it is sparse
     assert!(!d.dense(), "a pause ends coalescing at the next frame");
-    // A timed sleep that found nothing ends it at once too.
-    for _ in 0..40 {
-        t += 50_000;
-        d.observe(t, 1, c);
-    }
+    feed(&mut d, 40, 50_000);
     assert!(d.dense());
-    d.paused();
+    d.paused(); // a timed sleep that found nothing ends it at once too
     assert!(!d.dense());
+    // A pause in mid-window: 100k pps for 0.5 ms, an empty timed sleep, 3 ms later one ping.
+    // The window before the pause must not count: the ping is not coalesced.
+    feed(&mut d, 1, 0);
+    feed(&mut d, 50, 10_000);
+    d.paused();
+    feed(&mut d, 1, 3 * MS);
+    assert!(
+        !d.dense(),
+        "the traffic before a pause does not turn coalescing back on"
+    );
 }

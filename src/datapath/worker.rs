@@ -286,10 +286,12 @@ impl Density {
         self.dense
     }
 
-    /// A timed sleep found nothing: traffic paused, wait for it with `poll` again.
+    /// A timed sleep found nothing: traffic paused, wait for it with `poll` again, and measure
+    /// afresh (a window that still held the traffic before the pause could otherwise turn
+    /// coalescing back on at the next lone frame).
     #[inline]
     pub fn paused(&mut self) {
-        self.dense = false;
+        *self = Density::default();
     }
 }
 

@@ -467,7 +467,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_throughput: bool,
     /// TOML lines added to the [dataplane] section of the espd and null gateways, e.g.
-    /// 'coalesce_us = 200' or 'idle = "spin"' (checked like a config file before the run).
+    /// 'coalesce_us = 200' or 'idle = "spin"' (checked like a config file before the first
+    /// system starts).
     #[arg(long, default_value = "")]
     pub dataplane: String,
     /// Rekey interval of the rekeys-under-load check (0: skip it).
@@ -513,6 +514,10 @@ fn parse_sizes(what: &str, list: &str) -> anyhow::Result<Vec<usize>> {
 
 /// `espd bench`: checks the arguments, then runs the suite.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !a.ike || a.dataplane.is_empty(),
+        "--dataplane: not used by --ike (the swarm measures the IKE thread, not the workers)"
+    );
     if a.ike {
         let systems: Vec<String> = a
             .systems

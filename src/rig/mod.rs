@@ -230,8 +230,19 @@ impl Rig {
         // The wan namespace is a wire. With br_netfilter loaded (a container runtime loads it)
         // a new namespace's bridge would send every frame through the iptables, ip6tables and
         // arptables hooks: about 13 % of a gateway worker's CPU at 20k pps, spent in its own
-        // transmit call (veth delivers in the sender's softirq). Off, when the module is there.
-        for t in ["iptables", "ip6tables", "arptables"] {
+        // transmit call (veth delivers in the sender's softirq). Off, when the module is there
+        // and the switches are per namespace (Linux ≥ 5.3; before, they were the host's).
+        let per_netns = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .and_then(|r| {
+                let mut v = r.trim().split(['.', '-']).map(|x| x.parse::<u32>().ok());
+                Some((v.next()??, v.next()??))
+            })
+            .is_some_and(|v| v >= (5, 3));
+        for t in ["iptables", "ip6tables", "arptables"]
+            .into_iter()
+            .filter(|_| per_netns)
+        {
             let key = format!("/proc/sys/net/bridge/bridge-nf-call-{t}");
             ns(
                 "wan",
