@@ -116,6 +116,48 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether the request can change state (or hands out keys): those leave an audit line.
+    /// An exhaustive match, so a new request must be classified here to compile.
+    pub fn audited(&self) -> bool {
+        match self {
+            Request::SaGet { .. }
+            | Request::SaList { .. }
+            | Request::PolicyList {}
+            | Request::TunnelList {}
+            | Request::MmList {}
+            | Request::IkeList {}
+            | Request::Stats {}
+            | Request::Subscribe {} => false,
+            Request::AllocateSpi {}
+            | Request::SaAdd { .. }
+            | Request::SaAddBatch { .. }
+            | Request::SaUpdate { .. }
+            | Request::SaDelete { .. }
+            | Request::SaFlush { .. }
+            | Request::TunnelAdd { .. }
+            | Request::TunnelDelete { .. }
+            | Request::PolicyAdd(_)
+            | Request::PolicyAddBatch { .. }
+            | Request::PolicyDelete { .. }
+            | Request::Rekey { .. }
+            | Request::MmAdd { .. }
+            | Request::MmDelete { .. }
+            | Request::IkeInitiate { .. }
+            | Request::IkeTerminate { .. }
+            | Request::Load { .. }
+            | Request::SaExport {}
+            | Request::Capture { .. } => true,
+        }
+    }
+}
+
+/// Whether a request line leaves an audit line: as [`Request::audited`] says, and always when
+/// it does not parse (its op cannot be trusted to be read-only).
+pub fn audited(line: &str) -> bool {
+    serde_json::from_str::<Request>(line).map_or(true, |r| r.audited())
+}
+
 /// One policy (`policy_add`, an element of `policy_add_batch`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,7 +207,7 @@ pub fn deliver(ctl: &mut Control, msg: ApiMsg, now: u64) {
             // A capture answers from its own thread when it ends; audited once claimed or
             // refused, with that result.
             if let Some(started) = deferred(ctl, &line, closed) {
-                if let Some(a) = super::audit::Audit::of(&line) {
+                if let Some(a) = super::audit::Audit::of(&line).filter(|_| audited(&line)) {
                     a.log(peer, &started.as_ref().map(|_| ()).map_err(String::clone));
                 }
                 return match started {
@@ -199,9 +241,14 @@ pub fn handle_from(
     now: u64,
     peer: Option<super::audit::Peer>,
 ) -> Reply {
-    let audit = super::audit::Audit::of(line);
-    let req: Request = match serde_json::from_str(line) {
-        Ok(r) => r,
+    let mut audit = super::audit::Audit::of(line);
+    let req = match serde_json::from_str::<Request>(line) {
+        Ok(r) => {
+            if !r.audited() {
+                audit = None;
+            }
+            r
+        }
         Err(e) => {
             if let Some(a) = &audit {
                 // serde's message can quote values of the request: not in the log.
