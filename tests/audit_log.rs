@@ -25,20 +25,6 @@ fn gw(name: &str) -> Control {
     Control::new(&cfg, dp)
 }
 
-/// A writer for a test subscriber: everything logged lands in one buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Issue 12: every state-changing request leaves one audit line (target `espd::audit`) with
 /// who, what and the result; read-only ones leave none; no audit line holds key material.
 #[test]
@@ -73,7 +59,7 @@ fn state_changes_are_audited_without_keys() {
             let _ = handle_from(&mut a, &r.to_string(), S, peer);
         }
     });
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let text = buf.text();
     let lines: Vec<&str> = text.lines().filter(|l| l.contains("espd::audit")).collect();
     assert_eq!(lines.len(), 5, "{text}");
     for l in &lines {

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use espd::config::Config;
 use espd::control::Control;
 
@@ -33,19 +35,7 @@ fn cfg(text: &str) -> Config {
 /// says it succeeded.
 #[test]
 fn a_refused_capture_is_not_audited_as_ok() {
-    use std::sync::Mutex;
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buf = Buf::default();
+    let buf = common::Captured::default();
     let w = buf.clone();
     let sub = tracing_subscriber::fmt()
         .with_writer(move || w.clone())
@@ -69,7 +59,7 @@ fn a_refused_capture_is_not_audited_as_ok() {
     });
     let answer = rx.recv().unwrap().unwrap().to_string();
     assert!(answer.contains("\"ok\":false"), "{answer}");
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let log = buf.text();
     assert!(
         !log.contains("op=\"capture\"") || !log.contains("result=ok"),
         "answer {answer}, audit {log}"

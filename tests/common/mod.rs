@@ -332,3 +332,25 @@ pub fn leaked<'k>(answer: &str, keys: &'k [String]) -> Option<&'k str> {
         })
         .map(String::as_str)
 }
+
+/// A writer for a test subscriber (`tracing_subscriber::fmt().with_writer(move || w.clone())`):
+/// everything logged lands in one buffer.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// What was logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
