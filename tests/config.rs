@@ -284,4 +284,13 @@ fn coalescing_follows_the_receive_rate() {
         !d.dense(),
         "the traffic before a pause does not turn coalescing back on"
     );
+    // The sleep decision: timed sleeps while dense (and allowed), a poll(2) after a timed sleep
+    // that no frame followed, and none while something forbids it.
+    feed(&mut d, 40, 50_000);
+    assert!(!d.nap(false), "a transmission awaits completion: poll(2)");
+    assert!(d.nap(true));
+    feed(&mut d, 1, 200_000); // a frame came during the nap: keep coalescing
+    assert!(d.nap(true));
+    assert!(!d.nap(true), "a nap that brought nothing: poll(2)");
+    assert!(!d.dense() && !d.nap(true), "and measure afresh");
 }

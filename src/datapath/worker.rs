@@ -256,6 +256,8 @@ pub struct Density {
     frames: u64,
     /// The last full window brought at least `MIN_BATCH` frames per coalescing period.
     dense: bool,
+    /// The last sleep was a timed one and no frame has come since.
+    napped: bool,
 }
 
 impl Density {
@@ -272,6 +274,7 @@ impl Density {
     #[inline]
     pub fn observe(&mut self, now: u64, n: u64, coalesce_ns: u64) {
         self.frames += n;
+        self.napped = false;
         let elapsed = now.saturating_sub(self.start);
         if elapsed >= Self::WINDOW_NS {
             self.dense = self.frames.saturating_mul(coalesce_ns) >= Self::MIN_BATCH * elapsed;
@@ -292,6 +295,19 @@ impl Density {
     #[inline]
     pub fn paused(&mut self) {
         *self = Density::default();
+    }
+
+    /// Whether a worker whose rings are empty sleeps on a timer now (`may`: nothing forbids it,
+    /// e.g. no transmission awaits completion). A timed sleep followed by no frame is a pause:
+    /// the next sleep is in poll(2) and the rate is measured afresh.
+    #[inline]
+    pub fn nap(&mut self, may: bool) -> bool {
+        if self.napped {
+            self.paused();
+            return false;
+        }
+        self.napped = self.dense && may;
+        self.napped
     }
 }
 
@@ -373,7 +389,6 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
     // Wake-up coalescing: the receive rate, and whether the last sleep was a timed one.
     let coalesce_ns = u64::from(spec.idle.coalesce_us) * 1000;
     let mut density = Density::default();
-    let mut napped = false;
     if coalesce_ns > 0 {
         // Timed sleeps of tens of µs: the default 50 µs timer slack would double them.
         crate::sys::set_timer_slack_ns(1_000);
@@ -456,7 +471,6 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
             empty = 0;
             if coalesce_ns > 0 {
                 density.observe(now, received, coalesce_ns);
-                napped = false;
             }
             continue;
         }
@@ -494,18 +508,11 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
         if xsk.rx_ready() {
             continue;
         }
-        if coalesce_ns > 0 {
-            if napped {
-                // The last timed sleep brought nothing: the traffic paused.
-                density.paused();
-                napped = false;
-            } else if density.dense() && xsk.tx_outstanding() == 0 {
-                // Dense traffic: let a batch gather instead of being woken by its first frame.
-                stats.coalesced_sleeps.add(1);
-                napped = true;
-                std::thread::sleep(std::time::Duration::from_nanos(coalesce_ns));
-                continue;
-            }
+        if coalesce_ns > 0 && density.nap(xsk.tx_outstanding() == 0) {
+            // Dense traffic: let a batch gather instead of being woken by its first frame.
+            stats.coalesced_sleeps.add(1);
+            std::thread::sleep(std::time::Duration::from_nanos(coalesce_ns));
+            continue;
         }
         stats.idle_sleeps.add(1);
         xsk.wait(if xsk.tx_outstanding() > 0 {
