@@ -241,14 +241,14 @@ pub fn handle_from(
     now: u64,
     peer: Option<super::audit::Peer>,
 ) -> Reply {
-    let mut audit = super::audit::Audit::of(line);
-    let req = match serde_json::from_str::<Request>(line) {
-        Ok(r) => {
-            if !r.audited() {
-                audit = None;
-            }
-            r
-        }
+    let parsed = serde_json::from_str::<Request>(line);
+    // Read-only requests build no audit line at all.
+    let audit = match &parsed {
+        Ok(r) if !r.audited() => None,
+        _ => super::audit::Audit::of(line),
+    };
+    let req = match parsed {
+        Ok(r) => r,
         Err(e) => {
             if let Some(a) = &audit {
                 // serde's message can quote values of the request: not in the log.
