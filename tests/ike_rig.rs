@@ -41,6 +41,7 @@ fn ike_rig(name: &str, ike: IkeRig) -> Rig {
         dir: std::env::temp_dir().join(format!("espd-ike-{name}-{}", std::process::id())),
         lan_mtu: 1400,
         ike: Some(ike),
+        dataplane: String::new(),
     })
     .expect("rig up")
 }

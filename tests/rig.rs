@@ -742,6 +742,7 @@ fn non_df_ipv4_is_prefragmented_and_reassembled_far_side() {
         dir: std::env::temp_dir().join(format!("espd-rig-frag-{}", std::process::id())),
         lan_mtu: 1500,
         ike: None,
+        dataplane: String::new(),
     })
     .expect("rig up");
     for p in [&r.gw_a, &r.gw_b] {

@@ -183,3 +183,35 @@ fn bench_round_trips_agree_with_ping_and_the_report_has_every_figure() {
         "the rig outlived the bench"
     );
 }
+
+/// `--dataplane` lines are checked in the gateway configs before the rig is built: a bad line
+/// fails at once with the config's own error, naming the key, and nothing is set up (no root
+/// needed to see it).
+#[test]
+fn bad_dataplane_lines_fail_before_the_rig_is_built() {
+    let out = std::env::temp_dir().join(format!("espd-bench-dp-{}", std::process::id()));
+    for (lines, want) in [
+        (
+            "coalesce_us = 5000",
+            "dataplane.coalesce_us: 5000 is more than 1000",
+        ),
+        ("idle = \"nap\"", "dataplane.idle"),
+    ] {
+        let o = Command::new(EXE)
+            .args(["bench", "--systems", "espd", "--dataplane", lines, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{lines}: accepted");
+        assert!(
+            err.contains("--dataplane: ") && err.contains(want),
+            "{lines}: {err}"
+        );
+        assert!(
+            !out.join("rig").exists(),
+            "{lines}: the rig's files were written"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

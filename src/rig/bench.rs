@@ -895,21 +895,13 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Value> {
     let rig = Rig::up(RigSpec {
         queues: 1,
         dir: o.out.join("rig"),
+        dataplane: o.dataplane.clone(),
         ..Default::default()
+    })
+    .map_err(|e| match e {
+        super::RigError::Dataplane(m) => anyhow::anyhow!("--dataplane: {m}"),
+        e => e.into(),
     })?;
-    if !o.dataplane.is_empty() {
-        for cfg in [&rig.gw_a, &rig.gw_b] {
-            let text = std::fs::read_to_string(cfg)?;
-            let text = text.replacen(
-                "[dataplane]\n",
-                &format!("[dataplane]\n{}\n", o.dataplane),
-                1,
-            );
-            crate::config::Config::parse(cfg, &text)
-                .map_err(|e| anyhow::anyhow!("--dataplane: {e}"))?;
-            super::write_private(cfg, text.as_bytes())?;
-        }
-    }
     let charon = charon.unwrap_or_default();
     // Systems interleaved: every run measures every system in turn (ABCD ABCD ...), so a drift
     // of the machine over the bench hits all of them alike.
@@ -1438,6 +1430,23 @@ pub fn compare(new: &Value, old: &Value) -> String {
     let mut s = String::from(
         "\nchange against the earlier report (medians; CHANGED: the difference is bigger than the\nwider min–max spread of the two reports, else within noise):\n",
     );
+    // Settings that change what a figure means: a difference is said before the figures.
+    for k in [
+        "espd_dataplane",
+        "seconds",
+        "trial_seconds",
+        "workers_per_gateway",
+        "cipher",
+        "rtt",
+    ] {
+        let (o, n) = (&old["config"][k], &new["config"][k]);
+        if o != n {
+            let _ = writeln!(
+                s,
+                "  DIFFERENT SETUP: config.{k} was {o}, now {n}: figures it affects are not like for like"
+            );
+        }
+    }
     let mut found = 0;
     let mut line = |what: String, o: &Value, n: &Value| {
         if let Some((a, b, changed)) = change(o, n) {
@@ -1901,5 +1910,26 @@ mod tests {
             assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         }
         assert!(compare(&r, &r).starts_with("\nchange"));
+    }
+
+    /// `--compare` says when the two reports ran a different setup, and only then.
+    #[test]
+    fn compare_names_a_different_setup() {
+        let report = |dataplane: &str| {
+            json!({
+                "config": { "espd_dataplane": dataplane, "seconds": 2.0 },
+                "results": { "espd": { "rtt": { "p50_us": { "median": 40.0, "min": 38.0, "max": 45.0 } } } },
+            })
+        };
+        let (plain, coalesced) = (report(""), report("coalesce_us = 200"));
+        assert!(!compare(&plain, &plain).contains("DIFFERENT SETUP"));
+        let text = compare(&coalesced, &plain);
+        assert!(
+            text.contains(
+                "DIFFERENT SETUP: config.espd_dataplane was \"\", now \"coalesce_us = 200\""
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("DIFFERENT SETUP").count(), 1, "{text}");
     }
 }

@@ -467,8 +467,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_throughput: bool,
     /// TOML lines added to the [dataplane] section of the espd and null gateways, e.g.
-    /// 'coalesce_us = 200' or 'idle = "spin"' (checked like a config file before the first
-    /// system starts).
+    /// 'coalesce_us = 200' or 'idle = "spin"' (checked in the gateway configs before the rig
+    /// is built). `--compare` names a report that ran with other lines.
     #[arg(long, default_value = "")]
     pub dataplane: String,
     /// Rekey interval of the rekeys-under-load check (0: skip it).
