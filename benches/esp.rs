@@ -92,7 +92,11 @@ fn esp_encap(c: &mut Criterion) {
     }
 }
 
-/// ESP decap (tunnel, IPv4): ICV check, decrypt, replay window, trailer checks.
+/// ESP decap (tunnel, IPv4): ICV check, decrypt, replay window, trailer checks, through the
+/// library's one-packet API (`decap::decap`, whose replay step is `ReplayWindow::commit`).
+/// The workers' pipeline commits a batch's numbers together per SA and
+/// block (`ReplayWindow::commit_block`); `benches/pipeline.rs` and `benches/cores.rs` measure
+/// that path.
 fn esp_decap(c: &mut Criterion) {
     for backend in Backend::available() {
         let mut g = c.benchmark_group(format!("esp_decap/{backend}"));
