@@ -175,13 +175,30 @@ impl Control {
         if self.tunnels.iter().any(|t| t.name == tunnel.name) {
             return Err(ControlError::TunnelExists(tunnel.name));
         }
-        let used: Vec<u32> = self.tunnels.iter().map(|t| t.index).collect();
-        let index = (0..self.tunnel_capacity)
-            .find(|i| !used.contains(i))
+        let index = free_tunnel_slot(&self.tunnels, self.tunnel_capacity)
             .ok_or(ControlError::NoTunnelSlot(self.tunnel_capacity))?;
         self.tunnels.push(tunnel.into_tunnel(index));
         self.sync_tunnel_names();
         Ok(index)
+    }
+
+    /// Publishes `sa` as tunnel `t`'s outbound SA in one pointer store (the next packet uses
+    /// it: the rekey's and the reload's swap). The SA it replaces is unregistered and its
+    /// counts go to the tunnel's totals. Returns the SPI replaced.
+    pub(super) fn swap_outbound(&mut self, t: u32, sa: Sa) -> Result<Option<u32>> {
+        let spi = sa.spi;
+        let current = {
+            let g = epoch::pin();
+            self.dp.sas.outbound(t, &g).map(|s| s.spi)
+        };
+        let old = self.bank(current.map(|s| (s, Direction::Outbound)), || {
+            self.dp.sas.set_outbound(t, Some(sa))
+        })?;
+        if let Some(o) = old {
+            self.forget((o, Direction::Outbound));
+        }
+        self.register((spi, Direction::Outbound), t);
+        Ok(old)
     }
 
     /// Removes a tunnel with its SAs and its protect policies.
@@ -375,14 +392,7 @@ impl Control {
         }
         // 2. Swap the outbound pointer: the next packet uses the new SA.
         let new_spi = new_out.spi;
-        let current = self.outbound_spi(&r.tunnel);
-        let old = self.bank(current.map(|s| (s, Direction::Outbound)), || {
-            self.dp.sas.set_outbound(t, Some(new_out))
-        })?;
-        if let Some(o) = old {
-            self.forget((o, Direction::Outbound));
-        }
-        self.register((new_spi, Direction::Outbound), t);
+        let old = self.swap_outbound(t, new_out)?;
         // 3. The old inbound SA keeps accepting packets in flight for the grace period.
         if let Some(rs) = r.retire_inbound {
             self.retiring.push((now.saturating_add(grace_ns), rs));
@@ -612,6 +622,12 @@ impl Control {
             state: with_state.then(|| sa.state(now)),
         })
     }
+}
+
+/// The first tunnel index below `capacity` that no tunnel of `tunnels` holds: the slot
+/// [`Control::add_tunnel`] gives a new tunnel.
+pub(super) fn free_tunnel_slot(tunnels: &[crate::config::Tunnel], capacity: u32) -> Option<u32> {
+    (0..capacity).find(|i| !tunnels.iter().any(|t| t.index == *i))
 }
 
 #[cfg(test)]

@@ -531,9 +531,8 @@ impl Control {
     fn tunnels_after(&self, add: &[NewTunnel]) -> Vec<Tunnel> {
         let mut list = self.tunnels.clone();
         for t in add {
-            let index = (0..self.tunnel_capacity)
-                .find(|i| !list.iter().any(|x| x.index == *i))
-                .unwrap_or(u32::MAX);
+            let index =
+                super::ops::free_tunnel_slot(&list, self.tunnel_capacity).unwrap_or(u32::MAX);
             list.push(t.clone().into_tunnel(index));
         }
         list
@@ -1004,16 +1003,8 @@ impl Control {
         sa: crate::sa::Sa,
         now: u64,
     ) -> Result<Option<u32>> {
-        let spi = sa.spi;
-        let current = {
-            let g = crossbeam_epoch::pin();
-            self.dp.sas.outbound(t, &g).map(|s| s.spi)
-        };
-        let old = self.bank(current.map(|s| (s, Direction::Outbound)), || {
-            self.dp.sas.set_outbound(t, Some(sa))
-        })?;
+        let old = self.swap_outbound(t, sa)?;
         if let Some(o) = old {
-            self.forget((o, Direction::Outbound));
             self.emit(Event::SaRemoved {
                 spi: spi_str(o),
                 direction: "outbound",
@@ -1021,7 +1012,6 @@ impl Control {
                 time: Self::time(now),
             });
         }
-        self.register((spi, Direction::Outbound), t);
         {
             let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
             c.sas_installed += 1;
