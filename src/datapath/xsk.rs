@@ -706,6 +706,24 @@ impl Port {
 mod tests {
     use super::*;
 
+    /// The UMEM area is 2 MB aligned and a whole number of huge pages (so that transparent
+    /// huge pages can back it), whatever length is asked, and every byte is usable.
+    #[test]
+    fn umem_area_is_huge_page_aligned() {
+        for frames in [1usize, 512, 4096, 4097] {
+            let a = Area::new(frames * FRAME_SIZE as usize).unwrap();
+            assert_eq!(a.ptr.as_ptr() as usize % HUGE, 0, "{frames} frames");
+            assert!(a.len >= frames * FRAME_SIZE as usize && a.len % HUGE == 0);
+            let p = a.ptr.as_ptr();
+            // SAFETY: the first and last bytes lie inside the area's writable mapping.
+            unsafe {
+                p.write(1);
+                p.add(a.len - 1).write(2);
+                assert_eq!((p.read(), p.add(a.len - 1).read()), (1, 2));
+            }
+        }
+    }
+
     /// Issue 11, defect 12: every address the kernel hands back is checked against the UMEM
     /// before it becomes a pointer (defence in depth).
     #[test]
