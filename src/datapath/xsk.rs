@@ -712,8 +712,8 @@ mod tests {
     fn umem_area_is_huge_page_aligned() {
         for frames in [1usize, 512, 4096, 4097] {
             let a = Area::new(frames * FRAME_SIZE as usize).unwrap();
-            assert_eq!(a.ptr.as_ptr() as usize % HUGE, 0, "{frames} frames");
-            assert!(a.len >= frames * FRAME_SIZE as usize && a.len % HUGE == 0);
+            assert!((a.ptr.as_ptr() as usize).is_multiple_of(HUGE), "{frames} frames");
+            assert!(a.len >= frames * FRAME_SIZE as usize && a.len.is_multiple_of(HUGE));
             let p = a.ptr.as_ptr();
             // SAFETY: the first and last bytes lie inside the area's writable mapping.
             unsafe {
