@@ -451,7 +451,53 @@ unsafe impl<T: Default + Send> Send for HugeSlice<T> {}
 // SAFETY: as above; `&HugeSlice` only hands out `&[T]`.
 unsafe impl<T: Default + Sync> Sync for HugeSlice<T> {}
 
-const HUGE: usize = 2 << 20;
+/// Huge page size (x86-64 and aarch64 with 4 KB base pages).
+pub const HUGE: usize = 2 << 20;
+
+/// An anonymous private, writable mapping of `len` bytes rounded up to whole huge pages, 2 MB
+/// aligned and marked for transparent huge pages (`MADV_HUGEPAGE`) before any page is touched,
+/// so that the first touch of each 2 MB can find a huge page (advisory: where the kernel has
+/// none, the mapping is made of small pages and works the same). `flags` are added to
+/// `MAP_PRIVATE | MAP_ANONYMOUS`. Returns the start and the length; the caller unmaps it.
+pub fn map_huge(len: usize, flags: i32) -> std::io::Result<(std::ptr::NonNull<u8>, usize)> {
+    let map_len = len.max(1).div_ceil(HUGE) * HUGE;
+    let over = map_len + HUGE;
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
+    // result is checked against MAP_FAILED.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            over,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let start = raw as usize;
+    let aligned = start.next_multiple_of(HUGE);
+    // SAFETY: [start, aligned) and [aligned + map_len, start + over) lie inside the mapping
+    // just created and nothing refers to them; unmapping them trims it to the aligned part.
+    // madvise on the aligned part is advisory (an error only means no huge pages).
+    unsafe {
+        if aligned > start {
+            libc::munmap(raw, aligned - start);
+        }
+        let tail = start + over - (aligned + map_len);
+        if tail > 0 {
+            libc::munmap((aligned + map_len) as *mut libc::c_void, tail);
+        }
+        libc::madvise(aligned as *mut libc::c_void, map_len, libc::MADV_HUGEPAGE);
+    }
+    // SAFETY: mmap succeeded, so `aligned` (at or after its non-null start) is non-null.
+    Ok((
+        unsafe { std::ptr::NonNull::new_unchecked(aligned as *mut u8) },
+        map_len,
+    ))
+}
 
 impl<T: Default> HugeSlice<T> {
     pub fn new(len: usize) -> Self {
@@ -459,47 +505,17 @@ impl<T: Default> HugeSlice<T> {
         if bytes < HUGE || std::mem::align_of::<T>() > 4096 {
             return Self::heap(len);
         }
-        let map_len = bytes.div_ceil(HUGE) * HUGE;
-        let over = map_len + HUGE;
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
-        // result is checked against MAP_FAILED.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                over,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
+        let Ok((base, map_len)) = map_huge(bytes, libc::MAP_NORESERVE) else {
             return Self::heap(len);
-        }
-        let start = raw as usize;
-        let aligned = start.next_multiple_of(HUGE);
-        // SAFETY: [start, aligned) and [aligned + map_len, start + over) lie inside the mapping
-        // just created and nothing refers to them; unmapping them trims it to the aligned part.
-        // madvise on the aligned part is advisory (an error only means no huge pages).
-        unsafe {
-            if aligned > start {
-                libc::munmap(raw, aligned - start);
-            }
-            let tail = start + over - (aligned + map_len);
-            if tail > 0 {
-                libc::munmap((aligned + map_len) as *mut libc::c_void, tail);
-            }
-            libc::madvise(aligned as *mut libc::c_void, map_len, libc::MADV_HUGEPAGE);
-        }
-        let ptr = aligned as *mut T;
+        };
+        let ptr = base.as_ptr() as *mut T;
         for i in 0..len {
             // SAFETY: the mapping is page aligned (so aligned for T, align <= 4096), writable and
             // spans len * size_of::<T>() bytes; element i is in bounds and not yet initialised.
             unsafe { ptr.add(i).write(T::default()) };
         }
         Self {
-            // SAFETY: mmap succeeded, so `aligned` is non-null.
-            ptr: unsafe { std::ptr::NonNull::new_unchecked(ptr) },
+            ptr: base.cast(),
             len,
             map_len,
         }

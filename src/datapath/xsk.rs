@@ -62,54 +62,15 @@ struct Area {
     len: usize,
 }
 
-/// Huge page size (x86-64 and aarch64 with 4 KB base pages).
-const HUGE: usize = 2 << 20;
-
 impl Area {
     fn new(len: usize) -> io::Result<Area> {
-        let len = len.next_multiple_of(HUGE);
-        let over = len + HUGE;
-        // SAFETY: an anonymous private mapping with no address hint; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                over,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let start = p as usize;
-        let aligned = start.next_multiple_of(HUGE);
-        // SAFETY: [start, aligned) and [aligned + len, start + over) lie inside the mapping just
-        // made and nothing refers to them: unmapping them leaves the aligned part. madvise is
-        // advisory (an error only means small pages), and it comes before any page is touched
-        // so that the first touch of each 2 MB finds a huge page.
-        unsafe {
-            if aligned > start {
-                libc::munmap(p, aligned - start);
-            }
-            let tail = start + over - (aligned + len);
-            if tail > 0 {
-                libc::munmap((aligned + len) as *mut libc::c_void, tail);
-            }
-            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-        }
-        let base = aligned as *mut u8;
+        let (ptr, len) = crate::sys::map_huge(len, 0)?;
         // Fault the area in now (what MAP_POPULATE did), not on the first packets.
         for page in (0..len).step_by(4096) {
-            // SAFETY: `page` < `len`: inside the writable mapping [aligned, aligned + len).
-            unsafe { base.add(page).write_volatile(0) };
+            // SAFETY: `page` < `len`: inside the writable mapping [ptr, ptr + len).
+            unsafe { ptr.as_ptr().add(page).write_volatile(0) };
         }
-        Ok(Area {
-            // SAFETY: mmap succeeded and `aligned` >= its non-null start.
-            ptr: unsafe { NonNull::new_unchecked(base) },
-            len,
-        })
+        Ok(Area { ptr, len })
     }
 }
 
@@ -712,8 +673,8 @@ mod tests {
     fn umem_area_is_huge_page_aligned() {
         for frames in [1usize, 512, 4096, 4097] {
             let a = Area::new(frames * FRAME_SIZE as usize).unwrap();
-            assert!((a.ptr.as_ptr() as usize).is_multiple_of(HUGE), "{frames} frames");
-            assert!(a.len >= frames * FRAME_SIZE as usize && a.len.is_multiple_of(HUGE));
+            assert!((a.ptr.as_ptr() as usize).is_multiple_of(crate::sys::HUGE), "{frames} frames");
+            assert!(a.len >= frames * FRAME_SIZE as usize && a.len.is_multiple_of(crate::sys::HUGE));
             let p = a.ptr.as_ptr();
             // SAFETY: the first and last bytes lie inside the area's writable mapping.
             unsafe {
