@@ -13,7 +13,7 @@ cargo clippy --all-targets --no-default-features --features rustcrypto -- -D war
 echo "== cargo test"
 # Rig tests share one set of network namespaces; they take a lock and run one at a time.
 cargo test --lib --bins --tests -- --test-threads="${ESPD_TEST_THREADS:-2}"
-echo "== loom models of the lock-free protocols (replay window, SA table slots, rekey swap)"
+echo "== loom models of the lock-free protocols (replay window, SA table slots, rekey swap, capture rings)"
 # Every interleaving of 2-3 threads (bounded); only the loom_ tests may run with the feature.
 cargo test --release --features loom --lib loom_
 echo "== benchmarks, each run once as a test"

@@ -1,4 +1,5 @@
-//! Atomics used by the lock-free protocols (replay window, lifetime leases, SA slots).
+//! Atomics and queues used by the lock-free protocols (replay window, lifetime leases, SA
+//! slots, capture rings).
 //!
 //! Normally these are `std`'s. With the `loom` feature they are loom's, so the model tests
 //! (`cargo test --release --features loom --lib loom_`) explore every interleaving of the
@@ -14,3 +15,51 @@ pub use loom::thread;
 pub use std::sync::atomic;
 #[cfg(not(feature = "loom"))]
 pub use std::thread;
+
+/// The bounded lock-free queue (the capture rings). Under loom, crossbeam's `ArrayQueue` (not
+/// loom-aware) is replaced by [`loom_queue::ArrayQueue`], with the same API and capacity
+/// semantics, so the models explore espd's own flags and hand-offs around it.
+#[cfg(not(feature = "loom"))]
+pub use crossbeam_queue::ArrayQueue;
+#[cfg(feature = "loom")]
+pub use loom_queue::ArrayQueue;
+
+#[cfg(feature = "loom")]
+mod loom_queue {
+    use std::collections::VecDeque;
+
+    /// A `loom::sync::Mutex<VecDeque>` with `crossbeam_queue::ArrayQueue`'s `new`/`push`/
+    /// `pop`/`len`: each operation is one atomic step, as crossbeam's are linearizable.
+    pub struct ArrayQueue<T> {
+        q: loom::sync::Mutex<VecDeque<T>>,
+        cap: usize,
+    }
+
+    impl<T> ArrayQueue<T> {
+        pub fn new(cap: usize) -> Self {
+            assert!(cap > 0, "capacity must be non-zero");
+            Self {
+                q: loom::sync::Mutex::new(VecDeque::with_capacity(cap)),
+                cap,
+            }
+        }
+        /// `Err(value)` when full.
+        pub fn push(&self, value: T) -> Result<(), T> {
+            let mut q = self.q.lock().unwrap();
+            if q.len() == self.cap {
+                return Err(value);
+            }
+            q.push_back(value);
+            Ok(())
+        }
+        pub fn pop(&self) -> Option<T> {
+            self.q.lock().unwrap().pop_front()
+        }
+        pub fn len(&self) -> usize {
+            self.q.lock().unwrap().len()
+        }
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+    }
+}

@@ -8,7 +8,8 @@ pub mod worker;
 pub mod xdp;
 pub mod xsk;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 
 use crate::codes::{self, Code};
 
@@ -137,6 +138,7 @@ impl DropReason {
 }
 
 /// A counter with one writer (its core): increments are a load and a store, no atomic RMW.
+/// Loom's under the `loom` feature (the capture model reads `dropped_ring_full` through it).
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
 
