@@ -350,6 +350,7 @@ impl Capture {
                 &cap.interfaces(),
             )?,
             offset,
+            snaplen: p.snaplen as usize,
             max: p.max_bytes as usize,
             frames: [0; 4],
             over: 0,
@@ -458,6 +459,10 @@ mod clock {
 struct Writer {
     out: PcapNg<PcapBuf>,
     offset: Duration,
+    /// This capture's snap length. A slot of an earlier capture with a longer one (its worker
+    /// stalled past that capture's give-up, see [`GIVE_UP`]) is cut to it: the file never
+    /// holds a frame longer than its interfaces' snap length.
+    snaplen: usize,
     max: usize,
     frames: [u64; 4],
     over: u64,
@@ -466,7 +471,8 @@ struct Writer {
 impl Writer {
     fn write(&mut self, s: &Slot) -> std::io::Result<()> {
         // An enhanced packet block: 32 bytes, the data padded to 4, a 12-byte flags option.
-        let need = 48 + (s.len as usize).div_ceil(4) * 4;
+        let len = (s.len as usize).min(self.snaplen);
+        let need = 48 + len.div_ceil(4) * 4;
         if self.out_len() + need > self.max {
             self.over += 1;
             return Ok(());
@@ -476,7 +482,7 @@ impl Writer {
             self.offset + Duration::from_nanos(s.ts),
             s.orig_len,
             s.point.dir(),
-            &s.buf[..s.len as usize],
+            &s.buf[..len],
         )?;
         self.frames[s.point as usize] += 1;
         Ok(())

@@ -673,8 +673,13 @@ mod tests {
     fn umem_area_is_huge_page_aligned() {
         for frames in [1usize, 512, 4096, 4097] {
             let a = Area::new(frames * FRAME_SIZE as usize).unwrap();
-            assert!((a.ptr.as_ptr() as usize).is_multiple_of(crate::sys::HUGE), "{frames} frames");
-            assert!(a.len >= frames * FRAME_SIZE as usize && a.len.is_multiple_of(crate::sys::HUGE));
+            assert!(
+                (a.ptr.as_ptr() as usize).is_multiple_of(crate::sys::HUGE),
+                "{frames} frames"
+            );
+            assert!(
+                a.len >= frames * FRAME_SIZE as usize && a.len.is_multiple_of(crate::sys::HUGE)
+            );
             let p = a.ptr.as_ptr();
             // SAFETY: the first and last bytes lie inside the area's writable mapping.
             unsafe {
