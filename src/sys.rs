@@ -457,11 +457,23 @@ pub const HUGE: usize = 2 << 20;
 /// An anonymous private, writable mapping of `len` bytes rounded up to whole huge pages, 2 MB
 /// aligned and marked for transparent huge pages (`MADV_HUGEPAGE`) before any page is touched,
 /// so that the first touch of each 2 MB can find a huge page (advisory: where the kernel has
-/// none, the mapping is made of small pages and works the same). `flags` are added to
-/// `MAP_PRIVATE | MAP_ANONYMOUS`. Returns the start and the length; the caller unmaps it.
-pub fn map_huge(len: usize, flags: i32) -> std::io::Result<(std::ptr::NonNull<u8>, usize)> {
-    let map_len = len.max(1).div_ceil(HUGE) * HUGE;
-    let over = map_len + HUGE;
+/// none, the mapping is made of small pages and works the same). `noreserve`: no swap space
+/// is reserved (`MAP_NORESERVE`). Returns the start and the mapping's length; the caller
+/// unmaps it. A length too large to round up is `ENOMEM`.
+pub(crate) fn map_huge(
+    len: usize,
+    noreserve: bool,
+) -> std::io::Result<(std::ptr::NonNull<u8>, usize)> {
+    let (Some(map_len), true) = (
+        len.max(1).checked_next_multiple_of(HUGE),
+        len <= isize::MAX as usize,
+    ) else {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+    };
+    let Some(over) = map_len.checked_add(HUGE) else {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+    };
+    let flags = if noreserve { libc::MAP_NORESERVE } else { 0 };
     // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
     // result is checked against MAP_FAILED.
     let raw = unsafe {
@@ -505,7 +517,7 @@ impl<T: Default> HugeSlice<T> {
         if bytes < HUGE || std::mem::align_of::<T>() > 4096 {
             return Self::heap(len);
         }
-        let Ok((base, map_len)) = map_huge(bytes, libc::MAP_NORESERVE) else {
+        let Ok((base, map_len)) = map_huge(bytes, true) else {
             return Self::heap(len);
         };
         let ptr = base.as_ptr() as *mut T;

@@ -836,7 +836,9 @@ mod tests {
 /// `worker.rs` does. The rings are `crate::sync::ArrayQueue`, a loom mutex around a deque in
 /// place of crossbeam's queue (whose internals are not modelled: its operations are taken as
 /// linearizable). Each frame carries its own number, so the file shows which frames it holds.
-/// Not covered: crossbeam's queue itself; the stop and hang-up flags are `std` atomics (set
+/// Not covered: crossbeam's queue itself (the stand-in's mutex orders every push and pop
+/// with every earlier one, more than crossbeam's per-slot synchronisation, so interleavings
+/// where only that weaker ordering lets a worker see a stale flag are not explored); the stop and hang-up flags are `std` atomics (set
 /// by the model before the capture or between loom steps). Known and accepted: past the
 /// give-up (a worker that holds a slot 1 s after the end), that slot's frame is neither
 /// written nor counted, and the next capture's start discards the slot
@@ -915,6 +917,8 @@ mod loom_models {
                     "a {}-byte frame in a capture of snap length {snaplen}",
                     r.data.len()
                 );
+                // Slots move by value and loom does not track plain memory: this holds by
+                // construction here (a frame's bytes are all its number); kept as a guard.
                 assert!(r.data.iter().all(|&b| b == r.data[0]), "torn frame");
                 r.data[0]
             })
@@ -1085,8 +1089,9 @@ mod loom_models {
             let r = cap.ring(0).unwrap();
             let accounted = n as u64 + r.dropped.get() + r.full.len() as u64;
             if give_up_naps > 1 {
-                // Every frame is written by one of the captures, counted, or in a slot the
-                // worker pushed after the second capture ended (nothing else is left).
+                // Every frame is written by one of the captures or counted: without a give-up
+                // `run` waits for every slot, so none is left in a ring.
+                assert_eq!(r.full.len(), 0);
                 assert_eq!(accounted, recorded.len() as u64);
             } else {
                 // Past a give-up, the frame of a late slot can be lost (the next capture's

@@ -59,26 +59,29 @@ fn errno(e: xdpilone::Errno) -> io::Error {
 /// works the same.
 struct Area {
     ptr: NonNull<u8>,
+    /// The UMEM's length: what the kernel is given and what descriptors are checked against.
     len: usize,
+    /// The mapping's length (`len` rounded up to whole huge pages): what `drop` unmaps.
+    map_len: usize,
 }
 
 impl Area {
     fn new(len: usize) -> io::Result<Area> {
-        let (ptr, len) = crate::sys::map_huge(len, 0)?;
+        let (ptr, map_len) = crate::sys::map_huge(len, false)?;
         // Fault the area in now (what MAP_POPULATE did), not on the first packets.
         for page in (0..len).step_by(4096) {
-            // SAFETY: `page` < `len`: inside the writable mapping [ptr, ptr + len).
+            // SAFETY: `page` < `len` <= `map_len`: inside the writable mapping.
             unsafe { ptr.as_ptr().add(page).write_volatile(0) };
         }
-        Ok(Area { ptr, len })
+        Ok(Area { ptr, len, map_len })
     }
 }
 
 impl Drop for Area {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` are exactly the mapping made in `new`; the sockets using it were
-        // dropped before (field order in `XskPair`).
-        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+        // SAFETY: `ptr`/`map_len` are exactly the mapping made in `new`; the sockets using it
+        // were dropped before (field order in `XskPair`).
+        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.map_len) };
     }
 }
 
@@ -667,8 +670,8 @@ impl Port {
 mod tests {
     use super::*;
 
-    /// The UMEM area is 2 MB aligned and a whole number of huge pages (so that transparent
-    /// huge pages can back it), whatever length is asked, and every byte is usable.
+    /// The UMEM area is 2 MB aligned in a mapping of whole huge pages (so that transparent huge
+    /// pages can back it), whatever length is asked; the UMEM is the length asked, all usable.
     #[test]
     fn umem_area_is_huge_page_aligned() {
         for frames in [1usize, 512, 4096, 4097] {
@@ -677,9 +680,8 @@ mod tests {
                 (a.ptr.as_ptr() as usize).is_multiple_of(crate::sys::HUGE),
                 "{frames} frames"
             );
-            assert!(
-                a.len >= frames * FRAME_SIZE as usize && a.len.is_multiple_of(crate::sys::HUGE)
-            );
+            assert_eq!(a.len, frames * FRAME_SIZE as usize);
+            assert!(a.map_len >= a.len && a.map_len.is_multiple_of(crate::sys::HUGE));
             let p = a.ptr.as_ptr();
             // SAFETY: the first and last bytes lie inside the area's writable mapping.
             unsafe {

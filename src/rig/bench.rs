@@ -1440,7 +1440,10 @@ pub fn compare(new: &Value, old: &Value) -> String {
         "rtt",
     ] {
         let (o, n) = (&old["config"][k], &new["config"][k]);
-        if o != n {
+        // A key the earlier report does not have was not recorded, not different (an empty
+        // dataplane addition is what a report from before `--dataplane` ran with).
+        let unrecorded = o.is_null() && !(k == "espd_dataplane" && n != "");
+        if o != n && !unrecorded {
             let _ = writeln!(
                 s,
                 "  DIFFERENT SETUP: config.{k} was {o}, now {n}: figures it affects are not like for like"
@@ -1931,5 +1934,9 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("DIFFERENT SETUP").count(), 1, "{text}");
+        // An earlier report without these keys: nothing to say unless the new one has lines.
+        let older = json!({ "config": {}, "results": {} });
+        assert!(!compare(&plain, &older).contains("DIFFERENT SETUP"));
+        assert!(compare(&coalesced, &older).contains("config.espd_dataplane was null"));
     }
 }

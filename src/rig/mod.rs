@@ -149,10 +149,23 @@ impl Rig {
             keep: true,
         };
         // Extra [dataplane] lines are checked in the configs they go into before anything is
-        // built or torn down: a mistake costs no rig set-up.
+        // built or torn down: a mistake costs no rig set-up. They touch `[dataplane]` only, so
+        // the configs are checked with static keys: an IKE rig's config names PSK files that
+        // exist only once the rig is written.
         if !r.spec.dataplane.is_empty() {
-            for (p, me) in [(&r.gw_a, 'a'), (&r.gw_b, 'b')] {
-                crate::config::Config::parse(p, &r.config(me))
+            let check = Rig {
+                spec: RigSpec {
+                    ike: None,
+                    ..r.spec.clone()
+                },
+                gw_a: r.gw_a.clone(),
+                gw_b: r.gw_b.clone(),
+                key_ab: r.key_ab.clone(),
+                key_ba: r.key_ba.clone(),
+                keep: true,
+            };
+            for (p, me) in [(&check.gw_a, 'a'), (&check.gw_b, 'b')] {
+                crate::config::Config::parse(p, &check.config(me))
                     .map_err(|e| RigError::Dataplane(e.to_string()))?;
             }
         }

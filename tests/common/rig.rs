@@ -22,6 +22,13 @@ pub fn root_or_skip(name: &str) -> bool {
 }
 
 /// One rig at a time, root only: the lock, or `None` after printing SKIPPED (a failure in CI).
+/// The rig tests' lock, taken without the root check (for tests that need no root but must
+/// not overlap a rig).
+#[allow(dead_code)]
+pub fn lock() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RIG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn serial(name: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
     let g = ONE_RIG.lock().unwrap_or_else(|e| e.into_inner());
     root_or_skip(name).then_some(g)
