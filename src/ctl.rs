@@ -1168,8 +1168,8 @@ pub fn capture(
         b["cipher_tx"]
     );
     println!(
-        "dropped: {} (worker ring full), {} (file size limit)",
-        v["dropped_ring_full"], v["dropped_size_limit"]
+        "dropped: {} (worker ring full), {} (file size limit), {} (worker too late)",
+        v["dropped_ring_full"], v["dropped_size_limit"], v["dropped_late"]
     );
     println!("wrote {} ({} bytes, pcapng)", file.display(), data.len());
     Ok(true)

@@ -455,6 +455,7 @@ fn every_op_round_trips_with_the_documented_answer() {
                 "by_point",
                 "dropped_ring_full",
                 "dropped_size_limit",
+                "dropped_late",
                 "bytes",
                 "pcapng",
             ],

@@ -574,6 +574,7 @@ fn capture_line(
         "by_point": by,
         "dropped_ring_full": o.dropped_ring_full,
         "dropped_size_limit": o.dropped_size_limit,
+        "dropped_late": o.dropped_late,
         "bytes": o.pcapng.len(),
     })
     .to_string();

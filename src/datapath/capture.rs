@@ -6,7 +6,10 @@
 //! receives or hands to a tx ring (up to the snap length) into a preallocated slot taken from
 //! its own ring of free slots and puts the slot on its ring of full slots: two lock-free queue
 //! operations and a copy per frame, no allocation. A frame that finds no free slot is counted
-//! (`dropped_ring_full`) and not copied. The capture thread ([`Capture::run`], started by the
+//! (`dropped_ring_full`) and not copied. The flag is the running capture's number (0: none);
+//! a pass records its frames for the number it read, and each slot knows the capture that
+//! allocated it, so a frame late for its capture (a worker stalled past the end) never goes
+//! into the next capture's file and is counted once (`dropped_late`). The capture thread ([`Capture::run`], started by the
 //! control socket's `capture` request on its own thread, so neither the control thread nor
 //! the workers wait for it) allocates the slots when the capture starts, drains the full rings
 //! every millisecond into pcapng (one interface per interface and direction, nanosecond
@@ -29,7 +32,7 @@ use crate::pcap::{Dir, PcapNg};
 // The capture's own flags and rings are loom's under the `loom` feature (src/sync.rs); the
 // stop and hang-up flags come from the daemon and the control socket and stay `std`'s.
 use crate::sync::ArrayQueue;
-use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use clock::Deadline;
 
 /// Slots per worker: what a worker can capture between two drains (1 ms apart).
@@ -97,6 +100,11 @@ impl Point {
 
 /// One frame copy.
 struct Slot {
+    /// The capture that allocated the slot: only its own slots go back to the free rings.
+    owner: u32,
+    /// The capture the frame in it was recorded for (the number the worker read): only its
+    /// own frames go into a capture's file.
+    of: u32,
     buf: Box<[u8]>,
     len: u32,
     orig_len: u32,
@@ -122,13 +130,15 @@ impl Ring {
         }
     }
 
-    /// Copies `frame` (seen at `point` at monotonic time `now`) into a free slot.
+    /// Copies `frame` (seen at `point` at monotonic time `now`) into a free slot, for
+    /// capture number `capture` (what [`Capture::running`] returned to this pass).
     #[inline]
-    pub fn record(&self, point: Point, now: u64, frame: &[u8]) {
+    pub fn record(&self, capture: u32, point: Point, now: u64, frame: &[u8]) {
         let Some(mut s) = self.free.pop() else {
             self.dropped.add(1);
             return;
         };
+        s.of = capture;
         let n = frame.len().min(s.buf.len());
         s.buf[..n].copy_from_slice(&frame[..n]);
         s.len = n as u32;
@@ -195,11 +205,18 @@ pub struct Outcome {
     pub dropped_ring_full: u64,
     /// Frames copied but not written: the file reached `max_bytes`.
     pub dropped_size_limit: u64,
+    /// Frames a worker was still copying when the capture gave up waiting for its slots
+    /// ([`GIVE_UP`] after the end: a worker stalled that long). Never written to a later
+    /// capture's file either.
+    pub dropped_late: u64,
 }
 
 /// The capture rings of all workers and the flag they read.
 pub struct Capture {
-    active: AtomicBool,
+    /// The number of the capture that runs, 0 when none: the flag the workers read.
+    running: AtomicU32,
+    /// The last capture number given out.
+    numbers: AtomicU32,
     /// A capture runs (one at a time).
     claimed: AtomicBool,
     /// Ends the running capture early.
@@ -240,7 +257,7 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.cap.active.store(false, Ordering::Release);
+        self.cap.running.store(0, Ordering::Release);
         self.cap.claimed.store(false, Ordering::Release);
     }
 }
@@ -254,7 +271,8 @@ impl Capture {
     /// [`Capture::new`] with `slots` slots per worker.
     fn sized(workers: usize, slots: usize, plain: &str, cipher: &str) -> Capture {
         Capture {
-            active: AtomicBool::new(false),
+            running: AtomicU32::new(0),
+            numbers: AtomicU32::new(0),
             claimed: AtomicBool::new(false),
             cancel: AtomicBool::new(false),
             stop: None,
@@ -272,10 +290,20 @@ impl Capture {
         self
     }
 
-    /// Whether a capture runs: read by each worker once per pass that received frames.
+    /// The number of the capture that runs, if one does: read by each worker once per pass
+    /// that received frames, and given to [`Ring::record`] for that pass's frames.
+    #[inline]
+    pub fn running(&self) -> Option<u32> {
+        match self.running.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Whether a capture runs.
     #[inline]
     pub fn active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
+        self.running().is_some()
     }
 
     /// Worker `id`'s ring.
@@ -323,12 +351,21 @@ impl Capture {
     /// thread of its own.
     pub fn run(claim: Claim, p: &Params) -> std::io::Result<Outcome> {
         let cap = &claim.cap;
+        // This capture's number (never 0, which means none); the claim makes it the only one.
+        let me = loop {
+            let n = cap.numbers.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            if n != 0 {
+                break n;
+            }
+        };
         for r in cap.rings.iter() {
             // Slots of an earlier capture that did not come back in time.
             while r.full.pop().is_some() {}
             while r.free.pop().is_some() {}
             for _ in 0..cap.slots {
                 let _ = r.free.push(Slot {
+                    owner: me,
+                    of: 0,
                     buf: vec![0u8; p.snaplen as usize].into_boxed_slice(),
                     len: 0,
                     orig_len: 0,
@@ -356,13 +393,18 @@ impl Capture {
             over: 0,
         };
         let mut end = Deadline::after(p.duration);
-        cap.active.store(true, Ordering::Release);
+        // Frames of an earlier capture found in our slots (see `Writer::take`).
+        let mut late = 0;
+        cap.running.store(me, Ordering::Release);
         while !end.passed() && !claim.ended() {
             let mut n = 0;
             for r in cap.rings.iter() {
                 while let Some(s) = r.full.pop() {
-                    w.write(&s)?;
-                    let _ = r.free.push(s);
+                    late += w.take(&s, me)?;
+                    // A slot of an earlier capture is freed, not reused.
+                    if s.owner == me {
+                        let _ = r.free.push(s);
+                    }
                     n += 1;
                 }
             }
@@ -370,7 +412,7 @@ impl Capture {
                 end.nap();
             }
         }
-        cap.active.store(false, Ordering::Release);
+        cap.running.store(0, Ordering::Release);
         // Every slot comes back: from the full rings (written) or the free rings. A worker
         // that read the flag before it was cleared finishes its pass with slots of ours.
         let total = cap.slots * cap.rings.len();
@@ -378,16 +420,19 @@ impl Capture {
         let mut give_up = Deadline::after(cap.give_up);
         while back < total && !give_up.passed() {
             let mut n = 0;
+            let mut ours = 0;
             for r in cap.rings.iter() {
                 while let Some(s) = r.full.pop() {
-                    w.write(&s)?;
+                    late += w.take(&s, me)?;
+                    ours += usize::from(s.owner == me);
                     n += 1;
                 }
-                while r.free.pop().is_some() {
+                while let Some(s) = r.free.pop() {
+                    ours += usize::from(s.owner == me);
                     n += 1;
                 }
             }
-            back += n;
+            back += ours;
             if n == 0 {
                 give_up.nap();
             }
@@ -404,6 +449,8 @@ impl Capture {
             frames: w.frames,
             dropped_ring_full: dropped,
             dropped_size_limit: w.over,
+            // Each slot of ours not back is one a worker took for a frame and still holds.
+            dropped_late: late + total.saturating_sub(back) as u64,
         })
     }
 }
@@ -459,9 +506,8 @@ mod clock {
 struct Writer {
     out: PcapNg<PcapBuf>,
     offset: Duration,
-    /// This capture's snap length. A slot of an earlier capture with a longer one (its worker
-    /// stalled past that capture's give-up, see [`GIVE_UP`]) is cut to it: the file never
-    /// holds a frame longer than its interfaces' snap length.
+    /// This capture's snap length. Every frame is cut to it (a slot of an earlier capture may
+    /// be longer): the file never holds a frame longer than its interfaces' snap length.
     snaplen: usize,
     max: usize,
     frames: [u64; 4],
@@ -469,6 +515,20 @@ struct Writer {
 }
 
 impl Writer {
+    /// A full slot found by capture `me`: writes its frame when it was recorded for `me`. A
+    /// frame recorded for an earlier capture (its pass read that capture's number, then the
+    /// capture ended) is not written; it is counted here (returns 1) when it sits in one of
+    /// our slots, which no one else counts. In a slot of that earlier capture it was counted
+    /// there: a slot still held at that capture's end.
+    fn take(&mut self, s: &Slot, me: u32) -> std::io::Result<u64> {
+        if s.of == me {
+            self.write(s)?;
+            Ok(0)
+        } else {
+            Ok(u64::from(s.owner == me))
+        }
+    }
+
     fn write(&mut self, s: &Slot) -> std::io::Result<()> {
         // An enhanced packet block: 32 bytes, the data padded to 4, a 12-byte flags option.
         let len = (s.len as usize).min(self.snaplen);
@@ -709,9 +769,10 @@ mod tests {
                 std::thread::spawn(move || {
                     let frame = vec![id as u8; 300];
                     let r = cap.ring(id).unwrap();
+                    let n = cap.running().unwrap();
                     for _ in 0..SLOTS {
-                        r.record(Point::rx(id == 0), crate::now_ns(), &frame);
-                        r.record(Point::tx(id != 0), crate::now_ns(), &frame[..100]);
+                        r.record(n, Point::rx(id == 0), crate::now_ns(), &frame);
+                        r.record(n, Point::tx(id != 0), crate::now_ns(), &frame[..100]);
                     }
                     2 * SLOTS as u64
                 })
@@ -787,9 +848,10 @@ mod tests {
     fn cancel_ends_a_capture_and_frees_it() {
         let cap = Arc::new(Capture::new(1, "lan0", "wan0"));
         let h = start(&cap, cap.claim().unwrap());
+        let n = cap.running().unwrap();
         cap.ring(0)
             .unwrap()
-            .record(Point::PlainRx, crate::now_ns(), &[7u8; 100]);
+            .record(n, Point::PlainRx, crate::now_ns(), &[7u8; 100]);
         cap.cancel();
         let out = ends_early(h);
         assert_eq!(out.frames.iter().sum::<u64>(), 1, "{out:?}");
@@ -839,10 +901,10 @@ mod tests {
 /// Not covered: crossbeam's queue itself (the stand-in's mutex orders every push and pop
 /// with every earlier one, more than crossbeam's per-slot synchronisation, so interleavings
 /// where only that weaker ordering lets a worker see a stale flag are not explored); the stop and hang-up flags are `std` atomics (set
-/// by the model before the capture or between loom steps). Known and accepted: past the
-/// give-up (a worker that holds a slot 1 s after the end), that slot's frame is neither
-/// written nor counted, and the next capture's start discards the slot
-/// (`loom_capture_give_up_then_next_capture` checks nothing worse happens).
+/// by the model before the capture or between loom steps). Frames late for their capture
+/// (a slot held past the give-up, or a pass that read an earlier capture's number) are never
+/// written into a later capture's file and are counted once, as `dropped_late`
+/// (`loom_capture_back_to_back` found the second case uncounted before capture numbers).
 #[cfg(all(test, feature = "loom"))]
 mod loom_models {
     use super::*;
@@ -890,14 +952,22 @@ mod loom_models {
     /// Worker passes (`worker.rs`): each reads the flag once, Relaxed, and if a capture runs
     /// records its frames (numbered from `first`). Returns the frames recorded.
     fn passes(cap: &Capture, first: u8, frames_per_pass: &[u8]) -> Vec<u8> {
+        numbered_passes(cap, first, frames_per_pass)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// [`passes`], each frame with the capture number its pass read.
+    fn numbered_passes(cap: &Capture, first: u8, frames_per_pass: &[u8]) -> Vec<(u8, u32)> {
         let r = cap.ring(0).unwrap();
         let mut n = first;
         let mut recorded = Vec::new();
         for &k in frames_per_pass {
-            if cap.active() {
+            if let Some(c) = cap.running() {
                 for _ in 0..k {
-                    r.record(Point::PlainRx, 1, &frame(n));
-                    recorded.push(n);
+                    r.record(c, Point::PlainRx, 1, &frame(n));
+                    recorded.push((n, c));
                     n += 1;
                 }
             }
@@ -1055,8 +1125,9 @@ mod loom_models {
     /// Two captures, one after the other, on one slot (the second with half the snap length),
     /// while a worker's two passes (one frame each) race them; the capture thread gives up on
     /// a slot a worker still holds after `give_up_naps` naps. No frame is written twice or
-    /// past its capture's snap length, every frame written was recorded, and none is left in
-    /// a free ring.
+    /// past its capture's snap length, each file holds only frames recorded for its own
+    /// capture (never a late frame of the one before), a frame is written, counted dropped or
+    /// counted late, and none is left in a free ring.
     fn two_captures(give_up_naps: u64) {
         model(4, move || {
             let cap = std::sync::Arc::new(capture(1, give_up_naps));
@@ -1075,28 +1146,32 @@ mod loom_models {
                 );
                 (first.unwrap(), second.unwrap())
             });
-            let recorded = passes(&cap, 0, &[1, 1]);
+            let recorded = numbered_passes(&cap, 0, &[1, 1]);
             let (first, second) = run.join().unwrap();
-            let mut got = written(&first, SNAP);
-            got.extend(written(&second, SNAP / 2));
+            // Capture numbers start at 1: the first capture is 1, the second 2.
+            let (in_first, in_second) = (written(&first, SNAP), written(&second, SNAP / 2));
+            for (file, number) in [(&in_first, 1), (&in_second, 2)] {
+                for n in file {
+                    assert!(
+                        recorded.contains(&(*n, number)),
+                        "frame {n} in capture {number}'s file: recorded {recorded:?}"
+                    );
+                }
+            }
+            let mut got = [in_first, in_second].concat();
             let n = got.len();
             got.sort_unstable();
             got.dedup();
             assert_eq!(got.len(), n, "a frame written twice");
-            for n in &got {
-                assert!(recorded.contains(n));
-            }
             let r = cap.ring(0).unwrap();
-            let accounted = n as u64 + r.dropped.get() + r.full.len() as u64;
+            let accounted = n as u64 + r.dropped.get() + first.dropped_late + second.dropped_late;
+            // Every frame is written by its own capture or counted once: dropped (ring full)
+            // or late (its slot still held at its capture's give-up, or its pass read the
+            // first capture's number and recorded into the second's slot).
+            assert_eq!(accounted, recorded.len() as u64, "{first:?} {second:?}");
             if give_up_naps > 1 {
-                // Every frame is written by one of the captures or counted: without a give-up
-                // `run` waits for every slot, so none is left in a ring.
+                // Without a give-up `run` waits for every slot: none is left in a ring.
                 assert_eq!(r.full.len(), 0);
-                assert_eq!(accounted, recorded.len() as u64);
-            } else {
-                // Past a give-up, the frame of a late slot can be lost (the next capture's
-                // start discards the slot): never invented.
-                assert!(accounted <= recorded.len() as u64);
             }
             assert_eq!(r.free.len(), 0);
         });

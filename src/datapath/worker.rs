@@ -409,7 +409,7 @@ pub fn run(spec: WorkerSpec, ready: Sender<Result<Ready, (usize, XskError)>>) {
                 // Once per pass that received something: the clock and the MAC addresses.
                 now = crate::now_ns();
                 // The capture flag: one Relaxed load per pass (no capture: nothing more).
-                capturing = ring.filter(|_| spec.capture.active());
+                capturing = ring.zip(spec.capture.running());
                 let (p, c, _) = spec.l2.load();
                 if p != plain_l2 || c != cipher_l2 {
                     (plain_l2, cipher_l2) = (p, c);
@@ -546,10 +546,10 @@ fn warn_if_no_napi(xsk: &XskPair, plain: bool, worker: usize) {
 /// Copies a received batch into the capture ring.
 #[cold]
 #[inline(never)]
-fn capture_rx(r: &Ring, from_plain: bool, now: u64, frames: &mut [XskFrame]) {
+fn capture_rx((r, n): (&Ring, u32), from_plain: bool, now: u64, frames: &mut [XskFrame]) {
     for f in frames.iter_mut() {
         let (off, len) = (f.offset(), f.len());
-        r.record(Point::rx(from_plain), now, &f.buf_mut()[off..off + len]);
+        r.record(n, Point::rx(from_plain), now, &f.buf_mut()[off..off + len]);
     }
 }
 
@@ -558,7 +558,7 @@ fn capture_rx(r: &Ring, from_plain: bool, now: u64, frames: &mut [XskFrame]) {
 #[cold]
 #[inline(never)]
 fn capture_tx(
-    r: &Ring,
+    (r, n): (&Ring, u32),
     from_plain: bool,
     now: u64,
     frames: &mut [XskFrame],
@@ -572,11 +572,11 @@ fn capture_tx(
             _ => continue,
         };
         let (off, len) = (f.offset(), f.len());
-        r.record(Point::tx(plain), now, &f.buf_mut()[off..off + len]);
+        r.record(n, Point::tx(plain), now, &f.buf_mut()[off..off + len]);
     }
     for f in extra.iter_mut() {
         let (off, len) = (f.offset(), f.len());
-        r.record(Point::tx(!from_plain), now, &f.buf_mut()[off..off + len]);
+        r.record(n, Point::tx(!from_plain), now, &f.buf_mut()[off..off + len]);
     }
 }
 
