@@ -63,3 +63,21 @@ mod loom_queue {
         }
     }
 }
+
+/// Runs `f` in every interleaving loom explores with up to `preemptions` preemptions, and
+/// prints how many it ran (the models of `sa/table.rs` and `datapath/capture.rs`).
+#[cfg(all(test, feature = "loom"))]
+pub fn loom_model(preemptions: usize, f: impl Fn() + Send + Sync + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(preemptions);
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n = runs.clone();
+    b.check(move || {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        f()
+    });
+    println!(
+        "{} executions",
+        runs.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}

@@ -912,21 +912,7 @@ mod loom_models {
 
     const SNAP: u32 = 8;
 
-    /// Runs `f` in every interleaving loom explores with up to `preemptions` preemptions.
-    fn model(preemptions: usize, f: impl Fn() + Send + Sync + 'static) {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(preemptions);
-        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n = runs.clone();
-        b.check(move || {
-            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            f()
-        });
-        println!(
-            "{} executions",
-            runs.load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
+    use crate::sync::loom_model as model;
 
     /// A capture of one worker's ring with `slots` slots; `give_up_naps` naps of the capture
     /// thread before it gives up on the slots a worker still holds.

@@ -773,18 +773,7 @@ mod loom_models {
         }
     }
 
-    /// Runs `f` in every interleaving loom explores with up to `preemptions` preemptions.
-    fn model(preemptions: usize, f: impl Fn() + Send + Sync + 'static) {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(preemptions);
-        let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n = runs.clone();
-        b.check(move || {
-            n.fetch_add(1, Ordering::Relaxed);
-            f()
-        });
-        println!("{} executions", runs.load(Ordering::Relaxed));
-    }
+    use crate::sync::loom_model as model;
 
     /// `inbound(spi)` under a pinned guard, then a read of the SA it returned.
     fn lookup(w: &World, reader: usize, spi: u32) -> Option<u32> {
