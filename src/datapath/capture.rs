@@ -8,8 +8,9 @@
 //! operations and a copy per frame, no allocation. A frame that finds no free slot is counted
 //! (`dropped_ring_full`) and not copied. The flag is the running capture's number (0: none);
 //! a pass records its frames for the number it read, and each slot knows the capture that
-//! allocated it, so a frame late for its capture (a worker stalled past the end) never goes
-//! into the next capture's file and is counted once (`dropped_late`). The capture thread ([`Capture::run`], started by the
+//! allocated it, so a frame late for its capture (handed over after that capture's end) never
+//! goes into the next capture's file and is counted once, as `dropped_late`: by its own
+//! capture when its slot was still held at that capture's give-up, else by the next capture. The capture thread ([`Capture::run`], started by the
 //! control socket's `capture` request on its own thread, so neither the control thread nor
 //! the workers wait for it) allocates the slots when the capture starts, drains the full rings
 //! every millisecond into pcapng (one interface per interface and direction, nanosecond
@@ -32,7 +33,7 @@ use crate::pcap::{Dir, PcapNg};
 // The capture's own flags and rings are loom's under the `loom` feature (src/sync.rs); the
 // stop and hang-up flags come from the daemon and the control socket and stay `std`'s.
 use crate::sync::ArrayQueue;
-use crate::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use clock::Deadline;
 
 /// Slots per worker: what a worker can capture between two drains (1 ms apart).
@@ -119,14 +120,21 @@ pub struct Ring {
     full: ArrayQueue<Slot>,
     /// Frames that found no free slot (single writer: the worker).
     dropped: Counter,
+    /// `dropped` as the last capture read it at its end (written by the capture thread only):
+    /// what a worker drops after that read is a frame late for that capture, reported by the
+    /// next one.
+    reported: AtomicU64,
 }
 
 impl Ring {
     fn new(slots: usize) -> Ring {
         Ring {
             free: ArrayQueue::new(slots),
-            full: ArrayQueue::new(slots),
+            // One more than the slots: besides them, one slot of an earlier capture, held by
+            // the worker past that capture's end, can come back after the next one's start.
+            full: ArrayQueue::new(slots + 1),
             dropped: Counter::default(),
+            reported: AtomicU64::new(0),
         }
     }
 
@@ -145,7 +153,9 @@ impl Ring {
         s.orig_len = frame.len() as u32;
         s.ts = now;
         s.point = point;
-        // Both queues hold `slots` and there are at most that many: this push cannot fail.
+        // At most `slots` of the running capture's slots and the one earlier slot this worker
+        // may still have held at its start are in circulation, and `full` holds one more than
+        // `slots`: this push cannot fail.
         if let Err(s) = self.full.push(s) {
             let _ = self.free.push(s);
             self.dropped.add(1);
@@ -205,9 +215,11 @@ pub struct Outcome {
     pub dropped_ring_full: u64,
     /// Frames copied but not written: the file reached `max_bytes`.
     pub dropped_size_limit: u64,
-    /// Frames a worker was still copying when the capture gave up waiting for its slots
-    /// ([`GIVE_UP`] after the end: a worker stalled that long). Never written to a later
-    /// capture's file either.
+    /// Frames recorded for a capture after it ended, never written to any file: those a
+    /// worker still held when this capture gave up waiting for its slots ([`GIVE_UP`] after
+    /// its end: a worker stalled that long), and those of the previous capture that a worker
+    /// handed over after that capture's end (into this capture's slots, or dropped for want
+    /// of a slot in between): reported here, by the next capture.
     pub dropped_late: u64,
 }
 
@@ -351,6 +363,8 @@ impl Capture {
     /// thread of its own.
     pub fn run(claim: Claim, p: &Params) -> std::io::Result<Outcome> {
         let cap = &claim.cap;
+        // Frames late for an earlier capture that this one reports (see `Outcome::dropped_late`).
+        let mut late: u64 = 0;
         // This capture's number (never 0, which means none); the claim makes it the only one.
         let me = loop {
             let n = cap.numbers.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
@@ -375,6 +389,14 @@ impl Capture {
             }
         }
         let dropped0: Vec<u64> = cap.rings.iter().map(|r| r.dropped.get()).collect();
+        // Frames dropped since the last capture read the counters at its end: late for that
+        // capture (no capture ran in between), reported here.
+        late += cap
+            .rings
+            .iter()
+            .zip(&dropped0)
+            .map(|(r, d)| d.wrapping_sub(r.reported.load(Ordering::Relaxed)))
+            .sum::<u64>();
         // Worker clock (monotonic ns since start) to wall-clock time.
         let wall = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -393,8 +415,6 @@ impl Capture {
             over: 0,
         };
         let mut end = Deadline::after(p.duration);
-        // Frames of an earlier capture found in our slots (see `Writer::take`).
-        let mut late = 0;
         cap.running.store(me, Ordering::Release);
         while !end.passed() && !claim.ended() {
             let mut n = 0;
@@ -441,7 +461,11 @@ impl Capture {
             .rings
             .iter()
             .zip(dropped0)
-            .map(|(r, d0)| r.dropped.get().wrapping_sub(d0))
+            .map(|(r, d0)| {
+                let d = r.dropped.get();
+                r.reported.store(d, Ordering::Relaxed);
+                d.wrapping_sub(d0)
+            })
             .sum();
         drop(claim);
         Ok(Outcome {
@@ -1114,21 +1138,28 @@ mod loom_models {
     /// past its capture's snap length, each file holds only frames recorded for its own
     /// capture (never a late frame of the one before), a frame is written, counted dropped or
     /// counted late, and none is left in a free ring.
-    fn two_captures(give_up_naps: u64) {
+    /// `second_naps`: 0, the second capture ends as soon as it runs too; else it runs its
+    /// drain loop for that many idle naps.
+    fn two_captures(give_up_naps: u64, second_naps: u64) {
         model(4, move || {
             let cap = std::sync::Arc::new(capture(1, give_up_naps));
             let gone = std::sync::Arc::new(StdBool::new(true));
+            let stays = std::sync::Arc::new(StdBool::new(second_naps == 0));
             let c = cap.clone();
             let g = gone.clone();
             let run = loom::thread::spawn(move || {
-                // The first capture ends as soon as it runs; so does the second.
-                let first = Capture::run(
-                    c.claim().unwrap().ends_when(g.clone()),
-                    &params(SNAP, 3_600_000),
-                );
+                // The first capture ends as soon as it runs.
+                let first = Capture::run(c.claim().unwrap().ends_when(g), &params(SNAP, 3_600_000));
                 let second = Capture::run(
-                    c.claim().unwrap().ends_when(g),
-                    &params(SNAP / 2, 3_600_000),
+                    c.claim().unwrap().ends_when(stays),
+                    &params(
+                        SNAP / 2,
+                        if second_naps == 0 {
+                            3_600_000
+                        } else {
+                            second_naps
+                        },
+                    ),
                 );
                 (first.unwrap(), second.unwrap())
             });
@@ -1150,10 +1181,17 @@ mod loom_models {
             got.dedup();
             assert_eq!(got.len(), n, "a frame written twice");
             let r = cap.ring(0).unwrap();
-            let accounted = n as u64 + r.dropped.get() + first.dropped_late + second.dropped_late;
-            // Every frame is written by its own capture or counted once: dropped (ring full)
-            // or late (its slot still held at its capture's give-up, or its pass read the
-            // first capture's number and recorded into the second's slot).
+            // Dropped after the second capture's last read: a later capture would report it.
+            let unreported = r.dropped.get() - r.reported.load(Ordering::Relaxed);
+            let accounted = n as u64
+                + first.dropped_ring_full
+                + second.dropped_ring_full
+                + first.dropped_late
+                + second.dropped_late
+                + unreported;
+            // Every frame is written by its own capture or counted once in an answer: dropped
+            // (ring full) or late (its slot still held at its capture's give-up, or handed
+            // over after its capture ended: in the next capture's slot or dropped in between).
             assert_eq!(accounted, recorded.len() as u64, "{first:?} {second:?}");
             if give_up_naps > 1 {
                 // Without a give-up `run` waits for every slot: none is left in a ring.
@@ -1167,12 +1205,18 @@ mod loom_models {
     /// worker's two passes race them; no give-up: every frame is accounted for.
     #[test]
     fn loom_capture_back_to_back() {
-        two_captures(1000);
+        two_captures(1000, 0);
+    }
+
+    /// The same, the second capture draining for two naps while the worker records.
+    #[test]
+    fn loom_capture_back_to_back_draining() {
+        two_captures(1000, 2);
     }
 
     /// The same with a give-up after one nap of the capture thread (1 s in the daemon).
     #[test]
     fn loom_capture_give_up_then_next_capture() {
-        two_captures(1);
+        two_captures(1, 0);
     }
 }
