@@ -464,13 +464,13 @@ pub(crate) fn map_huge(
     len: usize,
     noreserve: bool,
 ) -> std::io::Result<(std::ptr::NonNull<u8>, usize)> {
-    let (Some(map_len), true) = (
-        len.max(1).checked_next_multiple_of(HUGE),
-        len <= isize::MAX as usize,
-    ) else {
-        return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
-    };
-    let Some(over) = map_len.checked_add(HUGE) else {
+    // The mapping, and the extra huge page mapped to align it.
+    let Some((map_len, over)) = len
+        .max(1)
+        .checked_next_multiple_of(HUGE)
+        .and_then(|m| Some((m, m.checked_add(HUGE)?)))
+        .filter(|&(_, over)| over <= isize::MAX as usize)
+    else {
         return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
     };
     let flags = if noreserve { libc::MAP_NORESERVE } else { 0 };

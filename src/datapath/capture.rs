@@ -409,7 +409,6 @@ impl Capture {
                 &cap.interfaces(),
             )?,
             offset,
-            snaplen: p.snaplen as usize,
             max: p.max_bytes as usize,
             frames: [0; 4],
             over: 0,
@@ -530,9 +529,6 @@ mod clock {
 struct Writer {
     out: PcapNg<PcapBuf>,
     offset: Duration,
-    /// This capture's snap length. Every frame is cut to it (a slot of an earlier capture may
-    /// be longer): the file never holds a frame longer than its interfaces' snap length.
-    snaplen: usize,
     max: usize,
     frames: [u64; 4],
     over: u64,
@@ -555,7 +551,8 @@ impl Writer {
 
     fn write(&mut self, s: &Slot) -> std::io::Result<()> {
         // An enhanced packet block: 32 bytes, the data padded to 4, a 12-byte flags option.
-        let len = (s.len as usize).min(self.snaplen);
+        // Only this capture's frames come here, in its own slots (`take`): at most `snaplen`.
+        let len = s.len as usize;
         let need = 48 + len.div_ceil(4) * 4;
         if self.out_len() + need > self.max {
             self.over += 1;
